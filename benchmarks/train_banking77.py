@@ -1,0 +1,184 @@
+"""Every training strategy on BANKING77 at three budgets: 10 and 30 examples per intent, and all.
+
+Run by hand (not in CI), e.g.::
+
+    python benchmarks/train_banking77.py --data ../shared/datasets/banking77
+
+Writes ``benchmarks/results/train_banking77.json`` (one row per strategy, budget and seed) and
+``train_banking77.md`` (medians over seeds). Few-shot budgets run over three seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+import torch
+
+from training.cli import parse_assignments
+from training.config import TrainingConfig
+from training.context import TrainContext
+from training.data import split_frames
+from training.strategies import evaluate_split, run_strategy
+
+STRATEGIES = ("baseline", "head", "partial", "lora", "full")
+RESULTS = Path(__file__).parent / "results"
+
+
+class PeakRss:
+    """Samples this process's resident memory in a thread; ``peak_mb`` is the maximum seen."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def load_banking77(data_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test frames with columns ``text`` and ``label``."""
+    frames = []
+    for name in ("train.csv", "test.csv"):
+        raw = pd.read_csv(data_dir / name, dtype=str, keep_default_na=False)
+        frames.append(pd.DataFrame({"text": raw["text"], "label": raw["category"]}))
+    return frames[0], frames[1]
+
+
+def sample_per_class(train: pd.DataFrame, per_class: int | str, seed: int) -> pd.DataFrame:
+    """``per_class`` rows of each label (all rows for ``"all"``), drawn with ``seed``."""
+    if per_class == "all":
+        return train
+    groups = [
+        g.sample(n=min(int(per_class), len(g)), random_state=seed)
+        for _, g in train.groupby("label", sort=True)
+    ]
+    return pd.concat(groups).reset_index(drop=True)
+
+
+def run_cell(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    per_class: int | str,
+    seed: int,
+    strategy: str,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Train one strategy on one budget and seed; return its result row."""
+    data = sample_per_class(train, per_class, seed)
+    splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
+    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides)
+    torch.manual_seed(seed)
+    ctx = TrainContext.create(config, splits)
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        result = run_strategy(strategy, ctx)
+        seconds = time.perf_counter() - start
+    metrics = evaluate_split(result, ctx, "test")
+    return {
+        "strategy": strategy,
+        "per_class": per_class,
+        "seed": seed,
+        "accuracy": round(metrics.accuracy, 4),
+        "macro_f1": round(metrics.macro_f1, 4),
+        "train_seconds": round(seconds, 1),
+        "peak_rss_mb": rss.peak_mb,
+        "trainable_params": result.trainable_params,
+    }
+
+
+def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    """Medians over seeds, one line per strategy and budget."""
+    lines = [
+        "# BANKING77: strategies x budgets (test set, medians over seeds)",
+        "",
+        f"Device: {env['device']}; torch {env['torch']}; {env['when']}.",
+        "",
+        "| strategy | per class | seeds | accuracy | macro-F1 | train s | peak RSS MB | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = sorted({(r["per_class"], r["strategy"]) for r in rows}, key=lambda k: (str(k[0]), STRATEGIES.index(k[1])))
+    for per_class, strategy in keys:
+        cell = [r for r in rows if r["per_class"] == per_class and r["strategy"] == strategy]
+        med = {k: statistics.median(r[k] for r in cell) for k in ("accuracy", "macro_f1", "train_seconds", "peak_rss_mb")}
+        lines.append(
+            f"| {strategy} | {per_class} | {len(cell)} | {med['accuracy']:.4f} | {med['macro_f1']:.4f} "
+            f"| {med['train_seconds']:.1f} | {med['peak_rss_mb']:.0f} | {cell[0]['trainable_params']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
+    parser.add_argument("--budgets", default="10,30,all", help="comma-separated: integers or 'all'")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds for few-shot budgets ('all' uses 1)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--base-model", default="minilm")
+    parser.add_argument("--epochs", type=int, default=None, help="override the default epoch limit")
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test rows")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="train_banking77", help="results file stem")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid, write JSON and markdown, return the rows."""
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(argv)
+    train, test = load_banking77(args.data)
+    if args.max_test:
+        test = test.groupby("label", sort=True).head(max(1, args.max_test // 77)).reset_index(drop=True)
+    overrides: dict[str, Any] = {"base_model": args.base_model}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    overrides |= parse_assignments(args.set)
+    rows: list[dict[str, Any]] = []
+    budgets: list[int | str] = [b if b == "all" else int(b) for b in args.budgets.split(",")]
+    for per_class in budgets:
+        seeds = range(1) if per_class == "all" else range(args.seeds)
+        for seed in seeds:
+            for strategy in args.strategies.split(","):
+                row = run_cell(train, test, per_class, seed, strategy, overrides)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    env = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()} ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "when": time.strftime("%Y-%m-%d"),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(render_markdown(rows, env))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

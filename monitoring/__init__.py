@@ -1,0 +1,1 @@
+"""Refit monitoring: drift checks, gauges and re-fine-tuning (built in the monitoring issue)."""

@@ -1,0 +1,127 @@
+"""Data tests: each validation error by its message, splits, fingerprint, reported findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import tiny_rows
+from training.data import fingerprint_rows, load_dataset, prepare_splits, stratified_split
+from training.errors import DataError
+
+
+def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    if name.endswith(".csv"):
+        frame.to_csv(path, index=False)
+    elif name.endswith(".jsonl"):
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.jsonl", "data.parquet"])
+def test_loads_every_supported_format(tmp_path: Path, name: str) -> None:
+    frame = load_dataset(_write(tmp_path, tiny_rows(), name))
+    assert list(frame.columns) == ["text", "label"]
+    assert len(frame) == len(tiny_rows())
+
+
+def test_custom_column_names(tmp_path: Path) -> None:
+    raw = tiny_rows().rename(columns={"text": "body", "label": "intent"})
+    frame = load_dataset(_write(tmp_path, raw), text_column="body", label_column="intent")
+    assert set(frame["label"]) == {"refund", "password", "shipping"}
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"Data file not found: .*nope\.csv\. Expected a CSV, JSONL or Parquet"):
+        load_dataset(tmp_path / "nope.csv")
+
+
+def test_missing_column_lists_the_columns_found(tmp_path: Path) -> None:
+    path = _write(tmp_path, tiny_rows().rename(columns={"text": "body"}))
+    with pytest.raises(DataError) as err:
+        load_dataset(path)
+    assert "Column(s) ['text'] not found" in str(err.value)
+    assert "Found columns: ['body', 'label']" in str(err.value)
+    assert "--text-column" in str(err.value)
+
+
+def test_empty_texts_are_counted_with_their_rows(tmp_path: Path) -> None:
+    frame = tiny_rows()
+    frame.loc[[2, 5], "text"] = ["", "   "]
+    with pytest.raises(DataError, match=r"2 empty or whitespace-only text\(s\) .*data rows 3, 6;"):
+        load_dataset(_write(tmp_path, frame))
+
+
+def test_label_with_one_example(tmp_path: Path) -> None:
+    frame = pd.concat([tiny_rows(), pd.DataFrame([{"text": "a lonely text", "label": "rare"}])])
+    with pytest.raises(DataError, match=r"Label\(s\) with fewer than 2 examples in .*: 'rare' \(1\)\. Expected at least 2"):
+        prepare_splits(_write(tmp_path, frame))
+
+
+def test_single_class(tmp_path: Path) -> None:
+    frame = tiny_rows().assign(label="refund")
+    with pytest.raises(DataError, match=r"Found a single label \('refund', 36 rows\).*Expected at least 2 distinct labels"):
+        prepare_splits(_write(tmp_path, frame))
+
+
+def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\nhello,a\ncaf\xe9 au lait,b\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"is not valid UTF-8: byte 0xe9 at offset 22 \(line 3\)\. Expected UTF-8"):
+        load_dataset(path)
+
+
+def test_unsupported_extension(tmp_path: Path) -> None:
+    path = tmp_path / "data.xlsx"
+    path.write_text("x")
+    with pytest.raises(DataError, match=r"Unsupported data file type '\.xlsx'"):
+        load_dataset(path)
+
+
+def test_duplicates_and_overlap_are_reported_not_fatal(tmp_path: Path) -> None:
+    frame = pd.concat([tiny_rows(), tiny_rows().head(4)])
+    test = tiny_rows(copies=1)
+    splits = prepare_splits(_write(tmp_path, frame), test_file=_write(tmp_path, test, "test.csv"))
+    assert splits.report.duplicate_rows == 4
+    assert splits.report.train_test_overlap > 0
+    assert any("duplicate rows" in w for w in splits.report.warnings())
+    assert len(splits.test) == len(test)
+
+
+def test_test_file_with_unknown_labels(tmp_path: Path) -> None:
+    test = pd.DataFrame([{"text": "something new", "label": "new_intent"}])
+    with pytest.raises(DataError, match=r"label\(s\) absent from the training data: \['new_intent'\]"):
+        prepare_splits(_write(tmp_path, tiny_rows()), test_file=_write(tmp_path, test, "test.csv"))
+
+
+def test_stratified_split_keeps_every_label_and_is_seeded() -> None:
+    frame = tiny_rows()
+    train, val, test = stratified_split(frame, (0.2, 0.25), seed=1)
+    assert len(train) + len(val) + len(test) == len(frame)
+    for part in (train, val, test):
+        assert set(part["label"]) == {"refund", "password", "shipping"}
+    again = stratified_split(frame, (0.2, 0.25), seed=1)
+    assert train.equals(again[0]) and test.equals(again[2])
+    assert not train.equals(stratified_split(frame, (0.2, 0.25), seed=2)[0])
+
+
+def test_split_keeps_a_training_row_for_tiny_labels() -> None:
+    frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["x", "x", "y", "y"]})
+    train, _, _ = stratified_split(frame, (0.4, 0.4), seed=0)
+    assert set(train["label"]) == {"x", "y"}
+
+
+def test_fingerprint_ignores_row_order_and_whitespace_but_not_content() -> None:
+    frame = tiny_rows()
+    shuffled = frame.sample(frac=1.0, random_state=0)
+    spaced = frame.assign(text=frame["text"] + "  ")
+    assert fingerprint_rows([frame]) == fingerprint_rows([shuffled]) == fingerprint_rows([spaced])
+    changed = frame.copy()
+    changed.loc[0, "label"] = "password"
+    assert fingerprint_rows([frame]) != fingerprint_rows([changed])
+    assert fingerprint_rows([frame]).startswith("sha256:")

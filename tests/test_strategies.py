@@ -1,0 +1,149 @@
+"""Model tests: every strategy learns the tiny data; LoRA merge parity; the auto ladder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import tiny_rows
+from training.context import TrainContext
+from training.data import split_frames
+from training.finetune import class_weights, find_attention_projections, prepare_lora
+from training.frozen import fit_temperature
+from training.strategies import evaluate_split, run_ladder, run_strategy, stop_reason
+
+
+def _context(make_config: Callable[..., Any], **overrides: Any) -> TrainContext:
+    config = make_config(**overrides)
+    splits = split_frames(tiny_rows(), validation_fraction=0.2, test_fraction=0.25, seed=config.seed)
+    return TrainContext.create(config, splits)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "min_train_accuracy", "trainable"),
+    [
+        ("head", 1.0, lambda n: n == 32 * 3 + 3),
+        ("partial", 1.0, lambda n: 0 < n < 15_000),
+        ("lora", 1.0, lambda n: 0 < n < 10_000),
+        ("full", 1.0, lambda n: n > 15_000),
+    ],
+)
+def test_strategy_memorises_tiny_data(
+    make_config: Callable[..., Any], strategy: str, min_train_accuracy: float, trainable: Callable[[int], bool]
+) -> None:
+    ctx = _context(make_config, strategy=strategy, partial_layers=1)
+    result = run_strategy(strategy, ctx)
+    train = evaluate_split(result, ctx, "train")
+    assert train.accuracy >= min_train_accuracy
+    assert trainable(result.trainable_params), result.trainable_params
+    assert result.strategy == strategy
+    assert not any("lora" in name for name, _ in result.model.named_parameters())
+
+
+def test_baseline_is_nearest_class_centroid(make_config: Callable[..., Any]) -> None:
+    """An untrained tiny encoder cannot memorise, so check the rule itself against numpy."""
+    ctx = _context(make_config, strategy="baseline")
+    result = run_strategy("baseline", ctx)
+    emb, y = ctx.frozen_embeddings("train"), ctx.label_ids("train")
+    test_emb = ctx.frozen_embeddings("test")
+    centroids = np.stack([emb[y == k].mean(axis=0) for k in range(3)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    unit = test_emb / np.linalg.norm(test_emb, axis=1, keepdims=True)
+    expected = (unit @ centroids.T).argmax(axis=1)
+    assert (ctx.predict(result.model, "test").predicted == expected).all()
+    assert result.trainable_params == 0
+    assert result.details["temperature"] > 0
+
+
+def test_fine_tuning_changes_the_encoder_only_where_allowed(make_config: Callable[..., Any]) -> None:
+    ctx = _context(make_config, strategy="partial", partial_layers=1)
+    before = {k: v.clone() for k, v in ctx.fresh_model().state_dict().items()}
+    after = run_strategy("partial", ctx).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k].cpu())}
+    assert any(k.startswith("encoder.encoder.layer.1.") for k in changed)
+    assert not any(k.startswith(("encoder.encoder.layer.0.", "encoder.embeddings.")) for k in changed)
+
+
+def test_lora_merged_and_unmerged_logits_agree(make_config: Callable[..., Any]) -> None:
+    ctx = _context(make_config, strategy="lora")
+    result = run_strategy("lora", ctx)
+    assert result.details["lora_merge_max_abs_diff"] <= 1e-4
+
+
+def test_lora_merge_parity_on_trained_adapters(make_config: Callable[..., Any]) -> None:
+    """Adapters with non-zero weights: merging must not change the logits."""
+    from training.finetune import merge_lora
+
+    ctx = _context(make_config, strategy="lora")
+    model = ctx.fresh_model()
+    prepare_lora(model, r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    unmerged = ctx.predict(model, "train").logits
+    diff = merge_lora(model, ctx)
+    merged = ctx.predict(model, "train").logits
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert diff <= 1e-4
+    assert np.abs(unmerged - merged).max() <= 1e-4
+
+
+def test_attention_projections_are_found(make_config: Callable[..., Any]) -> None:
+    ctx = _context(make_config)
+    assert find_attention_projections(ctx.fresh_model().encoder) == ["query", "key", "value"]
+
+
+def test_same_seed_reproduces_the_same_weights(make_config: Callable[..., Any]) -> None:
+    from transformers import set_seed
+
+    weights = []
+    for _ in range(2):
+        set_seed(3)
+        ctx = _context(make_config, strategy="full", epochs=2, seed=3)
+        weights.append(run_strategy("full", ctx).model.head.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1])
+
+
+def test_auto_ladder_stops_at_target_and_returns_the_best(make_config: Callable[..., Any]) -> None:
+    ctx = _context(make_config, strategy="auto", auto_ladder=["baseline", "head", "full"], auto_target_macro_f1=0.99)
+    outcome = run_ladder(ctx)
+    names = [r.strategy for r in outcome.rungs]
+    assert names[0] == "baseline"
+    best = max(outcome.rungs, key=lambda r: r.validation_macro_f1)
+    assert outcome.best.strategy == best.strategy
+    if best.validation_macro_f1 >= 0.99:
+        assert names[-1] == best.strategy and "target" in outcome.stopped_because
+
+
+@pytest.mark.parametrize(
+    ("best", "gain", "climbed", "expected"),
+    [
+        (0.80, 0.80, 1, None),  # first rung below target: climb
+        (0.90, 0.10, 2, None),  # a good gain: climb
+        (0.90, 0.001, 2, "gained"),  # too little gain: stop
+        (0.97, 0.001, 2, "target"),  # target met: stop, whatever the gain
+        (0.99, 0.99, 1, "target"),  # first rung already meets the target
+    ],
+)
+def test_ladder_stop_rule(best: float, gain: float, climbed: int, expected: str | None) -> None:
+    reason = stop_reason("rung", best, gain, climbed, target=0.97, min_gain=0.005)
+    assert (reason is None) if expected is None else (expected in (reason or ""))
+
+
+def test_class_weights_balance_rare_labels() -> None:
+    weights = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert weights[1] == pytest.approx(3 * weights[0])
+    assert weights[2] == 0
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)) * 3
+    probs = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(5, p=p) for p in probs])
+    assert fit_temperature(logits, y) == pytest.approx(2.5, rel=0.1)

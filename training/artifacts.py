@@ -1,0 +1,90 @@
+"""The files of one saved version, and how to read them back with nothing but the version.
+
+    <version>/
+      model/                      merged weights (model.safetensors), encoder config, tokenizer
+      labels.json                 index -> label
+      training_config.json        the TrainingConfig that produced it
+      metrics.json                test and validation EvaluationResult, ladder comparison
+      report.md, report.html      readable evaluation report
+      reference_profile.parquet   drift reference: texts, predictions, embeddings
+      data/{train,validation,test}.parquet   the exact splits (retraining and the promotion gate)
+      refit.json                  manifest: strategy, base model, fingerprint, parent, created...
+      onnx/                       written by `refit models export`
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from training.errors import ModelLoadError
+from training.evaluation import EvaluationResult
+from training.model import TextClassifier, load_classifier
+from training.profile import PROFILE_FILE, read_reference_profile
+from training.registry import ModelVersion
+
+MODEL_DIR = "model"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "training_config.json"
+METRICS_FILE = "metrics.json"
+DATA_DIR = "data"
+ONNX_DIR = "onnx"
+SPLITS = ("train", "validation", "test")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented UTF-8 JSON."""
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file of a version, with a clear error when it is missing or corrupt."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"Version file {path} is missing or corrupt: {exc}") from exc
+
+
+def write_splits(directory: Path, splits: dict[str, pd.DataFrame]) -> None:
+    """Save the train/validation/test frames under ``data/``."""
+    (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        frame[["text", "label"]].to_parquet(directory / DATA_DIR / f"{name}.parquet", index=False)
+
+
+def read_split(version: ModelVersion, split: str) -> pd.DataFrame:
+    """One of the version's saved data splits (columns ``text``, ``label``)."""
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
+    try:
+        return pd.read_parquet(version.path / DATA_DIR / f"{split}.parquet")
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Split {split!r} of {version.tag} cannot be read: {exc}") from exc
+
+
+def read_labels(version: ModelVersion) -> list[str]:
+    """Label names by output index."""
+    return list(read_json(version.path / LABELS_FILE))
+
+
+def read_metrics(version: ModelVersion) -> dict[str, Any]:
+    """The version's metrics.json (``test``, ``validation``, ``ladder``)."""
+    return dict(read_json(version.path / METRICS_FILE))
+
+
+def read_test_metrics(version: ModelVersion) -> EvaluationResult:
+    """The version's test-split evaluation."""
+    return EvaluationResult.from_dict(read_metrics(version)["test"])
+
+
+def load_version_model(version: ModelVersion) -> tuple[TextClassifier, Any]:
+    """The version's classifier (eval mode, CPU) and tokenizer."""
+    return load_classifier(version.path / MODEL_DIR)
+
+
+def load_version_profile(version: ModelVersion) -> pd.DataFrame:
+    """The version's reference profile for drift monitoring."""
+    return read_reference_profile(version.path / PROFILE_FILE)

@@ -1,0 +1,248 @@
+"""The `refit` command line: thin commands that parse, load config, call one library function.
+
+The serving and monitoring packages add their commands through the ``refit.cli`` entry-point
+group (each entry point is a function taking the root Typer app), so this module never imports
+them and training stays upstream of service and monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from training.errors import ConfigError, RefitError
+
+app = typer.Typer(help="Refit: transfer learning in production.", no_args_is_help=True)
+models_app = typer.Typer(help="List, inspect, promote, roll back, export and delete versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+
+HomeOption = Annotated[
+    Path | None, typer.Option("--home", help="Registry home (BentoML home); default $BENTOML_HOME or ~/bentoml.")
+]
+
+
+def _registry(home: Path | None) -> Any:
+    from training.registry import ModelRegistry
+
+    return ModelRegistry(home)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``key=value`` strings into a dict, values parsed as YAML scalars or lists."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Expected --set KEY=VALUE, found {pair!r}.")
+        values[key.strip()] = yaml.safe_load(raw)
+    return values
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL or Parquet.")],
+    strategy: Annotated[str | None, typer.Option(help="baseline|head|partial|lora|full|auto")] = None,
+    name: Annotated[str | None, typer.Option(help="Registry model name.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML config file.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="'minilm', a local HF directory or a hub id.")] = None,
+    test_file: Annotated[Path | None, typer.Option(help="Held-out test data (else a stratified split).")] = None,
+    text_column: Annotated[str | None, typer.Option()] = None,
+    label_column: Annotated[str | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    learning_rate: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    assignments: Annotated[list[str] | None, typer.Option("--set", help="Any config key: --set lora_r=8")] = None,
+    promote: Annotated[bool, typer.Option(help="Make the new version production.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Fine-tune a model on DATA and register a new version."""
+    from training.config import load_training_config
+    from training.pipeline import train_model
+
+    overrides = parse_assignments(assignments or [])
+    flags = {
+        "strategy": strategy,
+        "name": name,
+        "base_model": base_model,
+        "test_file": test_file,
+        "text_column": text_column,
+        "label_column": label_column,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+    }
+    cfg = load_training_config(config, {**overrides, **flags})
+    outcome = train_model(data, cfg, registry=_registry(home), promote=promote, console=console)
+    for warning in outcome.warnings:
+        console.print(f"[yellow]data warning:[/] {warning}")
+    v = outcome.version
+    console.print(
+        f"[green]registered[/] {v.tag} ({v.manifest['strategy']}, stage {v.stage}): "
+        f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}, "
+        f"ECE {outcome.test.ece:.4f}\nreport: {v.path / 'report.html'}"
+    )
+
+
+def render_versions(versions: list[Any]) -> Table:
+    """A table comparing versions: strategy, metrics, fingerprint, stage, created."""
+    table = Table(title="model versions")
+    for column in ("tag", "stage", "strategy", "test acc", "macro-F1", "data", "parent", "created"):
+        table.add_column(column)
+    for v in versions:
+        m = v.manifest
+        table.add_row(
+            v.tag,
+            v.stage,
+            m.get("strategy", "?"),
+            f"{m.get('test_accuracy', float('nan')):.4f}",
+            f"{m.get('test_macro_f1', float('nan')):.4f}",
+            str(m.get("data_fingerprint", ""))[7:19],
+            str(m.get("parent_version") or "-"),
+            v.created[:19].replace("T", " "),
+        )
+    return table
+
+
+@models_app.command("list")
+def list_models(
+    name: Annotated[str | None, typer.Argument(help="Model name; all models when omitted.")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Compare the versions of one or all models."""
+    registry = _registry(home)
+    names = [name] if name else registry.names()
+    versions = [v for n in names for v in registry.versions(n)]
+    if not versions:
+        console.print(f"no versions found in {registry.home}")
+        return
+    console.print(render_versions(versions))
+
+
+@models_app.command("show")
+def show_model(ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")], home: HomeOption = None) -> None:
+    """Show one version's manifest, metrics, stage and path."""
+    from training.artifacts import read_metrics
+    from training.onnx_export import read_export_record
+
+    version = _registry(home).get(ref)
+    test = read_metrics(version)["test"]
+    table = Table(title=version.tag, show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    for key in ("strategy", "base_model", "data_fingerprint", "parent_version", "created", "trainable_params", "train_seconds"):
+        table.add_row(key, str(version.manifest.get(key)))
+    table.add_row("stage", version.stage)
+    table.add_row("labels", ", ".join(version.manifest.get("labels", [])))
+    table.add_row("test", f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}")
+    table.add_row("onnx", str(read_export_record(version) or "not exported"))
+    table.add_row("path", str(version.path))
+    console.print(table)
+
+
+@models_app.command("promote")
+def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home: HomeOption = None) -> None:
+    """Make a version production (the previous one is archived)."""
+    version = _registry(home).promote(ref, reason="refit models promote")
+    console.print(f"[green]{version.tag} is now production[/]")
+
+
+@models_app.command("rollback")
+def rollback_model(name: Annotated[str, typer.Argument()], home: HomeOption = None) -> None:
+    """Restore the previous production version."""
+    version = _registry(home).rollback(name, reason="refit models rollback")
+    console.print(f"[green]rolled back: {version.tag} is production again[/]")
+
+
+@models_app.command("export")
+def export_model(
+    ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")],
+    quantize: Annotated[bool, typer.Option(help="Also write a dynamic int8 model.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Export a version to ONNX and check logits parity against torch."""
+    from training.onnx_export import export_version
+
+    version = _registry(home).get(ref)
+    record = export_version(version, quantize=quantize)
+    console.print(
+        f"[green]exported[/] {version.tag}: parity max |diff| {record['parity_max_abs_diff']:.2e} "
+        f"(tolerance {record['parity_tolerance']:.0e}), accuracy {record['accuracy']:.4f}"
+    )
+    if "int8" in record:
+        q = record["int8"]
+        console.print(
+            f"int8: accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
+            f"{q['size_mb']} MB vs {q['fp32_size_mb']} MB"
+        )
+
+
+@models_app.command("delete")
+def delete_model(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    home: HomeOption = None,
+) -> None:
+    """Delete a version (refused for the production version)."""
+    registry = _registry(home)
+    version = registry.get(ref)
+    if not yes:
+        typer.confirm(f"Delete {version.tag} ({version.stage})?", abort=True)
+    registry.delete(version.tag)
+    console.print(f"deleted {version.tag}")
+
+
+@app.command("demo-data")
+def demo_data(out: Annotated[Path, typer.Argument(help="Directory for the CSV files.")] = Path("demo-data")) -> None:
+    """Write the generated support-ticket dataset and its drifted variants."""
+    from training.demo_data import write_demo_data
+
+    for name, path in write_demo_data(out).items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("demo-output")) -> None:
+    """The main job on embedded defaults: data, `auto` training, versions, ONNX export."""
+    from training.demo import run_demo
+
+    run_demo(out, console)
+
+
+def _load_plugins() -> None:
+    for entry in entry_points(group="refit.cli"):
+        entry.load()(app)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning Refit errors into clear messages."""
+    from training.model import quiet_transformers
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_transformers()
+    _load_plugins()
+    try:
+        code = app(standalone_mode=False)
+    except RefitError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    except (typer.Abort, KeyboardInterrupt):
+        raise SystemExit(1) from None
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

@@ -1,0 +1,168 @@
+"""The training stage's one typed config, loaded from a file, the environment and overrides.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables
+(``REFIT_TRAIN_<KEY>``), the config file (YAML or TOML), the defaults below.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from training.errors import ConfigError
+
+Strategy = Literal["baseline", "head", "partial", "lora", "full", "auto"]
+STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full", "auto")
+FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
+
+# Learning rates that worked for MiniLM-sized encoders; `learning_rate` overrides them.
+DEFAULT_LEARNING_RATES: dict[str, float] = {"partial": 2e-4, "lora": 1e-3, "full": 8e-5}
+
+_file_values: ContextVar[dict[str, Any]] = ContextVar("refit_train_file_values", default={})
+
+
+class _FileValuesSource(PydanticBaseSettingsSource):
+    """Feeds the values read from the config file, below the environment in precedence."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_values.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+class TrainingConfig(BaseSettings):
+    """Everything one training run needs; saved with the version it produces."""
+
+    model_config = SettingsConfigDict(env_prefix="REFIT_TRAIN_", extra="forbid")
+
+    name: str = Field("refit-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # registry model name
+    base_model: str = "minilm"  # "minilm" (bundled), a local HF directory or a hub id
+    strategy: Strategy = "auto"
+    text_column: str = "text"
+    label_column: str = "label"
+    test_file: Path | None = None  # held-out test data; else a stratified split of DATA
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.5)
+    seed: int = 42
+    max_length: int = Field(128, ge=8, le=4096)  # tokens; longer texts are truncated
+    normalize_embeddings: bool = True  # L2-normalise mean-pooled embeddings before the head
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    epochs: int = Field(10, ge=1)  # upper bound; early stopping usually ends sooner
+    learning_rate: float | None = Field(None, gt=0)  # None: the strategy's default
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    early_stopping_patience: int = Field(3, ge=1)  # epochs without validation macro-F1 gain
+    partial_layers: int = Field(2, ge=1)  # top encoder layers unfrozen by `partial`
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    class_weighting: Literal["balanced", "none"] = "balanced"
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # keeps gradients alive after the probe init
+    calibrate: bool = True  # temperature-scale logits on validation data (folded into the head)
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    auto_ladder: list[str] = Field(default_factory=lambda: ["baseline", "head", "lora", "full"])
+    auto_target_macro_f1: float = Field(0.97, gt=0.0, le=1.0)  # stop climbing once reached
+    auto_min_gain: float = Field(0.005, ge=0.0)  # stop when a rung gains less than this
+    profile_rows: int = Field(5000, ge=10)  # rows of training data kept as the drift reference
+    parent_version: str | None = None  # lineage; defaults to the current production version
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileValuesSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _check_ladder(self) -> TrainingConfig:
+        bad = [s for s in self.auto_ladder if s not in STRATEGIES or s == "auto"]
+        if bad or not self.auto_ladder:
+            raise ValueError(
+                f"auto_ladder must be a non-empty list of {list(STRATEGIES[:-1])}; found {bad or '[]'}"
+            )
+        return self
+
+    def learning_rate_for(self, strategy: str) -> float:
+        """The learning rate a fine-tuning strategy uses: the configured one or its default."""
+        return self.learning_rate or DEFAULT_LEARNING_RATES[strategy]
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or TOML config file into a dict.
+
+    Raises:
+        ConfigError: the file is missing, has another extension, or does not parse to a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {path}. Expected a .yaml, .yml or .toml file.")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        elif suffix == ".toml":
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        else:
+            raise ConfigError(
+                f"Config file {path} has extension '{suffix}'; expected .yaml, .yml or .toml."
+            )
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Config file {path} does not parse: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of keys to values; found {type(values).__name__}."
+        )
+    return values
+
+
+def reject_unknown_keys(values: dict[str, Any], source: str, valid: set[str]) -> None:
+    """Raise a ConfigError naming every key of ``values`` that is not in ``valid``."""
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key(s) {unknown} in {source}. Valid keys: {', '.join(sorted(valid))}."
+        )
+
+
+def load_training_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainingConfig:
+    """Build the training config from a file, the environment and explicit overrides.
+
+    Args:
+        path: optional YAML or TOML file.
+        overrides: values that win over everything else (CLI flags); ``None`` values are ignored.
+
+    Raises:
+        ConfigError: an unknown key, an unreadable file or an invalid value.
+    """
+    valid = set(TrainingConfig.model_fields)
+    file_values = read_config_file(path) if path else {}
+    reject_unknown_keys(file_values, str(path), valid)
+    explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
+    reject_unknown_keys(explicit, "the overrides", valid)
+    token = _file_values.set(file_values)
+    try:
+        return TrainingConfig(**explicit)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (found {err.get('input')!r})"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"Invalid training config: {problems}") from exc
+    finally:
+        _file_values.reset(token)

@@ -1,0 +1,82 @@
+"""What every strategy of one training run shares: config, data, tokenizer, device, caches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.config import TrainingConfig
+from training.data import DatasetSplits
+from training.inference import choose_device, predict
+from training.model import TextClassifier, build_classifier
+
+
+@dataclass
+class StrategyResult:
+    """A trained classifier (weights merged, ready to save) and how it was obtained."""
+
+    strategy: str
+    model: TextClassifier
+    train_seconds: float
+    trainable_params: int
+    details: dict[str, Any] = field(default_factory=dict)  # history, temperature, parity, ...
+
+
+@dataclass
+class TrainContext:
+    """Shared state of one run; frozen-encoder embeddings and the linear probe are computed once."""
+
+    config: TrainingConfig
+    splits: DatasetSplits
+    tokenizer: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    frozen: dict[str, np.ndarray] = field(default_factory=dict)  # split name -> embeddings
+    probe: dict[str, Any] | None = None  # linear-probe weights and how they were chosen
+
+    @classmethod
+    def create(cls, config: TrainingConfig, splits: DatasetSplits) -> TrainContext:
+        """A context for ``config`` on ``splits`` with the base tokenizer loaded once."""
+        _, tokenizer = build_classifier(config.base_model, len(splits.labels))
+        return cls(config=config, splits=splits, tokenizer=tokenizer, device=choose_device(config.device))
+
+    def label_ids(self, split: str) -> np.ndarray:
+        """Label indices (n,) of a split's rows."""
+        index = {label: i for i, label in enumerate(self.splits.labels)}
+        frame = getattr(self.splits, split)
+        return np.array([index[label] for label in frame["label"]], dtype=np.int64)
+
+    def texts(self, split: str) -> list[str]:
+        """The texts of a split."""
+        return list(getattr(self.splits, split)["text"])
+
+    def fresh_model(self) -> TextClassifier:
+        """A new classifier on the pretrained encoder, on the run's device."""
+        model, _ = build_classifier(
+            self.config.base_model, len(self.splits.labels), self.config.normalize_embeddings
+        )
+        return model.to(self.device)
+
+    def frozen_embeddings(self, split: str) -> np.ndarray:
+        """Pretrained-encoder embeddings of a split, computed once per run."""
+        if split not in self.frozen:
+            model = self.fresh_model()
+            for name in ("train", "validation", "test"):
+                if name not in self.frozen:
+                    self.frozen[name] = self.predict(model, name).embeddings
+            del model
+        return self.frozen[split]
+
+    def predict(self, model: TextClassifier, split: str) -> Any:
+        """Predictions of ``model`` on a split."""
+        return predict(
+            model,
+            self.tokenizer,
+            self.texts(split),
+            max_length=self.config.max_length,
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+            mixed_precision=self.config.mixed_precision,
+        )

@@ -1,0 +1,295 @@
+"""Labelled text data: loading, validation, stratified splits and a dataset fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+_MAX_ROWS_LISTED = 5
+
+
+@dataclass
+class DataReport:
+    """Findings that do not stop training but that a user should see."""
+
+    rows: int
+    duplicate_rows: int = 0  # same text and label seen before
+    conflicting_texts: int = 0  # same text with different labels
+    train_test_overlap: int = 0  # test texts that also occur in the training data
+    class_counts: dict[str, int] = field(default_factory=dict)
+
+    def warnings(self) -> list[str]:
+        """Human-readable warnings for each non-zero finding."""
+        found = []
+        if self.duplicate_rows:
+            found.append(f"{self.duplicate_rows} duplicate rows (same text and label)")
+        if self.conflicting_texts:
+            found.append(f"{self.conflicting_texts} texts appear with more than one label")
+        if self.train_test_overlap:
+            found.append(f"{self.train_test_overlap} test texts also appear in the training data")
+        return found
+
+
+@dataclass
+class DatasetSplits:
+    """Train, validation and test frames (columns ``text`` and ``label``) plus what describes them."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    labels: list[str]
+    fingerprint: str
+    report: DataReport
+
+
+def _row_list(rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r) + 1) for r in rows[:_MAX_ROWS_LISTED])
+    return shown + (", ..." if len(rows) > _MAX_ROWS_LISTED else "")
+
+
+def _decode_error(path: Path) -> DataError:
+    # pandas reports offsets within its read buffer; decoding the whole file gives the real one.
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+        start = 0
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    line = raw[:start].count(b"\n") + 1
+    return DataError(
+        f"{path} is not valid UTF-8: byte 0x{raw[start]:02x} at offset {start} (line {line}). "
+        "Expected UTF-8 text. Hint: re-save the file as UTF-8, e.g. "
+        f"`iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`."
+    )
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file with every column as found.
+
+    Raises:
+        DataError: the file is missing, of an unsupported type, not UTF-8, or unparsable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"Data file not found: {path}. Expected a CSV, JSONL or Parquet file. "
+            "Hint: check the path (relative paths start from the current directory)."
+        )
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"Unsupported data file type '{suffix}' for {path}; expected one of {SUPPORTED_SUFFIXES}."
+        )
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+        return pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path) from exc
+    except (ValueError, pd.errors.ParserError, OSError) as exc:
+        raise DataError(f"Could not parse {path} as {suffix[1:].upper()}: {exc}") from exc
+
+
+def load_dataset(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
+    """Load and validate labelled texts into a frame with columns ``text`` and ``label``.
+
+    Raises:
+        DataError: a missing column, empty texts, missing labels, a label with fewer than two
+            examples, or a single class; the message lists what was found.
+    """
+    raw = read_table(Path(path))
+    missing = [c for c in (text_column, label_column) if c not in raw.columns]
+    if missing:
+        raise DataError(
+            f"Column(s) {missing} not found in {path}. Found columns: {list(raw.columns)}. "
+            "Hint: set text_column / label_column (--text-column / --label-column)."
+        )
+    frame = pd.DataFrame(
+        {
+            "text": raw[text_column].astype("string").fillna(""),
+            "label": raw[label_column].astype("string").fillna("").str.strip(),
+        }
+    )
+    validate_texts(frame, path)
+    return frame.astype({"text": str, "label": str}).reset_index(drop=True)
+
+
+def validate_texts(frame: pd.DataFrame, source: Path | str) -> None:
+    """Reject empty texts and empty labels, naming the first offending data rows (1-based)."""
+    empty = np.flatnonzero(frame["text"].str.strip().eq("").to_numpy())
+    if len(empty):
+        raise DataError(
+            f"{len(empty)} empty or whitespace-only text(s) in {source} (data rows {_row_list(empty)}; "
+            "1-based, header excluded). Expected non-empty text in every row. "
+            "Hint: drop or fill these rows."
+        )
+    unlabelled = np.flatnonzero(frame["label"].eq("").to_numpy())
+    if len(unlabelled):
+        raise DataError(
+            f"{len(unlabelled)} row(s) without a label in {source} (data rows {_row_list(unlabelled)}). "
+            "Expected a label in every row. Hint: drop these rows or label them."
+        )
+
+
+def validate_classes(frame: pd.DataFrame, source: Path | str) -> dict[str, int]:
+    """Check there are at least two labels and each has at least two examples; return the counts."""
+    counts = frame["label"].value_counts().sort_index()
+    if len(counts) < 2:
+        raise DataError(
+            f"Found a single label ({counts.index[0]!r}, {int(counts.iloc[0])} rows) in {source}. "
+            "Expected at least 2 distinct labels to train a classifier."
+        )
+    rare = counts[counts < 2]
+    if len(rare):
+        listed = ", ".join(f"{label!r} ({n})" for label, n in rare.items())
+        raise DataError(
+            f"Label(s) with fewer than 2 examples in {source}: {listed}. Expected at least 2 "
+            "examples per label so that it can be both learnt and evaluated. "
+            "Hint: add examples or drop these labels."
+        )
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFC, whitespace collapsed, stripped: what counts as 'the same text'."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def fingerprint_rows(frames: list[pd.DataFrame]) -> str:
+    """sha256 over the sorted, normalised (text, label) rows: independent of row order."""
+    rows = sorted(
+        f"{normalize_text(t)}\t{normalize_text(lab)}"
+        for frame in frames
+        for t, lab in zip(frame["text"], frame["label"], strict=True)
+    )
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(row.encode("utf-8") + b"\n")
+    return "sha256:" + digest.hexdigest()
+
+
+def stratified_split(
+    frame: pd.DataFrame, fractions: tuple[float, float], seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split each label's rows into train / validation / test by (validation, test) fractions.
+
+    Every label keeps at least one training row; a label with three or more rows also gets a
+    test row when a test fraction is asked for.
+    """
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    val_frac, test_frac = fractions
+    for _, group in frame.groupby("label", sort=True):
+        idx = rng.permutation(group.index.to_numpy())
+        n = len(idx)
+        n_test = round(n * test_frac)
+        if test_frac > 0 and n >= 3:
+            n_test = max(n_test, 1)
+        n_val = round(n * val_frac)
+        n_val = min(n_val, max(n - n_test - 1, 0))
+        n_test = min(n_test, n - n_val - 1)
+        parts["test"].extend(idx[:n_test])
+        parts["validation"].extend(idx[n_test : n_test + n_val])
+        parts["train"].extend(idx[n_test + n_val :])
+    train, val, test = (
+        frame.loc[sorted(parts[k])].reset_index(drop=True) for k in ("train", "validation", "test")
+    )
+    return train, val, test
+
+
+def count_overlap(train: pd.DataFrame, test: pd.DataFrame) -> int:
+    """Number of test rows whose normalised text also occurs in training data."""
+    seen = {normalize_text(t) for t in train["text"]}
+    return sum(normalize_text(t) in seen for t in test["text"])
+
+
+def prepare_splits(
+    data_path: Path,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    test_file: Path | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+) -> DatasetSplits:
+    """Load, validate and split a dataset; report duplicates and train/test overlap.
+
+    Args:
+        data_path: labelled training data (CSV, JSONL or Parquet).
+        text_column: name of the text column in the file(s).
+        label_column: name of the label column in the file(s).
+        test_file: held-out test data; without it a stratified test split is taken.
+        validation_fraction: share of each label kept for validation (early stopping).
+        test_fraction: share of each label kept for testing when no test file is given.
+        seed: seed of the split.
+
+    Raises:
+        DataError: the data cannot be used; the message says why and how to fix it.
+    """
+    data = load_dataset(data_path, text_column, label_column)
+    test = load_dataset(test_file, text_column, label_column) if test_file is not None else None
+    return split_frames(
+        data,
+        test,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        source=str(data_path),
+    )
+
+
+def split_frames(
+    data: pd.DataFrame,
+    test: pd.DataFrame | None = None,
+    *,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+    source: str = "the data",
+) -> DatasetSplits:
+    """Validate loaded frames (columns ``text``, ``label``) and split them; see prepare_splits."""
+    validate_texts(data, source)
+    class_counts = validate_classes(data, source)
+    normalized = data["text"].map(normalize_text)
+    report = DataReport(
+        rows=len(data),
+        duplicate_rows=int(pd.DataFrame({"t": normalized, "l": data["label"]}).duplicated().sum()),
+        conflicting_texts=int((data.assign(t=normalized).groupby("t")["label"].nunique() > 1).sum()),
+        class_counts=class_counts,
+    )
+    if test is not None:
+        unknown = sorted(set(test["label"]) - set(class_counts))
+        if unknown:
+            raise DataError(
+                f"The test data has label(s) absent from the training data: {unknown[:10]}. "
+                f"Expected only labels of {source}: {sorted(class_counts)[:10]}..."
+            )
+        train, val, _ = stratified_split(data, (validation_fraction, 0.0), seed)
+    else:
+        train, val, test = stratified_split(data, (validation_fraction, test_fraction), seed)
+    report.train_test_overlap = count_overlap(train, test)
+    for warning in report.warnings():
+        logger.warning("%s: %s", source, warning)
+    frames = [data] if test is None else [data, test]
+    return DatasetSplits(
+        train=train,
+        validation=val,
+        test=test,
+        labels=sorted(class_counts),
+        fingerprint=fingerprint_rows(frames),
+        report=report,
+    )

@@ -1,0 +1,228 @@
+"""Fine-tuning strategies `partial`, `lora` and `full`, on CPU, one GPU or many (Accelerate).
+
+Every fine-tuning run starts its head from the linear probe (LP-FT, Kumar et al. 2022): the
+encoder is then not pulled around by a random head in the first steps, which matters most with
+a few examples per class. Loss is class-weighted; early stopping keeps the epoch with the best
+validation macro-F1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+from training.context import StrategyResult, TrainContext
+from training.frozen import calibrate, fit_linear_probe, set_head
+from training.model import TextClassifier, count_trainable
+
+logger = logging.getLogger(__name__)
+
+# Attention projection names across common encoder families (BERT, RoBERTa, DistilBERT, T5, ...).
+ATTENTION_PROJECTIONS = (
+    ("query", "key", "value"),
+    ("q_proj", "k_proj", "v_proj"),
+    ("q_lin", "k_lin", "v_lin"),
+    ("q", "k", "v"),
+)
+
+
+def find_encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's stack of transformer layers (the ModuleList as long as num_hidden_layers)."""
+    depth = int(getattr(encoder.config, "num_hidden_layers", 0))
+    for module in encoder.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return module
+    raise ValueError(f"Cannot find the {depth} transformer layers of {type(encoder).__name__}")
+
+
+def find_attention_projections(encoder: nn.Module) -> list[str]:
+    """Names of the attention query/key/value Linear layers, for LoRA's ``target_modules``."""
+    linear_names = {n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+    for names in ATTENTION_PROJECTIONS:
+        if set(names) <= linear_names:
+            return list(names)
+    raise ValueError(f"No attention projections found among Linear layers {sorted(linear_names)}")
+
+
+def prepare_partial(model: TextClassifier, layers: int) -> None:
+    """Freeze the encoder except its top ``layers`` transformer layers."""
+    model.encoder.requires_grad_(False)
+    for layer in find_encoder_layers(model.encoder)[-layers:]:
+        layer.requires_grad_(True)
+
+
+def prepare_lora(model: TextClassifier, r: int, alpha: int, dropout: float) -> None:
+    """Wrap the encoder with PEFT LoRA adapters on its attention projections."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=find_attention_projections(model.encoder),
+    )
+    model.encoder = get_peft_model(model.encoder, config)
+
+
+def merge_lora(model: TextClassifier, ctx: TrainContext) -> float:
+    """Merge LoRA adapters into the encoder weights; return max |logits merged - unmerged|."""
+    split = "validation" if len(ctx.splits.validation) else "train"
+    sample = ctx.texts(split)[:64]
+    before = _sample_logits(model, ctx, sample)
+    model.encoder = model.encoder.merge_and_unload()
+    after = _sample_logits(model, ctx, sample)
+    return float(np.abs(before - after).max())
+
+
+def _sample_logits(model: TextClassifier, ctx: TrainContext, texts: list[str]) -> np.ndarray:
+    from training.inference import predict
+
+    return predict(
+        model, ctx.tokenizer, texts, max_length=ctx.config.max_length, mixed_precision="no"
+    ).logits
+
+
+def class_weights(y: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Balanced class weights n / (k * count); labels absent from training get weight 0."""
+    counts = np.bincount(y, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, len(y) / (max((counts > 0).sum(), 1) * counts.clip(min=1)), 0.0)
+    return torch.as_tensor(weights, dtype=torch.float32)
+
+
+def resolve_mixed_precision(setting: str, device: torch.device) -> str:
+    """Accelerate's mixed_precision value: bf16 or fp16 on CUDA under ``auto``, else ``no``."""
+    if setting != "auto":
+        return setting if device.type == "cuda" else "no"
+    if device.type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _make_loader(ctx: TrainContext, seed: int) -> DataLoader:
+    texts, labels = ctx.texts("train"), ctx.label_ids("train")
+    tokenizer, max_length = ctx.tokenizer, ctx.config.max_length
+
+    def collate(rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        batch = tokenizer(
+            [r[0] for r in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": torch.tensor([r[1] for r in rows]),
+        }
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = list(zip(texts, labels.tolist(), strict=True))
+    return DataLoader(
+        rows,  # type: ignore[arg-type]
+        batch_size=ctx.config.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=generator,
+        pin_memory=ctx.device.type == "cuda",
+    )
+
+
+def _validation_f1(model: TextClassifier, ctx: TrainContext) -> float | None:
+    if not len(ctx.splits.validation):
+        return None
+    preds = ctx.predict(model, "validation").predicted
+    return float(f1_score(ctx.label_ids("validation"), preds, average="macro"))
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -> list[dict[str, Any]]:
+    """Train the parameters that require grad; restore the best epoch; return per-epoch history."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    cfg = ctx.config
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision, ctx.device),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=ctx.device.type == "cpu",
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate_for(strategy), weight_decay=cfg.weight_decay)
+    loader = _make_loader(ctx, cfg.seed)
+    steps = math.ceil(len(loader) / cfg.gradient_accumulation_steps) * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
+    if cfg.class_weighting == "none":
+        weights = torch.ones_like(weights)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=weights.to(accelerator.device), label_smoothing=cfg.label_smoothing
+    )
+    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    history: list[dict[str, Any]] = []
+    best_f1, best_state, stale = -1.0, _trainable_state(model), 0
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not accelerator.is_local_main_process, transient=False) as bar:
+        task = bar.add_task(f"{strategy}: epoch 1/{cfg.epochs}", total=len(loader) * cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            wrapped.train()
+            losses = []
+            for batch in loader:
+                with accelerator.accumulate(wrapped):
+                    logits = wrapped(batch["input_ids"], batch["attention_mask"])
+                    loss = loss_fn(logits.float(), batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                losses.append(loss.item())
+                bar.update(task, advance=1, description=f"{strategy}: epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
+            val_f1 = _validation_f1(accelerator.unwrap_model(wrapped), ctx)
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_macro_f1": val_f1})
+            logger.info("%s epoch %d: loss %.4f, validation macro-F1 %s", strategy, epoch, np.mean(losses), val_f1)
+            score = val_f1 if val_f1 is not None else -float(np.mean(losses))
+            if score > best_f1 + 1e-6:
+                best_f1, best_state, stale = score, _trainable_state(model), 0
+            else:
+                stale += 1
+                if stale >= cfg.early_stopping_patience:
+                    break
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in best_state:
+                param.copy_(best_state[name])
+    accelerator.free_memory()
+    return history
+
+
+def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
+    """Run `partial`, `lora` or `full`: probe-initialised head, fine-tune, merge, calibrate."""
+    start = time.perf_counter()
+    probe = fit_linear_probe(ctx)
+    model = ctx.fresh_model()
+    set_head(model, probe["weight"], probe["bias"])
+    cfg = ctx.config
+    if strategy == "partial":
+        prepare_partial(model, cfg.partial_layers)
+    elif strategy == "lora":
+        prepare_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+    elif strategy != "full":
+        raise ValueError(f"Unknown fine-tuning strategy {strategy!r}; expected partial, lora or full")
+    trainable = count_trainable(model)
+    history = run_training_loop(model, ctx, strategy)
+    details: dict[str, Any] = {"history": history, "learning_rate": cfg.learning_rate_for(strategy)}
+    if strategy == "lora":
+        details["lora_merge_max_abs_diff"] = merge_lora(model, ctx)
+    model.requires_grad_(True)
+    details["temperature"] = calibrate(model, ctx)
+    return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details)

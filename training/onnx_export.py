@@ -1,0 +1,159 @@
+"""ONNX export of a registered version, checked against torch, optionally int8-quantised.
+
+The exported graph takes ``input_ids`` and ``attention_mask`` (batch and sequence axes dynamic)
+and returns ``logits`` and ``embeddings`` (what the head reads; the monitor uses them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.artifacts import ONNX_DIR, load_version_model, read_labels, read_split, write_json
+from training.errors import ExportError
+from training.evaluation import evaluate_predictions
+from training.inference import iter_length_sorted_batches, predict, softmax
+from training.model import TextClassifier
+from training.registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+QUANTIZED_FILE = "model.int8.onnx"
+EXPORT_RECORD = "export.json"
+PARITY_TOLERANCE = 1e-4
+OPSET = 17
+
+
+class _ExportWrapper(nn.Module):
+    """Returns (logits, embeddings) as a tuple, which the exporter names as outputs."""
+
+    def __init__(self, model: TextClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.model.embed(input_ids, attention_mask)
+        return self.model.classify(embeddings), embeddings
+
+
+def export_to_onnx(model: TextClassifier, tokenizer: Any, path: Path) -> None:
+    """Write ``model`` as ONNX (TorchScript exporter: one self-contained file, dynamic axes)."""
+    model = model.eval().cpu()
+    sample = tokenizer(["an example input", "a second, longer example input"], padding=True, return_tensors="pt")
+    args = (sample["input_ids"], sample["attention_mask"])
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
+    axes |= {"logits": {0: "batch"}, "embeddings": {0: "batch"}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            _ExportWrapper(model),
+            args,
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits", "embeddings"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def onnx_session(path: Path, providers: list[str] | None = None) -> Any:
+    """An ONNX Runtime session, CUDA first where that provider is available."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
+
+
+def onnx_logits(session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """Logits (n, labels) of an ONNX session on ``texts``, in input order."""
+    out: np.ndarray | None = None
+    for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
+        feeds = {k: v.numpy().astype(np.int64) for k, v in batch.items()}
+        logits = session.run(["logits"], feeds)[0]
+        if out is None:
+            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    assert out is not None
+    return out
+
+
+def export_version(version: ModelVersion, *, quantize: bool = False, max_eval_rows: int = 2000) -> dict[str, Any]:
+    """Export a registered version to ``<version>/onnx`` and record parity (and int8 accuracy).
+
+    Raises:
+        ExportError: ONNX logits differ from torch by more than 1e-4.
+    """
+    model, tokenizer = load_version_model(version)
+    max_length = int(version.manifest.get("max_length", 128))
+    labels = read_labels(version)
+    test = read_split(version, "test").head(max_eval_rows)
+    texts, y = list(test["text"]), np.array([labels.index(lab) for lab in test["label"]])
+    target = version.path / ONNX_DIR / ONNX_FILE
+    start = time.perf_counter()
+    export_to_onnx(model, tokenizer, target)
+    reference = predict(model, tokenizer, texts, max_length=max_length, mixed_precision="no").logits
+    exported = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
+    diff = float(np.abs(reference - exported).max()) if len(texts) else 0.0
+    record: dict[str, Any] = {
+        "file": f"{ONNX_DIR}/{ONNX_FILE}",
+        "opset": OPSET,
+        "parity_max_abs_diff": diff,
+        "parity_tolerance": PARITY_TOLERANCE,
+        "parity_rows": len(texts),
+        "export_seconds": round(time.perf_counter() - start, 2),
+        "accuracy": evaluate_predictions(y, softmax(exported), labels).accuracy,
+    }
+    if diff > PARITY_TOLERANCE:
+        target.unlink(missing_ok=True)
+        raise ExportError(
+            f"ONNX export of {version.tag} does not match torch: max |logit diff| = {diff:.2e}, "
+            f"expected <= {PARITY_TOLERANCE:.0e}. The ONNX file was not kept."
+        )
+    if quantize:
+        record["int8"] = quantize_version(version, tokenizer, texts, y, labels, max_length, record["accuracy"])
+    write_json(version.path / ONNX_DIR / EXPORT_RECORD, record)
+    return record
+
+
+def quantize_version(
+    version: ModelVersion,
+    tokenizer: Any,
+    texts: list[str],
+    y: np.ndarray,
+    labels: list[str],
+    max_length: int,
+    fp32_accuracy: float,
+) -> dict[str, Any]:
+    """Dynamic int8 quantisation of the exported model; record its accuracy change on test data."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = version.path / ONNX_DIR / ONNX_FILE, version.path / ONNX_DIR / QUANTIZED_FILE
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    logits = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
+    accuracy = evaluate_predictions(y, softmax(logits), labels).accuracy
+    return {
+        "file": f"{ONNX_DIR}/{QUANTIZED_FILE}",
+        "accuracy": accuracy,
+        "accuracy_change": accuracy - fp32_accuracy,
+        "size_mb": round(target.stat().st_size / 2**20, 2),
+        "fp32_size_mb": round(source.stat().st_size / 2**20, 2),
+    }
+
+
+def read_export_record(version: ModelVersion) -> dict[str, Any] | None:
+    """The recorded export of a version, or None if it was never exported."""
+    path = version.path / ONNX_DIR / EXPORT_RECORD
+    if not path.is_file():
+        return None
+    import json
+
+    return dict(json.loads(path.read_text(encoding="utf-8")))

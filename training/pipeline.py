@@ -1,0 +1,187 @@
+"""One training run end to end: data -> strategy (or ladder) -> evaluation -> registered version."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from training.artifacts import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    write_json,
+    write_splits,
+)
+from training.config import TrainingConfig
+from training.context import StrategyResult, TrainContext
+from training.data import DatasetSplits, prepare_splits
+from training.errors import VersionNotFoundError
+from training.evaluation import EvaluationResult
+from training.model import save_classifier
+from training.profile import (
+    PROFILE_FILE,
+    build_reference_profile,
+    sample_reference_rows,
+    write_reference_profile,
+)
+from training.registry import ModelRegistry, ModelVersion
+from training.report import render_html, render_markdown
+from training.strategies import evaluate_split, run_ladder, run_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """The registered version and the numbers that decided it."""
+
+    version: ModelVersion
+    test: EvaluationResult
+    validation: EvaluationResult | None
+    ladder: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for reproducible runs."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def train_model(
+    data_path: Path,
+    config: TrainingConfig,
+    *,
+    registry: ModelRegistry | None = None,
+    promote: bool = False,
+    console: Console | None = None,
+) -> TrainOutcome:
+    """Train on ``data_path`` with ``config`` and register a new version.
+
+    Args:
+        data_path: labelled data (CSV, JSONL or Parquet).
+        config: the training config (strategy, base model, hyperparameters).
+        registry: where to register; defaults to ``$BENTOML_HOME``.
+        promote: make the new version production (the first version of a model always is).
+        console: where the ladder table and progress go.
+
+    Raises:
+        DataError: the data is unusable. ConfigError / ModelLoadError: see their messages.
+    """
+    registry = registry or ModelRegistry()
+    console = console or Console()
+    splits = prepare_splits(
+        data_path,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        test_file=config.test_file,
+        validation_fraction=config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    seed_everything(config.seed)
+    ctx = TrainContext.create(config, splits)
+    ladder: list[dict[str, Any]] = []
+    if config.strategy == "auto":
+        outcome = run_ladder(ctx, console)
+        result, ladder = outcome.best, [r.to_dict() for r in outcome.rungs]
+    else:
+        result = run_strategy(config.strategy, ctx)
+    test = evaluate_split(result, ctx, "test")
+    validation = evaluate_split(result, ctx, "validation") if len(splits.validation) else None
+    parent = config.parent_version or _production_version(registry, config.name)
+    metadata = {
+        "strategy": result.strategy,
+        "base_model": config.base_model,
+        "data_fingerprint": splits.fingerprint,
+        "parent_version": parent,
+        "test_accuracy": round(test.accuracy, 4),
+        "test_macro_f1": round(test.macro_f1, 4),
+    }
+
+    def write(directory: Path) -> dict[str, Any]:
+        return write_version(directory, ctx, result, test, validation, ladder, metadata)
+
+    version = registry.register(config.name, metadata, write)
+    if promote and version.stage != "production":
+        version = registry.promote(version.tag, reason="requested at training time")
+    return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
+
+
+def _production_version(registry: ModelRegistry, name: str) -> str | None:
+    try:
+        return registry.get(f"{name}:production").version
+    except VersionNotFoundError:
+        return None
+
+
+def write_version(
+    directory: Path,
+    ctx: TrainContext,
+    result: StrategyResult,
+    test: EvaluationResult,
+    validation: EvaluationResult | None,
+    ladder: list[dict[str, Any]],
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """Write every file of a version into ``directory``; return its manifest."""
+    cfg, splits = ctx.config, ctx.splits
+    save_classifier(result.model.cpu(), ctx.tokenizer, directory / MODEL_DIR)
+    result.model.to(ctx.device)
+    write_json(directory / LABELS_FILE, splits.labels)
+    write_json(directory / CONFIG_FILE, cfg.model_dump(mode="json"))
+    metrics = {
+        "test": test.to_dict(),
+        "validation": validation.to_dict() if validation else None,
+        "ladder": ladder,
+    }
+    write_json(directory / METRICS_FILE, metrics)
+    write_splits(directory, {"train": splits.train, "validation": splits.validation, "test": splits.test})
+    write_reference_profile(build_profile(ctx, result, splits), directory / PROFILE_FILE)
+    manifest = {
+        **metadata,
+        "labels": splits.labels,
+        "train_seconds": round(result.train_seconds, 2),
+        "trainable_params": result.trainable_params,
+        "details": result.details,
+        "data_report": {**splits.report.__dict__, "warnings": splits.report.warnings()},
+        "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "max_length": cfg.max_length,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": str(ctx.device),
+        },
+    }
+    summary = {k: manifest[k] for k in ("strategy", "base_model", "data_fingerprint", "parent_version")}
+    summary["trainable params"] = f"{result.trainable_params:,}"
+    summary["train seconds"] = manifest["train_seconds"]
+    title = f"{cfg.name} ({result.strategy})"
+    (directory / "report.md").write_text(render_markdown(title, summary, test, ladder), encoding="utf-8")
+    (directory / "report.html").write_text(render_html(title, summary, test, ladder), encoding="utf-8")
+    return manifest
+
+
+def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSplits) -> Any:
+    """The reference profile: the model's outputs on a sample of its training inputs."""
+    from training.inference import predict
+
+    sample = sample_reference_rows(splits.train, ctx.config.profile_rows, ctx.config.seed)
+    predictions = predict(
+        result.model,
+        ctx.tokenizer,
+        list(sample["text"]),
+        max_length=ctx.config.max_length,
+        batch_size=ctx.config.eval_batch_size,
+        device=ctx.device,
+        mixed_precision=ctx.config.mixed_precision,
+    )
+    return build_reference_profile(sample, predictions, splits.labels)

@@ -1,0 +1,68 @@
+"""The reference profile: what the model saw in training, as the drift monitor's baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from training.errors import ModelLoadError
+from training.inference import Predictions
+
+PROFILE_FILE = "reference_profile.parquet"
+PROFILE_COLUMNS = ("text", "label", "predicted_label", "confidence", "probabilities", "embedding")
+
+
+def sample_reference_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
+    """A uniform sample of at most ``rows`` rows: it keeps the training label mix, as traffic has."""
+    if len(frame) <= rows:
+        return frame.reset_index(drop=True)
+    return frame.sample(n=rows, random_state=seed).reset_index(drop=True)
+
+
+def build_reference_profile(
+    frame: pd.DataFrame, predictions: Predictions, labels: list[str]
+) -> pd.DataFrame:
+    """One row per sampled text: text, true label, prediction, confidence, probabilities, embedding."""
+    probs = predictions.probabilities.astype(np.float32)
+    return pd.DataFrame(
+        {
+            "text": frame["text"].to_numpy(),
+            "label": frame["label"].to_numpy(),
+            "predicted_label": [labels[i] for i in probs.argmax(axis=1)],
+            "confidence": probs.max(axis=1),
+            "probabilities": list(probs),
+            "embedding": list(predictions.embeddings.astype(np.float32)),
+        }
+    )
+
+
+def write_reference_profile(profile: pd.DataFrame, path: Path) -> None:
+    """Write the profile as Parquet."""
+    profile.to_parquet(path, index=False)
+
+
+def read_reference_profile(path: Path) -> pd.DataFrame:
+    """Read a profile written by :func:`write_reference_profile`, checking its columns.
+
+    Raises:
+        ModelLoadError: the file is missing, unreadable or lacks a column.
+    """
+    try:
+        profile = pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Reference profile {path} cannot be read: {exc}") from exc
+    missing = [c for c in PROFILE_COLUMNS if c not in profile.columns]
+    if missing:
+        raise ModelLoadError(
+            f"Reference profile {path} lacks column(s) {missing}; expected {list(PROFILE_COLUMNS)}, "
+            f"found {list(profile.columns)}."
+        )
+    return profile
+
+
+def profile_matrix(profile: pd.DataFrame, column: str) -> Any:
+    """Stack a list-valued column (``embedding`` or ``probabilities``) into an (n, d) array."""
+    return np.stack(profile[column].to_numpy()).astype(np.float32)

@@ -1,0 +1,255 @@
+"""Versioned models in the BentoML model store, with stages `production`, `candidate`, `archived`.
+
+BentoML stores each version immutably under ``$BENTOML_HOME/models/<name>/<version>``. Stages
+change over time, so they live beside the store in ``$BENTOML_HOME/refit/stages/<name>.json``:
+the production version, a stack of earlier production versions (for rollback), the archived
+set and an audit trail. Every change takes an exclusive file lock and replaces the file with
+``os.replace``, so readers (the service, the monitor) never see a half-written state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.errors import RegistryError, VersionNotFoundError
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("production", "candidate", "archived")
+MANIFEST = "refit.json"
+
+
+def default_home() -> Path:
+    """BentoML's home: ``$BENTOML_HOME`` or ``~/bentoml``."""
+    return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version: where its files are, what it is, and its stage."""
+
+    name: str
+    version: str
+    path: Path
+    stage: str
+    created: str
+    manifest: dict[str, Any]
+
+    @property
+    def tag(self) -> str:
+        """``name:version``, the reference that always means this version."""
+        return f"{self.name}:{self.version}"
+
+
+class ModelRegistry:
+    """Register, list, load, promote, roll back and delete model versions."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = Path(home) if home else default_home()
+        self._store: Any = None
+
+    @property
+    def store(self) -> Any:
+        """The BentoML model store under this registry's home."""
+        if self._store is None:
+            from bentoml._internal.models.model import ModelStore
+
+            (self.home / "models").mkdir(parents=True, exist_ok=True)
+            self._store = ModelStore(self.home / "models")
+        return self._store
+
+    def _stage_file(self, name: str) -> Path:
+        return self.home / "refit" / "stages" / f"{name}.json"
+
+    def register(
+        self, name: str, metadata: dict[str, Any], write: Callable[[Path], dict[str, Any]]
+    ) -> ModelVersion:
+        """Create a new version: ``write(dir)`` fills the directory and returns its manifest.
+
+        The version starts as a `candidate`; the first version of a model becomes `production`.
+        """
+        import bentoml
+
+        labels = {"refit": "classifier", "strategy": str(metadata.get("strategy", ""))}
+        shown = {k: v for k, v in metadata.items() if v is not None}  # BentoML rejects None
+        with bentoml.models.create(
+            name, labels=labels, metadata=shown, module="refit", _model_store=self.store
+        ) as bento_model:
+            manifest = write(Path(bento_model.path))
+            manifest.update(name=name, version=bento_model.tag.version)
+            manifest["created"] = bento_model.creation_time.astimezone(UTC).isoformat()
+            (Path(bento_model.path) / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        version = str(bento_model.tag.version)
+        if self.read_stages(name)["production"] is None:
+            self.promote(f"{name}:{version}", reason="first version of the model")
+        logger.info("registered %s:%s", name, version)
+        return self.get(f"{name}:{version}")
+
+    def names(self) -> list[str]:
+        """Names of the models that have at least one version."""
+        return sorted({str(m.tag.name) for m in self.store.list() if m.info.module == "refit"})
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """All versions of a model, oldest first."""
+        try:
+            models = self.store.list(name)
+        except Exception:  # bentoml raises NotFound for a model name it has never seen
+            return []
+        stages = self.read_stages(name)
+        found = [self._describe(m, stages) for m in models if m.info.module == "refit"]
+        return sorted(found, key=lambda v: v.created)
+
+    def _describe(self, bento_model: Any, stages: dict[str, Any]) -> ModelVersion:
+        path = Path(bento_model.path)
+        manifest_file = path / MANIFEST
+        manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
+        version = str(bento_model.tag.version)
+        return ModelVersion(
+            name=str(bento_model.tag.name),
+            version=version,
+            path=path,
+            stage=_stage_of(version, stages),
+            created=bento_model.creation_time.astimezone(UTC).isoformat(),
+            manifest=manifest,
+        )
+
+    def get(self, ref: str) -> ModelVersion:
+        """Resolve ``name``, ``name:production``, ``name:candidate``, ``name:latest`` or ``name:version``.
+
+        A bare name means the production version. ``candidate`` is the newest candidate.
+
+        Raises:
+            VersionNotFoundError: nothing matches; the message lists what exists.
+        """
+        name, _, selector = ref.partition(":")
+        selector = selector or "production"
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise VersionNotFoundError(f"No model named {name!r} in {self.home}. Models: {known}.")
+        if selector == "latest":
+            return versions[-1]
+        if selector in STAGES:
+            matching = [v for v in versions if v.stage == selector]
+            if not matching:
+                raise VersionNotFoundError(
+                    f"Model {name!r} has no {selector} version. Versions: "
+                    + ", ".join(f"{v.version} ({v.stage})" for v in versions)
+                    + ". Hint: `refit models promote NAME:VERSION`."
+                )
+            return matching[-1]
+        for v in versions:
+            if v.version == selector:
+                return v
+        raise VersionNotFoundError(
+            f"Model {name!r} has no version {selector!r}. Expected a version, 'latest' or a stage "
+            f"{STAGES}; versions: {', '.join(v.version for v in versions)}."
+        )
+
+    def read_stages(self, name: str) -> dict[str, Any]:
+        """The stage state of a model (production, rollback stack, archived, audit events)."""
+        path = self._stage_file(name)
+        if not path.is_file():
+            return {"production": None, "stack": [], "archived": [], "events": []}
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+
+    @contextlib.contextmanager
+    def _locked_stages(self, name: str) -> Iterator[dict[str, Any]]:
+        path = self._stage_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.read_stages(name)
+            yield state
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(state, out, indent=2)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, path)
+
+    def promote(self, ref: str, reason: str = "") -> ModelVersion:
+        """Make a version production; the previous production version is archived."""
+        target = self.get(ref)
+        with self._locked_stages(target.name) as state:
+            previous = state["production"]
+            if previous == target.version:
+                return target
+            if previous:
+                state["archived"] = sorted(set(state["archived"]) | {previous})
+            state["archived"] = [v for v in state["archived"] if v != target.version]
+            state["production"] = target.version
+            state["stack"].append(target.version)
+            _record(state, "promote", target.version, previous, reason)
+        logger.info("promoted %s (was %s)", target.tag, previous)
+        return self.get(target.tag)
+
+    def rollback(self, name: str, reason: str = "") -> ModelVersion:
+        """Restore the production version that preceded the current one.
+
+        Raises:
+            RegistryError: there is no earlier production version to return to.
+        """
+        existing = {v.version for v in self.versions(name)}
+        with self._locked_stages(name) as state:
+            current = state["production"]
+            earlier = [v for v in state["stack"][:-1] if v in existing and v != current]
+            if not earlier:
+                raise RegistryError(
+                    f"Cannot roll back {name!r}: no earlier production version to restore "
+                    f"(current: {current}). Expected a model promoted at least twice."
+                )
+            previous = earlier[-1]
+            last = len(state["stack"]) - 1 - state["stack"][::-1].index(previous)
+            state["stack"] = state["stack"][: last + 1]
+            state["production"] = previous
+            state["archived"] = sorted((set(state["archived"]) | {current}) - {previous})
+            _record(state, "rollback", previous, current, reason)
+        logger.info("rolled %s back to %s (was %s)", name, previous, current)
+        return self.get(f"{name}:{previous}")
+
+    def delete(self, ref: str) -> None:
+        """Delete a version that is not in production.
+
+        Raises:
+            RegistryError: the version is production.
+        """
+        target = self.get(ref)
+        if target.stage == "production":
+            raise RegistryError(
+                f"Refusing to delete {target.tag}: it is the production version. "
+                "Promote another version or roll back first."
+            )
+        with self._locked_stages(target.name) as state:
+            self.store.delete(target.tag)
+            state["archived"] = [v for v in state["archived"] if v != target.version]
+            state["stack"] = [v for v in state["stack"] if v != target.version]
+            _record(state, "delete", target.version, None, "")
+
+
+def _stage_of(version: str, stages: dict[str, Any]) -> str:
+    if version == stages.get("production"):
+        return "production"
+    return "archived" if version in stages.get("archived", []) else "candidate"
+
+
+def _record(state: dict[str, Any], action: str, version: str, previous: str | None, reason: str) -> None:
+    state["events"].append(
+        {
+            "at": datetime.now(UTC).isoformat(),
+            "action": action,
+            "version": version,
+            "previous": previous,
+            "reason": reason,
+        }
+    )
