@@ -123,10 +123,16 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
         "| strategy | per class | seeds | accuracy | macro-F1 | train s | peak RSS MB | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    keys = sorted({(r["per_class"], r["strategy"]) for r in rows}, key=lambda k: (str(k[0]), STRATEGIES.index(k[1])))
+    keys = sorted(
+        {(r["per_class"], r["strategy"]) for r in rows},
+        key=lambda k: (str(k[0]), STRATEGIES.index(k[1])),
+    )
     for per_class, strategy in keys:
         cell = [r for r in rows if r["per_class"] == per_class and r["strategy"] == strategy]
-        med = {k: statistics.median(r[k] for r in cell) for k in ("accuracy", "macro_f1", "train_seconds", "peak_rss_mb")}
+        med = {
+            k: statistics.median(r[k] for r in cell)
+            for k in ("accuracy", "macro_f1", "train_seconds", "peak_rss_mb")
+        }
         lines.append(
             f"| {strategy} | {per_class} | {len(cell)} | {med['accuracy']:.4f} | {med['macro_f1']:.4f} "
             f"| {med['train_seconds']:.1f} | {med['peak_rss_mb']:.0f} | {cell[0]['trainable_params']:,} |"
@@ -135,7 +141,9 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
     parser.add_argument("--budgets", default="10,30,all", help="comma-separated: integers or 'all'")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for few-shot budgets ('all' uses 1)")
@@ -170,7 +178,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     env = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{os.cpu_count()} ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU x{os.cpu_count()} ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d"),
     }

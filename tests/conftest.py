@@ -17,9 +17,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
 TINY_INTENTS = {
-    "refund": ["refund my payment", "money back please", "charged twice refund", "refund the invoice"],
-    "password": ["reset my password", "forgot password link", "password reset email", "change password"],
-    "shipping": ["where is my parcel", "parcel delivery late", "track my parcel", "parcel never arrived"],
+    "refund": [
+        "refund my payment",
+        "money back please",
+        "charged twice refund",
+        "refund the invoice",
+    ],
+    "password": [
+        "reset my password",
+        "forgot password link",
+        "password reset email",
+        "change password",
+    ],
+    "shipping": [
+        "where is my parcel",
+        "parcel delivery late",
+        "track my parcel",
+        "parcel never arrived",
+    ],
 }
 
 

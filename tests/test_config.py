@@ -26,7 +26,9 @@ def test_yaml_and_toml_files(tmp_path: Path, name: str, text: str) -> None:
     assert (cfg.strategy, cfg.lora_r) == ("lora", 4)
 
 
-def test_precedence_overrides_then_environment_then_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precedence_overrides_then_environment_then_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 3\nseed: 5\nlora_r: 4\n")
     monkeypatch.setenv("REFIT_TRAIN_EPOCHS", "7")
@@ -38,7 +40,10 @@ def test_precedence_overrides_then_environment_then_file(tmp_path: Path, monkeyp
 def test_unknown_key_in_file_lists_the_valid_keys(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("strategy: head\nlearnig_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) \['learnig_rate'\] in .*c\.yaml\. Valid keys: .*learning_rate"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown config key\(s\) \['learnig_rate'\] in .*c\.yaml\. Valid keys: .*learning_rate",
+    ):
         load_training_config(path)
 
 

@@ -37,7 +37,9 @@ def test_custom_column_names(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"Data file not found: .*nope\.csv\. Expected a CSV, JSONL or Parquet"):
+    with pytest.raises(
+        DataError, match=r"Data file not found: .*nope\.csv\. Expected a CSV, JSONL or Parquet"
+    ):
         load_dataset(tmp_path / "nope.csv")
 
 
@@ -59,20 +61,28 @@ def test_empty_texts_are_counted_with_their_rows(tmp_path: Path) -> None:
 
 def test_label_with_one_example(tmp_path: Path) -> None:
     frame = pd.concat([tiny_rows(), pd.DataFrame([{"text": "a lonely text", "label": "rare"}])])
-    with pytest.raises(DataError, match=r"Label\(s\) with fewer than 2 examples in .*: 'rare' \(1\)\. Expected at least 2"):
+    with pytest.raises(
+        DataError,
+        match=r"Label\(s\) with fewer than 2 examples in .*: 'rare' \(1\)\. Expected at least 2",
+    ):
         prepare_splits(_write(tmp_path, frame))
 
 
 def test_single_class(tmp_path: Path) -> None:
     frame = tiny_rows().assign(label="refund")
-    with pytest.raises(DataError, match=r"Found a single label \('refund', 36 rows\).*Expected at least 2 distinct labels"):
+    with pytest.raises(
+        DataError,
+        match=r"Found a single label \('refund', 36 rows\).*Expected at least 2 distinct labels",
+    ):
         prepare_splits(_write(tmp_path, frame))
 
 
 def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "latin1.csv"
     path.write_bytes("text,label\nhello,a\ncaf\xe9 au lait,b\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"is not valid UTF-8: byte 0xe9 at offset 22 \(line 3\)\. Expected UTF-8"):
+    with pytest.raises(
+        DataError, match=r"is not valid UTF-8: byte 0xe9 at offset 22 \(line 3\)\. Expected UTF-8"
+    ):
         load_dataset(path)
 
 

@@ -56,7 +56,9 @@ def test_a_version_holds_everything_needed(two_versions: tuple[Any, Any]) -> Non
     assert "<table" in (first.path / "report.html").read_text()
 
 
-def test_reference_profile_holds_embeddings_and_probabilities(two_versions: tuple[Any, Any]) -> None:
+def test_reference_profile_holds_embeddings_and_probabilities(
+    two_versions: tuple[Any, Any],
+) -> None:
     first, _ = two_versions
     profile = load_version_profile(first)
     assert len(profile) == 20  # profile_rows caps the sample
@@ -66,7 +68,9 @@ def test_reference_profile_holds_embeddings_and_probabilities(two_versions: tupl
     assert set(profile["predicted_label"]) <= {"password", "refund", "shipping"}
 
 
-def test_first_version_is_production_and_the_next_a_candidate(two_versions: tuple[Any, Any]) -> None:
+def test_first_version_is_production_and_the_next_a_candidate(
+    two_versions: tuple[Any, Any],
+) -> None:
     first, second = two_versions
     assert (first.stage, second.stage) == ("production", "candidate")
     assert second.manifest["parent_version"] == first.version
@@ -82,7 +86,10 @@ def test_load_by_tag_and_by_stage_round_trip(
     bare, _ = load_version_model(registry.get("tiny"))
     logits = [predict(m, tokenizer, texts, max_length=16).logits for m in (by_tag, by_stage, bare)]
     assert np.array_equal(logits[0], logits[1]) and np.array_equal(logits[0], logits[2])
-    accuracy = (logits[0].argmax(axis=1) == [read_labels(outcome.version).index(x) for x in read_split(outcome.version, "test")["label"]]).mean()
+    accuracy = (
+        logits[0].argmax(axis=1)
+        == [read_labels(outcome.version).index(x) for x in read_split(outcome.version, "test")["label"]]
+    ).mean()
     assert accuracy == pytest.approx(outcome.test.accuracy)
 
 
@@ -100,7 +107,9 @@ def test_promote_and_rollback(two_versions: tuple[Any, Any], registry: ModelRegi
     assert actions == ["promote", "promote", "rollback"]
 
 
-def test_promote_rollback_promote_keeps_a_consistent_stack(two_versions: tuple[Any, Any], registry: ModelRegistry) -> None:
+def test_promote_rollback_promote_keeps_a_consistent_stack(
+    two_versions: tuple[Any, Any], registry: ModelRegistry
+) -> None:
     first, second = two_versions
     registry.promote(second.tag)
     registry.rollback("tiny")
@@ -124,7 +133,7 @@ def test_unknown_references_say_what_exists(two_versions: tuple[Any, Any], regis
         registry.get("nope")
     with pytest.raises(VersionNotFoundError, match=r"has no version 'zzz'"):
         registry.get("tiny:zzz")
-    first, second = two_versions
+    _, second = two_versions
     registry.delete(second.tag)
     with pytest.raises(VersionNotFoundError, match=r"has no candidate version.*refit models promote"):
         registry.get("tiny:candidate")

@@ -33,7 +33,10 @@ def _context(make_config: Callable[..., Any], **overrides: Any) -> TrainContext:
     ],
 )
 def test_strategy_memorises_tiny_data(
-    make_config: Callable[..., Any], strategy: str, min_train_accuracy: float, trainable: Callable[[int], bool]
+    make_config: Callable[..., Any],
+    strategy: str,
+    min_train_accuracy: float,
+    trainable: Callable[[int], bool],
 ) -> None:
     ctx = _context(make_config, strategy=strategy, partial_layers=1)
     result = run_strategy(strategy, ctx)
@@ -59,7 +62,9 @@ def test_baseline_is_nearest_class_centroid(make_config: Callable[..., Any]) -> 
     assert result.details["temperature"] > 0
 
 
-def test_fine_tuning_changes_the_encoder_only_where_allowed(make_config: Callable[..., Any]) -> None:
+def test_fine_tuning_changes_the_encoder_only_where_allowed(
+    make_config: Callable[..., Any],
+) -> None:
     ctx = _context(make_config, strategy="partial", partial_layers=1)
     before = {k: v.clone() for k, v in ctx.fresh_model().state_dict().items()}
     after = run_strategy("partial", ctx).model.state_dict()
@@ -110,7 +115,12 @@ def test_same_seed_reproduces_the_same_weights(make_config: Callable[..., Any]) 
 
 
 def test_auto_ladder_stops_at_target_and_returns_the_best(make_config: Callable[..., Any]) -> None:
-    ctx = _context(make_config, strategy="auto", auto_ladder=["baseline", "head", "full"], auto_target_macro_f1=0.99)
+    ctx = _context(
+        make_config,
+        strategy="auto",
+        auto_ladder=["baseline", "head", "full"],
+        auto_target_macro_f1=0.99,
+    )
     outcome = run_ladder(ctx)
     names = [r.strategy for r in outcome.rungs]
     assert names[0] == "baseline"

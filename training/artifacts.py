@@ -1,15 +1,15 @@
 """The files of one saved version, and how to read them back with nothing but the version.
 
-    <version>/
-      model/                      merged weights (model.safetensors), encoder config, tokenizer
-      labels.json                 index -> label
-      training_config.json        the TrainingConfig that produced it
-      metrics.json                test and validation EvaluationResult, ladder comparison
-      report.md, report.html      readable evaluation report
-      reference_profile.parquet   drift reference: texts, predictions, embeddings
-      data/{train,validation,test}.parquet   the exact splits (retraining and the promotion gate)
-      refit.json                  manifest: strategy, base model, fingerprint, parent, created...
-      onnx/                       written by `refit models export`
+<version>/
+  model/                      merged weights (model.safetensors), encoder config, tokenizer
+  labels.json                 index -> label
+  training_config.json        the TrainingConfig that produced it
+  metrics.json                test and validation EvaluationResult, ladder comparison
+  report.md, report.html      readable evaluation report
+  reference_profile.parquet   drift reference: texts, predictions, embeddings
+  data/{train,validation,test}.parquet   the exact splits (retraining and the promotion gate)
+  refit.json                  manifest: strategy, base model, fingerprint, parent, created...
+  onnx/                       written by `refit models export`
 """
 
 from __future__ import annotations

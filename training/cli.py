@@ -20,12 +20,15 @@ from rich.table import Table
 from training.errors import ConfigError, RefitError
 
 app = typer.Typer(help="Refit: transfer learning in production.", no_args_is_help=True)
-models_app = typer.Typer(help="List, inspect, promote, roll back, export and delete versions.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List, inspect, promote, roll back, export and delete versions.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 console = Console()
 
 HomeOption = Annotated[
-    Path | None, typer.Option("--home", help="Registry home (BentoML home); default $BENTOML_HOME or ~/bentoml.")
+    Path | None,
+    typer.Option("--home", help="Registry home (BentoML home); default $BENTOML_HOME or ~/bentoml."),
 ]
 
 
@@ -52,15 +55,21 @@ def train(
     strategy: Annotated[str | None, typer.Option(help="baseline|head|partial|lora|full|auto")] = None,
     name: Annotated[str | None, typer.Option(help="Registry model name.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML config file.")] = None,
-    base_model: Annotated[str | None, typer.Option(help="'minilm', a local HF directory or a hub id.")] = None,
-    test_file: Annotated[Path | None, typer.Option(help="Held-out test data (else a stratified split).")] = None,
+    base_model: Annotated[
+        str | None, typer.Option(help="'minilm', a local HF directory or a hub id.")
+    ] = None,
+    test_file: Annotated[
+        Path | None, typer.Option(help="Held-out test data (else a stratified split).")
+    ] = None,
     text_column: Annotated[str | None, typer.Option()] = None,
     label_column: Annotated[str | None, typer.Option()] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     learning_rate: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    assignments: Annotated[list[str] | None, typer.Option("--set", help="Any config key: --set lora_r=8")] = None,
+    assignments: Annotated[
+        list[str] | None, typer.Option("--set", help="Any config key: --set lora_r=8")
+    ] = None,
     promote: Annotated[bool, typer.Option(help="Make the new version production.")] = False,
     home: HomeOption = None,
 ) -> None:
@@ -129,7 +138,9 @@ def list_models(
 
 
 @models_app.command("show")
-def show_model(ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")], home: HomeOption = None) -> None:
+def show_model(
+    ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")], home: HomeOption = None
+) -> None:
     """Show one version's manifest, metrics, stage and path."""
     from training.artifacts import read_metrics
     from training.onnx_export import read_export_record
@@ -139,11 +150,22 @@ def show_model(ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")]
     table = Table(title=version.tag, show_header=False)
     table.add_column("key")
     table.add_column("value")
-    for key in ("strategy", "base_model", "data_fingerprint", "parent_version", "created", "trainable_params", "train_seconds"):
+    for key in (
+        "strategy",
+        "base_model",
+        "data_fingerprint",
+        "parent_version",
+        "created",
+        "trainable_params",
+        "train_seconds",
+    ):
         table.add_row(key, str(version.manifest.get(key)))
     table.add_row("stage", version.stage)
     table.add_row("labels", ", ".join(version.manifest.get("labels", [])))
-    table.add_row("test", f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}")
+    table.add_row(
+        "test",
+        f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}",
+    )
     table.add_row("onnx", str(read_export_record(version) or "not exported"))
     table.add_row("path", str(version.path))
     console.print(table)
@@ -202,7 +224,9 @@ def delete_model(
 
 
 @app.command("demo-data")
-def demo_data(out: Annotated[Path, typer.Argument(help="Directory for the CSV files.")] = Path("demo-data")) -> None:
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Directory for the CSV files.")] = Path("demo-data"),
+) -> None:
     """Write the generated support-ticket dataset and its drifted variants."""
     from training.demo_data import write_demo_data
 
@@ -211,7 +235,9 @@ def demo_data(out: Annotated[Path, typer.Argument(help="Directory for the CSV fi
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("demo-output")) -> None:
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("demo-output"),
+) -> None:
     """The main job on embedded defaults: data, `auto` training, versions, ONNX export."""
     from training.demo import run_demo
 

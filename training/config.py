@@ -25,17 +25,17 @@ FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
 # Learning rates that worked for MiniLM-sized encoders; `learning_rate` overrides them.
 DEFAULT_LEARNING_RATES: dict[str, float] = {"partial": 2e-4, "lora": 1e-3, "full": 8e-5}
 
-_file_values: ContextVar[dict[str, Any]] = ContextVar("refit_train_file_values", default={})
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("refit_train_file_values", default=None)
 
 
 class _FileValuesSource(PydanticBaseSettingsSource):
     """Feeds the values read from the config file, below the environment in precedence."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _file_values.get().get(field_name), field_name, False
+        return (_file_values.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_values.get())
+        return dict(_file_values.get() or {})
 
 
 class TrainingConfig(BaseSettings):
@@ -117,9 +117,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         elif suffix == ".toml":
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         else:
-            raise ConfigError(
-                f"Config file {path} has extension '{suffix}'; expected .yaml, .yml or .toml."
-            )
+            raise ConfigError(f"Config file {path} has extension '{suffix}'; expected .yaml, .yml or .toml.")
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"Config file {path} does not parse: {exc}") from exc
     if not isinstance(values, dict):
@@ -138,9 +136,7 @@ def reject_unknown_keys(values: dict[str, Any], source: str, valid: set[str]) ->
         )
 
 
-def load_training_config(
-    path: Path | None = None, overrides: dict[str, Any] | None = None
-) -> TrainingConfig:
+def load_training_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:
     """Build the training config from a file, the environment and explicit overrides.
 
     Args:

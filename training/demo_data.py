@@ -13,12 +13,23 @@ from pathlib import Path
 
 import pandas as pd
 
-PRODUCTS = ["Northwind Drive", "Northwind Mail", "Northwind Sheets", "the mobile app", "the desktop app"]
+PRODUCTS = [
+    "Northwind Drive",
+    "Northwind Mail",
+    "Northwind Sheets",
+    "the mobile app",
+    "the desktop app",
+]
 NEW_PRODUCTS = ["Northwind Vault", "Northwind Meet", "Northwind AI Copilot", "the smartwatch app"]
 PLANS = ["Basic", "Pro", "Business", "Enterprise"]
 
 INTENTS: dict[str, list[str]] = {
     "refund_request": [
+        "I cancelled my {plan} plan last week, where is my refund?",
+        "the invoice for ${amount} is wrong, I want that money back",
+        "my card was charged after the trial, I need it reversed",
+        "billing problem, I paid for {product} twice",
+        "charged again?? give me my money back",
         "I was charged twice for {product} this month, please refund one payment",
         "Can I get my money back for the {plan} plan? I cancelled within the trial",
         "please refund the ${amount} you took from my card on {date}",
@@ -29,6 +40,10 @@ INTENTS: dict[str, list[str]] = {
         "the annual renewal of ${amount} was a mistake, can you reverse it",
     ],
     "password_reset": [
+        "I cannot log in, I think I typed the wrong password too often",
+        "login problem with {product}, need a new password",
+        "my password does not work since {date}",
+        "help me get back into my account, I forgot the password",
         "I forgot my password and the reset email never arrives",
         "how do I reset my password for {product}?",
         "The password reset link says it has expired",
@@ -39,6 +54,10 @@ INTENTS: dict[str, list[str]] = {
         "the reset code you sent me is invalid",
     ],
     "account_locked": [
+        "I cannot log in to {product} even with the right password",
+        "login problem: it says account locked",
+        "my account was frozen after I changed my password",
+        "help me get back into my account, it is blocked",
         "My account is locked after too many login attempts",
         "I am locked out of {product}, it says my account is suspended",
         "why was my account disabled? I did nothing wrong",
@@ -48,6 +67,10 @@ INTENTS: dict[str, list[str]] = {
         "account suspended for suspicious activity but it was me",
     ],
     "cancel_subscription": [
+        "I do not want to pay for {product} anymore, stop the billing",
+        "please end my plan, no refund needed",
+        "downgrade me to free and stop charging my card",
+        "close my account and delete the {plan} subscription",
         "Please cancel my {plan} subscription effective immediately",
         "how do I cancel my subscription to {product}?",
         "I want to stop my plan and close my account",
@@ -57,6 +80,10 @@ INTENTS: dict[str, list[str]] = {
         "terminate my subscription at the end of the billing period",
     ],
     "upgrade_plan": [
+        "our team grew, we need a bigger plan",
+        "the {plan} limits are too small for us, what are the options",
+        "billing question: price of {plan2} for 50 users",
+        "we want more features than {plan} has",
         "We would like to upgrade from {plan} to {plan2}",
         "what does the {plan2} plan include compared to {plan}?",
         "how much is it to add 10 more seats to our {plan} plan",
@@ -66,6 +93,10 @@ INTENTS: dict[str, list[str]] = {
         "is there a discount if we upgrade the whole team to {plan2}",
     ],
     "bug_report": [
+        "{product} is not working properly since {date}",
+        "something is wrong with {product}, the files disappear",
+        "I get an error when I connect {product} to my calendar",
+        "the app keeps logging me out every minute",
         "{product} crashes every time I open a file",
         "The sync in {product} is broken since the last update",
         "I get an error 500 when saving in {product}",
@@ -76,6 +107,10 @@ INTENTS: dict[str, list[str]] = {
         "{product} shows a white screen on startup",
     ],
     "invoice_request": [
+        "billing question: can I get the invoices by email every month",
+        "the invoice shows a charge I do not understand, send me the details",
+        "I need the invoice before we can pay the ${amount}",
+        "please resend my last bill",
         "Please send me the invoice for {date}",
         "I need a VAT invoice for our {plan} subscription",
         "where can I download my invoices?",
@@ -85,6 +120,10 @@ INTENTS: dict[str, list[str]] = {
         "I need a receipt for the ${amount} payment",
     ],
     "shipping_delay": [
+        "still waiting for my order, it is very late",
+        "my package is missing, the courier lost it",
+        "order #{order} is stuck in customs",
+        "you charged me ${amount} but the device never shipped",
         "my hardware key has not arrived yet, ordered on {date}",
         "where is my order #{order}? it has been two weeks",
         "the tracking number for order #{order} does not work",
@@ -94,6 +133,10 @@ INTENTS: dict[str, list[str]] = {
         "when will my order ship? still says processing",
     ],
     "data_privacy": [
+        "is my data safe if I cancel my account?",
+        "delete my account and all the data in it",
+        "who has access to my {product} account data",
+        "I want to know what you log when I use {product}",
         "please delete all my personal data from {product}",
         "I want a copy of all the data you hold about me (GDPR request)",
         "who can see the files I store in {product}?",
@@ -103,6 +146,10 @@ INTENTS: dict[str, list[str]] = {
         "remove my email from all your marketing lists and databases",
     ],
     "integration_help": [
+        "{product} does not sync with my calendar, how do I set it up",
+        "how can I connect my account to our CRM",
+        "the API returns an error when I connect {product}",
+        "help setting up {product} with our login provider",
         "how do I connect {product} to Slack?",
         "the Zapier integration with {product} stopped working",
         "is there an API to import contacts into {product}",
@@ -130,8 +177,33 @@ NEW_INTENTS: dict[str, list[str]] = {
     ],
 }
 
-OPENINGS = ["", "", "", "Hi, ", "Hello team, ", "hey ", "Good morning. ", "URGENT: ", "Quick question: "]
-CLOSINGS = ["", "", "", " Thanks.", " thank you!", " Regards, Sam", " asap please", " Cheers", "!!"]
+OPENINGS = [
+    "",
+    "",
+    "",
+    "Hi, ",
+    "Hello team, ",
+    "hey ",
+    "Good morning. ",
+    "URGENT: ",
+    "Quick question: ",
+    "I have a problem with my account. ",
+    "Billing and login question. ",
+    "Following up on my last ticket: ",
+]
+CLOSINGS = [
+    "",
+    "",
+    "",
+    " Thanks.",
+    " thank you!",
+    " Regards, Sam",
+    " asap please",
+    " Cheers",
+    "!!",
+    " I already tried logging out and in again.",
+    " This is the third time I write about my bill.",
+]
 
 
 def _fill(template: str, rng: random.Random, products: list[str]) -> str:
@@ -179,8 +251,8 @@ def generate_tickets(
     *,
     intents: dict[str, list[str]] | None = None,
     products: list[str] | None = None,
-    typo_rate: float = 0.03,
-    label_noise: float = 0.01,
+    typo_rate: float = 0.05,
+    label_noise: float = 0.03,
 ) -> pd.DataFrame:
     """``n`` tickets (columns ``text``, ``label``) spread evenly-ish over ``intents``."""
     rng = random.Random(seed)

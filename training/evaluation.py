@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,16 +51,14 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
 
 
-def evaluate_predictions(
-    y_true: np.ndarray, probs: np.ndarray, labels: list[str]
-) -> EvaluationResult:
+def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> EvaluationResult:
     """Score predicted probabilities (n, labels) against true label indices (n,)."""
     y_pred = probs.argmax(axis=1)
     k = list(range(len(labels)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,9 @@ def prepare_lora(model: TextClassifier, r: int, alpha: int, dropout: float) -> N
         lora_dropout=dropout,
         target_modules=find_attention_projections(model.encoder),
     )
-    model.encoder = get_peft_model(model.encoder, config)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6
+        warnings.simplefilter("ignore", category=FutureWarning)
+        model.encoder = get_peft_model(model.encoder, config)
 
 
 def merge_lora(model: TextClassifier, ctx: TrainContext) -> float:
@@ -86,9 +89,7 @@ def merge_lora(model: TextClassifier, ctx: TrainContext) -> float:
 def _sample_logits(model: TextClassifier, ctx: TrainContext, texts: list[str]) -> np.ndarray:
     from training.inference import predict
 
-    return predict(
-        model, ctx.tokenizer, texts, max_length=ctx.config.max_length, mixed_precision="no"
-    ).logits
+    return predict(model, ctx.tokenizer, texts, max_length=ctx.config.max_length, mixed_precision="no").logits
 
 
 def class_weights(y: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -113,7 +114,11 @@ def _make_loader(ctx: TrainContext, seed: int) -> DataLoader:
 
     def collate(rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         batch = tokenizer(
-            [r[0] for r in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            [r[0] for r in rows],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
         )
         return {
             "input_ids": batch["input_ids"],
@@ -163,13 +168,16 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
     weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
     if cfg.class_weighting == "none":
         weights = torch.ones_like(weights)
-    loss_fn = nn.CrossEntropyLoss(
-        weight=weights.to(accelerator.device), label_smoothing=cfg.label_smoothing
-    )
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     history: list[dict[str, Any]] = []
     best_f1, best_state, stale = -1.0, _trainable_state(model), 0
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not accelerator.is_local_main_process, transient=False) as bar:
         task = bar.add_task(f"{strategy}: epoch 1/{cfg.epochs}", total=len(loader) * cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
@@ -186,10 +194,20 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
                     scheduler.step()
                     optimizer.zero_grad()
                 losses.append(loss.item())
-                bar.update(task, advance=1, description=f"{strategy}: epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}")
+                bar.update(
+                    task,
+                    advance=1,
+                    description=f"{strategy}: epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}",
+                )
             val_f1 = _validation_f1(accelerator.unwrap_model(wrapped), ctx)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_macro_f1": val_f1})
-            logger.info("%s epoch %d: loss %.4f, validation macro-F1 %s", strategy, epoch, np.mean(losses), val_f1)
+            logger.info(
+                "%s epoch %d: loss %.4f, validation macro-F1 %s",
+                strategy,
+                epoch,
+                np.mean(losses),
+                val_f1,
+            )
             score = val_f1 if val_f1 is not None else -float(np.mean(losses))
             if score > best_f1 + 1e-6:
                 best_f1, best_state, stale = score, _trainable_state(model), 0

@@ -92,9 +92,7 @@ def predict(
     logits = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
     embeddings = np.zeros((len(texts), hidden), dtype=np.float32)
     for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
-        ctx = (
-            torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        )
+        ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:
             emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             out = model.classify(emb)

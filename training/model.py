@@ -51,9 +51,9 @@ class TextClassifier(nn.Module):
         self, encoder: nn.Module, num_labels: int, normalize: bool = True, dropout: float = 0.1
     ) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder: Any = encoder  # a Hugging Face PreTrainedModel (or a PEFT wrapper of one)
         self.normalize = normalize
-        hidden = int(encoder.config.hidden_size)
+        hidden = int(self.encoder.config.hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, num_labels)
 
@@ -98,9 +98,7 @@ def load_tokenizer(path_or_id: str) -> Any:
         raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
 
 
-def build_classifier(
-    base_model: str, num_labels: int, normalize: bool = True
-) -> tuple[TextClassifier, Any]:
+def build_classifier(base_model: str, num_labels: int, normalize: bool = True) -> tuple[TextClassifier, Any]:
     """A fresh classifier on a pretrained encoder, and its tokenizer."""
     source = resolve_base_model(base_model)
     return TextClassifier(load_encoder(source), num_labels, normalize), load_tokenizer(source)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class _ExportWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         embeddings = self.model.embed(input_ids, attention_mask)
         return self.model.classify(embeddings), embeddings
 
@@ -46,12 +49,18 @@ class _ExportWrapper(nn.Module):
 def export_to_onnx(model: TextClassifier, tokenizer: Any, path: Path) -> None:
     """Write ``model`` as ONNX (TorchScript exporter: one self-contained file, dynamic axes)."""
     model = model.eval().cpu()
-    sample = tokenizer(["an example input", "a second, longer example input"], padding=True, return_tensors="pt")
+    sample = tokenizer(
+        ["an example input", "a second, longer example input"], padding=True, return_tensors="pt"
+    )
     args = (sample["input_ids"], sample["attention_mask"])
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
     axes |= {"logits": {0: "batch"}, "embeddings": {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    # The tracer warns about Python branches in transformers' mask helpers; the sample batch
+    # has padding, so the traced graph keeps the masked path that every batch needs.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
         torch.onnx.export(
             _ExportWrapper(model),
             args,
@@ -73,7 +82,9 @@ def onnx_session(path: Path, providers: list[str] | None = None) -> Any:
     return ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
 
 
-def onnx_logits(session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+def onnx_logits(
+    session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
+) -> np.ndarray:
     """Logits (n, labels) of an ONNX session on ``texts``, in input order."""
     out: np.ndarray | None = None
     for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
@@ -86,7 +97,9 @@ def onnx_logits(session: Any, tokenizer: Any, texts: list[str], max_length: int,
     return out
 
 
-def export_version(version: ModelVersion, *, quantize: bool = False, max_eval_rows: int = 2000) -> dict[str, Any]:
+def export_version(
+    version: ModelVersion, *, quantize: bool = False, max_eval_rows: int = 2000
+) -> dict[str, Any]:
     """Export a registered version to ``<version>/onnx`` and record parity (and int8 accuracy).
 
     Raises:
@@ -119,7 +132,9 @@ def export_version(version: ModelVersion, *, quantize: bool = False, max_eval_ro
             f"expected <= {PARITY_TOLERANCE:.0e}. The ONNX file was not kept."
         )
     if quantize:
-        record["int8"] = quantize_version(version, tokenizer, texts, y, labels, max_length, record["accuracy"])
+        record["int8"] = quantize_version(
+            version, tokenizer, texts, y, labels, max_length, record["accuracy"]
+        )
     write_json(version.path / ONNX_DIR / EXPORT_RECORD, record)
     return record
 
@@ -137,7 +152,15 @@ def quantize_version(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     source, target = version.path / ONNX_DIR / ONNX_FILE, version.path / ONNX_DIR / QUANTIZED_FILE
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    # onnxruntime logs a pre-processing hint on the root logger at every call; it does not apply
+    # to dynamic quantisation of a transformer, so it is silenced for the call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     logits = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
     accuracy = evaluate_predictions(y, softmax(logits), labels).accuracy
     return {

@@ -153,7 +153,11 @@ def write_version(
         "trainable_params": result.trainable_params,
         "details": result.details,
         "data_report": {**splits.report.__dict__, "warnings": splits.report.warnings()},
-        "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)},
+        "rows": {
+            "train": len(splits.train),
+            "validation": len(splits.validation),
+            "test": len(splits.test),
+        },
         "max_length": cfg.max_length,
         "environment": {
             "python": platform.python_version(),

@@ -22,9 +22,7 @@ def sample_reference_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataF
     return frame.sample(n=rows, random_state=seed).reset_index(drop=True)
 
 
-def build_reference_profile(
-    frame: pd.DataFrame, predictions: Predictions, labels: list[str]
-) -> pd.DataFrame:
+def build_reference_profile(frame: pd.DataFrame, predictions: Predictions, labels: list[str]) -> pd.DataFrame:
     """One row per sampled text: text, true label, prediction, confidence, probabilities, embedding."""
     probs = predictions.probabilities.astype(np.float32)
     return pd.DataFrame(

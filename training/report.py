@@ -39,13 +39,17 @@ expected calibration error {{ "%.4f"|format(test.ece) }} · n = {{ test.n }}</p>
 """
 
 
-def render_html(title: str, summary: dict[str, Any], test: EvaluationResult, ladder: list[dict[str, Any]]) -> str:
+def render_html(
+    title: str, summary: dict[str, Any], test: EvaluationResult, ladder: list[dict[str, Any]]
+) -> str:
     """A self-contained HTML report: summary, test metrics, per-class scores, confusion matrix."""
     template = Environment(autoescape=True).from_string(_HTML)
     return template.render(title=title, summary=list(summary.items()), test=test, ladder=ladder)
 
 
-def render_markdown(title: str, summary: dict[str, Any], test: EvaluationResult, ladder: list[dict[str, Any]]) -> str:
+def render_markdown(
+    title: str, summary: dict[str, Any], test: EvaluationResult, ladder: list[dict[str, Any]]
+) -> str:
     """The same report as markdown (without the confusion matrix colours)."""
     lines = [f"# {title}", "", "| | |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]

@@ -86,7 +86,9 @@ def run_ladder(ctx: TrainContext, console: Console | None = None) -> LadderOutco
         outcome.rungs.append(rung)
         if score > best_score:
             outcome.best, best_score = result, score
-        reason = stop_reason(name, best_score, gain, len(outcome.rungs), cfg.auto_target_macro_f1, cfg.auto_min_gain)
+        reason = stop_reason(
+            name, best_score, gain, len(outcome.rungs), cfg.auto_target_macro_f1, cfg.auto_min_gain
+        )
         if reason:
             outcome.stopped_because = reason
             break

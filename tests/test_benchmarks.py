@@ -1,0 +1,54 @@
+"""Smoke test: each benchmark runs on a tiny budget, so that its code cannot rot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import train_banking77
+
+BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
+
+
+@pytest.fixture
+def banking_like(tmp_path: Path) -> Path:
+    """The real BANKING77 files when they are beside the checkout, else a small look-alike."""
+    if (BANKING77 / "train.csv").is_file():
+        return BANKING77
+    rows = [{"text": f"refund my payment {i}", "category": "refund"} for i in range(6)]
+    rows += [{"text": f"reset my password {i}", "category": "password"} for i in range(6)]
+    for name in ("train.csv", "test.csv"):
+        pd.DataFrame(rows).to_csv(tmp_path / name, index=False)
+    return tmp_path
+
+
+def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    rows = train_banking77.main(
+        [
+            "--data", str(banking_like),
+            "--budgets", "3",
+            "--seeds", "1",
+            "--strategies", "baseline,head,lora",
+            "--base-model", str(tiny_base_model),
+            "--epochs", "1",
+            "--max-test", "80",
+            "--set", "max_length=16",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "train_banking77.json").read_text())
+    assert saved == rows and len(rows) == 3
+    assert set(rows[0]) == {
+        "strategy",
+        "per_class",
+        "seed",
+        "accuracy",
+        "macro_f1",
+        "train_seconds",
+        "peak_rss_mb",
+        "trainable_params",
+    }
+    assert "| lora | 3 | 1 |" in (tmp_path / "train_banking77.md").read_text()

@@ -1,0 +1,100 @@
+"""CLI tests through the real entry point: train, models list/show/promote/rollback/export/delete."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.cli import main
+
+
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(sys, "argv", ["refit", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, " ".join((out.out + out.err).split())
+
+
+@pytest.fixture
+def cli(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny_base_model: Path,
+):  # type: ignore[no-untyped-def]
+    home = str(tmp_path / "home")
+    common = ["--home", home]
+
+    def call(*args: str, train_flags: bool = False) -> tuple[int, str]:
+        extra = [
+            "--base-model",
+            str(tiny_base_model),
+            "--set",
+            "max_length=16",
+            "--set",
+            "profile_rows=10",
+        ]
+        return run_cli([*args, *common, *(extra if train_flags else [])], capsys, monkeypatch)
+
+    return call
+
+
+def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out = cli("train", str(tiny_csv), "--strategy", "head", "--name", "tickets", train_flags=True)
+    assert code == 0, out
+    assert "registered tickets:" in out and "stage production" in out
+    code, out = cli("train", str(tiny_csv), "--strategy", "baseline", "--name", "tickets", train_flags=True)
+    assert code == 0 and "stage candidate" in out
+
+    code, out = cli("models", "list")
+    assert code == 0 and out.count("tickets:") == 2 and "head" in out and "baseline" in out
+
+    code, out = cli("models", "show", "tickets:candidate")
+    assert code == 0 and "baseline" in out and "not exported" in out
+
+    code, out = cli("models", "export", "tickets", "--quantize")
+    assert code == 0 and "parity max |diff|" in out and "int8: accuracy" in out
+
+    code, out = cli("models", "promote", "tickets:latest")
+    assert code == 0 and "is now production" in out
+    code, out = cli("models", "rollback", "tickets")
+    assert code == 0 and "rolled back" in out
+
+    code, out = cli("models", "delete", "tickets:production", "--yes")
+    assert code == 2 and "Refusing to delete" in out
+    code, out = cli("models", "delete", "tickets:latest", "--yes")
+    assert code == 0 and "deleted" in out
+
+
+def test_unknown_config_key_is_rejected_with_the_valid_keys(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "train.yaml"
+    config.write_text("strategy: head\nepochz: 3\n")
+    code, out = cli("train", str(tiny_csv), "--config", str(config))
+    assert code == 2
+    assert "Unknown config key(s) ['epochz']" in out and "Valid keys:" in out and "epochs" in out
+
+
+def test_bad_data_is_a_clear_error_not_a_traceback(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    code, out = cli("train", str(tmp_path / "missing.csv"), "--strategy", "head")
+    assert code == 2 and "Data file not found" in out and "Traceback" not in out
+
+
+def test_missing_model_is_a_clear_error(cli) -> None:  # type: ignore[no-untyped-def]
+    code, out = cli("models", "show", "ghost")
+    assert code == 2 and "No model named 'ghost'" in out
+
+
+def test_demo_data_command(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    code, out = run_cli(["demo-data", str(tmp_path / "d")], capsys, monkeypatch)
+    assert code == 0 and (tmp_path / "d" / "train.csv").is_file() and "drift_typos" in out

@@ -1,0 +1,58 @@
+"""ONNX export tests: logits parity with torch, dynamic axes, int8 quantisation record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from training.artifacts import load_version_model
+from training.errors import ExportError
+from training.inference import predict
+from training.onnx_export import export_version, onnx_logits, onnx_session, read_export_record
+from training.pipeline import train_model
+from training.registry import ModelRegistry
+
+
+@pytest.fixture
+def version(tiny_csv: Path, make_config: Callable[..., Any], registry: ModelRegistry) -> Any:
+    return train_model(tiny_csv, make_config(strategy="full", epochs=2), registry=registry).version
+
+
+def test_export_matches_torch_and_is_recorded(version: Any) -> None:
+    record = export_version(version, quantize=True)
+    assert record["parity_max_abs_diff"] <= 1e-4
+    assert (version.path / "onnx" / "model.onnx").is_file()
+    assert read_export_record(version) == record
+    int8 = record["int8"]
+    assert (version.path / int8["file"]).is_file()
+    assert int8["accuracy_change"] == pytest.approx(int8["accuracy"] - record["accuracy"])
+
+
+def test_exported_graph_takes_any_batch_and_length(version: Any) -> None:
+    export_version(version)
+    model, tokenizer = load_version_model(version)
+    texts = [
+        "refund",
+        "where is my parcel today please",
+        "reset my password now please today refund",
+    ]
+    session = onnx_session(version.path / "onnx" / "model.onnx", ["CPUExecutionProvider"])
+    exported = onnx_logits(session, tokenizer, texts, max_length=16, batch_size=2)
+    reference = predict(model, tokenizer, texts, max_length=16, mixed_precision="no").logits
+    assert exported.shape == (3, 3)
+    assert np.abs(exported - reference).max() <= 1e-4
+
+
+def test_parity_failure_is_refused_and_the_file_removed(
+    version: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.onnx_export as module
+
+    monkeypatch.setattr(module, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, now fails
+    with pytest.raises(ExportError, match=r"does not match torch: max \|logit diff\|"):
+        export_version(version)
+    assert not (version.path / "onnx" / "model.onnx").exists()
