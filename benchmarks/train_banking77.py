@@ -29,6 +29,7 @@ from training.cli import parse_assignments
 from training.config import TrainingConfig
 from training.context import TrainContext
 from training.data import split_frames
+from training.model import quiet_transformers
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
@@ -79,7 +80,7 @@ def sample_per_class(train: pd.DataFrame, per_class: int | str, seed: int) -> pd
         g.sample(n=min(int(per_class), len(g)), random_state=seed)
         for _, g in train.groupby("label", sort=True)
     ]
-    return pd.concat(groups).reset_index(drop=True)
+    return pd.concat(groups)  # original row ids kept: --dev removes them from training
 
 
 def run_cell(
@@ -91,7 +92,7 @@ def run_cell(
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Train one strategy on one budget and seed; return its result row."""
-    data = sample_per_class(train, per_class, seed)
+    data = sample_per_class(train, per_class, seed).reset_index(drop=True)
     splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
     config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides)
     torch.manual_seed(seed)
@@ -151,6 +152,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--epochs", type=int, default=None, help="override the default epoch limit")
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="evaluate on 20 held-out training rows per intent instead of the test set (for tuning)",
+    )
     parser.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="train_banking77", help="results file stem")
@@ -160,8 +166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the grid, write JSON and markdown, return the rows."""
     logging.basicConfig(level=logging.WARNING)
+    quiet_transformers()
     args = parse_args(argv)
     train, test = load_banking77(args.data)
+    if args.dev:  # tune without ever looking at the test set
+        dev = sample_per_class(train, 20, seed=999)
+        train, test = train.drop(dev.index).reset_index(drop=True), dev.reset_index(drop=True)
     if args.max_test:
         test = test.groupby("label", sort=True).head(max(1, args.max_test // 77)).reset_index(drop=True)
     overrides: dict[str, Any] = {"base_model": args.base_model}
@@ -177,17 +187,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 row = run_cell(train, test, per_class, seed, strategy, overrides)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    env = {
+                write_results(rows, args.out, args.name)
+    return rows
+
+
+def describe_environment() -> dict[str, Any]:
+    """Device, torch version and date, for the markdown header."""
+    return {
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"CPU x{os.cpu_count()} ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
         "when": time.strftime("%Y-%m-%d"),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / f"{args.name}.md").write_text(render_markdown(rows, env))
-    return rows
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, name: str) -> None:
+    """Write the JSON rows and the markdown table (after every row, so a cut-off run keeps its rows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment()))
 
 
 if __name__ == "__main__":

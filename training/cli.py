@@ -92,9 +92,11 @@ def train(
     }
     cfg = load_training_config(config, {**overrides, **flags})
     outcome = train_model(data, cfg, registry=_registry(home), promote=promote, console=console)
+    v = outcome.version
+    if v is None:  # a non-main process of `accelerate launch`
+        return
     for warning in outcome.warnings:
         console.print(f"[yellow]data warning:[/] {warning}")
-    v = outcome.version
     console.print(
         f"[green]registered[/] {v.tag} ({v.manifest['strategy']}, stage {v.stage}): "
         f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}, "
@@ -272,3 +274,7 @@ def main() -> None:
         raise
     if isinstance(code, int) and code:
         raise SystemExit(code)
+
+
+if __name__ == "__main__":  # `accelerate launch -m training.cli train ...`
+    main()

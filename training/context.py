@@ -11,7 +11,7 @@ import torch
 from training.config import TrainingConfig
 from training.data import DatasetSplits
 from training.inference import choose_device, predict
-from training.model import TextClassifier, build_classifier
+from training.model import TextClassifier, build_classifier, load_tokenizer, resolve_base_model
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TrainContext:
     @classmethod
     def create(cls, config: TrainingConfig, splits: DatasetSplits) -> TrainContext:
         """A context for ``config`` on ``splits`` with the base tokenizer loaded once."""
-        _, tokenizer = build_classifier(config.base_model, len(splits.labels))
+        tokenizer = load_tokenizer(resolve_base_model(config.base_model))
         return cls(config=config, splits=splits, tokenizer=tokenizer, device=choose_device(config.device))
 
     def label_ids(self, split: str) -> np.ndarray:

@@ -34,6 +34,7 @@ def run_demo(out: Path, console: Console) -> None:
         config = TrainingConfig(name=DEMO_MODEL, strategy="auto")
         outcome = train_model(paths["train"], config, registry=registry, console=console)
     version = outcome.version
+    assert version is not None  # the demo runs in one process
     console.print(
         f"    registered {version.tag} ({version.manifest['strategy']}, {version.stage}): "
         f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}"

@@ -229,6 +229,10 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
     probe = fit_linear_probe(ctx)
     model = ctx.fresh_model()
     set_head(model, probe["weight"], probe["bias"])
+    # A probe that separates the training data perfectly starts with a near-zero loss and so
+    # gives the encoder no gradient; temperature-scaling it on validation data first softens it
+    # to its real confidence, which leaves a learning signal.
+    initial_temperature = calibrate(model, ctx)
     cfg = ctx.config
     if strategy == "partial":
         prepare_partial(model, cfg.partial_layers)
@@ -238,7 +242,11 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
         raise ValueError(f"Unknown fine-tuning strategy {strategy!r}; expected partial, lora or full")
     trainable = count_trainable(model)
     history = run_training_loop(model, ctx, strategy)
-    details: dict[str, Any] = {"history": history, "learning_rate": cfg.learning_rate_for(strategy)}
+    details: dict[str, Any] = {
+        "history": history,
+        "learning_rate": cfg.learning_rate_for(strategy),
+        "probe_temperature": initial_temperature,
+    }
     if strategy == "lora":
         details["lora_merge_max_abs_diff"] = merge_lora(model, ctx)
     model.requires_grad_(True)

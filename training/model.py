@@ -47,9 +47,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 class TextClassifier(nn.Module):
     """Encoder -> mean pooling -> (L2 normalisation) -> dropout -> linear head."""
 
-    def __init__(
-        self, encoder: nn.Module, num_labels: int, normalize: bool = True, dropout: float = 0.1
-    ) -> None:
+    def __init__(self, encoder: Any, num_labels: int, normalize: bool = True, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder: Any = encoder  # a Hugging Face PreTrainedModel (or a PEFT wrapper of one)
         self.normalize = normalize

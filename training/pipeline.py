@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 class TrainOutcome:
     """The registered version and the numbers that decided it."""
 
-    version: ModelVersion
+    version: ModelVersion | None  # None on the non-main processes of a distributed run
     test: EvaluationResult
     validation: EvaluationResult | None
     ladder: list[dict[str, Any]] = field(default_factory=list)
@@ -110,10 +110,19 @@ def train_model(
     def write(directory: Path) -> dict[str, Any]:
         return write_version(directory, ctx, result, test, validation, ladder, metadata)
 
+    if not is_main_process():  # under `accelerate launch`, one process registers
+        return TrainOutcome(None, test, validation, ladder, splits.report.warnings())
     version = registry.register(config.name, metadata, write)
     if promote and version.stage != "production":
         version = registry.promote(version.tag, reason="requested at training time")
     return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
+
+
+def is_main_process() -> bool:
+    """True outside distributed runs and on the main process of an `accelerate launch` run."""
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
 
 
 def _production_version(registry: ModelRegistry, name: str) -> str | None:
