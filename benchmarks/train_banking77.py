@@ -148,6 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
     parser.add_argument("--budgets", default="10,30,all", help="comma-separated: integers or 'all'")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for few-shot budgets ('all' uses 1)")
+    parser.add_argument("--only-seeds", default=None, help="comma-separated seeds to run (resume a grid)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--base-model", default="minilm")
     parser.add_argument("--epochs", type=int, default=None, help="override the default epoch limit")
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     budgets: list[int | str] = [b if b == "all" else int(b) for b in args.budgets.split(",")]
     for per_class in budgets:
-        seeds = range(1) if per_class == "all" else range(args.seeds)
+        seeds: list[int] = list(range(1) if per_class == "all" else range(args.seeds))
+        if args.only_seeds:
+            seeds = [int(s) for s in args.only_seeds.split(",")]
         for seed in seeds:
             for strategy in args.strategies.split(","):
                 row = run_cell(train, test, per_class, seed, strategy, overrides)

@@ -14,9 +14,16 @@ from training.model import TextClassifier
 
 
 def choose_device(preference: str = "auto") -> torch.device:
-    """``cuda`` when asked for or available under ``auto``, else ``cpu``."""
+    """``cuda`` when asked for or available under ``auto``, else ``cpu``.
+
+    Under ``accelerate launch`` on several GPUs each process gets its own GPU (Accelerate's
+    process state knows the local rank).
+    """
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        from accelerate import PartialState
+
+        device = PartialState().device
+        return device if device.type == "cuda" else torch.device("cuda")
     return torch.device("cpu")
 
 
