@@ -65,12 +65,12 @@ class TrainContext:
             model = self.fresh_model()
             for name in ("train", "validation", "test"):
                 if name not in self.frozen:
-                    self.frozen[name] = self.predict(model, name).embeddings
+                    self.frozen[name] = self.predict(model, name, progress=f"embedding {name}").embeddings
             del model
         return self.frozen[split]
 
-    def predict(self, model: TextClassifier, split: str) -> Any:
-        """Predictions of ``model`` on a split."""
+    def predict(self, model: TextClassifier, split: str, progress: str | None = None) -> Any:
+        """Predictions of ``model`` on a split (with a progress bar when ``progress`` is given)."""
         return predict(
             model,
             self.tokenizer,
@@ -79,4 +79,5 @@ class TrainContext:
             batch_size=self.config.eval_batch_size,
             device=self.device,
             mixed_precision=self.config.mixed_precision,
+            progress=progress,
         )

@@ -145,8 +145,43 @@ def _validation_f1(model: TextClassifier, ctx: TrainContext) -> float | None:
     return float(f1_score(ctx.label_ids("validation"), preds, average="macro"))
 
 
-def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+class EarlyStopping:
+    """Keeps the trainable weights of the best epoch; says when patience has run out."""
+
+    def __init__(self, model: nn.Module, patience: int) -> None:
+        self.model, self.patience = model, patience
+        self.best, self.stale = -float("inf"), 0
+        self.state = self._snapshot()
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def should_stop(self, score: float) -> bool:
+        """Record an epoch's score (higher is better); True once it has not improved for long enough."""
+        if score > self.best + 1e-6:
+            self.best, self.stale, self.state = score, 0, self._snapshot()
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self) -> None:
+        """Put the best epoch's weights back into the model."""
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if name in self.state:
+                    param.copy_(self.state[name])
+
+
+def _make_loss(ctx: TrainContext, device: torch.device) -> nn.Module:
+    weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
+    if ctx.config.class_weighting == "none":
+        weights = torch.ones_like(weights)
+    return nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=ctx.config.label_smoothing)
+
+
+def _progress(disable: bool) -> Progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, disable=disable, transient=False)
 
 
 def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -> list[dict[str, Any]]:
@@ -165,28 +200,23 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
     loader = _make_loader(ctx, cfg.seed)
     steps = math.ceil(len(loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
-    weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
-    if cfg.class_weighting == "none":
-        weights = torch.ones_like(weights)
-    loss_fn = nn.CrossEntropyLoss(weight=weights.to(accelerator.device), label_smoothing=cfg.label_smoothing)
+    loss_fn = _make_loss(ctx, accelerator.device)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    stopper = EarlyStopping(model, cfg.early_stopping_patience)
     history: list[dict[str, Any]] = []
-    best_f1, best_state, stale = -1.0, _trainable_state(model), 0
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not accelerator.is_local_main_process, transient=False) as bar:
-        task = bar.add_task(f"{strategy}: epoch 1/{cfg.epochs}", total=len(loader) * cfg.epochs)
+    with _progress(disable=not accelerator.is_local_main_process) as bar:
+        task = bar.add_task(strategy, total=len(loader) * cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
             wrapped.train()
-            losses = []
+            losses: list[float] = []
+            shown = f"{strategy}: epoch {epoch}/{cfg.epochs}"
+            if history:
+                shown += f" (val macro-F1 {history[-1]['validation_macro_f1'] or 0:.3f})"
             for batch in loader:
                 with accelerator.accumulate(wrapped):
-                    logits = wrapped(batch["input_ids"], batch["attention_mask"])
-                    loss = loss_fn(logits.float(), batch["labels"])
+                    loss = loss_fn(
+                        wrapped(batch["input_ids"], batch["attention_mask"]).float(), batch["labels"]
+                    )
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         accelerator.clip_grad_norm_(params, 1.0)
@@ -194,31 +224,14 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
                     scheduler.step()
                     optimizer.zero_grad()
                 losses.append(loss.item())
-                bar.update(
-                    task,
-                    advance=1,
-                    description=f"{strategy}: epoch {epoch}/{cfg.epochs} loss {np.mean(losses):.3f}",
-                )
+                bar.update(task, advance=1, description=f"{shown} loss {np.mean(losses):.3f}")
             val_f1 = _validation_f1(accelerator.unwrap_model(wrapped), ctx)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_macro_f1": val_f1})
-            logger.info(
-                "%s epoch %d: loss %.4f, validation macro-F1 %s",
-                strategy,
-                epoch,
-                np.mean(losses),
-                val_f1,
-            )
-            score = val_f1 if val_f1 is not None else -float(np.mean(losses))
-            if score > best_f1 + 1e-6:
-                best_f1, best_state, stale = score, _trainable_state(model), 0
-            else:
-                stale += 1
-                if stale >= cfg.early_stopping_patience:
-                    break
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in best_state:
-                param.copy_(best_state[name])
+            logger.info("%s epoch %d: loss %.4f, val macro-F1 %s", strategy, epoch, np.mean(losses), val_f1)
+            # Without validation data, the lowest training loss stands in for the best epoch.
+            if stopper.should_stop(val_f1 if val_f1 is not None else -float(np.mean(losses))):
+                break
+    stopper.restore()
     accelerator.free_memory()
     return history
 

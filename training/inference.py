@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from training.model import TextClassifier
 
@@ -90,15 +91,25 @@ def predict(
     batch_size: int = 128,
     device: torch.device | None = None,
     mixed_precision: str = "auto",
+    progress: str | None = None,
 ) -> Predictions:
-    """Logits and embeddings for ``texts`` (model put in eval mode, outputs in float32)."""
+    """Logits and embeddings for ``texts`` (model put in eval mode, outputs in float32).
+
+    Args:
+        progress: a description to show a rich progress bar under (None: no bar).
+    """
     device = device or next(model.parameters()).device
     dtype = autocast_dtype(device, mixed_precision)
     model.eval()
     hidden = int(model.head.in_features)
     logits = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
     embeddings = np.zeros((len(texts), hidden), dtype=np.float32)
-    for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
+    batches: Iterable[tuple[np.ndarray, dict[str, torch.Tensor]]] = iter_length_sorted_batches(
+        tokenizer, texts, max_length, batch_size
+    )
+    if progress:
+        batches = track(batches, description=progress, total=-(-len(texts) // batch_size), transient=True)
+    for idx, batch in batches:
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:
             emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
