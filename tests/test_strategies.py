@@ -157,3 +157,14 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     probs = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
     y = np.array([rng.choice(5, p=p) for p in probs])
     assert fit_temperature(logits, y) == pytest.approx(2.5, rel=0.1)
+
+
+def test_head_is_refitted_on_validation_data_with_the_chosen_c(make_config: Callable[..., Any]) -> None:
+    ctx = _context(make_config, strategy="head")
+    refitted = run_strategy("head", ctx)
+    assert refitted.details["refit_on_validation"] is True
+    ctx_plain = _context(make_config, strategy="head", refit_head=False)
+    plain = run_strategy("head", ctx_plain)
+    assert plain.details["refit_on_validation"] is False
+    assert plain.details["C"] == refitted.details["C"]
+    assert not torch.allclose(plain.model.head.weight, refitted.model.head.weight)

@@ -95,27 +95,42 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, c: float, balanced: bool, seed: int
 
 
 def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
-    """Logistic regression on frozen embeddings, C chosen on validation macro-F1; cached per run."""
+    """Logistic regression on frozen embeddings, C chosen on validation macro-F1; cached per run.
+
+    Returns the probe trained on the training split (``weight``, ``bias``) and, when there is
+    validation data and ``refit_head`` is set, one refitted on training plus validation data
+    with the chosen C (``refit_weight``, ``refit_bias``).
+    """
     if ctx.probe is not None:
         return ctx.probe
     # Standardised features make one C grid fit every encoder's embedding scale; the scaling
     # is folded into the head afterwards, so the served model needs no extra step.
-    raw = ctx.frozen_embeddings("train")
+    raw, y = ctx.frozen_embeddings("train"), ctx.label_ids("train")
+    raw_val, yv = ctx.frozen_embeddings("validation"), ctx.label_ids("validation")
     mean, std = raw.mean(axis=0), raw.std(axis=0).clip(min=1e-6)
-    x, y = (raw - mean) / std, ctx.label_ids("train")
-    xv, yv = (ctx.frozen_embeddings("validation") - mean) / std, ctx.label_ids("validation")
-    balanced = ctx.config.class_weighting == "balanced"
-    scores: dict[float, float] = {}
-    if len(yv):
-        for c in PROBE_C_GRID:
-            fitted = _fit_probe(x, y, c, balanced, ctx.config.seed)
-            scores[c] = float(f1_score(yv, fitted.predict(xv), average="macro"))
+    x, xv = (raw - mean) / std, (raw_val - mean) / std
+    balanced, seed = ctx.config.class_weighting == "balanced", ctx.config.seed
+    fitted = {c: _fit_probe(x, y, c, balanced, seed) for c in (PROBE_C_GRID if len(yv) else (1.0,))}
+    scores = {c: float(f1_score(yv, p.predict(xv), average="macro")) for c, p in fitted.items() if len(yv)}
     best_c = max(scores, key=lambda c: scores[c]) if scores else 1.0
-    probe = _fit_probe(x, y, best_c, balanced, ctx.config.seed)
-    weight, bias = _expand_to_all_labels(probe, len(ctx.splits.labels), x.shape[1])
-    weight, bias = weight / std, bias - (weight / std) @ mean
-    ctx.probe = {"weight": weight, "bias": bias, "C": best_c, "validation_f1_by_C": scores}
+    labels, hidden = len(ctx.splits.labels), x.shape[1]
+    ctx.probe = {"C": best_c, "validation_f1_by_C": scores}
+    ctx.probe["weight"], ctx.probe["bias"] = _unstandardise(
+        *_expand_to_all_labels(fitted[best_c], labels, hidden), mean, std
+    )
+    if len(yv) and ctx.config.refit_head:
+        refit = _fit_probe(np.vstack([x, xv]), np.concatenate([y, yv]), best_c, balanced, seed)
+        ctx.probe["refit_weight"], ctx.probe["refit_bias"] = _unstandardise(
+            *_expand_to_all_labels(refit, labels, hidden), mean, std
+        )
     return ctx.probe
+
+
+def _unstandardise(
+    weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, std: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold feature standardisation into a linear layer: W x' + b with x' = (x - mean) / std."""
+    return weight / std, bias - (weight / std) @ mean
 
 
 def _expand_to_all_labels(probe: Any, num_labels: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +152,13 @@ def train_head(ctx: TrainContext) -> StrategyResult:
     model = ctx.fresh_model()
     set_head(model, probe["weight"], probe["bias"])
     temperature = calibrate(model, ctx)
+    if "refit_weight" in probe:
+        # The temperature comes from the probe that never saw validation data; the refitted
+        # probe has, so calibrating it there would make it look more reliable than it is.
+        set_head(model, probe["refit_weight"], probe["refit_bias"])
+        fold_temperature(model, temperature)
     details = {"C": probe["C"], "validation_f1_by_C": probe["validation_f1_by_C"]}
     details["temperature"] = temperature
+    details["refit_on_validation"] = "refit_weight" in probe
     trainable = model.head.weight.numel() + model.head.bias.numel()
     return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details)
