@@ -168,3 +168,13 @@ def test_head_is_refitted_on_validation_data_with_the_chosen_c(make_config: Call
     assert plain.details["refit_on_validation"] is False
     assert plain.details["C"] == refitted.details["C"]
     assert not torch.allclose(plain.model.head.weight, refitted.model.head.weight)
+
+
+def test_reprobe_replaces_the_fine_tuned_head_with_a_calibrated_probe(
+    make_config: Callable[..., Any],
+) -> None:
+    ctx = _context(make_config, strategy="full", epochs=5, reprobe_after_finetune=True)
+    result = run_strategy("full", ctx)
+    assert result.details["reprobe"]["refit_on_validation"] is True
+    assert result.details["temperature"] == result.details["reprobe"]["temperature"]
+    assert evaluate_split(result, ctx, "train").accuracy == 1.0

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.context import StrategyResult, TrainContext
-from training.frozen import calibrate, fit_linear_probe, set_head
+from training.frozen import calibrate, fit_linear_probe, fit_probe, install_probe, set_head
 from training.model import TextClassifier, count_trainable
 
 logger = logging.getLogger(__name__)
@@ -263,5 +263,15 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
     if strategy == "lora":
         details["lora_merge_max_abs_diff"] = merge_lora(model, ctx)
     model.requires_grad_(True)
-    details["temperature"] = calibrate(model, ctx)
+    if cfg.reprobe_after_finetune and len(ctx.splits.validation):
+        # A fresh probe on the fine-tuned features, refitted on train + validation like `head`.
+        train_emb, val_emb = (
+            ctx.predict(model, "train").embeddings,
+            ctx.predict(model, "validation").embeddings,
+        )
+        probe = fit_probe(train_emb, ctx.label_ids("train"), val_emb, ctx.label_ids("validation"), ctx)
+        details["reprobe"] = install_probe(model, probe, ctx)
+        details["temperature"] = details["reprobe"]["temperature"]
+    else:
+        details["temperature"] = calibrate(model, ctx)
     return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details)

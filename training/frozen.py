@@ -94,36 +94,66 @@ def _fit_probe(x: np.ndarray, y: np.ndarray, c: float, balanced: bool, seed: int
     return probe.fit(x, y)
 
 
-def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
-    """Logistic regression on frozen embeddings, C chosen on validation macro-F1; cached per run.
+def fit_probe(
+    train: np.ndarray, y: np.ndarray, val: np.ndarray, yv: np.ndarray, ctx: TrainContext
+) -> dict[str, Any]:
+    """Logistic regression on embeddings (n, hidden), C chosen on validation macro-F1.
 
-    Returns the probe trained on the training split (``weight``, ``bias``) and, when there is
-    validation data and ``refit_head`` is set, one refitted on training plus validation data
+    Returns the probe trained on the training rows (``weight``, ``bias``) and, when there is
+    validation data and ``refit_head`` is set, one refitted on training plus validation rows
     with the chosen C (``refit_weight``, ``refit_bias``).
     """
-    if ctx.probe is not None:
-        return ctx.probe
     # Standardised features make one C grid fit every encoder's embedding scale; the scaling
     # is folded into the head afterwards, so the served model needs no extra step.
-    raw, y = ctx.frozen_embeddings("train"), ctx.label_ids("train")
-    raw_val, yv = ctx.frozen_embeddings("validation"), ctx.label_ids("validation")
-    mean, std = raw.mean(axis=0), raw.std(axis=0).clip(min=1e-6)
-    x, xv = (raw - mean) / std, (raw_val - mean) / std
+    mean, std = train.mean(axis=0), train.std(axis=0).clip(min=1e-6)
+    x, xv = (train - mean) / std, (val - mean) / std
     balanced, seed = ctx.config.class_weighting == "balanced", ctx.config.seed
     fitted = {c: _fit_probe(x, y, c, balanced, seed) for c in (PROBE_C_GRID if len(yv) else (1.0,))}
     scores = {c: float(f1_score(yv, p.predict(xv), average="macro")) for c, p in fitted.items() if len(yv)}
     best_c = max(scores, key=lambda c: scores[c]) if scores else 1.0
     labels, hidden = len(ctx.splits.labels), x.shape[1]
-    ctx.probe = {"C": best_c, "validation_f1_by_C": scores}
-    ctx.probe["weight"], ctx.probe["bias"] = _unstandardise(
+    probe: dict[str, Any] = {"C": best_c, "validation_f1_by_C": scores}
+    probe["weight"], probe["bias"] = _unstandardise(
         *_expand_to_all_labels(fitted[best_c], labels, hidden), mean, std
     )
     if len(yv) and ctx.config.refit_head:
         refit = _fit_probe(np.vstack([x, xv]), np.concatenate([y, yv]), best_c, balanced, seed)
-        ctx.probe["refit_weight"], ctx.probe["refit_bias"] = _unstandardise(
+        probe["refit_weight"], probe["refit_bias"] = _unstandardise(
             *_expand_to_all_labels(refit, labels, hidden), mean, std
         )
+    return probe
+
+
+def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
+    """:func:`fit_probe` on the pretrained encoder's embeddings, computed once per run."""
+    if ctx.probe is None:
+        ctx.probe = fit_probe(
+            ctx.frozen_embeddings("train"),
+            ctx.label_ids("train"),
+            ctx.frozen_embeddings("validation"),
+            ctx.label_ids("validation"),
+            ctx,
+        )
     return ctx.probe
+
+
+def install_probe(model: TextClassifier, probe: dict[str, Any], ctx: TrainContext) -> dict[str, Any]:
+    """Put a probe into the model's head, calibrated; return what was done for the manifest.
+
+    The temperature is fitted with the probe that never saw validation data; a refitted probe
+    has seen it, so calibrating that one there would make it look more reliable than it is.
+    """
+    set_head(model, probe["weight"], probe["bias"])
+    temperature = calibrate(model, ctx)
+    if "refit_weight" in probe:
+        set_head(model, probe["refit_weight"], probe["refit_bias"])
+        fold_temperature(model, temperature)
+    return {
+        "C": probe["C"],
+        "validation_f1_by_C": probe["validation_f1_by_C"],
+        "temperature": temperature,
+        "refit_on_validation": "refit_weight" in probe,
+    }
 
 
 def _unstandardise(
@@ -148,17 +178,7 @@ def _expand_to_all_labels(probe: Any, num_labels: int, hidden: int) -> tuple[np.
 def train_head(ctx: TrainContext) -> StrategyResult:
     """Feature extraction: frozen encoder, embeddings computed once, a trained linear head."""
     start = time.perf_counter()
-    probe = fit_linear_probe(ctx)
     model = ctx.fresh_model()
-    set_head(model, probe["weight"], probe["bias"])
-    temperature = calibrate(model, ctx)
-    if "refit_weight" in probe:
-        # The temperature comes from the probe that never saw validation data; the refitted
-        # probe has, so calibrating it there would make it look more reliable than it is.
-        set_head(model, probe["refit_weight"], probe["refit_bias"])
-        fold_temperature(model, temperature)
-    details = {"C": probe["C"], "validation_f1_by_C": probe["validation_f1_by_C"]}
-    details["temperature"] = temperature
-    details["refit_on_validation"] = "refit_weight" in probe
+    details = install_probe(model, fit_linear_probe(ctx), ctx)
     trainable = model.head.weight.numel() + model.head.bias.numel()
     return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details)
