@@ -69,7 +69,7 @@ class TrainingConfig(BaseSettings):
     class_weighting: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1 lost 1-4 points at 10/intent (dev split)
     refit_head: bool = True  # refit linear probes on train + validation once C is chosen
-    reprobe_after_finetune: bool = False  # replace a fine-tuned head by a probe on its features
+    reprobe_after_finetune: bool = True  # replace a fine-tuned head by a probe on its features
     calibrate: bool = True  # temperature-scale logits on validation data (folded into the head)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
