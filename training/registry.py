@@ -101,9 +101,11 @@ class ModelRegistry:
 
     def versions(self, name: str) -> list[ModelVersion]:
         """All versions of a model, oldest first."""
+        from bentoml.exceptions import NotFound
+
         try:
             models = self.store.list(name)
-        except Exception:  # bentoml raises NotFound for a model name it has never seen
+        except NotFound:  # a model name the store has never seen
             return []
         stages = self.read_stages(name)
         found = [self._describe(m, stages) for m in models if m.info.module == "refit"]
