@@ -256,6 +256,8 @@ def main() -> None:
     from training.model import quiet_transformers
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not console.is_terminal:  # logs and `make demo` output: rich would squeeze tables to 80
+        console.width = max(console.width, 140)
     quiet_transformers()
     _load_plugins()
     try:
