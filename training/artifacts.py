@@ -21,7 +21,6 @@ from typing import Any
 import pandas as pd
 
 from training.errors import ModelLoadError
-from training.evaluation import EvaluationResult
 from training.model import TextClassifier, load_classifier
 from training.profile import PROFILE_FILE, read_reference_profile
 from training.registry import ModelVersion
@@ -73,11 +72,6 @@ def read_labels(version: ModelVersion) -> list[str]:
 def read_metrics(version: ModelVersion) -> dict[str, Any]:
     """The version's metrics.json (``test``, ``validation``, ``ladder``)."""
     return dict(read_json(version.path / METRICS_FILE))
-
-
-def read_test_metrics(version: ModelVersion) -> EvaluationResult:
-    """The version's test-split evaluation."""
-    return EvaluationResult.from_dict(read_metrics(version)["test"])
 
 
 def load_version_model(version: ModelVersion) -> tuple[TextClassifier, Any]:

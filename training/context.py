@@ -63,7 +63,8 @@ class TrainContext:
         """Pretrained-encoder embeddings of a split, computed once per run."""
         if split not in self.frozen:
             model = self.fresh_model()
-            for name in ("train", "validation", "test"):
+            # Strategies read train and validation together; test only when asked for.
+            for name in {split} | ({"train", "validation"} if split != "test" else set()):
                 if name not in self.frozen:
                     self.frozen[name] = self.predict(model, name, progress=f"embedding {name}").embeddings
             del model

@@ -36,12 +36,6 @@ class EvaluationResult:
         """JSON-ready form."""
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
-        """Inverse of :meth:`to_dict`."""
-        per_class = {k: ClassScores(**v) for k, v in data.get("per_class", {}).items()}
-        return cls(**{**data, "per_class": per_class})
-
 
 def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
     """Weighted mean |accuracy - confidence| over equal-width confidence bins."""

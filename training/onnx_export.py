@@ -6,6 +6,7 @@ and returns ``logits`` and ``embeddings`` (what the head reads; the monitor uses
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -177,6 +178,4 @@ def read_export_record(version: ModelVersion) -> dict[str, Any] | None:
     path = version.path / ONNX_DIR / EXPORT_RECORD
     if not path.is_file():
         return None
-    import json
-
     return dict(json.loads(path.read_text(encoding="utf-8")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,8 +58,3 @@ def read_reference_profile(path: Path) -> pd.DataFrame:
             f"found {list(profile.columns)}."
         )
     return profile
-
-
-def profile_matrix(profile: pd.DataFrame, column: str) -> Any:
-    """Stack a list-valued column (``embedding`` or ``probabilities``) into an (n, d) array."""
-    return np.stack(profile[column].to_numpy()).astype(np.float32)
