@@ -11,7 +11,7 @@ import torch
 from training.config import TrainingConfig
 from training.data import DatasetSplits
 from training.inference import choose_device, predict
-from training.model import TextClassifier, build_classifier, load_tokenizer, resolve_base_model
+from training.model import TextClassifier, load_encoder, load_tokenizer, resolve_base_model
 
 
 @dataclass
@@ -54,9 +54,8 @@ class TrainContext:
 
     def fresh_model(self) -> TextClassifier:
         """A new classifier on the pretrained encoder, on the run's device."""
-        model, _ = build_classifier(
-            self.config.base_model, len(self.splits.labels), self.config.normalize_embeddings
-        )
+        encoder = load_encoder(resolve_base_model(self.config.base_model))
+        model = TextClassifier(encoder, len(self.splits.labels), self.config.normalize_embeddings)
         return model.to(self.device)
 
     def frozen_embeddings(self, split: str) -> np.ndarray:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from training.context import StrategyResult, TrainContext
 from training.frozen import calibrate, fit_linear_probe, fit_probe, install_probe, set_head
+from training.inference import predict
 from training.model import TextClassifier, count_trainable
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,6 @@ def merge_lora(model: TextClassifier, ctx: TrainContext) -> float:
 
 
 def _sample_logits(model: TextClassifier, ctx: TrainContext, texts: list[str]) -> np.ndarray:
-    from training.inference import predict
-
     return predict(model, ctx.tokenizer, texts, max_length=ctx.config.max_length, mixed_precision="no").logits
 
 

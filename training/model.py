@@ -96,12 +96,6 @@ def load_tokenizer(path_or_id: str) -> Any:
         raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
 
 
-def build_classifier(base_model: str, num_labels: int, normalize: bool = True) -> tuple[TextClassifier, Any]:
-    """A fresh classifier on a pretrained encoder, and its tokenizer."""
-    source = resolve_base_model(base_model)
-    return TextClassifier(load_encoder(source), num_labels, normalize), load_tokenizer(source)
-
-
 def save_classifier(model: TextClassifier, tokenizer: Any, directory: Path) -> None:
     """Write merged weights (safetensors), encoder config and tokenizer to ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)

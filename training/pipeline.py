@@ -24,6 +24,7 @@ from training.context import StrategyResult, TrainContext
 from training.data import DatasetSplits, prepare_splits
 from training.errors import VersionNotFoundError
 from training.evaluation import EvaluationResult
+from training.inference import predict
 from training.model import save_classifier
 from training.profile import (
     PROFILE_FILE,
@@ -185,8 +186,6 @@ def write_version(
 
 def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSplits) -> Any:
     """The reference profile: the model's outputs on a sample of its training inputs."""
-    from training.inference import predict
-
     sample = sample_reference_rows(splits.train, ctx.config.profile_rows, ctx.config.seed)
     predictions = predict(
         result.model,

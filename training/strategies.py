@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from training.config import FINETUNE_STRATEGIES
 from training.context import StrategyResult, TrainContext
 from training.evaluation import EvaluationResult, evaluate_predictions
 from training.finetune import train_finetuned
@@ -23,7 +24,7 @@ def run_strategy(name: str, ctx: TrainContext) -> StrategyResult:
         return train_baseline(ctx)
     if name == "head":
         return train_head(ctx)
-    if name in ("partial", "lora", "full"):
+    if name in FINETUNE_STRATEGIES:
         return train_finetuned(ctx, name)
     raise ValueError(f"Unknown strategy {name!r}; expected baseline, head, partial, lora or full")
 
