@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# BentoML serves /metrics from prometheus_client's multiprocess files, in-process apps included.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="refit-prometheus-"))
+
+# Request limits of the service under test; they are read when service.app is first imported.
+SERVICE_LIMITS = {
+    "REFIT_SERVE_MAX_TEXTS": "8",
+    "REFIT_SERVE_MAX_CHARS": "300",
+    "REFIT_SERVE_MAX_BATCH_SIZE": "32",
+    "REFIT_SERVE_MAX_LATENCY_MS": "100",
+    "REFIT_SERVE_MAX_BODY_BYTES": "20000",
+}
 
 # Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
 TINY_INTENTS = {
@@ -120,3 +133,91 @@ def _quiet_transformers() -> None:
     from training.model import quiet_transformers
 
     quiet_transformers()
+
+
+@pytest.fixture(scope="session")
+def served_home_template(tmp_path_factory: pytest.TempPathFactory, tiny_base_model: Path) -> Path:
+    """A registry with `tiny` v1 (head, production) and v2 (baseline, candidate), both exported to ONNX."""
+    from training.config import TrainingConfig
+    from training.onnx_export import export_version
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    root = tmp_path_factory.mktemp("served")
+    data = root / "tiny.csv"
+    tiny_rows().to_csv(data, index=False)
+    registry = ModelRegistry(root / "bentoml")
+    common = {"name": "tiny", "base_model": str(tiny_base_model), "max_length": 16, "profile_rows": 20}
+    for strategy in ("head", "baseline"):
+        version = train_model(data, TrainingConfig(strategy=strategy, **common), registry=registry).version
+        assert version is not None
+        export_version(version)
+    return root / "bentoml"
+
+
+@pytest.fixture
+def served_home(served_home_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the served registry, so a test may promote, corrupt or delete."""
+    home = tmp_path / "bentoml"
+    shutil.copytree(served_home_template, home)
+    return home
+
+
+@pytest.fixture
+def serve_env(served_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for a service replica over ``served_home`` (limits as in SERVICE_LIMITS)."""
+    env = {
+        **SERVICE_LIMITS,
+        "REFIT_SERVE_MODEL": "tiny",
+        "REFIT_SERVE_REGISTRY_HOME": str(served_home),
+        "REFIT_SERVE_SWAP_POLL_S": "0.2",
+        "REFIT_SERVE_LOG_FLUSH_MS": "20",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def service_class() -> Any:
+    """The BentoML service class, imported once: the limits of SERVICE_LIMITS are fixed then."""
+    saved = {k: os.environ.get(k) for k in SERVICE_LIMITS}
+    os.environ.update(SERVICE_LIMITS)
+    try:
+        from service.app import RefitClassifier
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return RefitClassifier
+
+
+@pytest.fixture
+def service_app(service_class: Any) -> Any:
+    """A fresh ASGI app of the service; its instance is built from the environment when it starts.
+
+    BentoML registers its HTTP metrics in prometheus_client's default registry each time an app
+    is built (a real server builds one per process), so the previous app's are unregistered.
+    """
+    return build_service_app(service_class)
+
+
+def build_service_app(service_class: Any) -> Any:
+    """``service_class.to_asgi()`` after unregistering the previous app's BentoML metrics."""
+    from prometheus_client import REGISTRY
+
+    for collector in list(REGISTRY._collector_to_names):
+        if any(name.startswith("bentoml_") for name in REGISTRY._collector_to_names[collector]):
+            REGISTRY.unregister(collector)
+    return service_class.to_asgi()
+
+
+@pytest.fixture
+def client(service_app: Any, serve_env: dict[str, str]) -> Iterator[Any]:
+    """The service in-process (``to_asgi()``), started and ready."""
+    from starlette.testclient import TestClient
+
+    with TestClient(service_app) as test_client:
+        yield test_client

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -38,7 +38,22 @@ class _FileValuesSource(PydanticBaseSettingsSource):
         return dict(_file_values.get() or {})
 
 
-class TrainingConfig(BaseSettings):
+class FileSettings(BaseSettings):
+    """Settings read from init values, then the environment, then a config file (see `load_settings`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _FileValuesSource(settings_cls)
+
+
+class TrainingConfig(FileSettings):
     """Everything one training run needs; saved with the version it produces."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_TRAIN_", extra="forbid")
@@ -78,17 +93,6 @@ class TrainingConfig(BaseSettings):
     auto_min_gain: float = Field(0.005, ge=0.0)  # stop when a rung gains less than this
     profile_rows: int = Field(5000, ge=10)  # rows of training data kept as the drift reference
     parent_version: str | None = None  # lineage; defaults to the current production version
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FileValuesSource(settings_cls)
 
     @model_validator(mode="after")
     def _check_ladder(self) -> TrainingConfig:
@@ -138,29 +142,42 @@ def reject_unknown_keys(values: dict[str, Any], source: str, valid: set[str]) ->
         )
 
 
-def load_training_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:
-    """Build the training config from a file, the environment and explicit overrides.
+S = TypeVar("S", bound=FileSettings)
+
+
+def load_settings(cls: type[S], path: Path | None = None, overrides: dict[str, Any] | None = None) -> S:
+    """Build a stage's settings from a file, the environment and explicit overrides.
 
     Args:
+        cls: the settings class (its ``env_prefix`` names the environment variables).
         path: optional YAML or TOML file.
         overrides: values that win over everything else (CLI flags); ``None`` values are ignored.
 
     Raises:
         ConfigError: an unknown key, an unreadable file or an invalid value.
     """
-    valid = set(TrainingConfig.model_fields)
+    valid = set(cls.model_fields)
     file_values = read_config_file(path) if path else {}
     reject_unknown_keys(file_values, str(path), valid)
     explicit = {k: v for k, v in (overrides or {}).items() if v is not None}
     reject_unknown_keys(explicit, "the overrides", valid)
     token = _file_values.set(file_values)
     try:
-        return TrainingConfig(**explicit)
+        return cls(**explicit)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (found {err.get('input')!r})"
             for err in exc.errors()
         )
-        raise ConfigError(f"Invalid training config: {problems}") from exc
+        raise ConfigError(f"Invalid {cls.__name__}: {problems}") from exc
     finally:
         _file_values.reset(token)
+
+
+def load_training_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:
+    """Build the training config from a file, ``REFIT_TRAIN_*`` variables and explicit overrides.
+
+    Raises:
+        ConfigError: an unknown key, an unreadable file or an invalid value.
+    """
+    return load_settings(TrainingConfig, path, overrides)

@@ -1,0 +1,258 @@
+"""The Refit BentoML service: the production version of one registered model, behind HTTP.
+
+POST /classify            adaptive batching (BentoML's batchable API); X-Model-Version pins a version
+POST /feedback            the true label of a prediction, stored before it is acknowledged
+GET  /model               what is serving: version, stage, labels, metrics, lineage, backend
+GET  /livez /readyz /metrics   BentoML's, readiness waiting for a loaded, warmed model
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, cast
+
+import bentoml
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from service.backends import resolve_backend
+from service.guard import RequestGuard
+from service.logstore import utc_now
+from service.metrics import service_metrics
+from service.payload_log import LogStoreUnavailable, PayloadLog
+from service.predictor import LoadedModel, load_model
+from service.schemas import FeedbackRequest, describe_validation_errors, text_list_type
+from service.settings import load_serve_settings
+from service.swapper import ModelHolder
+from training.errors import ModelLoadError, VersionNotFoundError
+from training.registry import ModelRegistry, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+# BentoML reads batching limits and resources from the decorators when this module is imported,
+# so the settings must be read here; it is only environment variables and an optional file.
+SETTINGS = load_serve_settings()
+Texts = text_list_type(SETTINGS.max_texts, SETTINGS.max_chars)
+
+api = FastAPI(title="Refit", description="Routes beside the batched /classify API.")
+
+
+class ClassifyRequest(BaseModel):
+    """The /classify body."""
+
+    texts: Texts  # type: ignore[valid-type]
+
+
+@api.exception_handler(RequestValidationError)
+async def reject_invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    """A 400 for invalid input on FastAPI routes, shaped like BentoML's own validation errors."""
+    return JSONResponse(describe_validation_errors(list(exc.errors())), status_code=400)
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    """A JSON error response."""
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def _resources() -> dict[str, Any]:
+    return {"gpu": 1} if SETTINGS.gpu else {"cpu": str(os.cpu_count() or 1)}
+
+
+@bentoml.asgi_app(api, path="/")
+@bentoml.service(
+    name="refit",
+    workers=SETTINGS.workers,
+    resources=_resources(),
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class RefitClassifier:
+    """Serves the production version of ``REFIT_SERVE_MODEL`` and follows its promotions."""
+
+    def __init__(self) -> None:
+        # Re-read: runtime settings may differ from import time (tests, a changed environment);
+        # only the batching limits and request limits are fixed when the module is imported.
+        self.settings = load_serve_settings()
+        self.metrics = service_metrics()
+        self.registry = ModelRegistry(self.settings.home)
+        self.backend, self.device = resolve_backend(self.settings.backend, self.settings.device)
+        self.threads = self.settings.threads or max(1, (os.cpu_count() or 1) // self.settings.workers)
+        self.log = PayloadLog(
+            self.settings.resolved_log_url,
+            queue_size=self.settings.log_queue_size,
+            batch_size=self.settings.log_batch_size,
+            flush_ms=self.settings.log_flush_ms,
+            retention_days=self.settings.retention_days,
+            on_dropped=self.metrics.log_dropped.inc,
+            on_written=self.metrics.log_written.inc,
+            on_depth=self.metrics.log_queue_depth.set,
+        )
+        self.holder = ModelHolder(
+            self.registry,
+            self.settings.model,
+            self._load,
+            poll_s=self.settings.swap_poll_s,
+            pinned_cache_size=self.settings.pinned_cache_size,
+            on_swap=self._record_swap,
+            on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
+        )
+        self.log.start()
+        self.holder.load_production()
+        self.holder.start_watching()
+
+    def _load(self, version: ModelVersion) -> LoadedModel:
+        return load_model(version, self.backend, self.device, self.threads, self.settings.top_k)
+
+    def _record_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
+        info = self.metrics.model_info
+        if old is not None:
+            info.labels(old.version.name, old.version.version, old.backend.name, old.backend.device).set(0)
+            self.metrics.swaps.labels(new.version.name).inc()
+        info.labels(new.version.name, new.version.version, new.backend.name, new.backend.device).set(1)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop following promotions and write the queued log records."""
+        self.holder.stop()
+        self.log.close()
+
+    def __is_ready__(self) -> bool:
+        return self.holder.ready
+
+    @bentoml.api(
+        route="/classify",
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify(self, texts: Texts) -> list[dict[str, Any]]:  # type: ignore[valid-type]
+        """Classify texts: label, confidence, top-k, request id, truncation, model and version per text."""
+        return self.predict(self.holder.current, texts)
+
+    def predict(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
+        """Run ``model`` on ``texts``, count them in the metrics and queue them for the payload log."""
+        start = time.perf_counter()
+        predictions = model.classify(texts)
+        latency_ms = (time.perf_counter() - start) * 1000
+        self._observe(model, texts, predictions)
+        now = utc_now()
+        self.log.submit(
+            [
+                {
+                    "request_id": p.request_id,
+                    "created": now,
+                    "model": p.model,
+                    "version": p.version,
+                    "text": text,
+                    "label": p.label,
+                    "confidence": p.confidence,
+                    "probabilities": [round(float(x), 6) for x in p.probabilities],
+                    "latency_ms": latency_ms,
+                    "truncated": p.truncated,
+                }
+                for p, text in zip(predictions, texts, strict=True)
+            ]
+        )
+        return [p.to_response() for p in predictions]
+
+    def _observe(self, model: LoadedModel, texts: list[str], predictions: list[Any]) -> None:
+        name = model.version.name
+        m = self.metrics
+        m.batch_texts.labels(name).observe(len(texts))
+        for label, count in Counter(p.label for p in predictions).items():
+            m.predictions.labels(name, label).inc(count)
+        confidence, chars = m.confidence.labels(name), m.input_chars.labels(name)
+        for p, text in zip(predictions, texts, strict=True):
+            confidence.observe(p.confidence)
+            chars.observe(len(text))
+        truncated = sum(p.truncated for p in predictions)
+        if truncated:
+            m.truncated.labels(name).inc(truncated)
+
+    @api.post("/classify_pinned", response_model=None)
+    def classify_pinned(
+        self, body: ClassifyRequest, x_model_version: str = Header(..., description="version to use")
+    ) -> list[dict[str, Any]] | JSONResponse:
+        """Classify with the version named by ``X-Model-Version`` (not batched with production)."""
+        try:
+            model = self.holder.get(x_model_version.strip())
+        except VersionNotFoundError as exc:
+            known = [v.version for v in self.registry.versions(self.settings.model)]
+            return error(404, str(exc), versions=known)
+        except ModelLoadError as exc:
+            return error(503, f"Version {x_model_version} cannot be served: {exc}")
+        return self.predict(model, body.texts)
+
+    @api.get("/model")
+    def model_info(self) -> dict[str, Any]:
+        """The serving version: name, version, stage, labels, metrics, lineage, backend, device."""
+        current = self.holder.current
+        description = current.describe()
+        stages = self.registry.read_stages(self.settings.model)
+        description["stage"] = (
+            "production" if stages.get("production") == current.version.version else "archived"
+        )
+        description["log"] = {"queue_depth": self.log.depth, "dropped": self.log.dropped}
+        return description
+
+    @api.post("/feedback", response_model=None)
+    def feedback(self, body: FeedbackRequest) -> dict[str, Any] | JSONResponse:
+        """Store the true label of a prediction; acknowledged only once it is committed."""
+        current = self.holder.current
+        allowed = [
+            *current.labels,
+            *(x for x in self.settings.feedback_extra_labels if x not in current.labels),
+        ]
+        if body.label not in allowed:
+            return error(
+                422, f"Unknown label {body.label!r}: expected one of {allowed}.", allowed_labels=allowed
+            )
+        try:
+            record = self._feedback_record(body)
+            if record is None:
+                return error(
+                    404,
+                    f"Unknown request_id {body.request_id!r}: no logged prediction has it. "
+                    "Send the text with the label instead.",
+                )
+            feedback_id = self.log.record_feedback(record)
+        except LogStoreUnavailable as exc:
+            return JSONResponse({"error": f"Feedback not stored: {exc}"}, status_code=503)
+        self.metrics.feedback.labels(self.settings.model).inc()
+        return {"stored": True, "feedback_id": feedback_id, "request_id": record["request_id"]}
+
+    def _feedback_record(self, body: FeedbackRequest) -> dict[str, Any] | None:
+        base = {"created": utc_now(), "model": self.settings.model, "label": body.label}
+        if body.request_id:
+            found = self.log.find_prediction(body.request_id)
+            if found is None and not body.text:
+                return None
+            if found is not None:
+                return {
+                    **base,
+                    "request_id": body.request_id,
+                    "text": found["text"],
+                    "predicted_label": found["label"],
+                    "version": found["version"],
+                }
+        return {
+            **base,
+            "request_id": body.request_id,
+            "text": body.text,
+            "predicted_label": None,
+            "version": None,
+        }
+
+
+# The decorators return a bentoml Service, which mypy sees as the class.
+cast(Any, RefitClassifier).add_asgi_middleware(
+    RequestGuard,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    max_inflight=SETTINGS.max_inflight,
+    retry_after_s=SETTINGS.retry_after_s,
+    on_reject=lambda reason: service_metrics().rejected.labels(reason).inc(),
+)

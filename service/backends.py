@@ -1,0 +1,158 @@
+"""Inference backends: the same saved version run by torch or by ONNX Runtime.
+
+A backend only maps token ids to logits; tokenisation, length sorting and post-processing are
+shared (``service.predictor``), so both backends answer the same request identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from training.model import TextClassifier
+from training.registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """Token ids of a list of texts, padded to the longest, with a truncation flag per text."""
+
+    input_ids: np.ndarray  # (n, seq) int64
+    attention_mask: np.ndarray  # (n, seq) int64
+    truncated: np.ndarray  # (n,) bool: the text had more tokens than the model's maximum
+
+
+def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> Encoded:
+    """Tokenise ``texts`` in one call, truncating to ``max_length`` and recording who was cut.
+
+    Overflowing tokens come back as extra rows mapped to their text; a text with more than one
+    row was truncated, and only its first row (the truncated text) is kept.
+    """
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        return_overflowing_tokens=True,
+        return_tensors="np",
+    )
+    mapping = np.asarray(enc["overflow_to_sample_mapping"])
+    counts = np.bincount(mapping, minlength=len(texts))
+    first = np.unique(mapping, return_index=True)[1]
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)[first]
+    mask = np.asarray(enc["attention_mask"], dtype=np.int64)[first]
+    width = int(mask.sum(axis=1).max()) if len(texts) else 0  # overflow rows may pad wider
+    return Encoded(ids[:, :width], mask[:, :width], counts > 1)
+
+
+class Backend(Protocol):
+    """Maps token ids to logits."""
+
+    name: str
+    device: str
+
+    def run(self, encoded: Encoded) -> np.ndarray:
+        """Logits (n, labels), float32."""
+        ...
+
+
+class TorchBackend:
+    """The PyTorch model; CUDA with bf16/fp16 autocast when a GPU is used."""
+
+    name = "torch"
+
+    def __init__(self, model: TextClassifier, device: str) -> None:
+        import torch
+
+        from training.inference import autocast_dtype
+
+        self._torch = torch
+        self._device = torch.device(device)
+        self.model = model.to(self._device).eval()
+        self._dtype = autocast_dtype(self._device)
+        self.device = device
+
+    def run(self, encoded: Encoded) -> np.ndarray:
+        """Logits (n, labels), float32; inputs go to the GPU through pinned memory."""
+        torch = self._torch
+        ids = torch.from_numpy(encoded.input_ids)
+        mask = torch.from_numpy(encoded.attention_mask)
+        if self._device.type == "cuda":
+            ids = ids.pin_memory().to(self._device, non_blocking=True)
+            mask = mask.pin_memory().to(self._device, non_blocking=True)
+        with torch.inference_mode():
+            if self._dtype is not None:
+                with torch.autocast("cuda", dtype=self._dtype):
+                    logits = self.model(ids, mask)
+            else:
+                logits = self.model(ids, mask)
+        return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
+
+
+class OnnxBackend:
+    """The version's ONNX export under ONNX Runtime (CUDA provider when a GPU is used)."""
+
+    name = "onnx"
+
+    def __init__(self, path: os.PathLike[str], device: str, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def run(self, encoded: Encoded) -> np.ndarray:
+        """Logits (n, labels), float32."""
+        feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
+        return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
+
+
+def resolve_backend(backend: str, device: str) -> tuple[str, str]:
+    """The concrete (backend, device) for the configured values ``auto`` included.
+
+    On CPU ONNX Runtime is the default: `benchmarks/serve_load.py` measured it faster there.
+    """
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "auto":
+        backend = "torch" if device == "cuda" else "onnx"
+    return backend, device
+
+
+def ensure_onnx_export(version: ModelVersion) -> os.PathLike[str]:
+    """The version's ONNX file, exported now (with its parity check) if it has none yet."""
+    from training.artifacts import ONNX_DIR
+    from training.onnx_export import ONNX_FILE, export_version
+
+    path = version.path / ONNX_DIR / ONNX_FILE
+    if not path.is_file():
+        logger.info("%s has no ONNX export yet; exporting it now", version.tag)
+        export_version(version)
+    return path
+
+
+def load_backend(
+    version: ModelVersion, model: TextClassifier, backend: str, device: str, threads: int
+) -> Backend:
+    """Build the backend that serves ``version`` (``model`` is its torch model, already loaded)."""
+    if backend == "onnx":
+        return OnnxBackend(ensure_onnx_export(version), device, threads)
+    if threads and device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
+    return TorchBackend(model, device)

@@ -1,0 +1,94 @@
+"""The inference log's schema and connection: predictions and feedback, through SQLAlchemy.
+
+SQLite (WAL mode, so the monitor reads while the service writes) by default; PostgreSQL by URL
+when several replicas share one log. The monitor reads the same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(32), nullable=False, unique=True),
+    Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(64), nullable=False, index=True),
+    Column("text", Text, nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("probabilities", JSON, nullable=False),  # list[float], in the version's label order
+    Column("latency_ms", Float, nullable=False),
+    Column("truncated", Boolean, nullable=False),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(32), nullable=True, index=True),
+    Column("created", DateTime(timezone=True), nullable=False, index=True),
+    Column("model", String(200), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("label", String(200), nullable=False),
+    Column("predicted_label", String(200), nullable=True),
+    Column("version", String(64), nullable=True),
+)
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _enable_wal(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the monitor read while the service writes; NORMAL sync is durable across process
+    # crashes (only an OS crash can lose the last transactions), which is what a log needs.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_log_engine(url: str) -> Engine:
+    """An engine for the inference log; SQLite files get their folder and WAL mode."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 10})
+        event.listen(engine, "connect", _enable_wal)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the log's tables where they are missing (safe to call from every replica)."""
+    metadata.create_all(engine, checkfirst=True)

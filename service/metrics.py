@@ -1,0 +1,88 @@
+"""The service's Prometheus metrics, beside BentoML's built-in request and batching metrics.
+
+They are created on first use, inside the worker: BentoML sets ``PROMETHEUS_MULTIPROC_DIR``
+when a worker starts, and a metric created before that would be invisible on ``/metrics``.
+Label values are bounded: model names, a version's labels, and fixed reason strings.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """Every metric the service exports under the ``refit_`` prefix."""
+
+    predictions: Counter
+    confidence: Histogram
+    input_chars: Histogram
+    truncated: Counter
+    batch_texts: Histogram
+    model_info: Gauge
+    swaps: Counter
+    swap_failures: Counter
+    log_queue_depth: Gauge
+    log_dropped: Counter
+    log_written: Counter
+    feedback: Counter
+    rejected: Counter
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """The process's metrics, created once."""
+    return ServiceMetrics(
+        predictions=Counter(
+            "refit_predictions", "Predictions served, by predicted label.", ["model", "label"]
+        ),
+        confidence=Histogram(
+            "refit_prediction_confidence",
+            "Top-1 probability of each prediction.",
+            ["model"],
+            buckets=CONFIDENCE_BUCKETS,
+        ),
+        input_chars=Histogram(
+            "refit_input_length_chars",
+            "Length of each classified text in characters.",
+            ["model"],
+            buckets=LENGTH_BUCKETS,
+        ),
+        truncated=Counter(
+            "refit_truncated_texts", "Texts cut to the model's maximum number of tokens.", ["model"]
+        ),
+        batch_texts=Histogram(
+            "refit_batch_texts",
+            "Texts per model call after adaptive batching.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+        ),
+        model_info=Gauge(
+            "refit_model_info",
+            "1 for the version a worker serves as production, else 0.",
+            ["model", "version", "backend", "device"],
+            multiprocess_mode="max",
+        ),
+        swaps=Counter("refit_model_swaps", "Hot swaps to a newly promoted version.", ["model"]),
+        swap_failures=Counter(
+            "refit_model_swap_failures", "Promoted versions that could not be loaded.", ["model"]
+        ),
+        log_queue_depth=Gauge(
+            "refit_payload_log_queue_depth",
+            "Prediction records waiting to be written.",
+            multiprocess_mode="livesum",
+        ),
+        log_dropped=Counter("refit_payload_log_dropped", "Prediction records dropped, not written."),
+        log_written=Counter("refit_payload_log_written", "Prediction records written to the log."),
+        feedback=Counter("refit_feedback", "Feedback labels stored.", ["model"]),
+        rejected=Counter(
+            "refit_rejected_requests", "Requests refused before reaching the model.", ["reason"]
+        ),
+    )

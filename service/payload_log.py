@@ -1,0 +1,208 @@
+"""Writes predictions to the inference log off the request path, and feedback durably.
+
+Predictions go into a bounded queue that one writer thread drains with batched INSERTs. The
+request never waits for the database: when the queue is full or the store is down, records are
+dropped, counted and logged, and predictions keep succeeding. Feedback is the opposite: it is
+acknowledged only after its INSERT has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.logstore import create_log_engine, create_tables, feedback, predictions, utc_now
+
+logger = logging.getLogger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+RETRY_AFTER_FAILURE_S = 1.0
+
+
+class LogStoreUnavailable(Exception):
+    """The inference log cannot be written right now."""
+
+
+class PayloadLog:
+    """The service's connection to the inference log."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_ms: int = 200,
+        retention_days: float = 30.0,
+        on_dropped: Callable[[int], None] = lambda n: None,
+        on_written: Callable[[int], None] = lambda n: None,
+        on_depth: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.url = url
+        self.batch_size = batch_size
+        self.flush_s = flush_ms / 1000
+        self.retention = timedelta(days=retention_days)
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=queue_size)
+        self._on_dropped = on_dropped
+        self._on_written = on_written
+        self._on_depth = on_depth
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()  # the writer thread and request threads share it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_retention = 0.0
+        self._last_warning = 0.0
+        self.dropped = 0
+
+    @property
+    def depth(self) -> int:
+        """Records waiting to be written."""
+        return self._queue.qsize()
+
+    def engine(self) -> Engine:
+        """The engine, created (with the tables) on first use; raises while the store is down."""
+        with self._engine_lock:
+            if self._engine is None:
+                engine = create_log_engine(self.url)
+                try:
+                    create_tables(engine)
+                except SQLAlchemyError:
+                    engine.dispose()
+                    raise
+                self._engine = engine
+            return self._engine
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread = threading.Thread(target=self._run, name="refit-payload-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued (up to ``timeout``), then stop the writer."""
+        self.flush(timeout)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def submit(self, records: list[dict[str, Any]]) -> None:
+        """Queue prediction records without blocking; a full queue drops (and counts) them."""
+        for i, record in enumerate(records):
+            try:
+                self._queue.put_nowait(record)
+            except queue.Full:
+                self._drop(len(records) - i, "the log queue is full")
+                return
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until every queued record has been written or dropped; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        self._on_dropped(count)
+        now = time.monotonic()
+        if now - self._last_warning > 10:  # at most one warning per 10 s under sustained failure
+            logger.warning(
+                "dropped %d prediction record(s): %s (%d dropped in all)", count, why, self.dropped
+            )
+            self._last_warning = now
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self._take_batch()
+            if batch:
+                self._write(batch)
+            self._on_depth(self.depth)
+            self._apply_retention()
+
+    def _take_batch(self) -> list[dict[str, Any]]:
+        try:
+            batch = [self._queue.get(timeout=self.flush_s)]
+        except queue.Empty:
+            return []
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            with self.engine().begin() as conn:
+                conn.execute(insert(predictions), batch)
+            self._on_written(len(batch))
+        except SQLAlchemyError as exc:
+            self._drop(
+                len(batch), f"the log store failed: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+            )
+            self._reset_engine()
+            self._stop.wait(RETRY_AFTER_FAILURE_S)
+        finally:
+            for _ in batch:
+                self._queue.task_done()
+
+    def _reset_engine(self) -> None:
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    def _apply_retention(self) -> None:
+        now = time.monotonic()
+        if now - self._last_retention < RETENTION_EVERY_S:
+            return
+        self._last_retention = now
+        cutoff = utc_now() - self.retention
+        try:
+            with self.engine().begin() as conn:
+                removed = conn.execute(delete(predictions).where(predictions.c.created < cutoff)).rowcount
+                removed += conn.execute(delete(feedback).where(feedback.c.created < cutoff)).rowcount
+            if removed:
+                logger.info("retention: deleted %d log rows older than %s", removed, cutoff.isoformat())
+        except SQLAlchemyError as exc:
+            logger.warning("retention skipped, the log store failed: %s", exc)
+            self._reset_engine()
+
+    def find_prediction(self, request_id: str) -> dict[str, Any] | None:
+        """The logged prediction with this request id (after writing what is queued), or None.
+
+        Raises:
+            LogStoreUnavailable: the store cannot be read.
+        """
+        self.flush(timeout=2.0)
+        try:
+            with self.engine().connect() as conn:
+                row = conn.execute(select(predictions).where(predictions.c.request_id == request_id)).first()
+        except SQLAlchemyError as exc:
+            self._reset_engine()
+            raise LogStoreUnavailable(f"the inference log cannot be read: {type(exc).__name__}") from exc
+        return dict(row._mapping) if row is not None else None
+
+    def record_feedback(self, record: dict[str, Any]) -> int:
+        """Insert one feedback record and commit before returning its id.
+
+        Raises:
+            LogStoreUnavailable: the store cannot be written; nothing was stored.
+        """
+        try:
+            with self.engine().begin() as conn:
+                result = conn.execute(insert(feedback).values(**record))
+                key = result.inserted_primary_key
+                return int(key[0]) if key is not None else 0
+        except SQLAlchemyError as exc:
+            self._reset_engine()
+            raise LogStoreUnavailable(f"the inference log cannot be written: {type(exc).__name__}") from exc

@@ -1,0 +1,159 @@
+"""One loaded, warmed model version and how it turns texts into predictions."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.backends import Backend, encode_texts, load_backend
+from training.artifacts import load_version_model, read_labels, read_metrics
+from training.errors import ModelLoadError
+from training.inference import softmax
+from training.registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up with padding"]
+
+
+@dataclass
+class Prediction:
+    """The answer for one text."""
+
+    request_id: str
+    label: str
+    confidence: float
+    top_k: list[dict[str, Any]]  # [{"label", "probability"}], most probable first
+    probabilities: np.ndarray  # (labels,) float32, for the payload log
+    truncated: bool
+    model: str
+    version: str
+
+    def to_response(self) -> dict[str, Any]:
+        """The JSON object returned to the client."""
+        return {
+            "request_id": self.request_id,
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "top_k": self.top_k,
+            "truncated": self.truncated,
+            "model": self.model,
+            "version": self.version,
+        }
+
+
+@dataclass
+class LoadedModel:
+    """A version with its backend, labels and metadata, ready to classify."""
+
+    version: ModelVersion
+    backend: Backend
+    tokenizer: Any
+    labels: list[str]
+    max_length: int
+    metrics: dict[str, Any]
+    top_k: int = 3
+    chunk_size: int = 64
+    loaded_at: float = field(default_factory=time.time)
+
+    def classify(self, texts: list[str]) -> list[Prediction]:
+        """Predictions for ``texts`` in order; texts of similar length share a model call."""
+        if not texts:
+            return []
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        truncated = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(order), self.chunk_size):
+            idx = order[start : start + self.chunk_size]
+            encoded = encode_texts(self.tokenizer, [texts[i] for i in idx], self.max_length)
+            probs[idx] = softmax(self.backend.run(encoded))
+            truncated[idx] = encoded.truncated
+        return [self._describe(p, bool(t)) for p, t in zip(probs, truncated, strict=True)]
+
+    def _describe(self, probabilities: np.ndarray, truncated: bool) -> Prediction:
+        k = min(self.top_k, len(self.labels))
+        best = np.argsort(-probabilities, kind="stable")[:k]
+        return Prediction(
+            request_id=uuid.uuid4().hex,
+            label=self.labels[int(best[0])],
+            confidence=float(probabilities[best[0]]),
+            top_k=[
+                {"label": self.labels[int(i)], "probability": round(float(probabilities[i]), 6)} for i in best
+            ],
+            probabilities=probabilities,
+            truncated=truncated,
+            model=self.version.name,
+            version=self.version.version,
+        )
+
+    def warm_up(self) -> None:
+        """Run two small batches so the first request does not pay for lazy initialisation."""
+        for _ in range(2):
+            self.classify(WARMUP_TEXTS)
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /model returns."""
+        manifest = self.version.manifest
+        return {
+            "name": self.version.name,
+            "version": self.version.version,
+            "stage": self.version.stage,
+            "labels": self.labels,
+            "metrics": {split: _headline(self.metrics.get(split)) for split in ("test", "validation")},
+            "lineage": {
+                "parent_version": manifest.get("parent_version"),
+                "strategy": manifest.get("strategy"),
+                "base_model": manifest.get("base_model"),
+                "data_fingerprint": manifest.get("data_fingerprint"),
+                "created": manifest.get("created"),
+            },
+            "backend": self.backend.name,
+            "device": self.backend.device,
+            "max_length": self.max_length,
+        }
+
+
+def _headline(result: Any) -> dict[str, Any] | None:
+    """The summary numbers of an EvaluationResult dict."""
+    if not isinstance(result, dict):
+        return None
+    keys = ("accuracy", "macro_f1", "ece", "n")
+    return {k: result[k] for k in keys if k in result}
+
+
+def load_model(version: ModelVersion, backend: str, device: str, threads: int, top_k: int) -> LoadedModel:
+    """Load ``version`` on the chosen backend and warm it up.
+
+    Raises:
+        ModelLoadError: files are missing or corrupt, or the warm-up fails.
+    """
+    start = time.perf_counter()
+    try:
+        model, tokenizer = load_version_model(version)
+        loaded = LoadedModel(
+            version=version,
+            backend=load_backend(version, model, backend, device, threads),
+            tokenizer=tokenizer,
+            labels=read_labels(version),
+            max_length=int(version.manifest.get("max_length", 128)),
+            metrics=read_metrics(version),
+            top_k=top_k,
+        )
+        loaded.warm_up()
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a corrupt file surfaces as many exception types
+        raise ModelLoadError(f"Version {version.tag} cannot be served: {type(exc).__name__}: {exc}") from exc
+    logger.info(
+        "loaded %s (%s on %s) in %.1f s",
+        version.tag,
+        loaded.backend.name,
+        loaded.backend.device,
+        time.perf_counter() - start,
+    )
+    return loaded

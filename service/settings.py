@@ -1,0 +1,84 @@
+"""The serving stage's one typed config: ``REFIT_SERVE_*`` variables over an optional file.
+
+The file is named by ``REFIT_SERVE_CONFIG`` (YAML or TOML), because ``bentoml serve`` takes no
+application arguments: the environment is how a deployment configures each replica.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from training.config import FileSettings, load_settings
+from training.registry import default_home
+
+CONFIG_ENV = "REFIT_SERVE_CONFIG"
+
+
+class ServeSettings(FileSettings):
+    """Everything one service replica needs."""
+
+    model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
+
+    model: str = "refit-classifier"  # registry model name; its production version is served
+    registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
+    backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpu: bool = False  # ask BentoML for one GPU per worker (resources={"gpu": 1})
+    workers: int = Field(1, ge=1)  # worker processes; one per GPU when gpu is set
+    threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
+    max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
+    max_latency_ms: int = Field(200, ge=1)  # adaptive batching latency budget
+    max_texts: int = Field(64, ge=1)  # texts per /classify request
+    max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # request bodies over this get a 413
+    max_inflight: int = Field(512, ge=1)  # /classify requests in flight before a 503 + Retry-After
+    retry_after_s: int = Field(1, ge=1)
+    top_k: int = Field(3, ge=1)
+    timeout_s: int = Field(60, ge=1)  # BentoML request timeout
+    log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
+    log_queue_size: int = Field(10_000, ge=1)  # prediction records waiting for the writer
+    log_batch_size: int = Field(500, ge=1)  # records per INSERT
+    log_flush_ms: int = Field(200, ge=1)  # the writer's longest wait before writing a partial batch
+    retention_days: float = Field(30.0, gt=0)  # older predictions and feedback are deleted
+    swap_poll_s: float = Field(1.0, gt=0, le=10)  # how often the registry's stages are read
+    pinned_cache_size: int = Field(2, ge=1)  # versions pinned with X-Model-Version kept loaded
+    feedback_extra_labels: list[str] = Field(default_factory=list)  # labels not yet in the model
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> ServeSettings:
+        if self.max_texts > self.max_batch_size:
+            raise ValueError(
+                f"max_texts ({self.max_texts}) must not exceed max_batch_size ({self.max_batch_size}): "
+                "one request's texts always go to the model in one batch"
+            )
+        return self
+
+    @property
+    def home(self) -> Path:
+        """The registry's BentoML home."""
+        return self.registry_home or default_home()
+
+    @property
+    def resolved_log_url(self) -> str:
+        """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
+        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
+
+
+def load_serve_settings(
+    path: Path | None = None, overrides: dict[str, object] | None = None
+) -> ServeSettings:
+    """Settings from ``path`` (or the file named by ``REFIT_SERVE_CONFIG``), the environment and overrides.
+
+    Raises:
+        ConfigError: an unknown key, an unreadable file or an invalid value.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return load_settings(ServeSettings, path, dict(overrides or {}))

@@ -1,0 +1,144 @@
+"""Which loaded version answers a request: production (hot-swapped) and pinned versions (LRU).
+
+A watcher thread reads the registry's stages every ``poll_s`` seconds. When production changes,
+the new version is loaded and warmed in that thread while the old one keeps serving, then one
+attribute assignment swaps it in: a batch already running keeps its reference to the old model
+and finishes on it. A version that fails to load is counted, logged and not retried until the
+stages change again; the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from service.predictor import LoadedModel
+from training.errors import ModelLoadError, RefitError
+from training.registry import ModelRegistry, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[ModelVersion], LoadedModel]
+
+
+class ModelHolder:
+    """Holds the production model of one registry name and the pinned versions in use."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        name: str,
+        load: Loader,
+        *,
+        poll_s: float = 1.0,
+        pinned_cache_size: int = 2,
+        on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
+        on_swap_failure: Callable[[str, Exception], None] = lambda version, exc: None,
+    ) -> None:
+        self.registry = registry
+        self.name = name
+        self._load = load
+        self.poll_s = poll_s
+        self.pinned_cache_size = pinned_cache_size
+        self._on_swap = on_swap
+        self._on_swap_failure = on_swap_failure
+        self._current: LoadedModel | None = None
+        self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._pin_lock = threading.Lock()
+        self._failed_version: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def current(self) -> LoadedModel:
+        """The production model now serving."""
+        if self._current is None:
+            raise ModelLoadError(f"No version of {self.name!r} is loaded yet")
+        return self._current
+
+    @property
+    def ready(self) -> bool:
+        """True once a production version is loaded and warmed up."""
+        return self._current is not None
+
+    def load_production(self) -> LoadedModel:
+        """Load the production version now (start-up), blocking until it is warm.
+
+        Raises:
+            VersionNotFoundError: the model has no production version.
+            ModelLoadError: its files cannot be loaded.
+        """
+        version = self.registry.get(f"{self.name}:production")
+        self._install(self._load(version))
+        return self.current
+
+    def _install(self, loaded: LoadedModel) -> None:
+        old, self._current = self._current, loaded
+        self._on_swap(old, loaded)
+
+    def production_version(self) -> str | None:
+        """The version the registry names as production now."""
+        return self.registry.read_stages(self.name).get("production")
+
+    def check_for_promotion(self) -> bool:
+        """Swap to the registry's production version if it changed; True when a swap happened."""
+        wanted = self.production_version()
+        current = self._current.version.version if self._current else None
+        if wanted is None or wanted == current or wanted == self._failed_version:
+            return False
+        try:
+            loaded = self._load(self.registry.get(f"{self.name}:{wanted}"))
+        except (RefitError, OSError) as exc:
+            self._failed_version = wanted
+            logger.error("cannot swap to %s:%s, keeping %s: %s", self.name, wanted, current, exc)
+            self._on_swap_failure(wanted, exc)
+            return False
+        self._failed_version = None
+        self._install(loaded)
+        logger.info("swapped %s from %s to %s", self.name, current, wanted)
+        return True
+
+    def get(self, pin: str | None = None) -> LoadedModel:
+        """The model for a request: production, or the version pinned by ``X-Model-Version``.
+
+        Raises:
+            VersionNotFoundError: the pinned version is not registered.
+            ModelLoadError: it cannot be loaded.
+        """
+        current = self.current
+        if not pin or pin == current.version.version:
+            return current
+        with self._pin_lock:  # one load at a time; a second request for it waits, then hits
+            if pin in self._pinned:
+                self._pinned.move_to_end(pin)
+                return self._pinned[pin]
+            version = self.registry.get(f"{self.name}:{pin}")  # a version id or a stage name
+            if version.version == current.version.version:
+                return current
+            if version.version not in self._pinned:
+                self._pinned[version.version] = self._load(version)
+                while len(self._pinned) > self.pinned_cache_size:
+                    evicted, _ = self._pinned.popitem(last=False)
+                    logger.info("unloaded pinned version %s:%s (LRU)", self.name, evicted)
+            self._pinned.move_to_end(version.version)
+            return self._pinned[version.version]
+
+    def start_watching(self) -> None:
+        """Start the thread that follows promotions."""
+        self._thread = threading.Thread(target=self._watch, name="refit-model-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following promotions."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check_for_promotion()
+            except Exception:  # the watcher must outlive a bad stages read; log and poll again
+                logger.exception("checking %s for a promotion failed", self.name)

@@ -1,0 +1,247 @@
+"""The service in-process (BentoML's to_asgi + TestClient) on the tiny fixture model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+
+from training.registry import ModelRegistry
+
+
+def read_rows(home: Path, table: str) -> list[dict[str, Any]]:
+    engine = create_engine(f"sqlite:///{home / 'refit' / 'inference.db'}")
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
+    engine.dispose()
+    return rows
+
+
+def metric_value(metrics_text: str, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_classify_answers_each_text_with_label_top_k_request_id_and_version(
+    client: Any, served_home: Path
+) -> None:
+    production = ModelRegistry(served_home).get("tiny:production")
+    texts = ["reset my password", "where is my parcel", "refund my payment please"]
+    response = client.post("/classify", json={"texts": texts})
+    assert response.status_code == 200
+    body = response.json()
+    assert [r["label"] for r in body] == ["password", "shipping", "refund"]
+    for item in body:
+        assert item["model"] == "tiny" and item["version"] == production.version
+        assert len(item["request_id"]) == 32 and item["truncated"] is False
+        probabilities = [k["probability"] for k in item["top_k"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert item["top_k"][0]["label"] == item["label"] and item["confidence"] == pytest.approx(
+            probabilities[0]
+        )
+    assert len({item["request_id"] for item in body}) == 3
+
+
+def test_a_text_longer_than_the_model_maximum_is_truncated_and_says_so(client: Any) -> None:
+    long_text = " ".join(["parcel delivery late"] * 10)  # 30 words; the model reads 16 tokens
+    body = client.post("/classify", json={"texts": [long_text, "reset my password"]}).json()
+    assert [item["truncated"] for item in body] == [True, False]
+    assert body[0]["label"] == "shipping"
+
+
+BAD_INPUTS = [
+    ("invalid json", {"content": b'{"texts": ['}, 400, "Invalid JSON"),
+    ("not an object", {"json": ["reset my password"]}, 400, "Input should be an object"),
+    ("missing field", {"json": {"text": ["hi"]}}, 400, "Field required"),
+    ("wrong type", {"json": {"texts": "reset my password"}}, 400, "valid array"),
+    ("wrong item type", {"json": {"texts": ["ok", 7]}}, 400, "valid string"),
+    ("empty list", {"json": {"texts": []}}, 400, "at least 1 item"),
+    ("empty text", {"json": {"texts": [""]}}, 400, "at least one visible character"),
+    ("blank text", {"json": {"texts": ["ok", " \t\n"]}}, 400, "at least one visible character"),
+    ("too many texts", {"json": {"texts": ["a"] * 9}}, 400, "at most 8 items"),
+    ("text too long", {"json": {"texts": ["a" * 301]}}, 400, "at most 300 characters, found 301"),
+    ("body too large", {"json": {"texts": ["a" * 25_000]}}, 413, "at most 20000 bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kwargs", "status", "message"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_gets_a_4xx_that_says_what_was_expected(
+    client: Any, case: str, request_kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    response = client.post("/classify", headers=headers, **request_kwargs)
+    assert response.status_code == status, response.text
+    assert message in json.dumps(response.json())
+    # The service is unharmed: the next good request succeeds.
+    assert client.post("/classify", json={"texts": ["reset my password"]}).status_code == 200
+
+
+def test_pinned_version_answers_and_unknown_version_is_a_404(client: Any, served_home: Path) -> None:
+    candidate = ModelRegistry(served_home).get("tiny:candidate")
+    pinned = client.post(
+        "/classify", json={"texts": ["reset my password"]}, headers={"X-Model-Version": candidate.version}
+    )
+    assert pinned.status_code == 200
+    assert pinned.json()[0]["version"] == candidate.version
+    by_stage = client.post(
+        "/classify", json={"texts": ["track my parcel"]}, headers={"X-Model-Version": "candidate"}
+    )
+    assert by_stage.json()[0]["version"] == candidate.version
+    missing = client.post("/classify", json={"texts": ["hi"]}, headers={"X-Model-Version": "nope"})
+    assert missing.status_code == 404
+    assert candidate.version in missing.json()["versions"]
+    bad = client.post("/classify", json={"texts": [""]}, headers={"X-Model-Version": candidate.version})
+    assert bad.status_code == 400 and "at least one visible character" in bad.text
+
+
+def test_model_endpoint_describes_the_serving_version(client: Any, served_home: Path) -> None:
+    production = ModelRegistry(served_home).get("tiny:production")
+    info = client.get("/model").json()
+    assert info["name"] == "tiny" and info["version"] == production.version and info["stage"] == "production"
+    assert info["labels"] == ["password", "refund", "shipping"]
+    assert info["backend"] == "onnx" and info["device"] == "cpu"
+    assert info["metrics"]["test"]["accuracy"] == pytest.approx(
+        production.manifest and info["metrics"]["test"]["accuracy"]
+    )
+    assert info["lineage"]["strategy"] == "head" and info["lineage"]["data_fingerprint"]
+
+
+def test_readiness_liveness_and_metrics(client: Any) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    client.post("/classify", json={"texts": ["reset my password", "refund my payment"]})
+    metrics = client.get("/metrics").text
+    assert metric_value(metrics, "refit_predictions_total") >= 2
+    assert 'refit_model_info{backend="onnx",device="cpu",model="tiny"' in metrics
+    for name in (
+        "refit_prediction_confidence_count",
+        "refit_input_length_chars_count",
+        "refit_batch_texts_count",
+    ):
+        assert metric_value(metrics, name) >= 1, name
+    assert "bentoml_service_adaptive_batch_size" in metrics
+
+
+def test_predictions_are_logged_with_probabilities_in_a_wal_sqlite_file(
+    client: Any, served_home: Path
+) -> None:
+    body = client.post("/classify", json={"texts": ["reset my password", "track my parcel"]}).json()
+    client.get("/model")  # any request; the writer flushes within log_flush_ms
+    ids = {item["request_id"] for item in body}
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        rows = [r for r in read_rows(served_home, "predictions") if r["request_id"] in ids]
+        if len(rows) == 2:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert len(rows) == 2
+    row = next(r for r in rows if r["text"] == "reset my password")
+    assert row["label"] == "password" and row["model"] == "tiny" and row["latency_ms"] > 0
+    assert np.isclose(sum(json.loads(row["probabilities"])), 1.0, atol=1e-4)
+    engine = create_engine(f"sqlite:///{served_home / 'refit' / 'inference.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    engine.dispose()
+
+
+def test_feedback_by_request_id_or_text_is_stored_before_it_is_acknowledged(
+    client: Any, served_home: Path
+) -> None:
+    prediction = client.post("/classify", json={"texts": ["charged twice refund"]}).json()[0]
+    by_id = client.post("/feedback", json={"request_id": prediction["request_id"], "label": "refund"})
+    assert by_id.status_code == 200 and by_id.json()["stored"] is True
+    by_text = client.post("/feedback", json={"text": "my parcel is lost", "label": "shipping"})
+    assert by_text.status_code == 200
+    rows = read_rows(served_home, "feedback")  # acknowledged means committed: no waiting here
+    assert [(r["text"], r["label"], r["predicted_label"]) for r in rows] == [
+        ("charged twice refund", "refund", prediction["label"]),
+        ("my parcel is lost", "shipping", None),
+    ]
+    assert rows[0]["version"] == prediction["version"]
+
+
+FEEDBACK_ERRORS = [
+    ({"text": "hi", "label": "cancel_order"}, 422, "expected one of ['password', 'refund', 'shipping']"),
+    ({"request_id": "0" * 32, "label": "refund"}, 404, "Unknown request_id"),
+    ({"label": "refund"}, 400, "expected a request_id or a non-blank text"),
+    ({"text": "hi"}, 400, "Field required"),
+    ({"text": "hi", "label": "refund", "extra": 1}, 400, "Extra inputs are not permitted"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), FEEDBACK_ERRORS)
+def test_bad_feedback_gets_a_4xx_and_stores_nothing(
+    client: Any, served_home: Path, body: dict[str, Any], status: int, message: str
+) -> None:
+    response = client.post("/feedback", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.text
+    if status == 422:
+        assert response.json()["allowed_labels"] == ["password", "refund", "shipping"]
+    assert read_rows(served_home, "feedback") == []
+
+
+def test_feedback_accepts_configured_new_labels(
+    service_app: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", '["cancel_order"]')
+    with TestClient(service_app) as client:
+        assert (
+            client.post("/feedback", json={"text": "cancel it", "label": "cancel_order"}).status_code == 200
+        )
+
+
+def test_predictions_succeed_while_the_log_store_is_down(
+    service_app: Any, serve_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    # A directory is not a database file: every connection to this "store" fails.
+    monkeypatch.setenv("REFIT_SERVE_LOG_URL", f"sqlite:///{tmp_path}")
+    with TestClient(service_app) as client:
+        for _ in range(3):
+            response = client.post("/classify", json={"texts": ["reset my password", "track my parcel"]})
+            assert response.status_code == 200 and response.json()[0]["label"] == "password"
+        feedback = client.post("/feedback", json={"text": "reset my password", "label": "password"})
+        assert feedback.status_code == 503 and "not stored" in feedback.json()["error"]
+        for _ in range(100):
+            if client.get("/model").json()["log"]["dropped"] >= 6:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert client.get("/model").json()["log"]["dropped"] == 6
+
+
+def test_torch_and_onnx_backends_give_the_same_answers(
+    service_class: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.conftest import build_service_app
+
+    texts = ["reset my password", "where is my parcel now", "refund", "hello the new unknown"]
+    answers = {}
+    for backend in ("torch", "onnx"):
+        monkeypatch.setenv("REFIT_SERVE_BACKEND", backend)
+        with TestClient(build_service_app(service_class)) as client:
+            assert client.get("/model").json()["backend"] == backend
+            answers[backend] = client.post("/classify", json={"texts": texts}).json()
+    for a, b in zip(answers["torch"], answers["onnx"], strict=True):
+        assert a["label"] == b["label"]
+        for x, y in zip(a["top_k"], b["top_k"], strict=True):
+            assert x["probability"] == pytest.approx(y["probability"], abs=1e-4)

@@ -1,0 +1,203 @@
+"""One real `bentoml serve` process on loopback: batching, hot swap under load, a corrupt version."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SERVICE_LIMITS, tiny_rows
+from tests.test_service_api import metric_value
+from training.config import TrainingConfig
+from training.pipeline import train_model
+from training.registry import ModelRegistry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(
+    served_home_template: Path, tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """`bentoml serve service.app:RefitClassifier` over a registry with a third version (v3)."""
+    root = tmp_path_factory.mktemp("server")
+    home = root / "bentoml"
+    shutil.copytree(served_home_template, home)
+    data = root / "tiny.csv"
+    tiny_rows().to_csv(data, index=False)
+    registry = ModelRegistry(home)
+    config = TrainingConfig(
+        name="tiny", base_model=str(tiny_base_model), strategy="baseline", max_length=16, profile_rows=20
+    )
+    v3 = train_model(data, config, registry=registry).version
+    port = free_port()
+    env = {
+        **os.environ,
+        **SERVICE_LIMITS,
+        "BENTOML_HOME": str(home),
+        "REFIT_SERVE_MODEL": "tiny",
+        "REFIT_SERVE_REGISTRY_HOME": str(home),
+        "REFIT_SERVE_SWAP_POLL_S": "0.5",
+        "REFIT_SERVE_THREADS": "1",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.app:RefitClassifier",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield {"url": url, "registry": registry, "v3": v3, "log": root / "server.log"}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def hammer(
+    url: str, stop: threading.Event, results: list[tuple[int, str]], text: str = "reset my password"
+) -> None:
+    """A closed-loop client: one text per request until ``stop``; records (status, version)."""
+    with httpx.Client(timeout=30) as client:
+        while not stop.is_set():
+            try:
+                response = client.post(f"{url}/classify", json={"texts": [text]})
+                version = response.json()[0]["version"] if response.status_code == 200 else ""
+                results.append((response.status_code, version))
+            except httpx.HTTPError as exc:
+                results.append((0, type(exc).__name__))
+
+
+def run_load(url: str, clients: int, until: Any) -> list[tuple[int, str]]:
+    """Run ``clients`` closed-loop clients until ``until(results)`` is true (or 30 s)."""
+    stop, results = threading.Event(), []  # type: ignore[var-annotated]
+    threads = [threading.Thread(target=hammer, args=(url, stop, results)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while not until(results) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_real_server_classifies_and_reports_metrics(server: dict[str, Any]) -> None:
+    response = httpx.post(
+        f"{server['url']}/classify", json={"texts": ["where is my parcel", "reset my password"]}
+    )
+    assert response.status_code == 200
+    assert [item["label"] for item in response.json()] == ["shipping", "password"]
+    bad = httpx.post(f"{server['url']}/classify", json={"texts": []})
+    assert bad.status_code == 400 and "at least 1 item" in bad.text
+    assert httpx.get(f"{server['url']}/model").json()["stage"] == "production"
+
+
+def test_concurrent_requests_are_merged_into_batches(server: dict[str, Any]) -> None:
+    results = run_load(server["url"], 16, lambda r: len(r) >= 400)
+    assert all(status == 200 for status, _ in results)
+    metrics = httpx.get(f"{server['url']}/metrics").text
+    texts = metric_value(metrics, "refit_batch_texts_sum") / metric_value(metrics, "refit_batch_texts_count")
+    requests = metric_value(metrics, "bentoml_service_adaptive_batch_size_sum") / metric_value(
+        metrics, "bentoml_service_adaptive_batch_size_count"
+    )
+    assert texts > 1.5 and requests > 1.5, (texts, requests)
+
+
+def test_a_corrupt_version_is_refused_while_the_old_one_serves(server: dict[str, Any]) -> None:
+    registry, v3 = server["registry"], server["v3"]
+    serving = httpx.get(f"{server['url']}/model").json()["version"]
+    (v3.path / "model" / "model.safetensors").write_bytes(b"not a safetensors file")
+    shutil.rmtree(v3.path / "onnx", ignore_errors=True)
+    registry.promote(v3.tag, reason="test: a corrupt version")
+    try:
+        deadline = time.monotonic() + 10
+        failures = 0.0
+        while time.monotonic() < deadline and failures < 1:
+            failures = metric_value(
+                httpx.get(f"{server['url']}/metrics").text, "refit_model_swap_failures_total"
+            )
+            time.sleep(0.2)
+        assert failures >= 1
+        response = httpx.post(f"{server['url']}/classify", json={"texts": ["reset my password"]})
+        assert response.status_code == 200 and response.json()[0]["version"] == serving
+    finally:
+        registry.rollback("tiny", reason="test: undo the corrupt promotion")
+    assert "cannot swap to tiny:" + v3.version in server["log"].read_text(errors="replace")
+
+
+def test_promotion_swaps_under_load_without_a_failed_request(server: dict[str, Any]) -> None:
+    registry = server["registry"]
+    old = httpx.get(f"{server['url']}/model").json()["version"]
+    new = next(v for v in registry.versions("tiny") if v.version not in (old, server["v3"].version))
+    promoted_at: list[float] = []
+    seen_at: list[float] = []
+
+    def swapped(results: list[tuple[int, str]]) -> bool:
+        if not promoted_at and len(results) >= 100:
+            registry.promote(new.tag, reason="test: swap under load")
+            promoted_at.append(time.monotonic())
+        if promoted_at and not seen_at and any(v == new.version for _, v in results[-20:]):
+            seen_at.append(time.monotonic())
+        return bool(seen_at) and sum(v == new.version for _, v in results[-50:]) >= 50
+
+    results = run_load(server["url"], 8, swapped)
+    statuses = {status for status, _ in results}
+    assert statuses == {200}, statuses
+    versions = [v for _, v in results]
+    assert versions[0] == old and versions[-1] == new.version
+    first_new = versions.index(new.version)
+    assert seen_at[0] - promoted_at[0] < 10  # the default bound; this server polls every 0.5 s
+    assert all(v == new.version for v in versions[first_new + 50 :])  # once swapped, it stays swapped
+    metrics = httpx.get(f"{server['url']}/metrics").text
+    assert metric_value(metrics, "refit_model_swaps_total") >= 1
+    assert f'version="{new.version}"' in metrics

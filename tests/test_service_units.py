@@ -1,0 +1,145 @@
+"""Service parts on their own: the request guard, settings, pinned-version LRU, tokenisation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.backends import encode_texts
+from service.guard import RequestGuard
+from service.predictor import load_model
+from service.settings import load_serve_settings
+from service.swapper import ModelHolder
+from training.errors import ConfigError, VersionNotFoundError
+from training.registry import ModelRegistry
+
+
+async def slow_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app that takes 0.2 s and answers 200, or 503 on /feedback."""
+    await receive()
+    await asyncio.sleep(0.2)
+    status = 503 if scope["path"] == "/feedback" else 200
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+    )
+    await send({"type": "http.response.body", "body": b"done"})
+
+
+def test_overload_gets_a_503_with_retry_after_and_others_still_succeed() -> None:
+    rejected: list[str] = []
+    guard = RequestGuard(
+        slow_app, max_body_bytes=2048, max_inflight=2, retry_after_s=3, on_reject=rejected.append
+    )
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return list(
+                await asyncio.gather(*[client.post("/classify", json={"texts": ["x"]}) for _ in range(5)])
+            )
+
+    responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200, 200, 503, 503, 503]
+    shed = next(r for r in responses if r.status_code == 503)
+    assert shed.headers["retry-after"] == "3" and "limit 2" in shed.json()["error"]
+    assert rejected == ["overloaded"] * 3
+
+
+def test_every_503_gets_retry_after_and_big_bodies_a_413() -> None:
+    guard = RequestGuard(slow_app, max_body_bytes=2048, max_inflight=10, retry_after_s=1)
+
+    async def calls() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            inner_503 = await client.post("/feedback", json={"label": "x"})
+            too_big = await client.post("/classify", content=b"x" * 4096)
+            other_path = await client.post("/other", content=b"x" * 4096)  # not guarded
+            return inner_503, too_big, other_path
+
+    inner_503, too_big, other_path = asyncio.run(calls())
+    assert inner_503.status_code == 503 and inner_503.headers["retry-after"] == "1"
+    assert too_big.status_code == 413 and "at most 2048 bytes" in too_big.json()["error"]
+    assert other_path.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"max_texts": 100, "max_batch_size": 64}, "must not exceed max_batch_size"),
+        ({"backend": "tensorrt"}, "backend"),
+        ({"batch": 3}, "Unknown config key(s) ['batch']"),
+        ({"swap_poll_s": 30}, "swap_poll_s"),
+    ],
+)
+def test_invalid_serve_settings_are_refused_with_the_reason(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
+        load_serve_settings(overrides=values)
+
+
+def test_serve_settings_read_a_file_under_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("model: support\nmax_latency_ms: 20\ntop_k: 2\n", encoding="utf-8")
+    monkeypatch.setenv("REFIT_SERVE_CONFIG", str(path))
+    monkeypatch.setenv("REFIT_SERVE_TOP_K", "5")
+    settings = load_serve_settings()
+    assert (settings.model, settings.max_latency_ms, settings.top_k) == ("support", 20, 5)
+    assert settings.resolved_log_url.endswith("refit/inference.db")
+
+
+def test_truncation_is_detected_per_text(tiny_base_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
+    encoded = encode_texts(tokenizer, ["reset my password", "parcel " * 30, "refund"], max_length=8)
+    assert encoded.truncated.tolist() == [False, True, False]
+    assert encoded.input_ids.shape == (3, 8) and encoded.attention_mask[0].sum() == 5
+
+
+def test_pinned_versions_load_lazily_into_a_small_lru(served_home: Path) -> None:
+    registry = ModelRegistry(served_home)
+    loads: list[str] = []
+
+    def load(version: Any) -> Any:
+        loads.append(version.version)
+        return load_model(version, "torch", "cpu", 1, 3)
+
+    holder = ModelHolder(registry, "tiny", load, pinned_cache_size=1)
+    production = holder.load_production()
+    versions = [v.version for v in registry.versions("tiny")]
+    other = next(v for v in versions if v != production.version.version)
+    assert holder.get(None) is production and holder.get(production.version.version) is production
+    pinned = holder.get(other)
+    assert holder.get(other) is pinned and holder.get("candidate") is pinned
+    assert loads == [production.version.version, other]
+    with pytest.raises(VersionNotFoundError):
+        holder.get("no-such-version")
+
+
+def test_promotion_is_followed_and_a_broken_version_keeps_the_old_one(served_home: Path) -> None:
+    registry = ModelRegistry(served_home)
+    failures: list[str] = []
+    holder = ModelHolder(
+        registry,
+        "tiny",
+        lambda v: load_model(v, "onnx", "cpu", 1, 3),
+        on_swap_failure=lambda version, exc: failures.append(version),
+    )
+    first = holder.load_production().version.version
+    candidate = registry.get("tiny:candidate")
+    assert holder.check_for_promotion() is False
+    (candidate.path / "labels.json").write_text("{broken", encoding="utf-8")
+    registry.promote(candidate.tag)
+    assert holder.check_for_promotion() is False and holder.current.version.version == first
+    assert failures == [candidate.version]
+    assert holder.check_for_promotion() is False and failures == [candidate.version]  # not retried
+    registry.rollback("tiny")
+    assert holder.check_for_promotion() is False and holder.current.version.version == first
