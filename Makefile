@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck pytest gpu-check serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	BENTOML_HOME=$(CURDIR)/$(DEMO_DIR)/bentoml $(VENV)/bin/refit demo --out $(DEMO_DIR)
+
+# The GPU serving path end to end (load, batch, swap) with throughput; skips without CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m service.gpu_check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check training service monitoring tests benchmarks

@@ -126,7 +126,9 @@ def _headline(result: Any) -> dict[str, Any] | None:
     return {k: result[k] for k in keys if k in result}
 
 
-def load_model(version: ModelVersion, backend: str, device: str, threads: int, top_k: int) -> LoadedModel:
+def load_model(
+    version: ModelVersion, backend: str, device: str, threads: int, top_k: int, chunk_size: int = 0
+) -> LoadedModel:
     """Load ``version`` on the chosen backend and warm it up.
 
     Raises:
@@ -143,6 +145,9 @@ def load_model(version: ModelVersion, backend: str, device: str, threads: int, t
             max_length=int(version.manifest.get("max_length", 128)),
             metrics=read_metrics(version),
             top_k=top_k,
+            # Small length-sorted chunks waste little on padding, which is what costs on a CPU
+            # (8 vs 64: 1.3-2x texts/s on BANKING77); a GPU wants big calls.
+            chunk_size=chunk_size or (64 if device.startswith("cuda") else 8),
         )
         loaded.warm_up()
     except ModelLoadError:

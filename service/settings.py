@@ -28,11 +28,13 @@ class ServeSettings(FileSettings):
     registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    gpu: bool = False  # ask BentoML for one GPU per worker (resources={"gpu": 1})
-    workers: int = Field(1, ge=1)  # worker processes; one per GPU when gpu is set
+    gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
+    workers: int | None = Field(None, ge=1)  # worker processes; None: one per GPU, else 1
     threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
-    max_latency_ms: int = Field(200, ge=1)  # adaptive batching latency budget
+    max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
+    batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/batching.py
+    chunk_size: int = Field(0, ge=0)  # texts per model call after length sorting; 0: 8 on CPU, 64 on CUDA
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut
     max_body_bytes: int = Field(1_000_000, ge=1024)  # request bodies over this get a 413
@@ -48,6 +50,7 @@ class ServeSettings(FileSettings):
     swap_poll_s: float = Field(1.0, gt=0, le=10)  # how often the registry's stages are read
     pinned_cache_size: int = Field(2, ge=1)  # versions pinned with X-Model-Version kept loaded
     feedback_extra_labels: list[str] = Field(default_factory=list)  # labels not yet in the model
+    access_log: bool = True  # BentoML's line per request; off saves CPU at high request rates
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
 
@@ -59,6 +62,11 @@ class ServeSettings(FileSettings):
                 "one request's texts always go to the model in one batch"
             )
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes: as configured, else one per GPU, else one."""
+        return self.workers or max(1, self.gpus)
 
     @property
     def home(self) -> Path:

@@ -52,3 +52,30 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
         "trainable_params",
     }
     assert "| lora | 3 | 1 |" in (tmp_path / "train_banking77.md").read_text()
+
+
+def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path) -> None:
+    from benchmarks import serve_load
+
+    rows = serve_load.main(
+        [
+            "--data", str(banking_like),
+            "--home", str(served_home),
+            "--model", "tiny",
+            "--concurrency", "1,4",
+            "--duration", "0.5",
+            "--rounds", "1",
+            "--limit-batches", "1,8",
+            "--limit-texts", "16",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "serve_load.json").read_text())
+    assert saved == rows
+    keys = {"system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb"}
+    assert all(set(row) == keys for row in rows)
+    systems = {(row["system"], row["concurrency"]) for row in rows}
+    assert systems >= {("limit", 1), ("limit", 8), ("refit-onnx", 4), ("refit-torch", 1), ("naive", 4)}
+    served = [row for row in rows if row["system"] != "limit"]
+    assert all(row["rps"] > 0 and row["errors"] == 0 for row in served)
+    assert "## Targets" in (tmp_path / "serve_load.md").read_text()

@@ -28,3 +28,9 @@ def test_full_fine_tuning_on_cuda_with_autocast(make_config: Callable[..., Any])
     result = run_strategy("full", ctx)
     assert next(result.model.parameters()).device.type == "cuda"
     assert evaluate_split(result, ctx, "train").accuracy == 1.0
+
+
+def test_gpu_check_passes_on_cuda() -> None:
+    from service import gpu_check
+
+    assert gpu_check.main() == 0

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,33 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from service.process import start_service
 from tests.conftest import SERVICE_LIMITS, tiny_rows
 from tests.test_service_api import metric_value
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bentoml serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +35,7 @@ def server(
         name="tiny", base_model=str(tiny_base_model), strategy="baseline", max_length=16, profile_rows=20
     )
     v3 = train_model(data, config, registry=registry).version
-    port = free_port()
     env = {
-        **os.environ,
         **SERVICE_LIMITS,
         "BENTOML_HOME": str(home),
         "REFIT_SERVE_MODEL": "tiny",
@@ -70,36 +43,12 @@ def server(
         "REFIT_SERVE_SWAP_POLL_S": "0.5",
         "REFIT_SERVE_THREADS": "1",
     }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server sets its own
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service.app:RefitClassifier",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    service = start_service(env, root / "server.log")
     try:
-        wait_ready(url, process)
-        yield {"url": url, "registry": registry, "v3": v3, "log": root / "server.log"}
+        service.wait_ready()
+        yield {"url": service.url, "registry": registry, "v3": v3, "log": service.log_path}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        service.stop()
 
 
 def hammer(

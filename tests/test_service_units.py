@@ -143,3 +143,46 @@ def test_promotion_is_followed_and_a_broken_version_keeps_the_old_one(served_hom
     assert holder.check_for_promotion() is False and failures == [candidate.version]  # not retried
     registry.rollback("tiny")
     assert holder.check_for_promotion() is False and holder.current.version.version == first
+
+
+def test_refit_serve_passes_its_options_to_the_server_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.cli import settings_environment
+
+    path = tmp_path / "serve.toml"
+    path.write_text('model = "support"\nmax_texts = 4\n', encoding="utf-8")
+    overrides = {"port": 3100, "gpus": 2, "backend": "torch", "feedback_extra_labels": ["new"], "host": None}
+    env = settings_environment(path, overrides)
+    assert env["REFIT_SERVE_PORT"] == "3100" and "REFIT_SERVE_HOST" not in env
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_serve_settings()  # what the `bentoml serve` child reads
+    assert (settings.model, settings.max_texts, settings.port, settings.gpus) == ("support", 4, 3100, 2)
+    assert settings.worker_count == 2
+    assert settings.backend == "torch" and settings.feedback_extra_labels == ["new"]
+
+
+def test_refit_serve_refuses_bad_options_before_starting_anything(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli import run_cli
+
+    code, out = run_cli(["serve", "--backend", "tensorrt"], capsys, monkeypatch)
+    assert code == 2
+    assert "backend: Input should be 'auto', 'torch' or 'onnx' (found 'tensorrt')" in out
+
+
+def test_greedy_batching_keeps_the_dispatcher_from_holding_requests_back() -> None:
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from service.batching import use_greedy_batching
+
+    use_greedy_batching()
+    use_greedy_batching()  # idempotent: patching twice must not stack
+    optimizer = Optimizer(max_latency=1.0)
+    for n in range(1, 60):  # batches that waited 0.3 s behind a busy model
+        optimizer.log_outbound(n=n, wait=0.3, duration=0.002 * n + 0.01)
+    optimizer.trigger_refresh()
+    assert optimizer.wait == 0  # the cork never waits on purpose
+    assert optimizer.o_a == pytest.approx(0.002, rel=1e-3)  # the latency model is still learned

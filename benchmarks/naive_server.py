@@ -1,0 +1,49 @@
+"""What a user writes by hand: FastAPI + uvicorn calling the model once per request.
+
+Run with ``REFIT_NAIVE_MODEL_DIR=<version>/model uvicorn benchmarks.naive_server:app``. The model
+is the same saved classifier the Refit service serves, run by torch on each request's texts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from training.model import load_classifier
+
+app = FastAPI()
+state: dict[str, Any] = {}
+
+
+class Body(BaseModel):
+    texts: list[str]
+
+
+@app.on_event("startup")
+def load() -> None:
+    directory = Path(os.environ["REFIT_NAIVE_MODEL_DIR"])
+    state["model"], state["tokenizer"] = load_classifier(directory)
+    state["labels"] = json.loads((directory.parent / "labels.json").read_text())
+
+
+@app.get("/readyz")
+def ready() -> dict[str, bool]:
+    return {"ready": "model" in state}
+
+
+@app.post("/classify")
+def classify(body: Body) -> list[dict[str, Any]]:
+    batch = state["tokenizer"](body.texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(state["model"](batch["input_ids"], batch["attention_mask"]), dim=-1)
+    best = probs.argmax(dim=-1)
+    return [
+        {"label": state["labels"][int(i)], "confidence": float(p[i])}
+        for i, p in zip(best, probs, strict=True)
+    ]

@@ -1,0 +1,314 @@
+"""Serving load benchmark: the in-process limit, Refit (torch, ONNX) and a hand-written server.
+
+All servers run at once and are measured in interleaved rounds (round r: every concurrency,
+every system), so machine noise hits each system alike; each cell is the median over rounds.
+
+    python -m benchmarks.serve_load --data ../shared/datasets/banking77
+
+Writes ``benchmarks/results/serve_load.json`` (rows: system, concurrency, rps, p50_ms, p95_ms,
+p99_ms, mean_batch, errors, rss_mb) and ``serve_load.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
+
+from benchmarks.train_banking77 import load_banking77
+from service.loadgen import run_closed_loop
+from service.predictor import load_model
+from service.process import ServiceProcess, free_port, start_service
+from training.config import TrainingConfig
+from training.model import quiet_transformers
+from training.onnx_export import export_version
+from training.pipeline import train_model
+from training.registry import ModelRegistry, ModelVersion
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SYSTEMS = ("refit-torch", "refit-onnx", "naive")
+console = Console()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
+    parser.add_argument("--home", type=Path, default=Path("benchmarks/.serve-home"), help="registry home")
+    parser.add_argument("--model", default="banking77", help="registry model name (trained if absent)")
+    parser.add_argument("--base-model", default="minilm")
+    parser.add_argument("--strategy", default="head", help="serving cost is the same for every strategy")
+    parser.add_argument("--concurrency", default="1,8,32,64")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--limit-batches", default="1,8,16,32,64,128")
+    parser.add_argument("--limit-texts", type=int, default=1024, help="texts per in-process timing")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--max-latency-ms", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="serve_load")
+    return parser.parse_args(argv)
+
+
+def ensure_model(args: argparse.Namespace, train: pd.DataFrame) -> ModelVersion:
+    """The production version of ``args.model``, trained on BANKING77 and exported if missing."""
+    registry = ModelRegistry(args.home)
+    if not registry.versions(args.model):
+        data = args.home / "banking77-train.csv"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        train.to_csv(data, index=False)
+        config = TrainingConfig(name=args.model, base_model=args.base_model, strategy=args.strategy)
+        train_model(data, config, registry=registry, console=console)
+    version = registry.get(f"{args.model}:production")
+    if not (version.path / "onnx" / "model.onnx").is_file():
+        export_version(version)
+    return version
+
+
+def measure_limit(
+    version: ModelVersion, texts: list[str], batches: list[int], n: int
+) -> list[dict[str, Any]]:
+    """Texts/s of the model called in-process, per backend and batch size; the best backend's rows."""
+    threads = os.cpu_count() or 1
+    best: dict[str, list[dict[str, Any]]] = {}
+    for backend in ("torch", "onnx"):
+        model = load_model(version, backend, "cpu", threads, 3)
+        rows = []
+        for size in batches:
+            sample = texts[: max(size, min(n, len(texts)))]
+            timings = []
+            for start in range(0, len(sample) - size + 1, size):
+                t0 = time.perf_counter()
+                model.classify(sample[start : start + size])
+                timings.append((time.perf_counter() - t0) * 1000)
+            total_s = sum(timings) / 1000
+            rows.append(
+                {
+                    "system": "limit",
+                    "concurrency": size,
+                    "rps": round(len(timings) * size / total_s, 1),
+                    "p50_ms": round(statistics.median(timings), 2),
+                    "p95_ms": round(_percentile(timings, 95), 2),
+                    "p99_ms": round(_percentile(timings, 99), 2),
+                    "mean_batch": float(size),
+                    "errors": 0,
+                    "rss_mb": round(_rss_mb(), 1),
+                }
+            )
+        best[backend] = rows
+        console.print(f"limit ({backend}): best {max(r['rps'] for r in rows):.0f} texts/s")
+    winner = max(best, key=lambda b: max(r["rps"] for r in best[b]))
+    return best[winner]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def start_systems(version: ModelVersion, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """The three servers, started together and ready."""
+    common = {
+        "BENTOML_HOME": str(args.home),
+        "REFIT_SERVE_MODEL": version.name,
+        "REFIT_SERVE_REGISTRY_HOME": str(args.home),
+        "REFIT_SERVE_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "REFIT_SERVE_MAX_LATENCY_MS": str(args.max_latency_ms),
+        "REFIT_SERVE_MAX_INFLIGHT": "4096",
+        "REFIT_SERVE_LOG_URL": f"sqlite:///{logs / 'inference.db'}",
+    }
+    servers: dict[str, Any] = {
+        "refit-torch": start_service({**common, "REFIT_SERVE_BACKEND": "torch"}, logs / "refit-torch.log"),
+        "refit-onnx": start_service({**common, "REFIT_SERVE_BACKEND": "onnx"}, logs / "refit-onnx.log"),
+        "naive": start_naive(version, logs / "naive.log"),
+    }
+    for server in servers.values():
+        server.wait_ready()
+    return servers
+
+
+def start_naive(version: ModelVersion, log_path: Path) -> ServiceProcess:
+    """The hand-written FastAPI server, under uvicorn with one worker."""
+    port = free_port()
+    log = log_path.open("wb")
+    env = {**os.environ, "REFIT_NAIVE_MODEL_DIR": str(version.path / "model")}
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "benchmarks.naive_server:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return ServiceProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, _log=log)
+
+
+def batch_counters(url: str) -> tuple[float, float]:
+    """(sum, count) of refit_batch_texts from a Refit server's /metrics."""
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("refit_batch_texts_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("refit_batch_texts_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def measure_cell(
+    system: str, server: ServiceProcess, texts: list[str], concurrency: int, duration: float
+) -> dict[str, Any]:
+    """One closed-loop run against one server."""
+    before = batch_counters(server.url) if system != "naive" else (0.0, 0.0)
+    result = run_closed_loop(f"{server.url}/classify", texts, concurrency, duration)
+    after = batch_counters(server.url) if system != "naive" else (0.0, 0.0)
+    calls = after[1] - before[1]
+    mean_batch = (after[0] - before[0]) / calls if calls else 1.0
+    if result.errors:
+        console.print(f"[yellow]{system} c={concurrency}: {result.errors} errors {result.error_samples}")
+    return {
+        "rps": result.rps,
+        "p50_ms": result.percentile(50),
+        "p95_ms": result.percentile(95),
+        "p99_ms": result.percentile(99),
+        "mean_batch": mean_batch,
+        "errors": result.errors,
+    }
+
+
+def summarise(
+    cells: dict[tuple[str, int], list[dict[str, Any]]], rss: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Median over rounds per (system, concurrency); errors are summed."""
+    rows = []
+    for (system, concurrency), runs in cells.items():
+        row: dict[str, Any] = {"system": system, "concurrency": concurrency}
+        for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch"):
+            row[key] = round(statistics.median(r[key] for r in runs), 2)
+        row["errors"] = sum(r["errors"] for r in runs)
+        row["rss_mb"] = round(rss[system], 1)
+        rows.append(row)
+    return rows
+
+
+def check_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, each with its measured ratio and whether it was met."""
+    cell = {(r["system"], r["concurrency"]): r for r in rows}
+    limit = max(r["rps"] for r in rows if r["system"] == "limit")
+    lines = []
+    at32 = {s: cell[(s, 32)]["rps"] for s in SYSTEMS if (s, 32) in cell}
+    if at32:
+        best = max(("refit-torch", "refit-onnx"), key=lambda s: at32.get(s, 0.0))
+        ratio_naive = at32[best] / at32["naive"] if at32.get("naive") else float("nan")
+        lines.append(
+            f"{best} at concurrency 32 vs naive: {ratio_naive:.2f}x (target >= 3x): {_met(ratio_naive >= 3)}"
+        )
+        share = at32[best] / limit
+        lines.append(
+            f"{best} at concurrency 32 vs in-process limit: {share:.0%} (target >= 60%): {_met(share >= 0.6)}"
+        )
+        errors = sum(r["errors"] for r in rows if r["system"] == best)
+        lines.append(f"{best} errors over all runs: {errors} (target 0): {_met(errors == 0)}")
+        if (best, 8) in cell and (best, 1) in cell:
+            ratio = cell[(best, 8)]["p99_ms"] / cell[(best, 1)]["p50_ms"]
+            verdict = _met(ratio <= 3)
+            lines.append(
+                f"{best} p99 at concurrency 8 / single-request p50: {ratio:.2f}x (target <= 3x): {verdict}"
+            )
+    return lines
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[str, Any]) -> str:
+    """The results table and the target checks."""
+    keys = ("system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb")
+    lines = [
+        "# Serving load: one text per request, closed-loop clients",
+        "",
+        f"{env['machine']}; {env['when']}; {env['rounds']} interleaved rounds of {env['duration']} s "
+        "per cell, medians. `limit` rows: the best in-process backend, concurrency = batch size, "
+        "rps = texts/s.",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "| " + " | ".join("---" for _ in keys) + " |",
+    ]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["", "## Targets", "", *[f"- {t}" for t in targets], ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark, write JSON and markdown, return the rows."""
+    logging.basicConfig(level=logging.WARNING)
+    quiet_transformers()
+    args = parse_args(argv)
+    train, test = load_banking77(args.data)
+    version = ensure_model(args, train)
+    texts = list(test["text"])
+    rows = measure_limit(version, texts, [int(b) for b in args.limit_batches.split(",")], args.limit_texts)
+    logs = args.home / "serve-logs"
+    servers = start_systems(version, args, logs)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    try:
+        for server in servers.values():  # warm-up: first requests pay for lazy set-up
+            run_closed_loop(f"{server.url}/classify", texts, 4, min(2.0, args.duration))
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("load", total=args.rounds * len(concurrencies) * len(servers))
+            for _ in range(args.rounds):
+                for concurrency in concurrencies:
+                    for system, server in servers.items():
+                        progress.update(task, description=f"{system} c={concurrency}")
+                        cell = measure_cell(system, server, texts, concurrency, args.duration)
+                        cells.setdefault((system, concurrency), []).append(cell)
+                        progress.advance(task)
+        rss = {system: server.worker_rss_mb() for system, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.stop()
+    rows += summarise(cells, rss)
+    targets = check_targets(rows)
+    env = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPU",
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "rounds": args.rounds,
+        "duration": args.duration,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(render_markdown(rows, targets, env))
+    for line in targets:
+        console.print(line)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

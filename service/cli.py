@@ -1,0 +1,63 @@
+"""`refit serve`: validate the serving settings, then run `bentoml serve` in the foreground."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def settings_environment(config: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
+    """``REFIT_SERVE_*`` variables that give a `bentoml serve` child these settings."""
+    env = {"REFIT_SERVE_CONFIG": str(config.resolve())} if config else {}
+    for key, value in overrides.items():
+        if value is not None:
+            text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+            env[f"REFIT_SERVE_{key.upper()}"] = text
+    return env
+
+
+def serve(
+    model: Annotated[
+        str | None, typer.Option(help="Registry model name; its production version is served.")
+    ] = None,
+    home: Annotated[Path | None, typer.Option(help="Registry home (BentoML home).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, torch or onnx.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per GPU, else 1).")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs to use, one worker each.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,
+) -> None:
+    """Serve the production version of a model over HTTP (BentoML), following its promotions."""
+    from service.process import serve_command
+    from service.settings import load_serve_settings
+
+    overrides: dict[str, object] = {
+        "model": model,
+        "registry_home": home,
+        "host": host,
+        "port": port,
+        "backend": backend,
+    }
+    overrides |= {"workers": workers, "gpus": gpus}
+    settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
+    env = {**os.environ, **settings_environment(config, overrides)}
+    url = f"http://{settings.host}:{settings.port}"
+    console.print(f"Serving [bold]{settings.model}[/] (production) from {settings.home} at {url}")
+    console.print(f"  POST {url}/classify   GET {url}/model   {url}/docs   {url}/metrics")
+    raise SystemExit(subprocess.call(serve_command(settings.host, settings.port), env=env))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the serving commands to the root `refit` app (the ``refit.cli`` entry point)."""
+    app.command()(serve)

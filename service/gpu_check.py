@@ -1,0 +1,120 @@
+"""`make gpu-check`: the GPU serving path end to end (load, batch, swap), with throughput.
+
+Trains two small versions on the demo data with the bundled MiniLM, serves the production one
+with ``resources={"gpu": 1}``, measures closed-loop throughput, promotes the other under load
+and checks the swap lost no request. Exits 0 with "skipped" where CUDA is absent.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+console = Console()
+
+
+def cuda_available() -> bool:
+    """True when torch sees a CUDA device."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def train_versions(home: Path) -> tuple[str, str]:
+    """Two versions of ``gpu-check`` on the demo data: v1 (production) and v2 (candidate)."""
+    from training.config import TrainingConfig
+    from training.demo_data import write_demo_data
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    data = write_demo_data(home / "data")["train"]
+    registry = ModelRegistry(home / "bentoml")
+    tags = []
+    for seed in (1, 2):
+        config = TrainingConfig(name="gpu-check", strategy="head", seed=seed)
+        version = train_model(data, config, registry=registry, console=console).version
+        assert version is not None
+        tags.append(version.version)
+    return tags[0], tags[1]
+
+
+def check_swap_under_load(url: str, texts: list[str], home: Path, new_version: str) -> tuple[int, int, float]:
+    """Promote ``new_version`` while clients send requests; (requests, failures, seconds to swap)."""
+    from service.loadgen import run_closed_loop
+    from training.registry import ModelRegistry
+
+    outcome: dict[str, object] = {}
+
+    def load() -> None:
+        outcome["result"] = run_closed_loop(f"{url}/classify", texts, 16, 12.0)
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    time.sleep(2.0)
+    promoted = time.monotonic()
+    ModelRegistry(home / "bentoml").promote(f"gpu-check:{new_version}", reason="gpu-check swap")
+    swapped_after = float("nan")
+    while time.monotonic() - promoted < 10:
+        response = httpx.post(f"{url}/classify", json={"texts": [texts[0]]}, timeout=30)
+        if response.json()[0]["version"] == new_version:
+            swapped_after = time.monotonic() - promoted
+            break
+        time.sleep(0.1)
+    thread.join()
+    result = outcome["result"]
+    return result.requests, result.errors, swapped_after  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    """Run the check; 0 when it passed or was skipped, 1 when it failed."""
+    if not cuda_available():
+        console.print("gpu-check: skipped (CUDA is not available on this machine)")
+        return 0
+    import pandas as pd
+
+    from service.loadgen import run_closed_loop
+    from service.process import start_service
+
+    home = Path(tempfile.mkdtemp(prefix="refit-gpu-check-"))
+    v1, v2 = train_versions(home)
+    texts = list(pd.read_csv(home / "data" / "traffic.csv")["text"])
+    env = {
+        "BENTOML_HOME": str(home / "bentoml"),
+        "REFIT_SERVE_MODEL": "gpu-check",
+        "REFIT_SERVE_REGISTRY_HOME": str(home / "bentoml"),
+        "REFIT_SERVE_GPUS": "1",
+        "REFIT_SERVE_BACKEND": "torch",
+    }
+    server = start_service(env, home / "service.log")
+    try:
+        server.wait_ready()
+        info = httpx.get(f"{server.url}/model", timeout=10).json()
+        console.print(f"serving {info['name']}:{info['version']} on {info['device']} ({info['backend']})")
+        ok = info["device"].startswith("cuda") and info["version"] == v1
+        for concurrency in (1, 32, 128):
+            result = run_closed_loop(f"{server.url}/classify", texts, concurrency, 5.0)
+            p50, p99 = result.percentile(50), result.percentile(99)
+            console.print(
+                f"concurrency {concurrency:>3}: {result.rps:7.1f} req/s  p50 {p50:6.1f} ms  "
+                f"p99 {p99:6.1f} ms  errors {result.errors}"
+            )
+            ok &= result.errors == 0
+        requests, failures, seconds = check_swap_under_load(server.url, texts, home, v2)
+        console.print(
+            f"swap to {v2}: after {seconds:.1f} s, {requests} requests during it, {failures} failed"
+        )
+        ok &= failures == 0 and seconds < 10
+    finally:
+        server.stop()
+    console.print("gpu-check: " + ("passed" if ok else "[red]FAILED[/]"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
