@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from rich.console import Console
 
@@ -35,6 +36,8 @@ from training.profile import (
 from training.registry import ModelRegistry, ModelVersion
 from training.report import render_html, render_markdown
 from training.strategies import evaluate_split, run_ladder, run_strategy
+
+MIN_HELD_OUT = 200  # held-out rows needed to build the reference profile from them
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +188,15 @@ def write_version(
 
 
 def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSplits) -> Any:
-    """The reference profile: the model's outputs on a sample of its training inputs."""
-    sample = sample_reference_rows(splits.train, ctx.config.profile_rows, ctx.config.seed)
+    """The reference profile: the model's outputs on a sample of held-out inputs.
+
+    Held-out rows (validation + test), because a model is more confident on the rows it was fitted
+    on: a profile of training rows would make live confidence and entropy look drifted when they
+    are not. Training rows are used only when fewer than MIN_HELD_OUT rows were held out.
+    """
+    held_out = pd.concat([splits.validation, splits.test], ignore_index=True)
+    source = held_out if len(held_out) >= MIN_HELD_OUT else splits.train
+    sample = sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)
     predictions = predict(
         result.model,
         ctx.tokenizer,

@@ -1,0 +1,115 @@
+"""`refit monitor`, `refit drift`, `refit retrain`: thin commands over monitoring.Monitor."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Monitor settings file (YAML or TOML).")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Registry model name.")]
+HomeOption = Annotated[Path | None, typer.Option("--home", help="Registry home (BentoML home).")]
+
+
+def parse_duration(text: str) -> float:
+    """Minutes in '30m', '2h', '1d' or '45' (minutes).
+
+    Raises:
+        typer.BadParameter: any other form.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", text)
+    if not match:
+        raise typer.BadParameter(f"expected a duration like 30m, 2h or 1d; found {text!r}")
+    value, unit = float(match.group(1)), match.group(2) or "m"
+    return value * {"m": 1, "h": 60, "d": 1440}[unit]
+
+
+def _settings(config: Path | None, model: str | None, home: Path | None, **more: object):  # type: ignore[no-untyped-def]
+    from monitoring.settings import load_monitor_settings
+
+    return load_monitor_settings(config, {"model": model, "registry_home": home, **more})
+
+
+def drift(
+    since: Annotated[str | None, typer.Option(help="Window: predictions of the last 30m / 2h / 1d.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the HTML report here.")] = None,
+    model: ModelOption = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run one drift check now and print the per-feature result (no retraining)."""
+    from monitoring.monitor import Monitor
+
+    settings = _settings(config, model, home)
+    monitor = Monitor(settings)
+    minutes = parse_duration(since) if since else None
+    outcome = monitor.checker.check(minutes=minutes, report=report)
+    monitor.publish(outcome)
+    result = outcome.result
+    console.print(
+        f"[bold]{settings.model}:{outcome.version}[/] window {result.window_size}: "
+        f"[{'red' if result.drifted else 'green'}]{result.status}[/] (share {result.share:.2f})"
+    )
+    if outcome.estimated_accuracy is not None:
+        observed = "n/a" if outcome.observed_accuracy is None else f"{outcome.observed_accuracy:.3f}"
+        console.print(
+            f"estimated accuracy {outcome.estimated_accuracy:.3f}, "
+            f"observed {observed} ({outcome.labelled} labels)"
+        )
+    if result.columns:
+        table = Table("feature", "test", "p-value", "level", "drifted")
+        for c in result.columns:
+            table.add_row(
+                c.column, c.method, f"{c.score:.2e}", f"{c.threshold:.4f}", "yes" if c.drifted else ""
+            )
+        console.print(table)
+    if outcome.report:
+        console.print(f"report: {outcome.report}")
+
+
+def retrain(
+    model: ModelOption = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Retrain now on the training data plus feedback, through the same promotion gate."""
+    from monitoring.monitor import Monitor
+
+    result = Monitor(_settings(config, model, home)).retrain("manual")
+    console.print(f"retrain: [bold]{result.outcome}[/] ({result.reason})")
+    for key, value in result.numbers.items():
+        console.print(f"  {key}: {value}")
+    if result.outcome == "failed":
+        raise SystemExit(1)
+
+
+def monitor(
+    model: ModelOption = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between checks.")] = None,
+    mode: Annotated[str | None, typer.Option(help="alert or retrain.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the Prometheus metrics.")] = None,
+) -> None:
+    """Check for drift on a schedule, export metrics, and retrain when drift persists (mode retrain)."""
+    from monitoring.scheduler import run_monitor
+
+    settings = _settings(config, model, home, interval_s=interval, mode=mode, metrics_port=port)
+    console.print(
+        f"monitoring [bold]{settings.model}[/] every {settings.interval_s:.0f} s, mode {settings.mode}; "
+        f"metrics on :{settings.metrics_port}/metrics; `evidently ui --workspace {settings.workspace_path}`"
+    )
+    run_monitor(settings, str(config) if config else None)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the monitoring commands to the root `refit` app (the ``refit.cli`` entry point)."""
+    app.command()(monitor)
+    app.command()(drift)
+    app.command()(retrain)

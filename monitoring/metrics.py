@@ -1,0 +1,59 @@
+"""The monitor's Prometheus gauges, in a registry of its own (served by `refit monitor`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+@dataclass
+class MonitorMetrics:
+    """Drift, accuracy, retrain and version metrics of one monitor process."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.drift_detected = Gauge(
+            "refit_drift_detected", "1 when the last check found drift.", ["model"], registry=r
+        )
+        self.drift_share = Gauge(
+            "refit_drift_share", "Share of features that drifted in the last check.", ["model"], registry=r
+        )
+        self.feature_score = Gauge(
+            "refit_drift_feature_score",
+            "p-value of each feature's two-sample test.",
+            ["model", "feature"],
+            registry=r,
+        )
+        self.window_size = Gauge(
+            "refit_drift_window_size", "Predictions in the last check's window.", ["model"], registry=r
+        )
+        self.last_check = Gauge(
+            "refit_drift_last_check_timestamp_seconds", "Unix time of the last check.", ["model"], registry=r
+        )
+        self.checks = Counter(
+            "refit_drift_checks",
+            "Checks by status (ok, drift, insufficient_data, skipped).",
+            ["model", "status"],
+            registry=r,
+        )
+        self.estimated_accuracy = Gauge(
+            "refit_estimated_accuracy",
+            "Label-free accuracy estimate of the last window (CBPE).",
+            ["model"],
+            registry=r,
+        )
+        self.observed_accuracy = Gauge(
+            "refit_observed_accuracy", "Accuracy on the last window's feedback labels.", ["model"], registry=r
+        )
+        self.retrains = Counter(
+            "refit_retrain_runs", "Retrains by outcome.", ["model", "outcome"], registry=r
+        )
+        self.production = Gauge(
+            "refit_production_version_info",
+            "1 for the production version being monitored.",
+            ["model", "version"],
+            registry=r,
+        )

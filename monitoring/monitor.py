@@ -1,0 +1,156 @@
+"""The monitor: check, publish (metrics, workspace), decide, and retrain behind the gate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from monitoring.check import CheckOutcome, DriftChecker
+from monitoring.metrics import MonitorMetrics
+from monitoring.policy import Decision, decide
+from monitoring.retrain import RetrainResult, retrain_and_gate
+from monitoring.settings import MonitorSettings
+from monitoring.store import create_monitor_tables, read_checks, read_feedback, read_retrains, record_retrain
+from monitoring.workspace import record_snapshot
+from service.logstore import create_log_engine
+from training.errors import ModelLoadError, VersionNotFoundError
+from training.registry import ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+Retrainer = Callable[..., RetrainResult]
+
+
+@dataclass
+class MonitorRun:
+    """One scheduled (or manual) pass: the check, the decision, the retrain if there was one."""
+
+    check: CheckOutcome | None
+    decision: Decision | None
+    retrain: RetrainResult | None
+    error: str = ""
+
+
+class Monitor:
+    """Everything `refit monitor` does at each interval, for one model."""
+
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        *,
+        engine: Engine | None = None,
+        registry: ModelRegistry | None = None,
+        metrics: MonitorMetrics | None = None,
+        retrainer: Retrainer = retrain_and_gate,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or create_log_engine(settings.resolved_log_url)
+        create_monitor_tables(self.engine)
+        self.registry = registry or ModelRegistry(settings.home)
+        self.metrics = metrics or MonitorMetrics()
+        self.checker = DriftChecker(settings, self.engine, self.registry)
+        self.retrainer = retrainer
+
+    def run(self, minutes: float | None = None, act: bool = True) -> MonitorRun:
+        """Check now; then, when ``act``, apply the policy (which may retrain)."""
+        model = self.settings.model
+        try:
+            outcome = self.checker.check(minutes=minutes)
+        except (ModelLoadError, VersionNotFoundError) as exc:
+            logger.error("check of %s skipped: %s", model, exc)
+            self.metrics.checks.labels(model, "skipped").inc()
+            return MonitorRun(None, None, None, error=str(exc))
+        self.publish(outcome)
+        if not act or outcome.result.status == "insufficient_data":
+            return MonitorRun(outcome, None, None)
+        decision = self.decide(outcome.version)
+        retrain = self.retrain("drift") if decision.action == "retrain" else None
+        if decision.action == "alert":
+            logger.warning("drift alert for %s: %s", model, decision.reason)
+        return MonitorRun(outcome, decision, retrain)
+
+    def publish(self, outcome: CheckOutcome) -> None:
+        """Metrics and the Evidently workspace for a check."""
+        m, model, result = self.metrics, self.settings.model, outcome.result
+        m.checks.labels(model, result.status).inc()
+        m.last_check.labels(model).set(time.time())
+        m.window_size.labels(model).set(result.window_size)
+        if outcome.version:
+            m.production.labels(model, outcome.version).set(1)
+        if result.status == "insufficient_data":
+            return
+        m.drift_detected.labels(model).set(int(result.drifted))
+        m.drift_share.labels(model).set(result.share)
+        for column in result.columns:
+            m.feature_score.labels(model, column.column).set(column.score)
+        if outcome.estimated_accuracy is not None:
+            m.estimated_accuracy.labels(model).set(outcome.estimated_accuracy)
+        if outcome.observed_accuracy is not None:
+            m.observed_accuracy.labels(model).set(outcome.observed_accuracy)
+        if outcome.snapshot is not None:
+            features = [c.column for c in result.columns]
+            try:
+                record_snapshot(self.settings.workspace_path, model, outcome.snapshot, features)
+            except Exception:  # the dashboard is a view: a failure must not stop monitoring
+                logger.exception("could not add the check to the Evidently workspace")
+
+    def decide(self, version: str | None) -> Decision:
+        """The policy applied to this model's history."""
+        retrains = read_retrains(self.engine, self.settings.model, limit=1)
+        last = _aware(retrains[0]["started_at"]) if retrains else None
+        return decide(
+            read_checks(self.engine, self.settings.model),
+            version,
+            persist_checks=self.settings.persist_checks,
+            cooldown_s=self.settings.cooldown_s,
+            mode=self.settings.mode,
+            last_retrain=last,
+            now=datetime.now(UTC),
+        )
+
+    def retrain(self, trigger: str) -> RetrainResult:
+        """Retrain through the gate now, and record the decision in the audit table and metrics."""
+        started = datetime.now(UTC)
+        s = self.settings
+        result = self.retrainer(
+            self.registry,
+            s.model,
+            read_feedback(self.engine, s.model),
+            holdout=s.feedback_holdout,
+            min_feedback=s.min_feedback,
+            tolerance=s.gate_tolerance,
+            strategy=s.retrain_strategy,
+            timeout_s=s.retrain_timeout_s,
+        )
+        record_retrain(
+            self.engine,
+            {
+                "started_at": started,
+                "finished_at": datetime.now(UTC),
+                "model": s.model,
+                "trigger": trigger,
+                "production_version": result.production,
+                "candidate_version": result.candidate,
+                "outcome": result.outcome,
+                "reason": result.reason,
+                "numbers": _jsonable(result.numbers),
+            },
+        )
+        self.metrics.retrains.labels(s.model, result.outcome).inc()
+        logger.info("retrain of %s: %s (%s)", s.model, result.outcome, result.reason)
+        return result
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes (stored as UTC); make them comparable."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _jsonable(numbers: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in numbers.items()}  # NaN -> null

@@ -1,0 +1,168 @@
+"""Re-fine-tuning in a subprocess, and the promotion gate that decides whether the result ships.
+
+The candidate trains on the production version's own training data plus the feedback-labelled
+live data (minus a held-out part), with the production version's config (its strategy and base
+model) unless configured otherwise. It runs as `refit train` in a child process with a time
+limit, so a crash or an out-of-memory kill cannot take the monitor down. The gate compares the
+candidate with production on (1) the original held-out test split and (2) the held-out feedback:
+it promotes only if (2) improves and (1) drops by no more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from training.artifacts import CONFIG_FILE, load_version_model, read_json, read_split
+from training.inference import predict
+from training.registry import ModelRegistry, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+TRAIN_COMMAND = "from training.cli import main; main()"
+
+
+@dataclass
+class RetrainResult:
+    """What a retrain did and the numbers behind the decision."""
+
+    outcome: str  # promoted, rejected, failed, skipped
+    reason: str
+    production: str | None
+    candidate: str | None = None
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def split_feedback(
+    feedback: pd.DataFrame, holdout: float, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training part, gate part) of the feedback: one row per text (the latest label wins)."""
+    rows = feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[["text", "label"]]
+    rows = rows.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    cut = round(len(rows) * holdout)
+    return rows.iloc[cut:].reset_index(drop=True), rows.iloc[:cut].reset_index(drop=True)
+
+
+def accuracy(version: ModelVersion, frame: pd.DataFrame) -> float:
+    """Accuracy of ``version`` on labelled rows (labels it does not know count as errors)."""
+    if frame.empty:
+        return float("nan")
+    model, tokenizer = load_version_model(version)
+    labels = np.array(read_json(version.path / "labels.json"))
+    max_length = int(version.manifest.get("max_length", 128))
+    predicted = labels[predict(model, tokenizer, list(frame["text"]), max_length=max_length).predicted]
+    return float((predicted == frame["label"].to_numpy()).mean())
+
+
+def train_candidate(
+    production: ModelVersion,
+    data: pd.DataFrame,
+    registry: ModelRegistry,
+    *,
+    strategy: str | None,
+    timeout_s: float,
+    workdir: Path,
+) -> str:
+    """Run `refit train` on ``data`` in a child process; returns the new version.
+
+    Raises:
+        RuntimeError: the child failed, timed out, or registered nothing.
+    """
+    config = dict(read_json(production.path / CONFIG_FILE))
+    config.update(parent_version=production.version, test_file=None)
+    if strategy:
+        config["strategy"] = strategy
+    data_path, config_path = workdir / "retrain.csv", workdir / "retrain.yaml"
+    data.to_csv(data_path, index=False)
+    config_path.write_text(
+        yaml.safe_dump({k: v for k, v in config.items() if v is not None}), encoding="utf-8"
+    )
+    before = {v.version for v in registry.versions(production.name)}
+    command = [sys.executable, "-c", TRAIN_COMMAND, "train", str(data_path), "--config", str(config_path)]
+    command += ["--home", str(registry.home)]
+    log_path = workdir / "retrain.log"
+    with log_path.open("wb") as log:
+        try:
+            completed = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"retraining ran past its {timeout_s:.0f} s limit and was killed") from exc
+    if completed.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"retraining exited with {completed.returncode}: {tail}")
+    new = [v.version for v in registry.versions(production.name) if v.version not in before]
+    if not new:
+        raise RuntimeError("retraining finished but registered no version")
+    return new[-1]
+
+
+def retrain_and_gate(
+    registry: ModelRegistry,
+    name: str,
+    feedback: pd.DataFrame,
+    *,
+    holdout: float = 0.3,
+    min_feedback: int = 20,
+    tolerance: float = 0.01,
+    strategy: str | None = None,
+    timeout_s: float = 3600.0,
+) -> RetrainResult:
+    """Retrain ``name`` on its data plus feedback, then promote the candidate only if it is better."""
+    production = registry.get(f"{name}:production")
+    train_part, gate_part = split_feedback(feedback, holdout)
+    if len(train_part) + len(gate_part) < min_feedback:
+        reason = f"{len(train_part) + len(gate_part)} feedback labels; at least {min_feedback} needed"
+        return RetrainResult("skipped", reason, production.version)
+    original = pd.concat(
+        [read_split(production, "train"), read_split(production, "validation")], ignore_index=True
+    )
+    data = pd.concat([original, train_part], ignore_index=True)
+    start = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="refit-retrain-") as workdir:
+            candidate_id = train_candidate(
+                production, data, registry, strategy=strategy, timeout_s=timeout_s, workdir=Path(workdir)
+            )
+    except RuntimeError as exc:
+        logger.error("retrain of %s failed; production %s untouched: %s", name, production.version, exc)
+        return RetrainResult("failed", str(exc)[:2000], production.version)
+    candidate = registry.get(f"{name}:{candidate_id}")
+    test = read_split(production, "test")
+    numbers = {
+        "production_test_accuracy": accuracy(production, test),
+        "candidate_test_accuracy": accuracy(candidate, test),
+        "production_feedback_accuracy": accuracy(production, gate_part),
+        "candidate_feedback_accuracy": accuracy(candidate, gate_part),
+        "feedback_train_rows": len(train_part),
+        "feedback_gate_rows": len(gate_part),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "tolerance": tolerance,
+    }
+    outcome, reason = judge(numbers, tolerance)
+    if outcome == "promoted":
+        registry.promote(candidate.tag, reason=f"retrain gate: {reason}")
+    return RetrainResult(outcome, reason, production.version, candidate.version, numbers)
+
+
+def judge(numbers: dict[str, Any], tolerance: float) -> tuple[str, str]:
+    """The gate: ("promoted" | "rejected", why)."""
+    gain = numbers["candidate_feedback_accuracy"] - numbers["production_feedback_accuracy"]
+    drop = numbers["production_test_accuracy"] - numbers["candidate_test_accuracy"]
+    if np.isnan(gain):
+        return "rejected", "no held-out feedback to compare on"
+    if gain <= 0:
+        return "rejected", f"feedback accuracy did not improve ({gain:+.4f})"
+    if drop > tolerance:
+        return "rejected", f"test accuracy dropped {drop:.4f} (> tolerance {tolerance})"
+    return "promoted", f"feedback accuracy {gain:+.4f}, test accuracy change {-drop:+.4f}"

@@ -1,0 +1,77 @@
+"""The monitoring stage's one typed config: ``REFIT_MONITOR_*`` variables over an optional file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from training.config import FileSettings, load_settings
+from training.registry import default_home
+
+CONFIG_ENV = "REFIT_MONITOR_CONFIG"
+
+
+class MonitorSettings(FileSettings):
+    """What to watch, how to test it, and what to do about drift."""
+
+    model_config = SettingsConfigDict(env_prefix="REFIT_MONITOR_", extra="forbid")
+
+    model: str = "refit-classifier"  # registry model name whose production version is watched
+    registry_home: Path | None = None  # None: $BENTOML_HOME
+    log_url: str | None = None  # the service's inference log; None: SQLite in the registry home
+    window_size: int = Field(500, ge=1)  # the last N predictions of the production version
+    window_minutes: float | None = Field(None, gt=0)  # or: the predictions of the last T minutes
+    min_window: int = Field(100, ge=1)  # fewer predictions: "insufficient data", no alarm
+    alpha: float = Field(0.05, gt=0, lt=1)  # family-wise false-alarm rate of one check
+    pca_components: int = Field(8, ge=1)  # embedding dimensions tested, fitted on the reference
+    reference_rows: int = Field(5000, ge=50)  # reference rows used per check
+    interval_s: float = Field(300.0, gt=0)  # between scheduled checks
+    persist_checks: int = Field(2, ge=1)  # consecutive drifted checks before acting
+    cooldown_s: float = Field(3600.0, ge=0)  # no new retrain this soon after the last one
+    mode: Literal["alert", "retrain"] = "alert"
+    retrain_timeout_s: float = Field(3600.0, gt=0)  # the retrain subprocess is killed after this
+    retrain_strategy: str | None = None  # None: the production version's strategy
+    min_feedback: int = Field(20, ge=1)  # labelled live rows needed before retraining
+    feedback_holdout: float = Field(0.3, gt=0, lt=1)  # share of feedback kept for the gate
+    gate_tolerance: float = Field(0.01, ge=0)  # allowed accuracy drop on the original test split
+    workspace: Path | None = None  # Evidently workspace; None: <registry home>/refit/evidently
+    reports_dir: Path | None = None  # HTML report per check; None: <registry home>/refit/reports
+    metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus exporter of `refit monitor`
+    lease_s: float = Field(600.0, gt=0)  # a check holds the database lease at most this long
+
+    @property
+    def home(self) -> Path:
+        """The registry's BentoML home."""
+        return self.registry_home or default_home()
+
+    @property
+    def resolved_log_url(self) -> str:
+        """The inference log's SQLAlchemy URL (the service's default SQLite file)."""
+        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
+
+    @property
+    def workspace_path(self) -> Path:
+        """The Evidently workspace directory."""
+        return self.workspace or self.home / "refit" / "evidently"
+
+    @property
+    def reports_path(self) -> Path:
+        """Where HTML reports are written."""
+        return self.reports_dir or self.home / "refit" / "reports"
+
+
+def load_monitor_settings(
+    path: Path | None = None, overrides: dict[str, object] | None = None
+) -> MonitorSettings:
+    """Settings from ``path`` (or ``REFIT_MONITOR_CONFIG``), the environment and overrides.
+
+    Raises:
+        ConfigError: an unknown key, an unreadable file or an invalid value.
+    """
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return load_settings(MonitorSettings, path, dict(overrides or {}))

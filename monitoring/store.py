@@ -1,0 +1,189 @@
+"""The monitor's tables beside the inference log: check history, retrain audit, the lease; and the
+queries that read a window of predictions and the feedback labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from service.logstore import feedback, predictions, utc_now
+
+metadata = MetaData()
+
+drift_checks = Table(
+    "drift_checks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("checked_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(64), nullable=True),
+    Column("status", String(32), nullable=False),  # ok, drift, insufficient_data, skipped
+    Column("drifted", Boolean, nullable=False),
+    Column("share", Float, nullable=False),
+    Column("window_size", Integer, nullable=False),
+    Column("estimated_accuracy", Float, nullable=True),
+    Column("observed_accuracy", Float, nullable=True),
+    Column("report", Text, nullable=True),  # path of the HTML report
+    Column("detail", JSON, nullable=False),  # per-column scores, or why it was skipped
+)
+
+retrain_runs = Table(
+    "retrain_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("model", String(200), nullable=False),
+    Column("trigger", String(32), nullable=False),  # drift, manual
+    Column("production_version", String(64), nullable=True),
+    Column("candidate_version", String(64), nullable=True),
+    Column("outcome", String(32), nullable=False),  # promoted, rejected, failed, skipped
+    Column("reason", Text, nullable=False),
+    Column("numbers", JSON, nullable=False),  # the gate's accuracies
+)
+
+leases = Table(
+    "monitor_leases",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires", DateTime(timezone=True), nullable=False),
+)
+
+
+def create_monitor_tables(engine: Engine) -> None:
+    """Create the inference log's and the monitor's tables where missing."""
+    from service.logstore import create_tables
+
+    create_tables(engine)
+    metadata.create_all(engine, checkfirst=True)
+
+
+def holder_id() -> str:
+    """This process, as a lease holder: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def acquire_lease(engine: Engine, name: str, seconds: float, holder: str | None = None) -> bool:
+    """Take the named lease unless another holder has an unexpired one; True when taken."""
+    holder = holder or holder_id()
+    now = utc_now()
+    expires = now + timedelta(seconds=seconds)
+    with engine.begin() as conn:
+        taken = conn.execute(
+            update(leases)
+            .where(and_(leases.c.name == name, or_(leases.c.expires < now, leases.c.holder == holder)))
+            .values(holder=holder, expires=expires)
+        ).rowcount
+        if taken:
+            return True
+        try:
+            conn.execute(insert(leases).values(name=name, holder=holder, expires=expires))
+        except IntegrityError:  # someone else holds it
+            return False
+    return True
+
+
+def release_lease(engine: Engine, name: str, holder: str | None = None) -> None:
+    """Give the lease back (only if this holder has it)."""
+    holder = holder or holder_id()
+    with engine.begin() as conn:
+        conn.execute(
+            update(leases)
+            .where(and_(leases.c.name == name, leases.c.holder == holder))
+            .values(expires=datetime(1970, 1, 1, tzinfo=utc_now().tzinfo))
+        )
+
+
+def read_window(
+    engine: Engine, model: str, version: str, size: int, minutes: float | None = None
+) -> pd.DataFrame:
+    """The last ``size`` predictions of ``model:version`` (within ``minutes`` when given), oldest first."""
+    query = select(
+        predictions.c.request_id,
+        predictions.c.created,
+        predictions.c.text,
+        predictions.c.label,
+        predictions.c.probabilities,
+    ).where(and_(predictions.c.model == model, predictions.c.version == version))
+    if minutes is not None:
+        query = query.where(predictions.c.created >= utc_now() - timedelta(minutes=minutes))
+    query = query.order_by(predictions.c.id.desc()).limit(size)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query)]
+    frame = pd.DataFrame(rows, columns=["request_id", "created", "text", "label", "probabilities"])
+    frame["probabilities"] = [json.loads(p) if isinstance(p, str) else p for p in frame["probabilities"]]
+    return frame.iloc[::-1].reset_index(drop=True)
+
+
+def read_feedback(engine: Engine, model: str, since: datetime | None = None) -> pd.DataFrame:
+    """Feedback labels of ``model`` (text, label, request id, predicted label, version, time)."""
+    query = select(feedback).where(feedback.c.model == model)
+    if since is not None:
+        query = query.where(feedback.c.created >= since)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query.order_by(feedback.c.id))]
+    columns = ["id", "request_id", "created", "model", "text", "label", "predicted_label", "version"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def record_check(engine: Engine, row: dict[str, Any]) -> None:
+    """Append one check to the history."""
+    with engine.begin() as conn:
+        conn.execute(insert(drift_checks).values(**row))
+
+
+def read_checks(engine: Engine, model: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest checks of ``model``, newest first."""
+    query = (
+        select(drift_checks)
+        .where(drift_checks.c.model == model)
+        .order_by(drift_checks.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def record_retrain(engine: Engine, row: dict[str, Any]) -> int:
+    """Append one retrain decision to the audit table; returns its id."""
+    with engine.begin() as conn:
+        key = conn.execute(insert(retrain_runs).values(**row)).inserted_primary_key
+    return int(key[0]) if key is not None else 0
+
+
+def read_retrains(engine: Engine, model: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest retrain decisions of ``model``, newest first."""
+    query = (
+        select(retrain_runs)
+        .where(retrain_runs.c.model == model)
+        .order_by(retrain_runs.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]

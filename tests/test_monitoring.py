@@ -1,0 +1,293 @@
+"""Monitoring on the real MiniLM and the generated support tickets, traffic through the service.
+
+A session fixture trains `head` on the demo data; each test gets a copy of that registry and an
+empty inference log, fills the log through the in-process service, then checks, decides, retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from monitoring.monitor import Monitor
+from monitoring.policy import decide
+from monitoring.retrain import RetrainResult, judge
+from monitoring.settings import load_monitor_settings
+from monitoring.store import acquire_lease, read_checks, read_retrains, release_lease
+from tests.conftest import SERVICE_LIMITS, build_service_app
+from training.config import TrainingConfig
+from training.demo_data import NEW_INTENTS, write_demo_data
+from training.pipeline import train_model
+from training.registry import ModelRegistry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("monitoring")
+    paths = write_demo_data(root / "data")
+    registry = ModelRegistry(root / "bentoml")
+    config = TrainingConfig(name="support", strategy="head", profile_rows=400)
+    version = train_model(paths["train"], config, registry=registry).version
+    assert version is not None
+    return {"home": root / "bentoml", "data": paths, "version": version.version}
+
+
+@pytest.fixture
+def home(demo_home: dict[str, Any], tmp_path: Path) -> Path:
+    copy = tmp_path / "bentoml"
+    shutil.copytree(demo_home["home"], copy)
+    return copy
+
+
+@pytest.fixture
+def send(service_class: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A function that classifies texts through the in-process service (which logs them)."""
+    from starlette.testclient import TestClient
+
+    for key, value in {
+        **SERVICE_LIMITS,
+        "REFIT_SERVE_MODEL": "support",
+        "REFIT_SERVE_REGISTRY_HOME": str(home),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REFIT_SERVE_LOG_FLUSH_MS", "10")
+    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", json.dumps(sorted(NEW_INTENTS)))
+    with TestClient(build_service_app(service_class)) as client:
+
+        def classify(texts: list[str], labels: list[str] | None = None) -> list[dict[str, Any]]:
+            answers = []
+            for start in range(0, len(texts), 8):
+                response = client.post("/classify", json={"texts": texts[start : start + 8]})
+                assert response.status_code == 200, response.text
+                answers += response.json()
+            for answer, label in zip(answers, labels or [], strict=False):
+                assert (
+                    client.post(
+                        "/feedback", json={"request_id": answer["request_id"], "label": label}
+                    ).status_code
+                    == 200
+                )
+            return answers
+
+        client.get("/model")
+        yield classify
+        client.get("/model")
+
+
+def settings_for(home: Path, **values: Any) -> Any:
+    base = {
+        "model": "support",
+        "registry_home": home,
+        "window_size": 200,
+        "min_window": 100,
+        "metrics_port": 0,
+    }
+    return load_monitor_settings(overrides={**base, **values})
+
+
+def wait_logged(monitor: Monitor, count: int) -> None:
+    import time
+
+    from sqlalchemy import func, select
+
+    from service.logstore import predictions
+
+    for _ in range(200):
+        with monitor.engine.connect() as conn:
+            if conn.execute(select(func.count()).select_from(predictions)).scalar_one() >= count:
+                return
+        time.sleep(0.05)
+    raise AssertionError("predictions were not logged")
+
+
+def traffic(demo_home: dict[str, Any], name: str, rows: int = 200) -> pd.DataFrame:
+    return pd.read_csv(demo_home["data"][name]).head(rows)
+
+
+def test_same_distribution_does_not_alarm_and_drift_is_detected(
+    demo_home: dict[str, Any], home: Path, send: Any, tmp_path: Path
+) -> None:
+    monitor = Monitor(settings_for(home))
+    assert monitor.run().check.result.status == "insufficient_data"  # empty log: no alarm
+
+    send(list(traffic(demo_home, "traffic")["text"]))
+    wait_logged(monitor, 200)
+    calm = monitor.run(act=False).check
+    assert calm.result.status == "ok", [c for c in calm.result.columns if c.drifted]
+    assert calm.result.window_size == 200 and calm.report is not None and calm.report.is_file()
+    assert 0.8 < calm.estimated_accuracy <= 1.0
+
+    typos = traffic(demo_home, "drift_typos")
+    send(list(typos["text"]), list(typos["label"][:60]))
+    wait_logged(monitor, 400)
+    drifted = monitor.run(act=False).check
+    assert drifted.result.drifted and drifted.result.status == "drift"
+    assert {c.column for c in drifted.result.columns if c.drifted} & {"multi_piece_share", "unknown_share"}
+    assert drifted.labelled == 60 and drifted.observed_accuracy is not None
+    workspace = monitor.settings.workspace_path
+    assert any(workspace.rglob("*.json")), "the Evidently workspace holds the snapshots"
+    metrics = monitor.metrics.registry
+    assert metrics.get_sample_value("refit_drift_detected", {"model": "support"}) == 1.0
+    assert metrics.get_sample_value("refit_drift_checks_total", {"model": "support", "status": "ok"}) == 1.0
+
+
+def test_persistent_drift_triggers_exactly_one_retrain(
+    demo_home: dict[str, Any], home: Path, send: Any
+) -> None:
+    calls: list[str] = []
+
+    def recording_retrainer(
+        registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any
+    ) -> RetrainResult:
+        calls.append(name)
+        return RetrainResult("rejected", "recorded by the test", demo_home["version"])
+
+    monitor = Monitor(
+        settings_for(home, mode="retrain", persist_checks=2, cooldown_s=3600), retrainer=recording_retrainer
+    )
+    drifted = traffic(demo_home, "drift_new_intents")
+    send(list(drifted["text"]))
+    wait_logged(monitor, 200)
+    actions = [monitor.run().decision.action for _ in range(4)]
+    assert actions == ["none", "retrain", "alert", "alert"]  # hysteresis, then cooldown
+    assert calls == ["support"]
+    assert [r["outcome"] for r in read_retrains(monitor.engine, "support")] == ["rejected"]
+    assert len(read_checks(monitor.engine, "support")) == 4
+
+
+def test_gate_promotes_a_better_candidate_and_the_service_swaps(
+    demo_home: dict[str, Any], home: Path, send: Any
+) -> None:
+    monitor = Monitor(settings_for(home, min_feedback=50, feedback_holdout=0.3))
+    new_intents = pd.read_csv(demo_home["data"]["drift_new_intents"]).head(240)
+    send(list(new_intents["text"]), list(new_intents["label"]))
+    result = monitor.retrain("manual")
+    assert result.outcome == "promoted", result
+    numbers = result.numbers
+    assert numbers["candidate_feedback_accuracy"] > numbers["production_feedback_accuracy"]
+    registry = ModelRegistry(home)
+    production = registry.get("support:production")
+    assert (
+        production.version == result.candidate
+        and production.manifest["parent_version"] == demo_home["version"]
+    )
+    audit = read_retrains(monitor.engine, "support")[0]
+    assert audit["outcome"] == "promoted" and audit["candidate_version"] == result.candidate
+    registry.rollback("support", reason="test")
+    assert registry.get("support:production").version == demo_home["version"]
+
+
+def test_a_crashing_retrain_leaves_production_serving(
+    demo_home: dict[str, Any], home: Path, send: Any
+) -> None:
+    monitor = Monitor(settings_for(home, min_feedback=10, retrain_strategy="no-such-strategy"))
+    rows = traffic(demo_home, "traffic", 40)
+    send(list(rows["text"]), list(rows["label"]))
+    result = monitor.retrain("manual")
+    assert result.outcome == "failed" and "exited with" in result.reason
+    assert ModelRegistry(home).get("support:production").version == demo_home["version"]
+    assert read_retrains(monitor.engine, "support")[0]["outcome"] == "failed"
+    again = send(["reset my password please"])
+    assert again[0]["version"] == demo_home["version"]
+
+
+def test_a_corrupt_reference_profile_skips_the_check_with_a_clear_error(
+    demo_home: dict[str, Any], home: Path
+) -> None:
+    version = ModelRegistry(home).get("support:production")
+    (version.path / "reference_profile.parquet").write_bytes(b"not parquet")
+    monitor = Monitor(settings_for(home))
+    run = monitor.run()
+    assert run.check is None and "cannot be read" in run.error
+    assert (
+        monitor.metrics.registry.get_sample_value(
+            "refit_drift_checks_total", {"model": "support", "status": "skipped"}
+        )
+        == 1
+    )
+
+
+def test_the_lease_lets_one_monitor_check_at_a_time(home: Path) -> None:
+    monitor = Monitor(settings_for(home))
+    assert acquire_lease(monitor.engine, "check:support", 60, holder="a")
+    assert not acquire_lease(monitor.engine, "check:support", 60, holder="b")
+    assert acquire_lease(monitor.engine, "check:support", 60, holder="a")  # renewal
+    release_lease(monitor.engine, "check:support", holder="a")
+    assert acquire_lease(monitor.engine, "check:support", 60, holder="b")
+
+
+def test_the_schedule_survives_a_restart(home: Path) -> None:
+    from monitoring.scheduler import job_id, start_scheduler
+
+    settings = settings_for(home, interval_s=3600)
+    Monitor(settings)  # creates the database
+    first = start_scheduler(settings, None)
+    planned = first.get_job(job_id("support")).next_run_time
+    first.shutdown(wait=False)
+    second = start_scheduler(settings, None)
+    try:
+        job = second.get_job(job_id("support"))
+        assert job is not None and job.next_run_time == planned  # the same job, not a new one
+        assert len(second.get_jobs()) == 1
+    finally:
+        second.shutdown(wait=False)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "outcome"),
+    [
+        (
+            {
+                "candidate_feedback_accuracy": 0.9,
+                "production_feedback_accuracy": 0.7,
+                "production_test_accuracy": 0.95,
+                "candidate_test_accuracy": 0.95,
+            },
+            "promoted",
+        ),
+        (
+            {
+                "candidate_feedback_accuracy": 0.7,
+                "production_feedback_accuracy": 0.7,
+                "production_test_accuracy": 0.95,
+                "candidate_test_accuracy": 0.96,
+            },
+            "rejected",
+        ),
+        (
+            {
+                "candidate_feedback_accuracy": 0.9,
+                "production_feedback_accuracy": 0.7,
+                "production_test_accuracy": 0.95,
+                "candidate_test_accuracy": 0.90,
+            },
+            "rejected",
+        ),
+    ],
+)
+def test_gate_rules(numbers: dict[str, float], outcome: str) -> None:
+    assert judge(numbers, tolerance=0.01)[0] == outcome
+
+
+def test_policy_ignores_small_windows_and_other_versions() -> None:
+    now = datetime.now(UTC)
+    checks = [
+        {"version": "v2", "status": "drift"},
+        {"version": "v2", "status": "insufficient_data"},
+        {"version": "v2", "status": "drift"},
+        {"version": "v1", "status": "drift"},
+    ]
+    common = {"persist_checks": 2, "cooldown_s": 60.0, "mode": "retrain", "now": now}
+    assert decide(checks, "v2", last_retrain=None, **common).action == "retrain"
+    assert decide(checks, "v2", last_retrain=now - timedelta(seconds=10), **common).action == "alert"
+    assert decide(checks, "v1", last_retrain=None, **common).action == "none"
+    assert decide(checks, "v2", last_retrain=None, **{**common, "mode": "alert"}).action == "alert"
