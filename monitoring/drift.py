@@ -55,18 +55,50 @@ class DriftResult:
         return asdict(self)
 
 
+MONTE_CARLO_DRAWS = 2000
+
+
+def contingency_p_value(reference_counts: np.ndarray, current_counts: np.ndarray, seed: int = 0) -> float:
+    """p-value of the two-sample chi-square statistic of a 2 x k table of category counts.
+
+    With every expected count at least 5 the chi-square distribution is accurate. Otherwise (many
+    labels, small windows) it is not, and alarms too often (7% at alpha 5% with 67 labels and 50
+    texts, measured), so the p-value comes from the statistic's exact null distribution, sampled:
+    under no drift the current window is a random draw, without replacement, from the pooled rows.
+    """
+    from scipy.stats import chi2_contingency
+
+    keep = (reference_counts + current_counts) > 0
+    table = np.vstack([reference_counts[keep], current_counts[keep]]).astype(np.int64)
+    if table.shape[1] < 2:
+        return 1.0
+    pooled = table.sum(axis=0)
+    n_ref, n_cur = int(table[0].sum()), int(table[1].sum())
+    expected_cur = pooled * n_cur / (n_ref + n_cur)
+    expected_ref = pooled - expected_cur
+    if min(expected_cur.min(), expected_ref.min()) >= 5:
+        return float(chi2_contingency(table, correction=False).pvalue)
+
+    def statistic(current: np.ndarray) -> np.ndarray:  # (draws, k) -> (draws,)
+        reference = pooled - current
+        return ((current - expected_cur) ** 2 / expected_cur).sum(axis=-1) + (
+            (reference - expected_ref) ** 2 / expected_ref
+        ).sum(axis=-1)
+
+    observed = statistic(table[1][None, :])[0]
+    rng = np.random.default_rng(seed)
+    draws = rng.multivariate_hypergeometric(pooled, n_cur, size=MONTE_CARLO_DRAWS)
+    return float((1 + (statistic(draws) >= observed - 1e-9).sum()) / (1 + MONTE_CARLO_DRAWS))
+
+
 def _chi2_contingency(
     reference: pd.Series, current: pd.Series, _feature_type: Any, threshold: float
 ) -> tuple[float, bool]:
-    """Two-sample chi-square test of the reference vs current category counts."""
-    from scipy.stats import chi2_contingency
-
+    """Evidently stat test: two-sample contingency chi-square of the category counts."""
     categories = sorted(set(reference.dropna()) | set(current.dropna()))
-    if len(categories) < 2:
-        return 1.0, False
-    table = np.array([[int((s == c).sum()) for c in categories] for s in (reference, current)])
-    table = table[:, table.sum(axis=0) > 0]
-    p_value = float(chi2_contingency(table, correction=False).pvalue)
+    ref_counts = reference.value_counts().reindex(categories, fill_value=0).to_numpy()
+    cur_counts = current.value_counts().reindex(categories, fill_value=0).to_numpy()
+    p_value = contingency_p_value(ref_counts, cur_counts)
     return p_value, p_value < threshold
 
 

@@ -56,6 +56,7 @@ class Monitor:
         self.metrics = metrics or MonitorMetrics()
         self.checker = DriftChecker(settings, self.engine, self.registry)
         self.retrainer = retrainer
+        self._published_version: str | None = None
 
     def run(self, minutes: float | None = None, act: bool = True) -> MonitorRun:
         """Check now; then, when ``act``, apply the policy (which may retrain)."""
@@ -81,8 +82,11 @@ class Monitor:
         m.checks.labels(model, result.status).inc()
         m.last_check.labels(model).set(time.time())
         m.window_size.labels(model).set(result.window_size)
-        if outcome.version:
+        if outcome.version and outcome.version != self._published_version:
+            if self._published_version:
+                m.production.labels(model, self._published_version).set(0)
             m.production.labels(model, outcome.version).set(1)
+            self._published_version = outcome.version
         if result.status == "insufficient_data":
             return
         m.drift_detected.labels(model).set(int(result.drifted))
@@ -102,7 +106,10 @@ class Monitor:
 
     def decide(self, version: str | None) -> Decision:
         """The policy applied to this model's history."""
-        retrains = read_retrains(self.engine, self.settings.model, limit=1)
+        # A retrain skipped for lack of feedback trained nothing: it starts no cooldown.
+        retrains = [
+            r for r in read_retrains(self.engine, self.settings.model, limit=20) if r["outcome"] != "skipped"
+        ]
         last = _aware(retrains[0]["started_at"]) if retrains else None
         return decide(
             read_checks(self.engine, self.settings.model),
@@ -124,6 +131,7 @@ class Monitor:
             read_feedback(self.engine, s.model),
             holdout=s.feedback_holdout,
             min_feedback=s.min_feedback,
+            min_examples=s.min_new_label_examples,
             tolerance=s.gate_tolerance,
             strategy=s.retrain_strategy,
             timeout_s=s.retrain_timeout_s,

@@ -53,6 +53,19 @@ def split_feedback(
     return rows.iloc[cut:].reset_index(drop=True), rows.iloc[:cut].reset_index(drop=True)
 
 
+def hold_back_rare_new_labels(
+    rows: pd.DataFrame, known: list[str], min_examples: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop rows of labels the model does not know yet and that have fewer than ``min_examples``.
+
+    A new intent seen once cannot be split into training and validation rows, nor learned; its
+    rows wait for more feedback (they stay in the log) instead of failing the retrain.
+    """
+    counts = rows["label"].value_counts()
+    rare = {str(k): int(v) for k, v in counts.items() if k not in known and v < min_examples}
+    return rows[~rows["label"].isin(rare)].reset_index(drop=True), rare
+
+
 def accuracy(version: ModelVersion, frame: pd.DataFrame) -> float:
     """Accuracy of ``version`` on labelled rows (labels it does not know count as errors)."""
     if frame.empty:
@@ -114,6 +127,7 @@ def retrain_and_gate(
     *,
     holdout: float = 0.3,
     min_feedback: int = 20,
+    min_examples: int = 3,
     tolerance: float = 0.01,
     strategy: str | None = None,
     timeout_s: float = 3600.0,
@@ -124,6 +138,9 @@ def retrain_and_gate(
     if len(train_part) + len(gate_part) < min_feedback:
         reason = f"{len(train_part) + len(gate_part)} feedback labels; at least {min_feedback} needed"
         return RetrainResult("skipped", reason, production.version)
+    train_part, held_back = hold_back_rare_new_labels(
+        train_part, read_json(production.path / "labels.json"), min_examples
+    )
     original = pd.concat(
         [read_split(production, "train"), read_split(production, "validation")], ignore_index=True
     )
@@ -145,6 +162,7 @@ def retrain_and_gate(
         "production_feedback_accuracy": accuracy(production, gate_part),
         "candidate_feedback_accuracy": accuracy(candidate, gate_part),
         "feedback_train_rows": len(train_part),
+        "held_back_labels": held_back,
         "feedback_gate_rows": len(gate_part),
         "train_seconds": round(time.perf_counter() - start, 1),
         "tolerance": tolerance,

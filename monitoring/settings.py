@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from training.config import FileSettings, load_settings
-from training.registry import default_home
+from service.settings import LogSettings
+from training.config import load_settings
 
 CONFIG_ENV = "REFIT_MONITOR_CONFIG"
 
 
-class MonitorSettings(FileSettings):
+class MonitorSettings(LogSettings):
     """What to watch, how to test it, and what to do about drift."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_MONITOR_", extra="forbid")
 
     model: str = "refit-classifier"  # registry model name whose production version is watched
-    registry_home: Path | None = None  # None: $BENTOML_HOME
-    log_url: str | None = None  # the service's inference log; None: SQLite in the registry home
     window_size: int = Field(500, ge=1)  # the last N predictions of the production version
     window_minutes: float | None = Field(None, gt=0)  # or: the predictions of the last T minutes
     min_window: int = Field(100, ge=1)  # fewer predictions: "insufficient data", no alarm
@@ -36,22 +33,13 @@ class MonitorSettings(FileSettings):
     retrain_timeout_s: float = Field(3600.0, gt=0)  # the retrain subprocess is killed after this
     retrain_strategy: str | None = None  # None: the production version's strategy
     min_feedback: int = Field(20, ge=1)  # labelled live rows needed before retraining
+    min_new_label_examples: int = Field(3, ge=2)  # a new label joins the model once it has this many
     feedback_holdout: float = Field(0.3, gt=0, lt=1)  # share of feedback kept for the gate
     gate_tolerance: float = Field(0.01, ge=0)  # allowed accuracy drop on the original test split
     workspace: Path | None = None  # Evidently workspace; None: <registry home>/refit/evidently
     reports_dir: Path | None = None  # HTML report per check; None: <registry home>/refit/reports
     metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus exporter of `refit monitor`
     lease_s: float = Field(600.0, gt=0)  # a check holds the database lease at most this long
-
-    @property
-    def home(self) -> Path:
-        """The registry's BentoML home."""
-        return self.registry_home or default_home()
-
-    @property
-    def resolved_log_url(self) -> str:
-        """The inference log's SQLAlchemy URL (the service's default SQLite file)."""
-        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
 
     @property
     def workspace_path(self) -> Path:
@@ -72,6 +60,4 @@ def load_monitor_settings(
     Raises:
         ConfigError: an unknown key, an unreadable file or an invalid value.
     """
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
-    return load_settings(MonitorSettings, path, dict(overrides or {}))
+    return load_settings(MonitorSettings, path, dict(overrides or {}), CONFIG_ENV)

@@ -6,7 +6,6 @@ application arguments: the environment is how a deployment configures each repli
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -19,13 +18,29 @@ from training.registry import default_home
 CONFIG_ENV = "REFIT_SERVE_CONFIG"
 
 
-class ServeSettings(FileSettings):
+class LogSettings(FileSettings):
+    """Where the registry and the inference log are: shared by the service and the monitor."""
+
+    registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
+    log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
+
+    @property
+    def home(self) -> Path:
+        """The registry's BentoML home."""
+        return self.registry_home or default_home()
+
+    @property
+    def resolved_log_url(self) -> str:
+        """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
+        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
+
+
+class ServeSettings(LogSettings):
     """Everything one service replica needs."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
 
     model: str = "refit-classifier"  # registry model name; its production version is served
-    registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
@@ -42,7 +57,6 @@ class ServeSettings(FileSettings):
     retry_after_s: int = Field(1, ge=1)
     top_k: int = Field(3, ge=1)
     timeout_s: int = Field(60, ge=1)  # BentoML request timeout
-    log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
     log_queue_size: int = Field(10_000, ge=1)  # prediction records waiting for the writer
     log_batch_size: int = Field(500, ge=1)  # records per INSERT
     log_flush_ms: int = Field(200, ge=1)  # the writer's longest wait before writing a partial batch
@@ -68,16 +82,6 @@ class ServeSettings(FileSettings):
         """Worker processes: as configured, else one per GPU, else one."""
         return self.workers or max(1, self.gpus)
 
-    @property
-    def home(self) -> Path:
-        """The registry's BentoML home."""
-        return self.registry_home or default_home()
-
-    @property
-    def resolved_log_url(self) -> str:
-        """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
-        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
-
 
 def load_serve_settings(
     path: Path | None = None, overrides: dict[str, object] | None = None
@@ -87,6 +91,4 @@ def load_serve_settings(
     Raises:
         ConfigError: an unknown key, an unreadable file or an invalid value.
     """
-    if path is None and os.environ.get(CONFIG_ENV):
-        path = Path(os.environ[CONFIG_ENV])
-    return load_settings(ServeSettings, path, dict(overrides or {}))
+    return load_settings(ServeSettings, path, dict(overrides or {}), CONFIG_ENV)

@@ -18,8 +18,13 @@ def banking_like(tmp_path: Path) -> Path:
     """The real BANKING77 files when they are beside the checkout, else a small look-alike."""
     if (BANKING77 / "train.csv").is_file():
         return BANKING77
-    rows = [{"text": f"refund my payment {i}", "category": "refund"} for i in range(6)]
-    rows += [{"text": f"reset my password {i}", "category": "password"} for i in range(6)]
+    words = ["refund", "password", "parcel", "payment", "reset", "track", "invoice", "late", "link", "email"]
+    rows = [
+        {"text": f"{a} {b} {words[(i + j) % 10]}", "category": f"{a}_{b}"}
+        for i, a in enumerate(words[:4])
+        for b in words[4:7]
+        for j in range(8)
+    ]  # 12 labels, 8 texts each
     for name in ("train.csv", "test.csv"):
         pd.DataFrame(rows).to_csv(tmp_path / name, index=False)
     return tmp_path
@@ -79,3 +84,54 @@ def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path)
     served = [row for row in rows if row["system"] != "limit"]
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in served)
     assert "## Targets" in (tmp_path / "serve_load.md").read_text()
+
+
+def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import drift_power
+
+    rows = drift_power.main(
+        [
+            "--data", str(banking_like),
+            "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model),
+            "--windows", "20,40",
+            "--trials", "2",
+            "--baseline-trials", "1",
+            "--none-trials", "2",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "drift_power.json").read_text())
+    assert saved == rows
+    assert all(
+        set(r) == {"detector", "scenario", "window", "rate", "trials", "seconds_per_check"} for r in rows
+    )
+    assert {r["scenario"] for r in rows} == set(drift_power.SCENARIOS)
+    assert {r["detector"] for r in rows} == {"refit", "evidently-default"}
+    assert all(0.0 <= r["rate"] <= 1.0 for r in rows)
+
+
+def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import retrain_recovery
+
+    result = retrain_recovery.main(
+        [
+            "--data", str(banking_like),
+            "--work", str(tmp_path / "work"),
+            "--base-model", str(tiny_base_model),
+            "--unseen", "2",
+            "--calm", "30",
+            "--drifted", "60",
+            "--feedback", "0.5",
+            "--check-every", "30",
+            "--window", "30",
+            "--min-window", "30",
+            "--min-feedback", "10",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "retrain_recovery.json").read_text())
+    assert saved == result
+    assert set(result) == {"accuracy_before", "accuracy_after", "accuracy_oracle", "seconds_to_promotion"}
+    assert 0.0 <= result["accuracy_before"] <= 1.0 and 0.0 <= result["accuracy_oracle"] <= 1.0
+    assert "Checks" in (tmp_path / "retrain_recovery.md").read_text()

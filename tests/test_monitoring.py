@@ -291,3 +291,60 @@ def test_policy_ignores_small_windows_and_other_versions() -> None:
     assert decide(checks, "v2", last_retrain=now - timedelta(seconds=10), **common).action == "alert"
     assert decide(checks, "v1", last_retrain=None, **common).action == "none"
     assert decide(checks, "v2", last_retrain=None, **{**common, "mode": "alert"}).action == "alert"
+
+
+def test_refit_drift_prints_the_check(
+    demo_home: dict[str, Any],
+    home: Path,
+    send: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_cli import run_cli
+
+    send(list(traffic(demo_home, "drift_typos", 120)["text"]))
+    wait_logged(Monitor(settings_for(home)), 120)
+    report = home.parent / "drift.html"
+    code, out = run_cli(
+        ["drift", "--model", "support", "--home", str(home), "--since", "1h", "--report", str(report)],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, out
+    assert "support:" in out and "window 120" in out and "multi_piece_share" in out
+    assert report.is_file() and report.stat().st_size > 10_000
+
+
+def test_an_unavailable_database_is_retried_at_the_next_interval(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from monitoring.scheduler import _monitor, scheduled_check
+
+    monkeypatch.setenv("REFIT_MONITOR_MODEL", "support")
+    monkeypatch.setenv("REFIT_MONITOR_REGISTRY_HOME", str(home))
+    monkeypatch.setenv("REFIT_MONITOR_LOG_URL", f"sqlite:///{tmp_path}")  # a directory: cannot be opened
+    _monitor.cache_clear()
+    scheduled_check(None)  # must not raise: the scheduler keeps running
+    assert "retrying at the next interval" in caplog.text
+    _monitor.cache_clear()
+
+
+def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:
+    from monitoring.retrain import hold_back_rare_new_labels
+
+    rows = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(7)], "label": ["known", "new_a", "new_a", "new_a", "new_b", "known", "new_b"]}
+    )
+    kept, held = hold_back_rare_new_labels(rows, ["known"], min_examples=3)
+    assert held == {"new_b": 2}
+    assert sorted(kept["label"]) == ["known", "known", "new_a", "new_a", "new_a"]
+
+
+def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:
+    def skipping_retrainer(registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any) -> RetrainResult:
+        return RetrainResult("skipped", "not enough feedback", demo_home["version"])
+
+    monitor = Monitor(settings_for(home, mode="retrain", persist_checks=1), retrainer=skipping_retrainer)
+    send(list(traffic(demo_home, "drift_new_intents")["text"]))
+    wait_logged(monitor, 200)
+    assert [monitor.run().decision.action for _ in range(2)] == ["retrain", "retrain"]

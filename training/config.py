@@ -6,6 +6,7 @@ Precedence, highest first: explicit overrides (CLI flags), environment variables
 
 from __future__ import annotations
 
+import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -145,17 +146,25 @@ def reject_unknown_keys(values: dict[str, Any], source: str, valid: set[str]) ->
 S = TypeVar("S", bound=FileSettings)
 
 
-def load_settings(cls: type[S], path: Path | None = None, overrides: dict[str, Any] | None = None) -> S:
+def load_settings(
+    cls: type[S],
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_env: str | None = None,
+) -> S:
     """Build a stage's settings from a file, the environment and explicit overrides.
 
     Args:
         cls: the settings class (its ``env_prefix`` names the environment variables).
         path: optional YAML or TOML file.
         overrides: values that win over everything else (CLI flags); ``None`` values are ignored.
+        config_env: a variable naming the file when ``path`` is None (e.g. ``REFIT_SERVE_CONFIG``).
 
     Raises:
         ConfigError: an unknown key, an unreadable file or an invalid value.
     """
+    if path is None and config_env and os.environ.get(config_env):
+        path = Path(os.environ[config_env])
     valid = set(cls.model_fields)
     file_values = read_config_file(path) if path else {}
     reject_unknown_keys(file_values, str(path), valid)
