@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
     parser.add_argument("--home", type=Path, default=Path("benchmarks/.drift-home"))
     parser.add_argument("--base-model", default="minilm")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text")
     parser.add_argument("--windows", default="50,100,200,500,1000")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--trials", type=int, default=100, help="windows per cell for Refit's check")
@@ -110,7 +111,13 @@ def prepare(args: argparse.Namespace) -> tuple[Reference, dict[str, Any]]:
         data = args.home / "banking67-train.csv"
         data.parent.mkdir(parents=True, exist_ok=True)
         train[~train["label"].isin(unseen)].to_csv(data, index=False)
-        config = TrainingConfig(name="banking67", strategy="head", base_model=args.base_model, seed=args.seed)
+        config = TrainingConfig(
+            name="banking67",
+            strategy="head",
+            base_model=args.base_model,
+            seed=args.seed,
+            max_length=args.max_length,
+        )
         train_model(data, config, registry=registry, console=console)
     reference = load_reference(registry.get("banking67:production"))
     trained = sorted(set(labels) - unseen)

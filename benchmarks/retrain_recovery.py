@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
     parser.add_argument("--work", type=Path, default=Path("benchmarks/.recovery"))
     parser.add_argument("--base-model", default="minilm")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text")
     parser.add_argument("--strategy", default="head")
     parser.add_argument("--unseen", type=int, default=10, help="intents held out of v1")
     parser.add_argument("--calm", type=int, default=600, help="requests before the drift onset")
@@ -75,7 +76,13 @@ def train_version(registry: ModelRegistry, name: str, frame: pd.DataFrame, args:
     """Train and register one version on ``frame``."""
     path = args.work / f"{name}.csv"
     frame.to_csv(path, index=False)
-    config = TrainingConfig(name=name, strategy=args.strategy, base_model=args.base_model, seed=args.seed)
+    config = TrainingConfig(
+        name=name,
+        strategy=args.strategy,
+        base_model=args.base_model,
+        seed=args.seed,
+        max_length=args.max_length,
+    )
     return train_model(path, config, registry=registry, console=console).version
 
 
@@ -87,7 +94,6 @@ def stream(
     with httpx.Client(base_url=url, timeout=60) as client:
         for i, (text, label) in enumerate(zip(rows["text"], rows["label"], strict=True)):
             answer = client.post("/classify", json={"texts": [text]}).json()[0]
-            answer["sent_at"] = time.monotonic()
             answers.append(answer)
             if labelled[i]:
                 response = client.post("/feedback", json={"request_id": answer["request_id"], "label": label})
@@ -95,6 +101,19 @@ def stream(
             if (i + 1) % every == 0:
                 on_chunk()
     return answers
+
+
+def promotion_delay(engine: Any, calm: int, first_version: str) -> float | None:
+    """Seconds from the first drifted request to the first answer by another version (the log's clock)."""
+    from sqlalchemy import select
+
+    from service.logstore import predictions
+
+    query = select(predictions.c.id, predictions.c.version, predictions.c.created).order_by(predictions.c.id)
+    with engine.connect() as conn:
+        rows = [r for r in conn.execute(query) if r.id > calm]
+    new = next((r for r in rows if r.version != first_version), None)
+    return round((new.created - rows[0].created).total_seconds(), 1) if new is not None and rows else None
 
 
 def wait_for_version(url: str, registry: ModelRegistry, timeout: float = 30.0) -> str:
@@ -161,20 +180,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         server.wait_ready()
         stream(server.url, calm, np.zeros(len(calm), dtype=bool), check, args.check_every)
         onset = time.monotonic()
-        answers = stream(server.url, drifted, labelled, check, args.check_every)
+        stream(server.url, drifted, labelled, check, args.check_every)
         for _ in range(args.settle_checks):  # the monitor keeps its schedule after traffic stops
             check()
-        final = wait_for_version(server.url, registry)
-        answers.append({"version": final, "sent_at": time.monotonic()})
+        final = wait_for_version(server.url, registry)  # the version serving when the loop settles
     finally:
         server.stop()
-    promoted_at = next((a["sent_at"] for a in answers if a["version"] != v1.version), None)
+    delay = promotion_delay(monitor.engine, len(calm), v1.version)
     evaluation = drifted[~labelled].reset_index(drop=True)
     result = {
         "accuracy_before": round(accuracy(v1, evaluation), 4),
         "accuracy_after": round(accuracy(registry.get(f"banking:{final}"), evaluation), 4),
         "accuracy_oracle": round(accuracy(oracle, evaluation), 4),
-        "seconds_to_promotion": round(promoted_at - onset, 1) if promoted_at else None,
+        "seconds_to_promotion": delay,
     }
     write_results(result, args, timeline, onset, len(evaluation))
     console.print(result)

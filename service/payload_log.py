@@ -81,7 +81,11 @@ class PayloadLog:
             return self._engine
 
     def start(self) -> None:
-        """Start the writer thread."""
+        """Create the tables (if the store is up) and start the writer thread."""
+        try:
+            self.engine()
+        except SQLAlchemyError as exc:  # predictions must still be served; the writer retries
+            logger.warning("the inference log is unavailable at start-up: %s", exc)
         self._thread = threading.Thread(target=self._run, name="refit-payload-log", daemon=True)
         self._thread.start()
 

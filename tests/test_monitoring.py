@@ -333,7 +333,10 @@ def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:
     from monitoring.retrain import hold_back_rare_new_labels
 
     rows = pd.DataFrame(
-        {"text": [f"t{i}" for i in range(7)], "label": ["known", "new_a", "new_a", "new_a", "new_b", "known", "new_b"]}
+        {
+            "text": [f"t{i}" for i in range(7)],
+            "label": ["known", "new_a", "new_a", "new_a", "new_b", "known", "new_b"],
+        }
     )
     kept, held = hold_back_rare_new_labels(rows, ["known"], min_examples=3)
     assert held == {"new_b": 2}
@@ -341,7 +344,9 @@ def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:
 
 
 def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:
-    def skipping_retrainer(registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any) -> RetrainResult:
+    def skipping_retrainer(
+        registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any
+    ) -> RetrainResult:
         return RetrainResult("skipped", "not enough feedback", demo_home["version"])
 
     monitor = Monitor(settings_for(home, mode="retrain", persist_checks=1), retrainer=skipping_retrainer)
