@@ -10,6 +10,7 @@ it promotes only if (2) improves and (1) drops by no more than the tolerance.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from training.artifacts import CONFIG_FILE, load_version_model, read_json, read_split
+from training.artifacts import CONFIG_FILE, load_version_model, read_json, read_labels, read_split
 from training.inference import predict
 from training.registry import ModelRegistry, ModelVersion
 
@@ -66,15 +67,28 @@ def hold_back_rare_new_labels(
     return rows[~rows["label"].isin(rare)].reset_index(drop=True), rare
 
 
-def accuracy(version: ModelVersion, frame: pd.DataFrame) -> float:
-    """Accuracy of ``version`` on labelled rows (labels it does not know count as errors)."""
-    if frame.empty:
-        return float("nan")
+def accuracies(version: ModelVersion, *frames: pd.DataFrame) -> list[float]:
+    """Accuracy of ``version`` on each labelled frame (labels it does not know count as errors).
+
+    The model is loaded once and run once over all frames' texts.
+    """
+    rows = pd.concat(frames, ignore_index=True)
+    if rows.empty:
+        return [float("nan")] * len(frames)
     model, tokenizer = load_version_model(version)
-    labels = np.array(read_json(version.path / "labels.json"))
+    labels = np.array(read_labels(version))
     max_length = int(version.manifest.get("max_length", 128))
-    predicted = labels[predict(model, tokenizer, list(frame["text"]), max_length=max_length).predicted]
-    return float((predicted == frame["label"].to_numpy()).mean())
+    correct = (
+        labels[predict(model, tokenizer, list(rows["text"]), max_length=max_length).predicted]
+        == rows["label"]
+    )
+    bounds = np.cumsum([0, *(len(f) for f in frames)])
+    return [float(correct[a:b].mean()) if b > a else float("nan") for a, b in itertools.pairwise(bounds)]
+
+
+def accuracy(version: ModelVersion, frame: pd.DataFrame) -> float:
+    """Accuracy of ``version`` on one labelled frame."""
+    return accuracies(version, frame)[0]
 
 
 def train_candidate(
@@ -156,11 +170,13 @@ def retrain_and_gate(
         return RetrainResult("failed", str(exc)[:2000], production.version)
     candidate = registry.get(f"{name}:{candidate_id}")
     test = read_split(production, "test")
+    production_test, production_feedback = accuracies(production, test, gate_part)
+    candidate_test, candidate_feedback = accuracies(candidate, test, gate_part)
     numbers = {
-        "production_test_accuracy": accuracy(production, test),
-        "candidate_test_accuracy": accuracy(candidate, test),
-        "production_feedback_accuracy": accuracy(production, gate_part),
-        "candidate_feedback_accuracy": accuracy(candidate, gate_part),
+        "production_test_accuracy": production_test,
+        "candidate_test_accuracy": candidate_test,
+        "production_feedback_accuracy": production_feedback,
+        "candidate_feedback_accuracy": candidate_feedback,
         "feedback_train_rows": len(train_part),
         "held_back_labels": held_back,
         "feedback_gate_rows": len(gate_part),

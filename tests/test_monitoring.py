@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,8 +96,6 @@ def settings_for(home: Path, **values: Any) -> Any:
 
 
 def wait_logged(monitor: Monitor, count: int) -> None:
-    import time
-
     from sqlalchemy import func, select
 
     from service.logstore import predictions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,8 +144,6 @@ def test_predictions_are_logged_with_probabilities_in_a_wal_sqlite_file(
         rows = [r for r in read_rows(served_home, "predictions") if r["request_id"] in ids]
         if len(rows) == 2:
             break
-        import time
-
         time.sleep(0.05)
     assert len(rows) == 2
     row = next(r for r in rows if r["text"] == "reset my password")
@@ -221,8 +220,6 @@ def test_predictions_succeed_while_the_log_store_is_down(
         for _ in range(100):
             if client.get("/model").json()["log"]["dropped"] >= 6:
                 break
-            import time
-
             time.sleep(0.05)
         assert client.get("/model").json()["log"]["dropped"] == 6
 
