@@ -7,6 +7,8 @@ and checks the swap lost no request. Exits 0 with "skipped" where CUDA is absent
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import tempfile
 import threading
@@ -26,7 +28,7 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def train_versions(home: Path) -> tuple[str, str]:
+def train_versions(home: Path, base_model: str = "minilm") -> tuple[str, str]:
     """Two versions of ``gpu-check`` on the demo data: v1 (production) and v2 (candidate)."""
     from training.config import TrainingConfig
     from training.demo_data import write_demo_data
@@ -37,7 +39,7 @@ def train_versions(home: Path) -> tuple[str, str]:
     registry = ModelRegistry(home / "bentoml")
     tags = []
     for seed in (1, 2):
-        config = TrainingConfig(name="gpu-check", strategy="head", seed=seed)
+        config = TrainingConfig(name="gpu-check", strategy="head", seed=seed, base_model=base_model)
         version = train_model(data, config, registry=registry, console=console).version
         assert version is not None
         tags.append(version.version)
@@ -71,8 +73,17 @@ def check_swap_under_load(url: str, texts: list[str], home: Path, new_version: s
     return result.requests, result.errors, swapped_after  # type: ignore[attr-defined]
 
 
-def main() -> int:
-    """Run the check; 0 when it passed or was skipped, 1 when it failed."""
+def main(argv: list[str] | None = None) -> int:
+    """Run the check; 0 when it passed or was skipped, 1 when it failed.
+
+    Args:
+        argv: command-line arguments; ``--base-model`` takes a local model directory instead of
+            the bundled MiniLM (for machines without the weights package; also read from
+            ``REFIT_GPU_CHECK_BASE_MODEL``).
+    """
+    parser = argparse.ArgumentParser(description="GPU serving path end to end")
+    parser.add_argument("--base-model", default=os.environ.get("REFIT_GPU_CHECK_BASE_MODEL", "minilm"))
+    args = parser.parse_args(argv)
     if not cuda_available():
         console.print("gpu-check: skipped (CUDA is not available on this machine)")
         return 0
@@ -82,7 +93,7 @@ def main() -> int:
     from service.process import start_service
 
     home = Path(tempfile.mkdtemp(prefix="refit-gpu-check-"))
-    v1, v2 = train_versions(home)
+    v1, v2 = train_versions(home, args.base_model)
     texts = list(pd.read_csv(home / "data" / "traffic.csv")["text"])
     env = {
         "BENTOML_HOME": str(home / "bentoml"),

@@ -33,4 +33,4 @@ def test_full_fine_tuning_on_cuda_with_autocast(make_config: Callable[..., Any])
 def test_gpu_check_passes_on_cuda() -> None:
     from service import gpu_check
 
-    assert gpu_check.main() == 0
+    assert gpu_check.main([]) == 0

@@ -10,5 +10,5 @@ from service import gpu_check
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: test_gpu.py runs the check")
 def test_gpu_check_skips_cleanly_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
-    assert gpu_check.main() == 0
+    assert gpu_check.main([]) == 0
     assert "skipped (CUDA is not available" in capsys.readouterr().out
