@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from training.cli import console  # one console: `main` widens it for logs
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Monitor settings file (YAML or TOML).")]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Registry model name.")]
@@ -108,8 +107,25 @@ def monitor(
     run_monitor(settings, str(config) if config else None)
 
 
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory (emptied if an earlier demo made it).")] = Path(
+        "demo-output"
+    ),
+    keep: Annotated[
+        bool, typer.Option(help="Leave the service, monitor and UI running until Ctrl-C.")
+    ] = False,
+) -> None:
+    """The whole loop on generated data: train, serve, drift, retrain, promote, swap; exit 0 if it closed."""
+    from monitoring.demo import run_loop_demo
+
+    code = run_loop_demo(out, console, keep=keep)
+    if code:
+        raise SystemExit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the monitoring commands to the root `refit` app (the ``refit.cli`` entry point)."""
+    app.command()(demo)
     app.command()(monitor)
     app.command()(drift)
     app.command()(retrain)

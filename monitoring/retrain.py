@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import logging
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,12 +24,11 @@ import pandas as pd
 import yaml
 
 from training.artifacts import CONFIG_FILE, load_version_model, read_json, read_labels, read_split
+from training.cli_support import refit_command
 from training.inference import predict
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
-
-TRAIN_COMMAND = "from training.cli import main; main()"
 
 
 @dataclass
@@ -106,17 +104,20 @@ def train_candidate(
         RuntimeError: the child failed, timed out, or registered nothing.
     """
     config = dict(read_json(production.path / CONFIG_FILE))
+    # The strategy production was built with, not the `auto` it may have been asked for: climbing
+    # the whole ladder again would cost minutes and could pick another strategy than the one the
+    # gate compares against.
     config.update(parent_version=production.version, test_file=None)
-    if strategy:
-        config["strategy"] = strategy
+    config["strategy"] = strategy or production.manifest.get("strategy", config.get("strategy"))
     data_path, config_path = workdir / "retrain.csv", workdir / "retrain.yaml"
     data.to_csv(data_path, index=False)
     config_path.write_text(
         yaml.safe_dump({k: v for k, v in config.items() if v is not None}), encoding="utf-8"
     )
     before = {v.version for v in registry.versions(production.name)}
-    command = [sys.executable, "-c", TRAIN_COMMAND, "train", str(data_path), "--config", str(config_path)]
-    command += ["--home", str(registry.home)]
+    command = refit_command(
+        "train", str(data_path), "--config", str(config_path), "--home", str(registry.home)
+    )
     log_path = workdir / "retrain.log"
     with log_path.open("wb") as log:
         try:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-console = Console()
+from training.cli import console  # one console: `main` widens it for logs
 
 
 def settings_environment(config: Path | None, overrides: dict[str, Any]) -> dict[str, str]:

@@ -1,4 +1,7 @@
-"""Run `bentoml serve` for the Refit service as a child process (CLI, demo, benchmark, checks)."""
+"""Child processes on loopback: `bentoml serve` for the Refit service (CLI, demo, benchmarks, checks).
+
+``start_process`` is the general form: the monitor and the Evidently UI are started the same way.
+"""
 
 from __future__ import annotations
 
@@ -30,15 +33,16 @@ def serve_command(host: str, port: int) -> list[str]:
 
 @dataclass
 class ServiceProcess:
-    """A running service: its URL, process and log file."""
+    """A running child process that answers HTTP: its URL, process, log file and readiness path."""
 
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
     _log: IO[bytes]
+    ready_path: str = "/readyz"
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        """Block until /readyz answers 200.
+        """Block until ``ready_path`` answers 200.
 
         Raises:
             RuntimeError: the process exited (the end of its log is in the message).
@@ -48,9 +52,9 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"bentoml serve exited with {self.process.returncode}:\n{tail}")
+                raise RuntimeError(f"{self.process.args!r} exited with {self.process.returncode}:\n{tail}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -77,17 +81,25 @@ class ServiceProcess:
         self._log.close()
 
 
-def start_service(
-    env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int | None = None
+def start_process(
+    command: list[str], env: dict[str, str], log_path: Path, url: str, ready_path: str
 ) -> ServiceProcess:
-    """Start `bentoml serve` with ``env`` added to this process's environment (not yet ready)."""
-    port = port or free_port()
+    """Start ``command`` in the project root with ``env`` added to this process's environment.
+
+    Output goes to ``log_path``; the process is not ready yet (``wait_ready``).
+    """
     full_env = {**os.environ, **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     root = Path(__file__).resolve().parents[1]
-    process = subprocess.Popen(
-        serve_command(host, port), cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT
-    )
-    return ServiceProcess(url=f"http://{host}:{port}", process=process, log_path=log_path, _log=log)
+    process = subprocess.Popen(command, cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    return ServiceProcess(url=url, process=process, log_path=log_path, _log=log, ready_path=ready_path)
+
+
+def start_service(
+    env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int | None = None
+) -> ServiceProcess:
+    """Start `bentoml serve` with ``env`` added to this process's environment (not yet ready)."""
+    port = port or free_port()
+    return start_process(serve_command(host, port), env, log_path, f"http://{host}:{port}", "/readyz")

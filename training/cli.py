@@ -236,14 +236,14 @@ def demo_data(
         console.print(f"{name}: {path}")
 
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("demo-output"),
+@app.command("demo-train")
+def demo_train(
+    out: Annotated[Path, typer.Option(help="Working directory.")] = Path("demo-output"),
 ) -> None:
-    """The main job on embedded defaults: data, `auto` training, versions, ONNX export."""
-    from training.demo import run_demo
+    """The training half of `refit demo`: data, `auto` training, ONNX export, versions."""
+    from training.demo import run_training_demo
 
-    run_demo(out, console)
+    run_training_demo(out, console)
 
 
 def _load_plugins() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator
 
@@ -16,3 +17,8 @@ def step(console: Console, title: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     console.print(f"    [dim]{title.split(' ', 1)[0]} done in {time.perf_counter() - start:.1f} s[/]")
+
+
+def refit_command(*args: str) -> list[str]:
+    """The `refit` command line run by this interpreter (a child process needs no PATH entry)."""
+    return [sys.executable, "-c", "from training.cli import main; main()", *args]

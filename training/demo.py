@@ -1,8 +1,13 @@
-"""The main job on embedded defaults: generate data, climb the `auto` ladder, list, export."""
+"""The training half of the demo: generate data, climb the `auto` ladder, export to ONNX.
+
+`refit demo` (monitoring/demo.py) runs the whole loop on top of this; `refit demo-train` runs
+this half alone.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -12,43 +17,64 @@ from training.config import TrainingConfig
 from training.demo_data import write_demo_data
 from training.onnx_export import export_version
 from training.pipeline import train_model
-from training.registry import ModelRegistry
+from training.registry import ModelRegistry, ModelVersion
 
 DEMO_MODEL = "support-tickets"
 
 
-def run_demo(out: Path, console: Console) -> None:
-    """Run the training half of Refit's loop on generated support tickets.
+@dataclass
+class DemoVersion:
+    """The demo's data files and the version trained on them."""
 
-    Each run registers a new version of ``support-tickets`` under ``out`` (so it can be run
-    again), exports it to ONNX with an int8 variant, and prints the version table.
+    paths: dict[str, Path]
+    version: ModelVersion
+    registry: ModelRegistry
+
+
+def train_demo_version(out: Path, console: Console, steps: str = "1/2 2/2") -> DemoVersion:
+    """Generate the demo data under ``out/data`` and train a production version of ``support-tickets``.
+
+    Args:
+        out: the demo's working directory (the registry is ``out/bentoml``).
+        console: where progress goes.
+        steps: the step numbers shown for the two steps (data, training + export).
+
+    Returns:
+        The files written and the registered, ONNX-exported version.
     """
+    data_step, train_step = steps.split()
+    registry = ModelRegistry(out / "bentoml")
+    with step(console, f"{data_step} generating demo data"):
+        paths = write_demo_data(out / "data")
+        console.print(f"    {len(paths)} files in {out / 'data'}")
+    with step(
+        console, f"{train_step} training v1 (auto ladder: baseline -> head -> lora -> full), ONNX export"
+    ):
+        config = TrainingConfig(name=DEMO_MODEL, strategy="auto")
+        outcome = train_model(paths["train"], config, registry=registry, console=console)
+        version = outcome.version
+        assert version is not None  # the demo runs in one process
+        console.print(
+            f"    registered {version.tag} ({version.manifest['strategy']}, {version.stage}): "
+            f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}"
+        )
+        record = export_version(version, quantize=True)
+        console.print(
+            f"    ONNX parity max |diff| {record['parity_max_abs_diff']:.1e}; int8 accuracy change "
+            f"{record['int8']['accuracy_change']:+.4f}"
+        )
+    return DemoVersion(paths=paths, version=version, registry=registry)
+
+
+def run_training_demo(out: Path, console: Console) -> None:
+    """Train and export one demo version, then print the version table (`refit demo-train`)."""
     from training.cli import render_versions
 
     start = time.perf_counter()
-    registry = ModelRegistry(out / "bentoml")
-    with step(console, "1/4 generating demo data"):
-        paths = write_demo_data(out / "data")
-    console.print(f"    {len(paths)} files in {out / 'data'}")
-    with step(console, "2/4 training (auto ladder: baseline -> head -> lora -> full)"):
-        config = TrainingConfig(name=DEMO_MODEL, strategy="auto")
-        outcome = train_model(paths["train"], config, registry=registry, console=console)
-    version = outcome.version
-    assert version is not None  # the demo runs in one process
+    trained = train_demo_version(out, console)
+    console.print(render_versions(trained.registry.versions(DEMO_MODEL)))
     console.print(
-        f"    registered {version.tag} ({version.manifest['strategy']}, {version.stage}): "
-        f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}"
-    )
-    with step(console, "3/4 exporting to ONNX (parity check, int8 quantisation)"):
-        record = export_version(version, quantize=True)
-    console.print(
-        f"    parity max |diff| {record['parity_max_abs_diff']:.1e}; int8 accuracy change "
-        f"{record['int8']['accuracy_change']:+.4f}"
-    )
-    with step(console, "4/4 versions"):
-        console.print(render_versions(registry.versions(DEMO_MODEL)))
-    console.print(
-        f"[bold green]demo finished in {time.perf_counter() - start:.0f} s[/]; report: "
-        f"{version.path / 'report.html'}; registry: {registry.home} "
-        f"(BENTOML_HOME={registry.home} refit models list)"
+        f"[bold green]finished in {time.perf_counter() - start:.0f} s[/]; report: "
+        f"{trained.version.path / 'report.html'}; registry: {trained.registry.home} "
+        f"(BENTOML_HOME={trained.registry.home} refit models list)"
     )

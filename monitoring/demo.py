@@ -1,0 +1,290 @@
+"""`refit demo` (`make demo`): the whole loop on generated data, on loopback, in a few minutes.
+
+Train v1 -> serve it -> replay in-distribution traffic with some feedback -> replay drifted
+traffic (new intents, typos) -> the monitor process sees the drift, retrains, the gate promotes
+v2 -> the service swaps while the traffic goes on -> summary -> everything stopped. Exits 0 only
+if the loop closed: a version promoted by the monitor answered requests and no request failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from monitoring.demo_report import DemoOutcome, render_summary
+from monitoring.process import start_evidently_ui, start_monitor
+from monitoring.replay import ReplayStats, choose_feedback, replay
+from monitoring.store import create_monitor_tables, read_checks, read_retrains
+from service.logstore import create_log_engine
+from service.process import ServiceProcess, start_service
+from training.cli_support import step
+from training.demo import DEMO_MODEL, train_demo_version
+from training.demo_data import NEW_INTENTS
+
+MARKER = ".refit-demo"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The demo's pace and the monitor's settings for it (small windows, a short interval)."""
+
+    rate: float = 25.0  # requests per second from the replay clients
+    concurrency: int = 4  # client threads: several requests in flight, so batches form
+    feedback_share: float = 0.3  # rows whose true label is sent back
+    check_interval_s: float = 10.0  # the monitor's schedule
+    window_size: int = 300
+    min_window: int = 150
+    min_feedback: int = 40
+    swap_timeout_s: float = 360.0  # drifted traffic runs at most this long waiting for v2
+    after_swap: int = 100  # requests answered by v2 before the traffic stops
+    seed: int = 0
+
+
+def prepare_directory(out: Path) -> None:
+    """Empty ``out`` if an earlier demo made it (a marker file says so); refuse any other non-empty dir.
+
+    Raises:
+        SystemExit: ``out`` holds files the demo did not write.
+    """
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise SystemExit(f"{out} is not empty and was not made by `refit demo`; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by refit demo; emptied at the start of each run\n")
+
+
+def service_env(home: Path) -> dict[str, str]:
+    """``REFIT_SERVE_*`` for the demo's service: feedback may name the intents about to appear."""
+    return {
+        "BENTOML_HOME": str(home),
+        "REFIT_SERVE_MODEL": DEMO_MODEL,
+        "REFIT_SERVE_REGISTRY_HOME": str(home),
+        "REFIT_SERVE_FEEDBACK_EXTRA_LABELS": json.dumps(sorted(NEW_INTENTS)),
+    }
+
+
+def monitor_env(home: Path, plan: DemoPlan) -> dict[str, str]:
+    """``REFIT_MONITOR_*`` for the demo's monitor: mode retrain, a check every few seconds."""
+    return {
+        "BENTOML_HOME": str(home),
+        "REFIT_MONITOR_MODEL": DEMO_MODEL,
+        "REFIT_MONITOR_REGISTRY_HOME": str(home),
+        "REFIT_MONITOR_MODE": "retrain",
+        "REFIT_MONITOR_INTERVAL_S": str(plan.check_interval_s),
+        "REFIT_MONITOR_WINDOW_SIZE": str(plan.window_size),
+        "REFIT_MONITOR_MIN_WINDOW": str(plan.min_window),
+        "REFIT_MONITOR_MIN_FEEDBACK": str(plan.min_feedback),
+        "REFIT_MONITOR_PERSIST_CHECKS": "2",
+        "REFIT_MONITOR_COOLDOWN_S": "3600",  # one retrain per demo
+        "REFIT_MONITOR_RETRAIN_TIMEOUT_S": "300",
+    }
+
+
+def drifted_traffic(paths: dict[str, Path], seed: int) -> pd.DataFrame:
+    """New intents and heavy typos, shuffled together."""
+    frames = [pd.read_csv(paths["drift_new_intents"]), pd.read_csv(paths["drift_typos"])]
+    return pd.concat(frames).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+class LoopWatcher:
+    """Reads the monitor's tables and the registry while traffic flows, for the progress line."""
+
+    def __init__(self, home: Path, first_version: str) -> None:
+        self.engine = create_log_engine(f"sqlite:///{home / 'refit' / 'inference.db'}")
+        create_monitor_tables(self.engine)
+        self.first_version = first_version
+
+    def checks(self) -> list[dict[str, Any]]:
+        """The checks so far, oldest first."""
+        return list(reversed(read_checks(self.engine, DEMO_MODEL, limit=1000)))
+
+    def retrains(self) -> list[dict[str, Any]]:
+        """The retrain decisions so far, oldest first."""
+        return list(reversed(read_retrains(self.engine, DEMO_MODEL, limit=1000)))
+
+    def describe(self) -> str:
+        """'checks: ok ok drift drift | retrain: promoted' for the progress bar."""
+        statuses = " ".join(c["status"].replace("insufficient_data", "wait") for c in self.checks()[-6:])
+        retrains = self.retrains()
+        retrain = retrains[-1]["outcome"] if retrains else "-"
+        return f"checks: {statuses or '-'} | retrain: {retrain}"
+
+
+def run_traffic(
+    console: Console,
+    url: str,
+    rows: pd.DataFrame,
+    plan: DemoPlan,
+    watcher: LoopWatcher,
+    title: str,
+    stats: ReplayStats | None = None,
+    until: Any = None,
+    repeat: bool = False,
+) -> ReplayStats:
+    """Replay ``rows`` with a progress bar whose text follows the monitor's checks."""
+    labelled = choose_feedback(len(rows), plan.feedback_share, plan.seed)
+    columns = [TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns.append(TextColumn("{task.fields[loop]}"))
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(title, total=None if repeat else len(rows), loop="")
+        done = threading.Event()
+
+        def follow() -> None:
+            while not done.wait(1.0):
+                progress.update(task, loop=watcher.describe())
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        try:
+            stats = replay(
+                url,
+                rows,
+                labelled,
+                rate=plan.rate,
+                concurrency=plan.concurrency,
+                stats=stats,
+                on_row=lambda: progress.advance(task),
+                until=until,
+                repeat=repeat,
+            )
+        finally:
+            done.set()
+            follower.join()
+        progress.update(task, loop=watcher.describe())
+    return stats
+
+
+def wait_for_check(watcher: LoopWatcher, after: int, timeout: float) -> None:
+    """Block until the monitor has recorded more than ``after`` checks (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while len(watcher.checks()) <= after and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+@dataclass
+class DemoRun:
+    """A finished loop whose processes still run: what it found and where they listen."""
+
+    outcome: DemoOutcome
+    service: ServiceProcess
+    monitor: ServiceProcess
+    ui: ServiceProcess
+
+
+@contextlib.contextmanager
+def loop_demo(out: Path, console: Console, plan: DemoPlan | None = None) -> Iterator[DemoRun]:
+    """Run the whole loop under ``out``; yield while its processes still run; stop them on exit.
+
+    Args:
+        out: the demo's working directory (emptied first if an earlier demo made it).
+        console: where progress and the summary go.
+        plan: pace and monitor settings.
+    """
+    plan = plan or DemoPlan()
+    start = time.monotonic()
+    prepare_directory(out)
+    trained = train_demo_version(out, console, steps="1/6 2/6")
+    home, v1 = trained.registry.home, trained.version.version
+    processes: list[ServiceProcess] = []
+    try:
+        with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
+            server, monitor, ui = start_processes(out, home, plan, processes)
+            console.print(f"    service {server.url} (v1 {v1}); monitor metrics {monitor.url}/metrics")
+        watcher = LoopWatcher(home, v1)
+        with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
+            calm_rows = pd.read_csv(trained.paths["traffic"])
+            calm = run_traffic(console, server.url, calm_rows, plan, watcher, "calm   ")
+            wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
+        onset = time.monotonic()
+        with step(console, "5/6 drifted traffic (new intents, typos) until v2 serves"):
+            drift_rows = drifted_traffic(trained.paths, plan.seed)
+            stats = ReplayStats()
+
+            def closed() -> bool:
+                new = stats.answered_by_others(v1)
+                return new >= plan.after_swap or time.monotonic() - onset > plan.swap_timeout_s
+
+            drifted = run_traffic(
+                console, server.url, drift_rows, plan, watcher, "drifted", stats, until=closed, repeat=True
+            )
+        outcome = DemoOutcome.collect(
+            out=out,
+            registry=trained.registry,
+            first=v1,
+            calm=calm,
+            drifted=drifted,
+            checks=watcher.checks(),
+            retrains=watcher.retrains(),
+            onset=onset,
+            urls={
+                "service API docs": f"{server.url}/",
+                "service metrics": f"{server.url}/metrics",
+                "monitor metrics": f"{monitor.url}/metrics",
+                "Evidently UI": ui.url,
+            },
+            workspace=home / "refit" / "evidently",
+            seconds=time.monotonic() - start,
+        )
+        with step(console, "6/6 summary"):
+            render_summary(outcome, console)
+            (out / "summary.json").write_text(json.dumps(outcome.to_json(), indent=2, default=str) + "\n")
+        yield DemoRun(outcome=outcome, service=server, monitor=monitor, ui=ui)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        console.print(f"stopped {len(processes)} processes (logs in {out / 'logs'})")
+
+
+def start_processes(
+    out: Path, home: Path, plan: DemoPlan, started: list[ServiceProcess]
+) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
+    """Start the service, the monitor and the Evidently UI, each ready before the next starts.
+
+    Each is appended to ``started`` as soon as it runs, so the caller stops it whatever happens next.
+    """
+    server = start_service(service_env(home), out / "logs" / "service.log")
+    started.append(server)
+    server.wait_ready()
+    monitor = start_monitor(monitor_env(home, plan), out / "logs" / "monitor.log")
+    started.append(monitor)
+    monitor.wait_ready()
+    ui = start_evidently_ui(home / "refit" / "evidently", out / "logs" / "evidently-ui.log")
+    started.append(ui)
+    ui.wait_ready(timeout=60)
+    return server, monitor, ui
+
+
+def run_loop_demo(out: Path, console: Console, plan: DemoPlan | None = None, keep: bool = False) -> int:
+    """`refit demo`: the loop, then stop everything; returns 0 only if the loop closed.
+
+    Args:
+        out: the demo's working directory.
+        console: where progress and the summary go.
+        plan: pace and monitor settings.
+        keep: leave the service, monitor and Evidently UI running until Ctrl-C.
+    """
+    with loop_demo(out, console, plan) as run:
+        if keep:
+            console.print("[bold]still running; press Ctrl-C to stop[/]")
+            _wait_for_interrupt()
+    return 0 if run.outcome.closed else 1
+
+
+def _wait_for_interrupt() -> None:
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
