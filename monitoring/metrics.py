@@ -57,3 +57,10 @@ class MonitorMetrics:
             ["model", "version"],
             registry=r,
         )
+
+    def initialise(self, model: str) -> None:
+        """Create the counter series of ``model`` at zero, so rates and alerts see 0, not nothing."""
+        for status in ("ok", "drift", "insufficient_data", "skipped"):
+            self.checks.labels(model, status)
+        for outcome in ("promoted", "rejected", "failed", "skipped"):
+            self.retrains.labels(model, outcome)

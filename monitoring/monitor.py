@@ -54,6 +54,7 @@ class Monitor:
         create_monitor_tables(self.engine)
         self.registry = registry or ModelRegistry(settings.home)
         self.metrics = metrics or MonitorMetrics()
+        self.metrics.initialise(settings.model)
         self.checker = DriftChecker(settings, self.engine, self.registry)
         self.retrainer = retrainer
         self._published_version: str | None = None

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from service.process import ServiceProcess, free_port, start_process
-from training.cli_support import refit_command
 
 
 def start_monitor(env: dict[str, str], log_path: Path, port: int | None = None) -> ServiceProcess:
@@ -16,7 +15,7 @@ def start_monitor(env: dict[str, str], log_path: Path, port: int | None = None) 
     """
     port = port or free_port()
     return start_process(
-        refit_command("monitor", "--port", str(port)),
+        [sys.executable, "-m", "monitoring", "monitor", "--port", str(port)],
         env,
         log_path,
         f"http://127.0.0.1:{port}",

@@ -24,7 +24,7 @@ from service.backends import resolve_backend
 from service.batching import use_greedy_batching
 from service.guard import RequestGuard
 from service.logstore import utc_now
-from service.metrics import service_metrics
+from service.metrics import initialise_series, service_metrics
 from service.payload_log import LogStoreUnavailable, PayloadLog
 from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, text_list_type
@@ -93,6 +93,7 @@ class RefitClassifier:
         if self.settings.batch_wait == "greedy":
             use_greedy_batching()
         self.metrics = service_metrics()
+        initialise_series(self.metrics, self.settings.model)
         self.registry = ModelRegistry(self.settings.home)
         self.backend, device = resolve_backend(self.settings.backend, self.settings.device)
         self.device = worker_device(device)

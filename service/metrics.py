@@ -86,3 +86,19 @@ def service_metrics() -> ServiceMetrics:
             "refit_rejected_requests", "Requests refused before reaching the model.", ["reason"]
         ),
     )
+
+
+REJECT_REASONS = ("body_too_large", "overloaded")
+
+
+def initialise_series(metrics: ServiceMetrics, model: str) -> None:
+    """Create every counter series of ``model`` at zero.
+
+    A labelled counter has no series until first incremented, so before its first swap failure
+    `rate(refit_model_swap_failures_total[5m])` would be empty rather than 0, and a dashboard or an
+    alert could not tell "none" from "not exported".
+    """
+    for counter in (metrics.swaps, metrics.swap_failures, metrics.truncated, metrics.feedback):
+        counter.labels(model)
+    for reason in REJECT_REASONS:
+        metrics.rejected.labels(reason)

@@ -251,15 +251,22 @@ def _load_plugins() -> None:
         entry.load()(app)
 
 
-def main() -> None:
-    """Console-script entry point: run the app, turning Refit errors into clear messages."""
+def main(plugins: bool = True) -> None:
+    """Console-script entry point: run the app, turning Refit errors into clear messages.
+
+    Args:
+        plugins: add the commands of the ``refit.cli`` entry points (`serve`, `monitor`, ...).
+            ``python -m monitoring`` registers them itself, for images where the project is
+            not pip-installed (a Bento), and passes False.
+    """
     from training.model import quiet_transformers
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not console.is_terminal:  # logs and `make demo` output: rich would squeeze tables to 80
         console.width = max(console.width, 140)
     quiet_transformers()
-    _load_plugins()
+    if plugins:
+        _load_plugins()
     try:
         code = app(standalone_mode=False)
     except RefitError as exc:
