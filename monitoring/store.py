@@ -81,7 +81,7 @@ def create_monitor_tables(engine: Engine) -> None:
     from service.logstore import create_tables
 
     create_tables(engine)
-    metadata.create_all(engine, checkfirst=True)
+    create_tables(engine, metadata)
 
 
 def holder_id() -> str:

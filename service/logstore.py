@@ -7,6 +7,7 @@ when several replicas share one log. The monitor reads the same tables.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,17 @@ def create_log_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def create_tables(engine: Engine) -> None:
-    """Create the log's tables where they are missing (safe to call from every replica)."""
-    metadata.create_all(engine, checkfirst=True)
+def create_tables(engine: Engine, tables: MetaData | None = None) -> None:
+    """Create the log's tables (or those of ``tables``) where missing; safe from every replica.
+
+    Replicas starting together race between "does it exist" and "CREATE TABLE"; the loser's
+    CREATE fails on PostgreSQL, and a second pass then finds the tables there.
+    """
+    for attempt in range(3):
+        try:
+            (tables or metadata).create_all(engine, checkfirst=True)
+            return
+        except (IntegrityError, ProgrammingError):
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))

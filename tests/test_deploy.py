@@ -8,6 +8,7 @@ dashboard and the alert rules are checked against a live scrape in tests/test_lo
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import yaml
 
 from monitoring.settings import MonitorSettings
 from service.settings import ServeSettings
+from tests.servers import need
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -207,3 +209,12 @@ def test_grafana_dashboard_and_provisioning() -> None:
 def test_unknown_variables_are_caught(name: str) -> None:
     with pytest.raises(AssertionError):
         check_env_name(name)
+
+
+def test_promtool_accepts_the_prometheus_config_and_rules() -> None:
+    promtool = need("promtool")
+    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+        completed = subprocess.run(
+            [promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True, timeout=60
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
