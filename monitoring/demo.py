@@ -13,7 +13,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,13 +184,20 @@ class DemoRun:
 
 
 @contextlib.contextmanager
-def loop_demo(out: Path, console: Console, plan: DemoPlan | None = None) -> Iterator[DemoRun]:
+def loop_demo(
+    out: Path,
+    console: Console,
+    plan: DemoPlan | None = None,
+    on_started: Callable[[ServiceProcess, ServiceProcess], None] | None = None,
+) -> Iterator[DemoRun]:
     """Run the whole loop under ``out``; yield while its processes still run; stop them on exit.
 
     Args:
         out: the demo's working directory (emptied first if an earlier demo made it).
         console: where progress and the summary go.
         plan: pace and monitor settings.
+        on_started: called with the service and the monitor once both are ready, before any
+            traffic (to point a Prometheus at them, say).
     """
     plan = plan or DemoPlan()
     start = time.monotonic()
@@ -202,6 +209,8 @@ def loop_demo(out: Path, console: Console, plan: DemoPlan | None = None) -> Iter
         with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
             server, monitor, ui = start_processes(out, home, plan, processes)
             console.print(f"    service {server.url} (v1 {v1}); monitor metrics {monitor.url}/metrics")
+            if on_started is not None:
+                on_started(server, monitor)
         watcher = LoopWatcher(home, v1)
         with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
             calm_rows = pd.read_csv(trained.paths["traffic"])
