@@ -33,6 +33,7 @@ from training.demo import DEMO_MODEL, train_demo_version
 from training.demo_data import NEW_INTENTS
 
 MARKER = ".refit-demo"
+DEMO_ENTRIES = {MARKER, "bentoml", "data", "logs", "summary.json"}
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,20 @@ class DemoPlan:
 
 
 def prepare_directory(out: Path) -> None:
-    """Empty ``out`` if an earlier demo made it (a marker file says so); refuse any other non-empty dir.
+    """Empty ``out`` if a demo made it; refuse any other non-empty directory.
+
+    A demo directory has the marker file, or only what the demo writes (an older demo's layout).
 
     Raises:
         SystemExit: ``out`` holds files the demo did not write.
     """
     if out.exists() and any(out.iterdir()):
-        if not (out / MARKER).exists():
-            raise SystemExit(f"{out} is not empty and was not made by `refit demo`; choose another --out")
+        entries = {entry.name for entry in out.iterdir()}
+        if MARKER not in entries and not entries <= DEMO_ENTRIES:
+            raise SystemExit(
+                f"{out} is not empty and was not made by `refit demo` (found {sorted(entries)[:5]}); "
+                "choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("made by refit demo; emptied at the start of each run\n")
