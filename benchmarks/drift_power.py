@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="drift_power")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the cells of an earlier run's JSON that this run does not measure (fill in missing cells)",
+    )
     return parser.parse_args(argv)
 
 
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     windows = [int(w) for w in args.windows.split(",")]
     scenarios = args.scenarios.split(",")
     rows: list[dict[str, Any]] = []
+    earlier = read_earlier(args) if args.merge else []
     cells = [(d, s, w) for s in scenarios for w in windows for d in ("refit", "evidently-default")]
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("cells", total=len(cells))
@@ -240,9 +246,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "seconds_per_check": round(statistics.median(seconds), 3),
                     }
                 )
-                write_results(rows, args)
+                write_results(merge_rows(earlier, rows), args)
             progress.advance(task)
     return rows
+
+
+def read_earlier(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rows of an earlier run's JSON, if there is one."""
+    path = args.out / f"{args.name}.json"
+    return list(json.loads(path.read_text())) if path.is_file() else []
+
+
+def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier rows with this run's cells replaced or added, in the order a full run writes them."""
+    key = lambda r: (r["detector"], r["scenario"], r["window"])  # noqa: E731
+    cells = {key(r): r for r in earlier} | {key(r): r for r in new}
+    order = {name: i for i, name in enumerate(SCENARIOS)}
+    return sorted(
+        cells.values(), key=lambda r: (order.get(r["scenario"], 99), r["window"], r["detector"] != "refit")
+    )
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:

@@ -106,12 +106,11 @@ def drifted_traffic(paths: dict[str, Path], seed: int) -> pd.DataFrame:
 
 
 class LoopWatcher:
-    """Reads the monitor's tables and the registry while traffic flows, for the progress line."""
+    """Reads the monitor's tables while traffic flows, for the progress line and the summary."""
 
-    def __init__(self, home: Path, first_version: str) -> None:
+    def __init__(self, home: Path) -> None:
         self.engine = create_log_engine(f"sqlite:///{home / 'refit' / 'inference.db'}")
         create_monitor_tables(self.engine)
-        self.first_version = first_version
 
     def checks(self) -> list[dict[str, Any]]:
         """The checks so far, oldest first."""
@@ -137,7 +136,7 @@ def run_traffic(
     watcher: LoopWatcher,
     title: str,
     stats: ReplayStats | None = None,
-    until: Any = None,
+    until: Callable[[], bool] | None = None,
     repeat: bool = False,
 ) -> ReplayStats:
     """Replay ``rows`` with a progress bar whose text follows the monitor's checks."""
@@ -218,7 +217,7 @@ def loop_demo(
             console.print(f"    service {server.url} (v1 {v1}); monitor metrics {monitor.url}/metrics")
             if on_started is not None:
                 on_started(server, monitor)
-        watcher = LoopWatcher(home, v1)
+        watcher = LoopWatcher(home)
         with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
             calm_rows = pd.read_csv(trained.paths["traffic"])
             calm = run_traffic(console, server.url, calm_rows, plan, watcher, "calm   ")

@@ -111,6 +111,24 @@ def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: 
     assert {r["detector"] for r in rows} == {"refit", "evidently-default"}
     assert all(0.0 <= r["rate"] <= 1.0 for r in rows)
 
+    # --merge fills in cells and keeps the rest: re-run one scenario at one window size.
+    again = drift_power.main(
+        [
+            "--data", str(banking_like), "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model), "--windows", "40", "--scenarios", "typos",
+            "--max-length", "16", "--trials", "3", "--baseline-trials", "1", "--out", str(tmp_path),
+            "--merge",
+        ]
+    )  # fmt: skip
+    merged = json.loads((tmp_path / "drift_power.json").read_text())
+    assert len(merged) == len(rows)
+    cell = {(r["detector"], r["scenario"], r["window"]): r for r in merged}
+    assert cell[("refit", "typos", 40)] == next(r for r in again if r["detector"] == "refit")
+    assert cell[("refit", "typos", 40)]["trials"] == 3
+    assert cell[("refit", "none", 20)] == next(
+        r for r in rows if (r["scenario"], r["window"]) == ("none", 20)
+    )
+
 
 def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import retrain_recovery
