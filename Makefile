@@ -29,8 +29,8 @@ gpu-check: $(STAMP)
 	$(PY) -m service.gpu_check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training service monitoring tests benchmarks
-	$(VENV)/bin/ruff format --check training service monitoring tests benchmarks
+	$(VENV)/bin/ruff check training service monitoring tests benchmarks docs
+	$(VENV)/bin/ruff format --check training service monitoring tests benchmarks docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

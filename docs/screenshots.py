@@ -23,8 +23,9 @@ from tests.servers import chromium, prometheus_server
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "img"
+REQUESTS = 'rate(bentoml_service_request_total{endpoint="/classify"}[15s])'
 GRAPHS = {
-    "prometheus-requests.png": 'sum by (http_response_code) (rate(bentoml_service_request_total{endpoint="/classify"}[15s]))',
+    "prometheus-requests.png": f"sum by (http_response_code) ({REQUESTS})",
     "prometheus-drift.png": "refit_drift_share",
 }
 
