@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-latency-ms", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="serve_load")
+    parser.add_argument(
+        "--together", action="store_true", help="keep every server up for the whole run (the old way)"
+    )
     return parser.parse_args(argv)
 
 
@@ -89,7 +92,7 @@ def measure_limit(
     device = benchmark_device()
     for backend in backends_for(device):
         model = load_model(version, backend, device, threads, 3)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for size in batches:
             sample = texts[: max(size, min(n, len(texts)))]
             timings = []
@@ -152,9 +155,17 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def start_systems(version: ModelVersion, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
-    """The three servers, started together and ready."""
-    common = {
+def system_names() -> list[str]:
+    """The servers this machine can run: the Refit backends for its device, and the naive one."""
+    return [f"refit-{backend}" for backend in backends_for(benchmark_device())] + ["naive"]
+
+
+def start_system(name: str, version: ModelVersion, args: argparse.Namespace, logs: Path) -> ServiceProcess:
+    """Start one server (not yet ready): ``refit-torch``, ``refit-onnx`` or ``naive``."""
+    if name == "naive":
+        return start_naive(version, logs / "naive.log")
+    device = benchmark_device()
+    env = {
         "BENTOML_HOME": str(args.home),
         "REFIT_SERVE_MODEL": version.name,
         "REFIT_SERVE_REGISTRY_HOME": str(args.home),
@@ -162,21 +173,54 @@ def start_systems(version: ModelVersion, args: argparse.Namespace, logs: Path) -
         "REFIT_SERVE_MAX_LATENCY_MS": str(args.max_latency_ms),
         "REFIT_SERVE_MAX_INFLIGHT": "4096",
         "REFIT_SERVE_LOG_URL": f"sqlite:///{logs / 'inference.db'}",
+        "REFIT_SERVE_BACKEND": name.removeprefix("refit-"),
+        "REFIT_SERVE_DEVICE": device,
     }
-    device = benchmark_device()
     if device == "cuda":
-        common["REFIT_SERVE_GPUS"] = "1"
-    servers: dict[str, Any] = {
-        f"refit-{backend}": start_service(
-            {**common, "REFIT_SERVE_BACKEND": backend, "REFIT_SERVE_DEVICE": device},
-            logs / f"refit-{backend}.log",
-        )
-        for backend in backends_for(device)
-    }
-    servers["naive"] = start_naive(version, logs / "naive.log")
-    for server in servers.values():
-        server.wait_ready()
-    return servers
+        env["REFIT_SERVE_GPUS"] = "1"
+    return start_service(env, logs / f"{name}.log")
+
+
+def run_rounds(
+    version: ModelVersion, args: argparse.Namespace, texts: list[str], concurrencies: list[int]
+) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], dict[str, float]]:
+    """Every round measures every system at every concurrency; the cells and each system's RSS.
+
+    Each system runs alone on the machine: started, warmed up, measured and stopped within its
+    turn of the round. With all of them up at once (``--together``), the idle ones' background
+    threads and the previous one's log writer took cores from the one under load.
+    """
+    logs = args.home / "serve-logs"
+    names = system_names()
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    rss: dict[str, float] = {}
+    together = {name: start_system(name, version, args, logs) for name in names} if args.together else {}
+    try:
+        for server in together.values():
+            server.wait_ready()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("load", total=args.rounds * len(concurrencies) * len(names))
+            for _ in range(args.rounds):
+                for name in names:
+                    server = together.get(name) or start_system(name, version, args, logs)
+                    try:
+                        server.wait_ready()
+                        run_closed_loop(
+                            f"{server.url}/classify", texts, 4, min(2.0, args.duration)
+                        )  # warm-up
+                        for concurrency in concurrencies:
+                            progress.update(task, description=f"{name} c={concurrency}")
+                            cell = measure_cell(name, server, texts, concurrency, args.duration)
+                            cells.setdefault((name, concurrency), []).append(cell)
+                            progress.advance(task)
+                        rss[name] = max(rss.get(name, 0.0), server.worker_rss_mb())
+                    finally:
+                        if name not in together:
+                            server.stop()
+    finally:
+        for server in together.values():
+            server.stop()
+    return cells, rss
 
 
 def start_naive(version: ModelVersion, log_path: Path) -> ServiceProcess:
@@ -283,7 +327,8 @@ def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[st
     lines = [
         "# Serving load: one text per request, closed-loop clients",
         "",
-        f"{env['machine']}; {env['when']}; {env['rounds']} interleaved rounds of {env['duration']} s "
+        f"{env['machine']}; {env['when']}; {env['layout']}; {env['rounds']} interleaved rounds of "
+        f"{env['duration']} s "
         "per cell, medians. `limit` rows: the best in-process backend, concurrency = batch size, "
         "rps = texts/s.",
         "",
@@ -304,32 +349,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     version = ensure_model(args, train)
     texts = list(test["text"])
     rows = measure_limit(version, texts, [int(b) for b in args.limit_batches.split(",")], args.limit_texts)
-    logs = args.home / "serve-logs"
-    servers = start_systems(version, args, logs)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    try:
-        for server in servers.values():  # warm-up: first requests pay for lazy set-up
-            run_closed_loop(f"{server.url}/classify", texts, 4, min(2.0, args.duration))
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("load", total=args.rounds * len(concurrencies) * len(servers))
-            for _ in range(args.rounds):
-                for concurrency in concurrencies:
-                    for system, server in servers.items():
-                        progress.update(task, description=f"{system} c={concurrency}")
-                        cell = measure_cell(system, server, texts, concurrency, args.duration)
-                        cells.setdefault((system, concurrency), []).append(cell)
-                        progress.advance(task)
-        rss = {system: server.worker_rss_mb() for system, server in servers.items()}
-    finally:
-        for server in servers.values():
-            server.stop()
+    cells, rss = run_rounds(version, args, texts, concurrencies)
     rows += summarise(cells, rss)
     targets = check_targets(rows)
     env = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {machine_accelerator()}",
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "rounds": args.rounds,
+        "layout": "all servers up together" if args.together else "one server up at a time",
         "duration": args.duration,
     }
     args.out.mkdir(parents=True, exist_ok=True)
