@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from rich.progress import Progress
 from benchmarks.train_banking77 import load_banking77
 from service.loadgen import run_closed_loop
 from service.predictor import load_model
-from service.process import ServiceProcess, free_port, start_service
+from service.process import ServiceProcess, free_port, start_process, start_service
 from training.config import TrainingConfig
 from training.model import quiet_transformers
 from training.onnx_export import export_version
@@ -226,21 +225,10 @@ def run_rounds(
 def start_naive(version: ModelVersion, log_path: Path) -> ServiceProcess:
     """The hand-written FastAPI server, under uvicorn with one worker."""
     port = free_port()
-    log = log_path.open("wb")
-    env = {**os.environ, "REFIT_NAIVE_MODEL_DIR": str(version.path / "model")}
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.naive_server:app",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    root = Path(__file__).resolve().parents[1]
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return ServiceProcess(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, _log=log)
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:app", "--port", str(port)]
+    command += ["--log-level", "warning"]
+    env = {"REFIT_NAIVE_MODEL_DIR": str(version.path / "model")}
+    return start_process(command, env, log_path, f"http://127.0.0.1:{port}", "/readyz")
 
 
 def batch_counters(url: str) -> tuple[float, float]:

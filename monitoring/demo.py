@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from monitoring.demo_report import DemoOutcome, render_summary
 from monitoring.process import start_evidently_ui, start_monitor
 from monitoring.replay import ReplayStats, choose_feedback, replay
+from monitoring.settings import MonitorSettings
 from monitoring.store import create_monitor_tables, read_checks, read_retrains
 from service.logstore import create_log_engine
 from service.process import ServiceProcess, start_service
@@ -72,12 +73,22 @@ def prepare_directory(out: Path) -> None:
     (out / MARKER).write_text("made by refit demo; emptied at the start of each run\n")
 
 
+def demo_paths(home: Path) -> MonitorSettings:
+    """The log URL and Evidently workspace the project derives from ``home`` (no environment read).
+
+    The demo pins both in its children's environment, so a ``REFIT_*_LOG_URL`` of the caller's
+    shell cannot split the service, the monitor and the demo's own reads across two databases.
+    """
+    return MonitorSettings.model_construct(registry_home=home)
+
+
 def service_env(home: Path) -> dict[str, str]:
     """``REFIT_SERVE_*`` for the demo's service: feedback may name the intents about to appear."""
     return {
         "BENTOML_HOME": str(home),
         "REFIT_SERVE_MODEL": DEMO_MODEL,
         "REFIT_SERVE_REGISTRY_HOME": str(home),
+        "REFIT_SERVE_LOG_URL": demo_paths(home).resolved_log_url,
         "REFIT_SERVE_FEEDBACK_EXTRA_LABELS": json.dumps(sorted(NEW_INTENTS)),
     }
 
@@ -88,6 +99,8 @@ def monitor_env(home: Path, plan: DemoPlan) -> dict[str, str]:
         "BENTOML_HOME": str(home),
         "REFIT_MONITOR_MODEL": DEMO_MODEL,
         "REFIT_MONITOR_REGISTRY_HOME": str(home),
+        "REFIT_MONITOR_LOG_URL": demo_paths(home).resolved_log_url,
+        "REFIT_MONITOR_WORKSPACE": str(demo_paths(home).workspace_path),
         "REFIT_MONITOR_MODE": "retrain",
         "REFIT_MONITOR_INTERVAL_S": str(plan.check_interval_s),
         "REFIT_MONITOR_WINDOW_SIZE": str(plan.window_size),
@@ -109,7 +122,7 @@ class LoopWatcher:
     """Reads the monitor's tables while traffic flows, for the progress line and the summary."""
 
     def __init__(self, home: Path) -> None:
-        self.engine = create_log_engine(f"sqlite:///{home / 'refit' / 'inference.db'}")
+        self.engine = create_log_engine(demo_paths(home).resolved_log_url)
         create_monitor_tables(self.engine)
 
     def checks(self) -> list[dict[str, Any]]:
@@ -249,7 +262,7 @@ def loop_demo(
                 "monitor metrics": f"{monitor.url}/metrics",
                 "Evidently UI": ui.url,
             },
-            workspace=home / "refit" / "evidently",
+            workspace=demo_paths(home).workspace_path,
             seconds=time.monotonic() - start,
         )
         with step(console, "6/6 summary"):
@@ -275,7 +288,7 @@ def start_processes(
     monitor = start_monitor(monitor_env(home, plan), out / "logs" / "monitor.log")
     started.append(monitor)
     monitor.wait_ready()
-    ui = start_evidently_ui(home / "refit" / "evidently", out / "logs" / "evidently-ui.log")
+    ui = start_evidently_ui(demo_paths(home).workspace_path, out / "logs" / "evidently-ui.log")
     started.append(ui)
     ui.wait_ready(timeout=60)
     return server, monitor, ui

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,8 +50,6 @@ class DemoOutcome:
         seconds: float,
     ) -> DemoOutcome:
         """Read the registry's state and judge whether the loop closed."""
-        import time
-
         production = registry.get(f"{DEMO_MODEL}:production").version
         onset_wall = datetime.fromtimestamp(time.time() - (time.monotonic() - onset), tz=UTC)
         outcome = cls(

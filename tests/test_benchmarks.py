@@ -89,19 +89,11 @@ def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path)
 def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import drift_power
 
-    rows = drift_power.main(
-        [
-            "--data", str(banking_like),
-            "--home", str(tmp_path / "home"),
-            "--base-model", str(tiny_base_model),
-            "--windows", "20,40",
-            "--max-length", "16",
-            "--trials", "2",
-            "--baseline-trials", "1",
-            "--none-trials", "2",
-            "--out", str(tmp_path),
-        ]
-    )  # fmt: skip
+    common = [
+        "--data", str(banking_like), "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model),
+        "--max-length", "16", "--baseline-trials", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    rows = drift_power.main([*common, "--windows", "20,40", "--trials", "2", "--none-trials", "2"])
     saved = json.loads((tmp_path / "drift_power.json").read_text())
     assert saved == rows
     assert all(
@@ -112,14 +104,7 @@ def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: 
     assert all(0.0 <= r["rate"] <= 1.0 for r in rows)
 
     # --merge fills in cells and keeps the rest: re-run one scenario at one window size.
-    again = drift_power.main(
-        [
-            "--data", str(banking_like), "--home", str(tmp_path / "home"),
-            "--base-model", str(tiny_base_model), "--windows", "40", "--scenarios", "typos",
-            "--max-length", "16", "--trials", "3", "--baseline-trials", "1", "--out", str(tmp_path),
-            "--merge",
-        ]
-    )  # fmt: skip
+    again = drift_power.main([*common, "--windows", "40", "--scenarios", "typos", "--trials", "3", "--merge"])
     merged = json.loads((tmp_path / "drift_power.json").read_text())
     assert len(merged) == len(rows)
     cell = {(r["detector"], r["scenario"], r["window"]): r for r in merged}
