@@ -10,6 +10,7 @@ it promotes only if (2) improves and (1) drops by no more than the tolerance.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import subprocess
@@ -25,7 +26,9 @@ import yaml
 
 from training.artifacts import CONFIG_FILE, load_version_model, read_json, read_labels, read_split
 from training.cli_support import refit_command
+from training.data import normalize_text
 from training.inference import predict
+from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -42,14 +45,22 @@ class RetrainResult:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def split_feedback(
-    feedback: pd.DataFrame, holdout: float, seed: int = 0
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training part, gate part) of the feedback: one row per text (the latest label wins)."""
+def split_feedback(feedback: pd.DataFrame, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training part, gate part) of the feedback: one row per text (the latest label wins).
+
+    A row's side is fixed by a hash of its text, not drawn anew at each retrain: otherwise the
+    gate of a later retrain would hold rows that the production version was trained on, and
+    production would win the comparison on rows it had learnt.
+    """
     rows = feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[["text", "label"]]
-    rows = rows.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    cut = round(len(rows) * holdout)
-    return rows.iloc[cut:].reset_index(drop=True), rows.iloc[:cut].reset_index(drop=True)
+    in_gate = rows["text"].map(lambda text: stable_fraction(normalize_text(str(text))) < holdout)
+    return rows[~in_gate].reset_index(drop=True), rows[in_gate].reset_index(drop=True)
+
+
+def stable_fraction(text: str) -> float:
+    """A number in [0, 1) fixed by ``text`` alone (the same in every process and on every run)."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def hold_back_rare_new_labels(
@@ -119,24 +130,40 @@ def train_candidate(
         yaml.safe_dump({k: v for k, v in config.items() if v is not None}), encoding="utf-8"
     )
     before = {v.version for v in registry.versions(production.name)}
-    command = refit_command(
-        "train", str(data_path), "--config", str(config_path), "--home", str(registry.home)
-    )
-    log_path = workdir / "retrain.log"
-    with log_path.open("wb") as log:
-        try:
-            completed = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"retraining ran past its {timeout_s:.0f} s limit and was killed") from exc
-    if completed.returncode != 0:
-        tail = log_path.read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"retraining exited with {completed.returncode}: {tail}")
+    arguments = ["train", str(data_path), "--config", str(config_path), "--home", str(registry.home)]
+    if read_export_record(production) is not None:
+        # A service on the ONNX backend would otherwise export the candidate itself when it is
+        # promoted: 20+ s of a swap spent on a serving machine (and its parity check) instead of here.
+        arguments.append("--export-onnx")
+    run_refit(arguments, timeout_s, workdir / "retrain.log")
     new = [v.version for v in registry.versions(production.name) if v.version not in before]
     if not new:
         raise RuntimeError("retraining finished but registered no version")
     return new[-1]
+
+
+def run_refit(arguments: list[str], timeout_s: float, log_path: Path) -> None:
+    """Run one `refit` command in a child process with a time limit, its output to ``log_path``.
+
+    Raises:
+        RuntimeError: the child failed or ran past ``timeout_s`` (it is killed).
+    """
+    with log_path.open("wb") as log:
+        try:
+            completed = subprocess.run(
+                refit_command(*arguments),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(
+                f"`refit {arguments[0]}` ran past its {timeout_s:.0f} s limit and was killed"
+            ) from exc
+    if completed.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"`refit {' '.join(arguments[:2])}` exited with {completed.returncode}: {tail}")
 
 
 def retrain_and_gate(
@@ -146,7 +173,7 @@ def retrain_and_gate(
     *,
     holdout: float = 0.3,
     min_feedback: int = 20,
-    min_examples: int = 3,
+    min_examples: int = 1,
     tolerance: float = 0.01,
     strategy: str | None = None,
     timeout_s: float = 3600.0,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from training.artifacts import load_version_model
 from training.model import TextClassifier
 from training.registry import ModelVersion
 
@@ -183,12 +184,15 @@ def ensure_onnx_export(version: ModelVersion) -> os.PathLike[str]:
     return path
 
 
-def load_backend(
-    version: ModelVersion, model: TextClassifier, backend: str, device: str, threads: int
-) -> Backend:
-    """Build the backend that serves ``version`` (``model`` is its torch model, already loaded)."""
+def load_backend(version: ModelVersion, backend: str, device: str, threads: int) -> Backend:
+    """Build the backend that serves ``version``.
+
+    The ONNX backend reads only the export: loading the torch weights as well took seconds of a
+    swap (and their memory) for nothing.
+    """
     if backend == "onnx":
         return OnnxBackend(ensure_onnx_export(version), device, threads)
+    model, _ = load_version_model(version)
     if threads and device == "cpu":
         import torch
 

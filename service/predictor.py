@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.backends import Backend, encode_texts, load_backend
-from training.artifacts import load_version_model, read_labels, read_metrics
+from training.artifacts import load_version_tokenizer, read_labels, read_metrics
 from training.errors import ModelLoadError
 from training.inference import softmax
 from training.registry import ModelVersion
@@ -136,11 +136,10 @@ def load_model(
     """
     start = time.perf_counter()
     try:
-        model, tokenizer = load_version_model(version)
         loaded = LoadedModel(
             version=version,
-            backend=load_backend(version, model, backend, device, threads),
-            tokenizer=tokenizer,
+            backend=load_backend(version, backend, device, threads),
+            tokenizer=load_version_tokenizer(version),
             labels=read_labels(version),
             max_length=int(version.manifest.get("max_length", 128)),
             metrics=read_metrics(version),

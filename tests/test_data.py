@@ -68,6 +68,17 @@ def test_label_with_one_example(tmp_path: Path) -> None:
         prepare_splits(_write(tmp_path, frame))
 
 
+def test_a_label_with_one_example_is_learnt_when_a_test_file_is_given(tmp_path: Path) -> None:
+    # A retrain gives production's test split as the test file: a new label's first feedback
+    # row must be trainable, not refused.
+    frame = pd.concat([tiny_rows(), pd.DataFrame([{"text": "a lonely text", "label": "rare"}])])
+    test = tmp_path / "test.csv"
+    tiny_rows().head(6).to_csv(test, index=False)
+    splits = prepare_splits(_write(tmp_path, frame), test_file=test)
+    assert "a lonely text" in set(splits.train["text"])
+    assert "rare" in splits.labels
+
+
 def test_single_class(tmp_path: Path) -> None:
     frame = tiny_rows().assign(label="refund")
     with pytest.raises(

@@ -25,6 +25,7 @@ from monitoring.store import acquire_lease, read_checks, read_retrains, release_
 from tests.conftest import SERVICE_LIMITS, build_service_app
 from training.config import TrainingConfig
 from training.demo_data import NEW_INTENTS, write_demo_data
+from training.onnx_export import read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
@@ -179,6 +180,10 @@ def test_gate_promotes_a_better_candidate_and_the_service_swaps(
         production.version == result.candidate
         and production.manifest["parent_version"] == demo_home["version"]
     )
+    # The service exported v1 when it loaded it, so the retrain exported the candidate before the
+    # gate promoted it: a swap never waits for an export.
+    assert read_export_record(registry.get(f"support:{demo_home['version']}")) is not None
+    assert read_export_record(production) is not None
     audit = read_retrains(monitor.engine, "support")[0]
     assert audit["outcome"] == "promoted" and audit["candidate_version"] == result.candidate
     registry.rollback("support", reason="test")
@@ -340,6 +345,18 @@ def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:
     kept, held = hold_back_rare_new_labels(rows, ["known"], min_examples=3)
     assert held == {"new_b": 2}
     assert sorted(kept["label"]) == ["known", "known", "new_a", "new_a", "new_a"]
+
+
+def test_feedback_rows_keep_their_side_of_the_gate_split_as_feedback_grows() -> None:
+    from monitoring.retrain import split_feedback
+
+    rows = pd.DataFrame({"text": [f"text {i}" for i in range(400)], "label": ["a", "b"] * 200})
+    train_early, gate_early = split_feedback(rows.head(200), holdout=0.3)
+    train_late, gate_late = split_feedback(rows, holdout=0.3)
+    # No row a production version trained on may turn up in a later gate, nor the reverse.
+    assert set(train_early["text"]) <= set(train_late["text"])
+    assert set(gate_early["text"]) <= set(gate_late["text"])
+    assert 0.2 < len(gate_late) / len(rows) < 0.4
 
 
 def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from training.errors import ModelLoadError
-from training.model import TextClassifier, load_classifier
+from training.model import TextClassifier, load_classifier, load_tokenizer
 from training.profile import PROFILE_FILE, read_reference_profile
 from training.registry import ModelVersion
 
@@ -77,6 +77,11 @@ def read_metrics(version: ModelVersion) -> dict[str, Any]:
 def load_version_model(version: ModelVersion) -> tuple[TextClassifier, Any]:
     """The version's classifier (eval mode, CPU) and tokenizer."""
     return load_classifier(version.path / MODEL_DIR)
+
+
+def load_version_tokenizer(version: ModelVersion) -> Any:
+    """The version's tokenizer alone (what a backend that runs the ONNX export needs)."""
+    return load_tokenizer(str(version.path / MODEL_DIR))
 
 
 def load_version_profile(version: ModelVersion) -> pd.DataFrame:

@@ -71,6 +71,9 @@ def train(
         list[str] | None, typer.Option("--set", help="Any config key: --set lora_r=8")
     ] = None,
     promote: Annotated[bool, typer.Option(help="Make the new version production.")] = False,
+    export_onnx: Annotated[
+        bool, typer.Option(help="Also export the new version to ONNX (with its parity check).")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Fine-tune a model on DATA and register a new version."""
@@ -97,6 +100,11 @@ def train(
         return
     for warning in outcome.warnings:
         console.print(f"[yellow]data warning:[/] {warning}")
+    if export_onnx:
+        from training.onnx_export import export_version
+
+        record = export_version(v)
+        console.print(f"exported to ONNX: parity max |diff| {record['parity_max_abs_diff']:.2e}")
     console.print(
         f"[green]registered[/] {v.tag} ({v.manifest['strategy']}, stage {v.stage}): "
         f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}, "

@@ -144,21 +144,26 @@ def validate_texts(frame: pd.DataFrame, source: Path | str) -> None:
         )
 
 
-def validate_classes(frame: pd.DataFrame, source: Path | str) -> dict[str, int]:
-    """Check there are at least two labels and each has at least two examples; return the counts."""
+def validate_classes(frame: pd.DataFrame, source: Path | str, min_examples: int = 2) -> dict[str, int]:
+    """Check there are at least two labels, each with ``min_examples`` rows; return the counts.
+
+    Two rows per label when the test split comes out of the data (a label is both learnt and
+    tested); one is enough when a separate test file is given, which lets a retrain learn a new
+    label from its first feedback rows.
+    """
     counts = frame["label"].value_counts().sort_index()
     if len(counts) < 2:
         raise DataError(
             f"Found a single label ({counts.index[0]!r}, {int(counts.iloc[0])} rows) in {source}. "
             "Expected at least 2 distinct labels to train a classifier."
         )
-    rare = counts[counts < 2]
+    rare = counts[counts < min_examples]
     if len(rare):
         listed = ", ".join(f"{label!r} ({n})" for label, n in rare.items())
         raise DataError(
-            f"Label(s) with fewer than 2 examples in {source}: {listed}. Expected at least 2 "
-            "examples per label so that it can be both learnt and evaluated. "
-            "Hint: add examples or drop these labels."
+            f"Label(s) with fewer than {min_examples} examples in {source}: {listed}. Expected at "
+            f"least {min_examples} examples per label so that it can be both learnt and evaluated. "
+            "Hint: add examples, drop these labels, or give a separate test file."
         )
     return {str(k): int(v) for k, v in counts.items()}
 
@@ -263,7 +268,7 @@ def split_frames(
 ) -> DatasetSplits:
     """Validate loaded frames (columns ``text``, ``label``) and split them; see prepare_splits."""
     validate_texts(data, source)
-    class_counts = validate_classes(data, source)
+    class_counts = validate_classes(data, source, min_examples=1 if test is not None else 2)
     normalized = data["text"].map(normalize_text)
     report = DataReport(
         rows=len(data),

@@ -112,10 +112,13 @@ def export_version(
     test = read_split(version, "test").head(max_eval_rows)
     texts, y = list(test["text"]), np.array([labels.index(lab) for lab in test["label"]])
     target = version.path / ONNX_DIR / ONNX_FILE
+    # Written under another name and renamed once parity holds: a service that loads the version
+    # meanwhile never reads a half-written or unchecked file.
+    partial = target.with_name(target.name + ".partial")
     start = time.perf_counter()
-    export_to_onnx(model, tokenizer, target)
+    export_to_onnx(model, tokenizer, partial)
     reference = predict(model, tokenizer, texts, max_length=max_length, mixed_precision="no").logits
-    exported = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
+    exported = onnx_logits(onnx_session(partial, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
     diff = float(np.abs(reference - exported).max()) if len(texts) else 0.0
     record: dict[str, Any] = {
         "file": f"{ONNX_DIR}/{ONNX_FILE}",
@@ -127,11 +130,12 @@ def export_version(
         "accuracy": evaluate_predictions(y, softmax(exported), labels).accuracy,
     }
     if diff > PARITY_TOLERANCE:
-        target.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise ExportError(
             f"ONNX export of {version.tag} does not match torch: max |logit diff| = {diff:.2e}, "
             f"expected <= {PARITY_TOLERANCE:.0e}. The ONNX file was not kept."
         )
+    partial.replace(target)
     if quantize:
         record["int8"] = quantize_version(
             version, tokenizer, texts, y, labels, max_length, record["accuracy"]
