@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 SETTINGS = load_serve_settings()
 Texts = text_list_type(SETTINGS.max_texts, SETTINGS.max_chars)
 
+# Matched as regular expressions anywhere in the URL by OpenTelemetry's ExcludeList.
+UNTRACED_ROUTES = ("/classify", "/feedback")
+
 api = FastAPI(title="Refit", description="Routes beside the batched /classify API.")
 
 
@@ -82,6 +85,7 @@ def worker_device(device: str) -> str:
     resources=_resources(),
     traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
+    tracing={} if SETTINGS.trace_requests else {"excluded_urls": list(UNTRACED_ROUTES)},
 )
 class RefitClassifier:
     """Serves the production version of ``REFIT_SERVE_MODEL`` and follows its promotions."""
