@@ -115,8 +115,6 @@ def load_limit_models(version: ModelVersion) -> dict[str, Any]:
 def pick_limit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Keep the in-process backend with the best median texts/s as the ``limit`` rows."""
     backends = {r["system"] for r in rows if r["system"].startswith("limit:")}
-    if not backends:
-        return rows
     best = max(backends, key=lambda b: max(r["rps"] for r in rows if r["system"] == b))
     console.print(f"limit: {best.removeprefix('limit:')} backend")
     limit = [{**r, "system": "limit"} for r in rows if r["system"] == best]
@@ -346,10 +344,8 @@ def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[st
         "# Serving load: one text per request, closed-loop clients",
         "",
         f"{env['machine']}; {env['when']}; {env['layout']}; {env['rounds']} interleaved rounds of "
-        f"{env['duration']} s "
-        "per cell (the in-process limit too), medians. `limit` rows: the best in-process backend, "
-        "concurrency = batch size, "
-        "rps = texts/s.",
+        f"{env['duration']} s per cell (the in-process limit too), medians. `limit` rows: the best "
+        "in-process backend, concurrency = batch size, rps = texts/s.",
         "",
         "| " + " | ".join(keys) + " |",
         "| " + " | ".join("---" for _ in keys) + " |",

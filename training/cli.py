@@ -100,16 +100,16 @@ def train(
         return
     for warning in outcome.warnings:
         console.print(f"[yellow]data warning:[/] {warning}")
-    if export_onnx:
-        from training.onnx_export import export_version
-
-        record = export_version(v)
-        console.print(f"exported to ONNX: parity max |diff| {record['parity_max_abs_diff']:.2e}")
     console.print(
         f"[green]registered[/] {v.tag} ({v.manifest['strategy']}, stage {v.stage}): "
         f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}, "
         f"ECE {outcome.test.ece:.4f}\nreport: {v.path / 'report.html'}"
     )
+    if export_onnx:
+        from training.onnx_export import export_version
+
+        record = export_version(v)
+        console.print(f"exported to ONNX: parity max |diff| {record['parity_max_abs_diff']:.2e}")
 
 
 def render_versions(versions: list[Any]) -> Table:
