@@ -129,8 +129,11 @@ def render_summary(outcome: DemoOutcome, console: Console) -> None:
         numbers = ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["numbers"].items()
         )
+        shipped = r["numbers"].get("shipped_version")
+        refit = f" (shipped as its refit {shipped})" if shipped and shipped != r["candidate_version"] else ""
         console.print(
-            f"retrain ({r['trigger']}): [bold]{r['outcome']}[/] {r['candidate_version'] or ''}: {r['reason']}"
+            f"retrain ({r['trigger']}): [bold]{r['outcome']}[/] {r['candidate_version'] or ''}{refit}: "
+            f"{r['reason']}"
         )
         if numbers:
             console.print(f"    {numbers}")

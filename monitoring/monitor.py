@@ -136,6 +136,7 @@ class Monitor:
             tolerance=s.gate_tolerance,
             strategy=s.retrain_strategy,
             timeout_s=s.retrain_timeout_s,
+            refit=s.refit_with_gate_rows,
         )
         record_retrain(
             self.engine,

@@ -70,7 +70,7 @@ def test_the_loop_closes(demo: DemoRun) -> None:
     assert "ok" in statuses and "drift" in statuses, statuses
     assert statuses.index("ok") < statuses.index("drift")  # calm first, then the drift
     [promoted] = [r for r in summary["retrains"] if r["outcome"] == "promoted"]
-    assert promoted["candidate_version"] == summary["production_version"]
+    assert promoted["numbers"]["shipped_version"] == summary["production_version"]
     by_version = summary["traffic"]["drifted"]["accuracy_by_version"]
     assert by_version[summary["production_version"]] > by_version[summary["first_version"]]
     for check in summary["checks"]:

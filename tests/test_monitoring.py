@@ -176,11 +176,13 @@ def test_gate_promotes_a_better_candidate_and_the_service_swaps(
     assert numbers["candidate_feedback_accuracy"] > numbers["production_feedback_accuracy"]
     registry = ModelRegistry(home)
     production = registry.get("support:production")
-    assert (
-        production.version == result.candidate
-        and production.manifest["parent_version"] == demo_home["version"]
-    )
-    # The service exported v1 when it loaded it, so the retrain exported the candidate before the
+    # The approved candidate was trained once more with the gate rows added, and that refit ships.
+    assert numbers["refit_version"] not in (None, result.candidate)
+    assert production.version == numbers["shipped_version"] == numbers["refit_version"]
+    assert production.manifest["parent_version"] == demo_home["version"]
+    candidate_rows = registry.get(f"support:{result.candidate}").manifest["rows"]
+    assert production.manifest["rows"]["train"] > candidate_rows["train"]
+    # The service exported v1 when it loaded it, so the retrain exported the refit before the
     # gate promoted it: a swap never waits for an export.
     assert read_export_record(registry.get(f"support:{demo_home['version']}")) is not None
     assert read_export_record(production) is not None
@@ -357,6 +359,45 @@ def test_feedback_rows_keep_their_side_of_the_gate_split_as_feedback_grows() -> 
     assert set(train_early["text"]) <= set(train_late["text"])
     assert set(gate_early["text"]) <= set(gate_late["text"])
     assert 0.2 < len(gate_late) / len(rows) < 0.4
+
+
+def test_feedback_replaces_older_labels_of_the_same_text() -> None:
+    from monitoring.retrain import merge_feedback
+
+    original = pd.DataFrame(
+        {"text": ["lost card", "top up", "refund"], "label": ["card", "top_up", "refund"]}
+    )
+    feedback = pd.DataFrame({"text": ["lost  card", "new text"], "label": ["card_lost", "refund"]})
+    merged = merge_feedback(original, feedback)
+    assert sorted(zip(merged["text"], merged["label"], strict=True)) == [
+        ("lost  card", "card_lost"),  # the feedback label wins, the older row is gone
+        ("new text", "refund"),
+        ("refund", "refund"),
+        ("top up", "top_up"),
+    ]
+
+
+def test_the_gate_compares_only_on_rows_production_never_trained_on() -> None:
+    from monitoring.retrain import drop_seen_rows
+
+    seen = pd.DataFrame({"text": ["gate row  one ", "train row"], "label": ["a", "b"]})
+    gate = pd.DataFrame({"text": ["gate row one", "gate row two"], "label": ["a", "a"]})
+    assert list(drop_seen_rows(seen, gate)["text"]) == ["gate row two"]
+
+
+def test_a_failed_refit_ships_the_gated_candidate(demo_home: dict[str, Any]) -> None:
+    from monitoring.retrain import refit_candidate
+
+    registry = ModelRegistry(demo_home["home"])
+    candidate = registry.get(f"support:{demo_home['version']}")
+
+    def crashing_refit() -> str:
+        raise RuntimeError("`refit train` exited with 1: out of memory")
+
+    numbers: dict[str, Any] = {}
+    shipped = refit_candidate(crashing_refit, registry, candidate, 0.9, pd.DataFrame(), 0.01, numbers)
+    assert shipped.version == candidate.version
+    assert numbers["refit_version"] is None and "out of memory" in numbers["refit_error"]
 
 
 def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:
