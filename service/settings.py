@@ -6,6 +6,7 @@ application arguments: the environment is how a deployment configures each repli
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +45,7 @@ class ServeSettings(LogSettings):
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
-    workers: int | None = Field(None, ge=1)  # worker processes; None: one per GPU, else 1
+    workers: int | None = Field(None, ge=1)  # worker processes; None: see worker_count
     threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
@@ -84,8 +85,30 @@ class ServeSettings(LogSettings):
 
     @property
     def worker_count(self) -> int:
-        """Worker processes: as configured, else one per GPU, else one."""
-        return self.workers or max(1, self.gpus)
+        """Worker processes: as configured, else one per GPU; on CPU one per core, at most 4.
+
+        On CPU, single-threaded workers side by side beat one worker whose model uses every core
+        once the service is loaded (as TorchServe's default of one worker per core assumes): on 2
+        cores, 299 vs 266 requests/s at concurrency 32 and 346 vs 254 at 64, one text per request.
+        One worker answers a lone request sooner (5.5 vs 7.7 ms) and wins up to concurrency 8
+        (207 vs 161): set ``workers: 1`` for a lightly loaded, latency-bound replica. Each worker
+        holds its own copy of the model, hence the cap.
+        """
+        if self.workers:
+            return self.workers
+        if self.gpus or (self.device != "cpu" and cuda_present()):
+            return max(1, self.gpus)
+        return max(1, min(os.cpu_count() or 1, MAX_CPU_WORKERS))
+
+
+MAX_CPU_WORKERS = 4  # default worker processes on CPU at most (each loads the model)
+
+
+def cuda_present() -> bool:
+    """Whether torch sees a GPU (``device: auto`` then serves on it, with one worker per GPU)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def load_serve_settings(

@@ -26,6 +26,9 @@ SERVICE_LIMITS = {
     "REFIT_SERVE_MAX_BATCH_SIZE": "32",
     "REFIT_SERVE_MAX_LATENCY_MS": "100",
     "REFIT_SERVE_MAX_BODY_BYTES": "20000",
+    # One worker per test server (CI has 2 cores); the demo (tests/test_loop.py) serves with the
+    # default, one worker per core, through a swap.
+    "REFIT_SERVE_WORKERS": "1",
 }
 
 # Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.

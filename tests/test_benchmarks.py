@@ -87,6 +87,17 @@ def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path)
     assert "## Targets" in (tmp_path / "serve_load.md").read_text()
 
 
+def test_serve_load_variants_name_extra_systems() -> None:
+    from benchmarks import serve_load
+
+    variants = serve_load.parse_variants(["w1:REFIT_SERVE_WORKERS=1,REFIT_SERVE_THREADS=2"])
+    assert variants == {"w1": {"REFIT_SERVE_WORKERS": "1", "REFIT_SERVE_THREADS": "2"}}
+    names = serve_load.system_names("refit-onnx,naive", variants)
+    assert names == ["refit-onnx", "naive", "refit-onnx:w1"]
+    with pytest.raises(SystemExit, match="LABEL:KEY=VALUE"):
+        serve_load.parse_variants(["w1"])
+
+
 def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import drift_power
 

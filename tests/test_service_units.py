@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,18 @@ def test_refit_serve_passes_its_options_to_the_server_through_the_environment(
     assert (settings.model, settings.max_texts, settings.port, settings.gpus) == ("support", 4, 3100, 2)
     assert settings.worker_count == 2
     assert settings.backend == "torch" and settings.feedback_extra_labels == ["new"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"device": "cpu"}, min(os.cpu_count() or 1, 4)),  # one single-threaded worker per core
+        ({"device": "cpu", "workers": 1}, 1),
+        ({"gpus": 2}, 2),  # one per GPU
+    ],
+)
+def test_worker_count_defaults(overrides: dict[str, object], expected: int) -> None:
+    assert load_serve_settings(overrides=overrides).worker_count == expected
 
 
 def test_refit_serve_refuses_bad_options_before_starting_anything(
