@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LABEL:KEY=VALUE[,KEY=VALUE]",
         help="also measure each Refit server with these REFIT_SERVE_* settings, as system <name>:LABEL",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.variants = parse_variants(args.variant)
+    return args
 
 
 def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
@@ -203,7 +205,7 @@ def start_system(name: str, version: ModelVersion, args: argparse.Namespace, log
     }
     if device == "cuda":
         env["REFIT_SERVE_GPUS"] = "1"
-    env.update(parse_variants(args.variant).get(label, {}))
+    env.update(args.variants.get(label, {}))
     return start_service(env, logs / f"{name}{'-' + label if label else ''}.log")
 
 
@@ -217,7 +219,7 @@ def run_rounds(
     threads and the previous one's log writer took cores from the one under load.
     """
     logs = args.home / "serve-logs"
-    names = system_names(args.systems, parse_variants(args.variant))
+    names = system_names(args.systems, args.variants)
     cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
     limit_models = load_limit_models(version)
     rss: dict[str, float] = {f"limit:{b}": _rss_mb() for b in limit_models}

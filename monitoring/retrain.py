@@ -50,6 +50,11 @@ class RetrainResult:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
+def labelled_rows(feedback: pd.DataFrame) -> pd.DataFrame:
+    """The feedback's (text, label) rows, one per text: the latest label wins."""
+    return feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[["text", "label"]]
+
+
 def split_feedback(feedback: pd.DataFrame, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training part, gate part) of the feedback: one row per text (the latest label wins).
 
@@ -57,7 +62,7 @@ def split_feedback(feedback: pd.DataFrame, holdout: float) -> tuple[pd.DataFrame
     gate of a later retrain would hold rows that the production version was trained on, and
     production would win the comparison on rows it had learnt.
     """
-    rows = feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[["text", "label"]]
+    rows = labelled_rows(feedback)
     in_gate = normalized_texts(rows).map(stable_fraction) < holdout
     return rows[~in_gate].reset_index(drop=True), rows[in_gate].reset_index(drop=True)
 
@@ -246,7 +251,7 @@ def retrain_and_gate(
     the test split beyond ``tolerance``).
     """
     production = registry.get(f"{name}:production")
-    labelled = len(feedback.dropna(subset=["text", "label"]).drop_duplicates("text"))
+    labelled = len(labelled_rows(feedback))
     if labelled < min_feedback:
         return RetrainResult(
             "skipped", f"{labelled} feedback labels; at least {min_feedback} needed", production.version
