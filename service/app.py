@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from service.backends import resolve_backend
 from service.batching import use_greedy_batching
 from service.guard import RequestGuard
+from service.heap import freeze_heap
 from service.logstore import utc_now
 from service.metrics import initialise_series, service_metrics
 from service.payload_log import LogStoreUnavailable, PayloadLog
@@ -120,9 +121,11 @@ class RefitClassifier:
             pinned_cache_size=self.settings.pinned_cache_size,
             on_swap=self._record_swap,
             on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
+            on_settled=self._settle_heap,
         )
         self.log.start()
         self.holder.load_production()
+        self._settle_heap()
         self.holder.start_watching()
 
     def _load(self, version: ModelVersion) -> LoadedModel:
@@ -136,6 +139,11 @@ class RefitClassifier:
             info.labels(old.version.name, old.version.version, old.backend.name, old.backend.device).set(0)
             self.metrics.swaps.labels(new.version.name).inc()
         info.labels(new.version.name, new.version.version, new.backend.name, new.backend.device).set(1)
+
+    def _settle_heap(self) -> None:
+        if self.settings.freeze_heap:
+            seconds = freeze_heap()
+            logger.info("froze the heap after a model change (%.0f ms)", seconds * 1000)
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

@@ -4,7 +4,8 @@ A watcher thread reads the registry's stages every ``poll_s`` seconds. When prod
 the new version is loaded and warmed in that thread while the old one keeps serving, then one
 attribute assignment swaps it in: a batch already running keeps its reference to the old model
 and finishes on it. A version that fails to load is counted, logged and not retried until the
-stages change again; the old version keeps serving.
+stages change again; the old version keeps serving. One poll after a model is let go (swapped out
+or evicted from the pinned LRU), when the batches that held it are done, ``on_settled`` runs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ModelHolder:
         pinned_cache_size: int = 2,
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
         on_swap_failure: Callable[[str, Exception], None] = lambda version, exc: None,
+        on_settled: Callable[[], None] = lambda: None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -44,6 +46,8 @@ class ModelHolder:
         self.pinned_cache_size = pinned_cache_size
         self._on_swap = on_swap
         self._on_swap_failure = on_swap_failure
+        self._on_settled = on_settled
+        self._settle_due = False
         self._current: LoadedModel | None = None
         self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
         self._pin_lock = threading.Lock()
@@ -77,6 +81,7 @@ class ModelHolder:
     def _install(self, loaded: LoadedModel) -> None:
         old, self._current = self._current, loaded
         self._on_swap(old, loaded)
+        self._settle_due = old is not None
 
     def production_version(self) -> str | None:
         """The version the registry names as production now."""
@@ -121,9 +126,18 @@ class ModelHolder:
                 self._pinned[version.version] = self._load(version)
                 while len(self._pinned) > self.pinned_cache_size:
                     evicted, _ = self._pinned.popitem(last=False)
+                    self._settle_due = True
                     logger.info("unloaded pinned version %s:%s (LRU)", self.name, evicted)
             self._pinned.move_to_end(version.version)
             return self._pinned[version.version]
+
+    def settle(self) -> bool:
+        """Run ``on_settled`` if a model was let go since the last call; True when it ran."""
+        if not self._settle_due:
+            return False
+        self._settle_due = False
+        self._on_settled()
+        return True
 
     def start_watching(self) -> None:
         """Start the thread that follows promotions."""
@@ -139,6 +153,7 @@ class ModelHolder:
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
+                self.settle()
                 self.check_for_promotion()
             except Exception:  # the watcher must outlive a bad stages read; log and poll again
                 logger.exception("checking %s for a promotion failed", self.name)

@@ -218,9 +218,13 @@ def build_service_app(service_class: Any) -> Any:
 
 
 @pytest.fixture
-def client(service_app: Any, serve_env: dict[str, str]) -> Iterator[Any]:
+def client(service_app: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The service in-process (``to_asgi()``), started and ready."""
     from starlette.testclient import TestClient
+
+    # Freezing the heap is a worker-process policy: here it would walk pytest's whole heap at
+    # every start (+10 s for this file). Real test servers keep the default.
+    monkeypatch.setenv("REFIT_SERVE_FREEZE_HEAP", "false")
 
     with TestClient(service_app) as test_client:
         yield test_client

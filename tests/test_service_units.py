@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 from service.backends import encode_texts
 from service.guard import RequestGuard
+from service.heap import freeze_heap
 from service.predictor import load_model
 from service.settings import load_serve_settings
 from service.swapper import ModelHolder
@@ -144,6 +147,35 @@ def test_promotion_is_followed_and_a_broken_version_keeps_the_old_one(served_hom
     assert holder.check_for_promotion() is False and failures == [candidate.version]  # not retried
     registry.rollback("tiny")
     assert holder.check_for_promotion() is False and holder.current.version.version == first
+
+
+def load_with_a_cycle(version: Any) -> Any:
+    """A served model whose objects refer to each other, as hooks and wrappers can make them."""
+    loaded = load_model(version, "onnx", "cpu", 1, 3)
+    loaded.backend.served = loaded
+    return loaded
+
+
+def test_a_swapped_out_model_is_collected_once_the_holder_settles_the_frozen_heap(
+    served_home: Path,
+) -> None:
+    registry = ModelRegistry(served_home)
+    settled: list[float] = []
+    holder = ModelHolder(
+        registry, "tiny", load_with_a_cycle, on_settled=lambda: settled.append(freeze_heap())
+    )
+    try:
+        old = weakref.ref(holder.load_production())
+        freeze_heap()
+        assert gc.get_freeze_count() > 0 and holder.settle() is False  # nothing let go yet
+        registry.promote(registry.get("tiny:candidate").tag)
+        assert holder.check_for_promotion() is True
+        gc.collect()
+        assert old() is not None  # a frozen cycle: ordinary collections skip it
+        assert holder.settle() is True and len(settled) == 1
+        assert old() is None and holder.settle() is False
+    finally:
+        gc.unfreeze()
 
 
 def test_refit_serve_passes_its_options_to_the_server_through_the_environment(
