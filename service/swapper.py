@@ -81,7 +81,8 @@ class ModelHolder:
     def _install(self, loaded: LoadedModel) -> None:
         old, self._current = self._current, loaded
         self._on_swap(old, loaded)
-        self._settle_due = old is not None
+        if old is not None:  # set, never cleared here: a pinned eviction may be waiting too
+            self._settle_due = True
 
     def production_version(self) -> str | None:
         """The version the registry names as production now."""
