@@ -104,7 +104,7 @@ def monitor(
         f"monitoring [bold]{settings.model}[/] every {settings.interval_s:.0f} s, mode {settings.mode}; "
         f"metrics on :{settings.metrics_port}/metrics; `evidently ui --workspace {settings.workspace_path}`"
     )
-    run_monitor(settings, str(config) if config else None)
+    run_monitor(settings)
 
 
 def demo(

@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitoring.monitor import Monitor
-from monitoring.settings import MonitorSettings, load_monitor_settings
+from monitoring.settings import MonitorSettings
 from monitoring.store import acquire_lease, release_lease
 
 logger = logging.getLogger(__name__)
@@ -29,18 +28,30 @@ def job_id(model: str) -> str:
     return f"refit-drift-check:{model}"
 
 
+def job_arguments(settings: MonitorSettings) -> list[str]:
+    """The job's arguments: the monitor's whole resolved settings, as JSON.
+
+    The job store keeps them, so each run checks exactly what `refit monitor` was started with
+    (its flags included), not whatever the environment of the scheduler thread says.
+    """
+    return [settings.model_dump_json()]
+
+
 @functools.cache
-def _monitor(config: str | None) -> Monitor:
-    return Monitor(load_monitor_settings(Path(config) if config else None))
+def _monitor(settings_json: str) -> Monitor:
+    return Monitor(MonitorSettings.model_validate_json(settings_json))
 
 
-def scheduled_check(config: str | None = None) -> None:
+def scheduled_check(settings_json: str) -> None:
     """The job: take the lease, run one pass, give the lease back.
 
     Module-level with plain arguments, because the job store keeps a reference to it.
+
+    Args:
+        settings_json: the monitor's settings, as written by `job_arguments`.
     """
     try:
-        monitor = _monitor(config)
+        monitor = _monitor(settings_json)
         name = f"check:{monitor.settings.model}"
         if not acquire_lease(monitor.engine, name, monitor.settings.lease_s):
             logger.info("another monitor holds the lease for %s; skipping this run", monitor.settings.model)
@@ -54,11 +65,12 @@ def scheduled_check(config: str | None = None) -> None:
         _monitor.cache_clear()
 
 
-def start_scheduler(settings: MonitorSettings, config: str | None) -> Any:
+def start_scheduler(settings: MonitorSettings) -> Any:
     """Start a background scheduler whose check job lives in the database job store.
 
     The job is added only when the store does not have it yet, so a restart keeps its schedule
-    (and a run missed while the monitor was down runs once, coalesced).
+    (and a run missed while the monitor was down runs once, coalesced); its settings and interval
+    are those of this start.
     """
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -67,25 +79,30 @@ def start_scheduler(settings: MonitorSettings, config: str | None) -> Any:
     defaults = {"coalesce": True, "max_instances": 1, "misfire_grace_time": int(settings.interval_s * 10)}
     scheduler = BackgroundScheduler(jobstores={"default": store}, job_defaults=defaults, timezone="UTC")
     scheduler.start(paused=True)
+    args = job_arguments(settings)
     job = scheduler.get_job(job_id(settings.model))
     if job is None:
         scheduler.add_job(
-            scheduled_check, "interval", seconds=settings.interval_s, id=job_id(settings.model), args=[config]
+            scheduled_check, "interval", seconds=settings.interval_s, id=job_id(settings.model), args=args
         )
-    elif job.trigger.interval.total_seconds() != settings.interval_s:
-        scheduler.reschedule_job(job.id, trigger="interval", seconds=settings.interval_s)
+    else:
+        scheduler.modify_job(job.id, func=scheduled_check, args=args)
+        if job.trigger.interval.total_seconds() != settings.interval_s:
+            scheduler.reschedule_job(job.id, trigger="interval", seconds=settings.interval_s)
     scheduler.resume()
     return scheduler
 
 
-def run_monitor(settings: MonitorSettings, config: str | None) -> None:
+def run_monitor(settings: MonitorSettings) -> None:
     """Serve the metrics and run the scheduler until interrupted."""
     from prometheus_client import start_http_server
 
-    monitor = _monitor(config)
+    monitor = _monitor(job_arguments(settings)[0])
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, registry=monitor.metrics.registry)
-    scheduler = start_scheduler(settings, config)
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=monitor.metrics.registry
+        )
+    scheduler = start_scheduler(settings)
     logger.info("monitoring %s every %.0f s", settings.model, settings.interval_s)
     try:
         while True:

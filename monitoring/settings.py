@@ -19,7 +19,6 @@ class MonitorSettings(LogSettings):
 
     model_config = SettingsConfigDict(env_prefix="REFIT_MONITOR_", extra="forbid")
 
-    model: str = "refit-classifier"  # registry model name whose production version is watched
     window_size: int = Field(500, ge=1)  # the last N predictions of the production version
     window_minutes: float | None = Field(None, gt=0)  # or: the predictions of the last T minutes
     min_window: int = Field(100, ge=1)  # fewer predictions: "insufficient data", no alarm
@@ -43,7 +42,8 @@ class MonitorSettings(LogSettings):
     refit_with_gate_rows: bool = True
     workspace: Path | None = None  # Evidently workspace; None: <registry home>/refit/evidently
     reports_dir: Path | None = None  # HTML report per check; None: <registry home>/refit/reports
-    metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus exporter of `refit monitor`
+    metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus exporter of `refit monitor`; 0: none
+    metrics_host: str = "127.0.0.1"  # the exporter's address; 0.0.0.0 where Prometheus scrapes a pod
     lease_s: float = Field(600.0, gt=0)  # a check holds the database lease at most this long
 
     @property
@@ -62,7 +62,10 @@ def load_monitor_settings(
 ) -> MonitorSettings:
     """Settings from ``path`` (or ``REFIT_MONITOR_CONFIG``), the environment and overrides.
 
+    With no model named, the registry's only model is watched.
+
     Raises:
-        ConfigError: an unknown key, an unreadable file or an invalid value.
+        ConfigError: an unknown key, an unreadable file, an invalid value, or no model named in a
+            registry of several.
     """
-    return load_settings(MonitorSettings, path, dict(overrides or {}), CONFIG_ENV)
+    return load_settings(MonitorSettings, path, dict(overrides or {}), CONFIG_ENV).with_default_model()

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # BentoML reads batching limits and resources from the decorators when this module is imported,
 # so the settings must be read here; it is only environment variables and an optional file.
-SETTINGS = load_serve_settings()
+SETTINGS = load_serve_settings(resolve_model=False)
 Texts = text_list_type(SETTINGS.max_texts, SETTINGS.max_chars)
 
 # Matched as regular expressions anywhere in the URL by OpenTelemetry's ExcludeList.
@@ -234,13 +234,15 @@ class RefitClassifier:
     def feedback(self, body: FeedbackRequest) -> dict[str, Any] | JSONResponse:
         """Store the true label of a prediction; acknowledged only once it is committed."""
         current = self.holder.current
-        allowed = [
-            *current.labels,
-            *(x for x in self.settings.feedback_extra_labels if x not in current.labels),
-        ]
+        extra = [*self.settings.feedback_extra_labels, *self.registry.feedback_labels(self.settings.model)]
+        allowed = [*current.labels, *(x for x in dict.fromkeys(extra) if x not in current.labels)]
         if body.label not in allowed:
             return error(
-                422, f"Unknown label {body.label!r}: expected one of {allowed}.", allowed_labels=allowed
+                422,
+                f"Unknown label {body.label!r}: expected one of the {len(allowed)} labels in "
+                f"'allowed_labels'. For a new label, run `refit models add-label {self.settings.model} "
+                f"{body.label}` (no restart needed) or set REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
+                allowed_labels=allowed,
             )
         try:
             record = self._feedback_record(body)

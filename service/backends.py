@@ -172,18 +172,6 @@ def resolve_backend(backend: str, device: str) -> tuple[str, str]:
     return backend, device
 
 
-def ensure_onnx_export(version: ModelVersion) -> os.PathLike[str]:
-    """The version's ONNX file, exported now (with its parity check) if it has none yet."""
-    from training.artifacts import ONNX_DIR
-    from training.onnx_export import ONNX_FILE, export_version
-
-    path = version.path / ONNX_DIR / ONNX_FILE
-    if not path.is_file():
-        logger.info("%s has no ONNX export yet; exporting it now", version.tag)
-        export_version(version)
-    return path
-
-
 def load_backend(version: ModelVersion, backend: str, device: str, threads: int) -> Backend:
     """Build the backend that serves ``version``.
 
@@ -191,7 +179,9 @@ def load_backend(version: ModelVersion, backend: str, device: str, threads: int)
     swap (and their memory) for nothing.
     """
     if backend == "onnx":
-        return OnnxBackend(ensure_onnx_export(version), device, threads)
+        from training.onnx_export import ensure_export
+
+        return OnnxBackend(ensure_export(version), device, threads)
     model, _ = load_version_model(version)
     if threads and device == "cpu":
         import torch

@@ -32,7 +32,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     backend: Annotated[str | None, typer.Option(help="auto, torch or onnx.")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: one per GPU, else 1).")
+        int | None,
+        typer.Option(help="Worker processes (default: one per GPU; on CPU one per core, at most 4)."),
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs to use, one worker each.")] = None,
     config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,
@@ -50,6 +51,7 @@ def serve(
     }
     overrides |= {"workers": workers, "gpus": gpus}
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
+    overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"Serving [bold]{settings.model}[/] (production) from {settings.home} at {url}")

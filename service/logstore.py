@@ -28,7 +28,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +94,16 @@ def create_log_engine(url: str) -> Engine:
 def create_tables(engine: Engine, tables: MetaData | None = None) -> None:
     """Create the log's tables (or those of ``tables``) where missing; safe from every replica.
 
-    Replicas starting together race between "does it exist" and "CREATE TABLE"; the loser's
-    CREATE fails on PostgreSQL, and a second pass then finds the tables there.
+    Workers and replicas starting together race between "does it exist" and "CREATE TABLE"; the
+    loser's CREATE fails ("already exists": OperationalError on SQLite, IntegrityError or
+    ProgrammingError on PostgreSQL), and a second pass then finds the tables there.
     """
     for attempt in range(3):
         try:
             (tables or metadata).create_all(engine, checkfirst=True)
             return
-        except (IntegrityError, ProgrammingError):
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
             if attempt == 2:
                 raise
+            logger.debug("another process created the log's tables first (%s); checking again", exc.orig)
             time.sleep(0.2 * (attempt + 1))

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from training.config import FileSettings, load_settings
-from training.registry import default_home
+from training.errors import ConfigError
+from training.registry import ModelRegistry, default_home
 
 CONFIG_ENV = "REFIT_SERVE_CONFIG"
 
 
 class LogSettings(FileSettings):
-    """Where the registry and the inference log are: shared by the service and the monitor."""
+    """Which model, and where the registry and the inference log are: shared by service and monitor."""
 
+    model: str = "refit-classifier"  # registry model name; when not set, the registry's only model
     registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
     log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
 
@@ -35,13 +37,29 @@ class LogSettings(FileSettings):
         """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
         return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
 
+    def with_default_model(self) -> Self:
+        """These settings, naming the registry's only model when no model was given.
+
+        Raises:
+            ConfigError: no model was given and the registry holds several.
+        """
+        if "model" in self.model_fields_set:
+            return self
+        names = ModelRegistry(self.home).names()
+        if len(names) > 1:
+            variable = f"{self.model_config.get('env_prefix', '')}MODEL"
+            raise ConfigError(
+                f"No model named and the registry {self.home} holds {len(names)}: {', '.join(names)}. "
+                f"Pass --model NAME or set {variable}."
+            )
+        return self.model_copy(update={"model": names[0]}) if names else self
+
 
 class ServeSettings(LogSettings):
     """Everything one service replica needs."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
 
-    model: str = "refit-classifier"  # registry model name; its production version is served
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
@@ -115,11 +133,18 @@ def cuda_present() -> bool:
 
 
 def load_serve_settings(
-    path: Path | None = None, overrides: dict[str, object] | None = None
+    path: Path | None = None, overrides: dict[str, object] | None = None, *, resolve_model: bool = True
 ) -> ServeSettings:
     """Settings from ``path`` (or the file named by ``REFIT_SERVE_CONFIG``), the environment and overrides.
 
+    Args:
+        path: optional YAML or TOML file.
+        overrides: values that win over everything else (CLI flags).
+        resolve_model: with no model named, serve the registry's only model (reads the registry).
+
     Raises:
-        ConfigError: an unknown key, an unreadable file or an invalid value.
+        ConfigError: an unknown key, an unreadable file, an invalid value, or no model named in a
+            registry of several.
     """
-    return load_settings(ServeSettings, path, dict(overrides or {}), CONFIG_ENV)
+    settings = load_settings(ServeSettings, path, dict(overrides or {}), CONFIG_ENV)
+    return settings.with_default_model() if resolve_model else settings

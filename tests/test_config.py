@@ -53,7 +53,9 @@ def test_unknown_override_key() -> None:
 
 
 def test_invalid_value_says_what_was_found() -> None:
-    with pytest.raises(ConfigError, match=r"strategy: .*'baseline', 'head'.* \(found 'magic'\)"):
+    with pytest.raises(
+        ConfigError, match=r"strategy \[REFIT_TRAIN_STRATEGY\]: .*'baseline', 'head'.* \(found 'magic'\)"
+    ):
         load_training_config(overrides={"strategy": "magic"})
 
 
@@ -71,3 +73,37 @@ def test_wrong_extension_and_non_mapping(tmp_path: Path) -> None:
     listing.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match=r"must hold a mapping .* found list"):
         load_training_config(listing)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("oos", ["oos"]), ("oos, new_card ,", ["oos", "new_card"]), ('["a", "b"]', ["a", "b"]), ("", [])],
+)
+def test_a_list_setting_takes_the_plain_comma_form_from_the_environment(
+    value: str, expected: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.settings import load_serve_settings
+
+    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", value)
+    assert load_serve_settings(resolve_model=False).feedback_extra_labels == expected
+
+
+def test_a_list_setting_takes_the_plain_comma_form_from_set_and_files(tmp_path: Path) -> None:
+    assert load_training_config(overrides={"auto_ladder": "head, lora"}).auto_ladder == ["head", "lora"]
+    config = tmp_path / "train.yaml"
+    config.write_text("auto_ladder: baseline,full\n")
+    assert load_training_config(config).auto_ladder == ["baseline", "full"]
+
+
+def test_a_bad_value_from_the_environment_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.settings import load_serve_settings
+
+    monkeypatch.setenv("REFIT_SERVE_WORKERS", "two")
+    with pytest.raises(ConfigError) as info:
+        load_serve_settings(resolve_model=False)
+    assert str(info.value) == (
+        "Invalid ServeSettings: workers [REFIT_SERVE_WORKERS]: Input should be a valid integer, "
+        "unable to parse string as an integer (found 'two')"
+    )

@@ -236,10 +236,10 @@ def test_the_schedule_survives_a_restart(home: Path) -> None:
 
     settings = settings_for(home, interval_s=3600)
     Monitor(settings)  # creates the database
-    first = start_scheduler(settings, None)
+    first = start_scheduler(settings)
     planned = first.get_job(job_id("support")).next_run_time
     first.shutdown(wait=False)
-    second = start_scheduler(settings, None)
+    second = start_scheduler(settings)
     try:
         job = second.get_job(job_id("support"))
         assert job is not None and job.next_run_time == planned  # the same job, not a new one
@@ -322,16 +322,16 @@ def test_refit_drift_prints_the_check(
 
 
 def test_an_unavailable_database_is_retried_at_the_next_interval(
-    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from monitoring.scheduler import _monitor, scheduled_check
+    from monitoring.scheduler import _monitor, job_arguments, scheduled_check
 
-    monkeypatch.setenv("REFIT_MONITOR_MODEL", "support")
-    monkeypatch.setenv("REFIT_MONITOR_REGISTRY_HOME", str(home))
-    monkeypatch.setenv("REFIT_MONITOR_LOG_URL", f"sqlite:///{tmp_path}")  # a directory: cannot be opened
+    # A directory: SQLite cannot open it, as if the database were down.
+    settings = settings_for(home, log_url=f"sqlite:///{tmp_path}")
     _monitor.cache_clear()
-    scheduled_check(None)  # must not raise: the scheduler keeps running
+    scheduled_check(*job_arguments(settings))  # must not raise: the scheduler keeps running
     assert "retrying at the next interval" in caplog.text
+    assert _monitor.cache_info().currsize == 0  # the next run connects afresh
     _monitor.cache_clear()
 
 

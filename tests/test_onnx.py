@@ -56,3 +56,34 @@ def test_parity_failure_is_refused_and_the_file_removed(
     with pytest.raises(ExportError, match=r"does not match torch: max \|logit diff\|"):
         export_version(version)
     assert not (version.path / "onnx" / "model.onnx").exists()
+
+
+def export_in_child(home: str, tag: str, start: Any, results: Any) -> None:
+    """A service worker's first load: export the version unless another process has."""
+    from training.onnx_export import ensure_export
+
+    version = ModelRegistry(Path(home)).get(tag)
+    start.wait()
+    try:
+        results.put(("ok", str(ensure_export(version))))
+    except Exception as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_workers_starting_together_export_once_and_both_load(version: Any, registry: ModelRegistry) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(2), context.Queue()
+    children = [
+        context.Process(target=export_in_child, args=(str(registry.home), version.tag, start, results))
+        for _ in range(2)
+    ]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=300) for _ in children]
+    for child in children:
+        child.join(60)
+    assert outcomes == [("ok", str(version.path / "onnx" / "model.onnx"))] * 2
+    assert read_export_record(version) is not None
+    assert not list((version.path / "onnx").glob("*.partial"))

@@ -97,7 +97,7 @@ def test_both_replicas_log_and_store_feedback_and_the_monitor_reads_both(cluster
     assert run.check is not None and run.check.result.window_size >= len(served)
     assert read_checks(monitor.engine, "tiny")[0]["version"] == version
 
-    scheduler = start_scheduler(settings, None)
+    scheduler = start_scheduler(settings)
     try:
         assert scheduler.get_job(job_id("tiny")) is not None  # kept in PostgreSQL's job table
     finally:

@@ -172,7 +172,13 @@ def test_feedback_by_request_id_or_text_is_stored_before_it_is_acknowledged(
 
 
 FEEDBACK_ERRORS = [
-    ({"text": "hi", "label": "cancel_order"}, 422, "expected one of ['password', 'refund', 'shipping']"),
+    (
+        {"text": "hi", "label": "cancel_order"},
+        422,
+        "Unknown label 'cancel_order': expected one of the 3 labels in 'allowed_labels'. For a new "
+        "label, run `refit models add-label tiny cancel_order` (no restart needed) or set "
+        "REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
+    ),
     ({"request_id": "0" * 32, "label": "refund"}, 404, "Unknown request_id"),
     ({"label": "refund"}, 400, "expected a request_id or a non-blank text"),
     ({"text": "hi"}, 400, "Field required"),
@@ -197,11 +203,28 @@ def test_feedback_accepts_configured_new_labels(
 ) -> None:
     from starlette.testclient import TestClient
 
-    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", '["cancel_order"]')
+    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", "cancel_order, upgrade")
     with TestClient(service_app) as client:
-        assert (
-            client.post("/feedback", json={"text": "cancel it", "label": "cancel_order"}).status_code == 200
-        )
+        for label in ("cancel_order", "upgrade"):
+            assert client.post("/feedback", json={"text": "cancel it", "label": label}).status_code == 200
+
+
+def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
+    client: Any, served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_cli import run_cli
+
+    body = {"text": "I want to close my account", "label": "close_account"}
+    assert client.post("/feedback", json=body).status_code == 422
+    code, out = run_cli(
+        ["models", "add-label", "tiny", "close_account", "--home", str(served_home)], capsys, monkeypatch
+    )
+    assert code == 0 and "close_account" in out
+    assert client.post("/feedback", json=body).status_code == 200
+    assert (
+        "close_account"
+        in client.post("/feedback", json={"text": "x", "label": "nope"}).json()["allowed_labels"]
+    )
 
 
 def test_predictions_succeed_while_the_log_store_is_down(

@@ -215,7 +215,9 @@ def test_refit_serve_refuses_bad_options_before_starting_anything(
 
     code, out = run_cli(["serve", "--backend", "tensorrt"], capsys, monkeypatch)
     assert code == 2
-    assert "backend: Input should be 'auto', 'torch' or 'onnx' (found 'tensorrt')" in out
+    assert (
+        "backend [REFIT_SERVE_BACKEND]: Input should be 'auto', 'torch' or 'onnx' (found 'tensorrt')" in out
+    )
 
 
 def test_greedy_batching_keeps_the_dispatcher_from_holding_requests_back() -> None:
@@ -231,3 +233,42 @@ def test_greedy_batching_keeps_the_dispatcher_from_holding_requests_back() -> No
     optimizer.trigger_refresh()
     assert optimizer.wait == 0  # the cork never waits on purpose
     assert optimizer.o_a == pytest.approx(0.002, rel=1e-3)  # the latency model is still learned
+
+
+def create_tables_in_child(url: str, start: Any, results: Any) -> None:
+    """What every worker and the monitor do at start-up on a fresh log."""
+    import logging
+
+    from service.logstore import create_log_engine, create_tables
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    engine = create_log_engine(url)
+    start.wait()
+    try:
+        create_tables(engine)
+        results.put(("ok", warnings))
+    except Exception as exc:
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_processes_creating_the_log_tables_together_all_succeed_quietly(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    processes = 4
+    for attempt in range(3):  # the race is between two statements: give it several chances
+        url = f"sqlite:///{tmp_path / f'race-{attempt}.db'}"
+        start, results = context.Barrier(processes), context.Queue()
+        children = [
+            context.Process(target=create_tables_in_child, args=(url, start, results))
+            for _ in range(processes)
+        ]
+        for child in children:
+            child.start()
+        outcomes = [results.get(timeout=120) for _ in children]
+        for child in children:
+            child.join(30)
+        assert outcomes == [("ok", [])] * processes

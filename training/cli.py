@@ -218,6 +218,17 @@ def export_model(
         )
 
 
+@models_app.command("add-label")
+def add_label(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    labels: Annotated[list[str], typer.Argument(help="New labels that feedback may carry.")],
+    home: HomeOption = None,
+) -> None:
+    """Accept feedback with new labels (a new intent) now, without restarting the service."""
+    accepted = _registry(home).add_feedback_labels(name, labels)
+    console.print(f"feedback for {name} may now also carry: {', '.join(accepted)}")
+
+
 @models_app.command("delete")
 def delete_model(
     ref: Annotated[str, typer.Argument(help="NAME:VERSION")],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -15,7 +16,13 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from training.errors import ConfigError
 
@@ -39,8 +46,51 @@ class _FileValuesSource(PydanticBaseSettingsSource):
         return dict(_file_values.get() or {})
 
 
+class _PlainEnvSource(EnvSettingsSource):
+    """Environment variables where a list or mapping may also be written plainly: ``a,b,c``.
+
+    JSON still works (``["a", "b"]``); a value that is not JSON is passed on as text, and
+    `FileSettings` splits it.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            return value
+
+
+def split_plain_value(value: str, annotation: Any) -> Any:
+    """``a, b`` as ``["a", "b"]`` for a list field; ``k=v, k2=v2`` as a dict for a mapping field.
+
+    Raises:
+        ValueError: a mapping entry without ``=``.
+    """
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if _container_of(annotation) is dict:
+        pairs = [item.partition("=") for item in items]
+        bad = [key for key, sep, _ in pairs if not sep]
+        if bad:
+            raise ValueError(f"expected KEY=VALUE pairs separated by commas; found {value!r}")
+        return {key.strip(): raw.strip() for key, _, raw in pairs}
+    return items
+
+
+def _container_of(annotation: Any) -> type | None:
+    """``list`` or ``dict`` when a field holds one (``X | None`` included), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        origin = typing.get_origin(candidate) or candidate
+        if origin in (list, dict):
+            return origin  # type: ignore[no-any-return]
+    return None
+
+
 class FileSettings(BaseSettings):
-    """Settings read from init values, then the environment, then a config file (see `load_settings`)."""
+    """Settings read from init values, then the environment, then a config file (see `load_settings`).
+
+    A list or mapping setting also takes the plain comma-separated form everywhere (a flag,
+    ``--set``, the environment, the file): ``labels: a, b`` or ``REFIT_..._LABELS=a,b``.
+    """
 
     @classmethod
     def settings_customise_sources(
@@ -51,7 +101,22 @@ class FileSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, _FileValuesSource(settings_cls)
+        return init_settings, _PlainEnvSource(settings_cls), _FileValuesSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_plain_values(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        fields = cls.model_fields
+        return {
+            key: (
+                split_plain_value(value, fields[key].annotation)
+                if isinstance(value, str) and key in fields and _container_of(fields[key].annotation)
+                else value
+            )
+            for key, value in values.items()
+        }
 
 
 class TrainingConfig(FileSettings):
@@ -174,13 +239,35 @@ def load_settings(
     try:
         return cls(**explicit)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (found {err.get('input')!r})"
-            for err in exc.errors()
-        )
-        raise ConfigError(f"Invalid {cls.__name__}: {problems}") from exc
+        raise ConfigError(describe_invalid_settings(cls, exc)) from None
+    except SettingsError as exc:  # a value the environment source could not read at all
+        raise ConfigError(f"Invalid {cls.__name__}: {exc}") from None
     finally:
         _file_values.reset(token)
+
+
+def describe_invalid_settings(cls: type[BaseSettings], exc: ValidationError) -> str:
+    """One line naming each bad value: the setting, its environment variable, what was expected and found."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    problems = []
+    for err in exc.errors():
+        if not err["loc"]:  # a check across fields: its message names them
+            problems.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        key = ".".join(str(p) for p in err["loc"])
+        field = str(err["loc"][0])
+        variable = f" [{prefix}{field.upper()}]" if field in cls.model_fields and prefix else ""
+        problems.append(f"{key}{variable}: {err['msg']}{_form_hint(cls, field)} (found {err.get('input')!r})")
+    return f"Invalid {cls.__name__}: " + "; ".join(problems)
+
+
+def _form_hint(cls: type[BaseSettings], field: str) -> str:
+    container = _container_of(cls.model_fields[field].annotation) if field in cls.model_fields else None
+    if container is list:
+        return " (expected a list: a,b,c or a JSON list)"
+    if container is dict:
+        return " (expected a mapping: key=value,key2=value2 or a JSON object)"
+    return ""
 
 
 def load_training_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainingConfig:

@@ -6,10 +6,14 @@ and returns ``logits`` and ``embeddings`` (what the head reads; the monitor uses
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +102,35 @@ def onnx_logits(
     return out
 
 
+@contextmanager
+def _export_lock(version: ModelVersion) -> Iterator[None]:
+    """Hold the version's export lock: service workers starting together export only once."""
+    directory = version.path / ONNX_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".export.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_export(version: ModelVersion) -> Path:
+    """The version's ONNX file, exported now (with its parity check) unless it exists.
+
+    Safe from several processes at once: the first exports while the others wait on the lock,
+    then find the file and load it.
+    """
+    target = version.path / ONNX_DIR / ONNX_FILE
+    if target.is_file():
+        return target
+    with _export_lock(version):
+        if not target.is_file():
+            logger.info("%s has no ONNX export yet; exporting it now", version.tag)
+            _export_locked(version, quantize=False, max_eval_rows=2000)
+    return target
+
+
 def export_version(
     version: ModelVersion, *, quantize: bool = False, max_eval_rows: int = 2000
 ) -> dict[str, Any]:
@@ -106,6 +139,11 @@ def export_version(
     Raises:
         ExportError: ONNX logits differ from torch by more than 1e-4.
     """
+    with _export_lock(version):
+        return _export_locked(version, quantize=quantize, max_eval_rows=max_eval_rows)
+
+
+def _export_locked(version: ModelVersion, *, quantize: bool, max_eval_rows: int) -> dict[str, Any]:
     model, tokenizer = load_version_model(version)
     max_length = int(version.manifest.get("max_length", 128))
     labels = read_labels(version)
@@ -114,7 +152,8 @@ def export_version(
     target = version.path / ONNX_DIR / ONNX_FILE
     # Written under another name and renamed once parity holds: a service that loads the version
     # meanwhile never reads a half-written or unchecked file.
-    partial = target.with_name(target.name + ".partial")
+    # A name of its own per process, so that nothing another process does can remove it.
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     start = time.perf_counter()
     export_to_onnx(model, tokenizer, partial)
     reference = predict(model, tokenizer, texts, max_length=max_length, mixed_precision="no").logits

@@ -220,6 +220,28 @@ class ModelRegistry:
         logger.info("rolled %s back to %s (was %s)", name, previous, current)
         return self.get(f"{name}:{previous}")
 
+    def feedback_labels(self, name: str) -> list[str]:
+        """Labels not in the model that feedback may carry already (new intents on their way in)."""
+        return list(self.read_stages(name).get("feedback_labels", []))
+
+    def add_feedback_labels(self, name: str, labels: list[str]) -> list[str]:
+        """Accept feedback with ``labels`` from now on; every replica sees it at its next request.
+
+        This is the first step when a new intent appears: its labelled examples can then be
+        collected as feedback and a retrain learns the new class.
+
+        Raises:
+            VersionNotFoundError: the model has no version.
+        """
+        self.get(name)
+        with self._locked_stages(name) as state:
+            known = list(state.get("feedback_labels", []))
+            added = [label for label in dict.fromkeys(labels) if label not in known]
+            state["feedback_labels"] = known + added
+            if added:
+                _record(state, "add_feedback_labels", ", ".join(added), None, "")
+        return known + added
+
     def delete(self, ref: str) -> None:
         """Delete a version that is not in production.
 

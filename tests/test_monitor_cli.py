@@ -1,0 +1,78 @@
+"""`refit monitor` as the README shows it: a real process started with flags, scraped over HTTP."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.process import free_port, start_process
+from tests.test_cli import run_cli
+
+
+def refit_command() -> str:
+    """The installed `refit` console script of this virtualenv."""
+    return str(Path(sys.executable).with_name("refit"))
+
+
+def scrape_checks(url: str) -> dict[str, float]:
+    """``refit_drift_checks_total`` samples by their label text, from the monitor's /metrics."""
+    samples: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("refit_drift_checks_total{"):
+            labels, value = line.rsplit(" ", 1)
+            samples[labels] = float(value)
+    return samples
+
+
+def test_refit_monitor_checks_the_model_its_flags_name(served_home: Path, tmp_path: Path) -> None:
+    port = free_port()
+    command = [refit_command(), "monitor", "--model", "tiny", "--home", str(served_home)]
+    command += ["--mode", "alert", "--interval", "1", "--port", str(port)]
+    # Nothing from the environment may name the model: only the flags do.
+    assert not any(key.startswith("REFIT_MONITOR_") for key in os.environ)
+    monitor = start_process(command, {}, tmp_path / "monitor.log", f"http://127.0.0.1:{port}", "/metrics")
+    try:
+        monitor.wait_ready(timeout=120)
+        deadline = time.monotonic() + 60
+        checks: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            checks = scrape_checks(monitor.url)
+            if checks.get('refit_drift_checks_total{model="tiny",status="insufficient_data"}', 0) >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        monitor.stop()
+    log = monitor.log_path.read_text(errors="replace")
+    assert checks.get('refit_drift_checks_total{model="tiny",status="insufficient_data"}', 0) >= 2, (
+        checks,
+        log[-2000:],
+    )
+    assert "refit-classifier" not in log and "check of tiny skipped" not in log, log[-2000:]
+    assert checks.get('refit_drift_checks_total{model="tiny",status="skipped"}', 0) == 0
+
+
+def test_without_model_the_registrys_only_model_is_used(
+    served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = run_cli(["drift", "--home", str(served_home)], capsys, monkeypatch)
+    assert code == 0, out
+    assert "tiny:" in out and "insufficient_data" in out
+
+
+def test_without_model_a_registry_of_several_is_a_clear_error(
+    served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    shutil.copytree(served_home / "models" / "tiny", served_home / "models" / "other")
+    for manifest in (served_home / "models" / "other").glob("*/model.yaml"):
+        manifest.write_text(manifest.read_text().replace("name: tiny", "name: other"))
+    code, out = run_cli(["retrain", "--home", str(served_home)], capsys, monkeypatch)
+    assert code == 2
+    assert f"No model named and the registry {served_home} holds 2: other, tiny." in out
+    assert "Pass --model NAME or set REFIT_MONITOR_MODEL." in out
