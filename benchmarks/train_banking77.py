@@ -100,6 +100,7 @@ def run_cell(
     with PeakRss() as rss:
         start = time.perf_counter()
         result = run_strategy(strategy, ctx)
+        result.finalize()
         seconds = time.perf_counter() - start
     metrics = evaluate_split(result, ctx, "test")
     return {

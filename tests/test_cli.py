@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -98,3 +99,27 @@ def test_demo_data_command(
 ) -> None:
     code, out = run_cli(["demo-data", str(tmp_path / "d")], capsys, monkeypatch)
     assert code == 0 and (tmp_path / "d" / "train.csv").is_file() and "drift_typos" in out
+
+
+def test_every_metric_names_its_test_set_and_the_list_flags_different_ones(
+    cli, tiny_csv: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import tiny_rows
+
+    held_out = tmp_path / "held_out.csv"
+    tiny_rows(copies=1).assign(text=lambda f: f["text"] + " indeed").to_csv(held_out, index=False)
+    code, out = cli("train", str(tiny_csv), "--strategy", "head", "--name", "t", train_flags=True)
+    assert code == 0, out
+    assert "on the test set (20% split of tiny.csv, 6 rows, sha256:" in out
+    assert "few rows per label: 'password' has 12, and the validation and test split(s) take" in out
+    code, out = cli(
+        "train", str(tiny_csv), "--strategy", "head", "--name", "t", "--test-file", str(held_out),
+        train_flags=True,
+    )  # fmt: skip
+    assert code == 0, out
+    assert "on the test set (file held_out.csv, 12 rows, sha256:" in out
+    code, out = cli("models", "list", "t")
+    assert "20% split of tiny.csv, 6 rows" in out and "file held_out.csv, 12 rows" in out
+    assert "2 different test sets: compare test metrics only between rows with the same one" in out
+    code, out = cli("models", "show", "t:latest")
+    assert re.search(r"test set\W+file held_out.csv, 12 rows, sha256:", out), out

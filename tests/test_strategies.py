@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from tests.conftest import tiny_rows
 from training.context import TrainContext
-from training.data import split_frames
+from training.data import DataReport, DatasetSplits, split_frames
 from training.finetune import class_weights, find_attention_projections, prepare_lora
 from training.frozen import fit_temperature
 from training.strategies import evaluate_split, run_ladder, run_strategy, stop_reason
@@ -162,7 +163,11 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
 def test_head_is_refitted_on_validation_data_with_the_chosen_c(make_config: Callable[..., Any]) -> None:
     ctx = _context(make_config, strategy="head")
     refitted = run_strategy("head", ctx)
+    assert refitted.details["refit_on_validation"] is False  # not before selection is over
+    before = refitted.model.head.weight.detach().clone()
+    refitted.finalize()
     assert refitted.details["refit_on_validation"] is True
+    assert not torch.allclose(before, refitted.model.head.weight)
     ctx_plain = _context(make_config, strategy="head", refit_head=False)
     plain = run_strategy("head", ctx_plain)
     assert plain.details["refit_on_validation"] is False
@@ -175,6 +180,30 @@ def test_reprobe_replaces_the_fine_tuned_head_with_a_calibrated_probe(
 ) -> None:
     ctx = _context(make_config, strategy="full", epochs=5, reprobe_after_finetune=True)
     result = run_strategy("full", ctx)
-    assert result.details["reprobe"]["refit_on_validation"] is True
+    result.finalize()
+    assert result.details["refit_on_validation"] is True
     assert result.details["temperature"] == result.details["reprobe"]["temperature"]
     assert evaluate_split(result, ctx, "train").accuracy == 1.0
+
+
+def test_no_strategy_is_scored_on_rows_it_trained_on(make_config: Callable[..., Any]) -> None:
+    """Validation rows carry the phrases of training rows with the labels rotated, three times over.
+
+    A rung that never trained on them scores about 0 there; one refitted on train + validation
+    learns the rotated majority and scores near 1. Selection must see the former.
+    """
+    data = tiny_rows(copies=1)
+    labels = sorted(data["label"].unique())
+    rotated = data.assign(label=data["label"].map(dict(zip(labels, labels[1:] + labels[:1], strict=True))))
+    validation = pd.concat([rotated] * 3, ignore_index=True)
+    report = DataReport(rows=len(data))
+    splits = DatasetSplits(data, validation, data.copy(), labels, "sha256:test", report)
+    config = make_config(strategy="auto", auto_ladder=["baseline", "head", "lora"], auto_target_macro_f1=1.0)
+    config = config.model_copy(update={"auto_min_gain": -1.0, "epochs": 2})
+    ctx = TrainContext.create(config, splits)
+    outcome = run_ladder(ctx)
+    assert [r.strategy for r in outcome.rungs] == ["baseline", "head", "lora"]
+    assert all(r.validation_macro_f1 < 0.5 for r in outcome.rungs), [r.to_dict() for r in outcome.rungs]
+    outcome.best.finalize()  # only now may the chosen model learn the validation rows
+    if outcome.best.strategy != "baseline":
+        assert evaluate_split(outcome.best, ctx, "validation").macro_f1 > 0.5

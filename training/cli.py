@@ -98,12 +98,15 @@ def train(
     v = outcome.version
     if v is None:  # a non-main process of `accelerate launch`
         return
+    from training.data import describe_test_set
+
     for warning in outcome.warnings:
         console.print(f"[yellow]data warning:[/] {warning}")
     console.print(
         f"[green]registered[/] {v.tag} ({v.manifest['strategy']}, stage {v.stage}): "
         f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}, "
-        f"ECE {outcome.test.ece:.4f}\nreport: {v.path / 'report.html'}"
+        f"ECE {outcome.test.ece:.4f} on the test set ({describe_test_set(v.manifest.get('test_set'))})"
+        f"\nreport: {v.path / 'report.html'}"
     )
     if export_onnx:
         from training.onnx_export import export_version
@@ -113,10 +116,17 @@ def train(
 
 
 def render_versions(versions: list[Any]) -> Table:
-    """A table comparing versions: strategy, metrics, fingerprint, stage, created."""
+    """A table comparing versions: strategy, metrics and the test set they come from, data, stage.
+
+    Test metrics compare only within one test set; the caption says when the table holds several.
+    """
+    from training.data import describe_test_set
+
     table = Table(title="model versions")
-    for column in ("tag", "stage", "strategy", "test acc", "macro-F1", "data", "parent", "created"):
+    columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")
+    for column in columns:
         table.add_column(column)
+    test_sets = {str(v.manifest.get("test_set", {}).get("fingerprint")) for v in versions}
     for v in versions:
         m = v.manifest
         table.add_row(
@@ -125,9 +135,14 @@ def render_versions(versions: list[Any]) -> Table:
             m.get("strategy", "?"),
             f"{m.get('test_accuracy', float('nan')):.4f}",
             f"{m.get('test_macro_f1', float('nan')):.4f}",
+            describe_test_set(m.get("test_set")),
             str(m.get("data_fingerprint", ""))[7:19],
             str(m.get("parent_version") or "-"),
             v.created[:19].replace("T", " "),
+        )
+    if len(test_sets) > 1:
+        table.caption = (
+            f"{len(test_sets)} different test sets: compare test metrics only between rows with the same one"
         )
     return table
 
@@ -153,6 +168,7 @@ def show_model(
 ) -> None:
     """Show one version's manifest, metrics, stage and path."""
     from training.artifacts import read_metrics
+    from training.data import describe_test_set
     from training.onnx_export import read_export_record
 
     version = _registry(home).get(ref)
@@ -176,6 +192,7 @@ def show_model(
         "test",
         f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}",
     )
+    table.add_row("test set", describe_test_set(version.manifest.get("test_set")))
     table.add_row("onnx", str(read_export_record(version) or "not exported"))
     table.add_row("path", str(version.path))
     console.print(table)

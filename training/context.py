@@ -23,6 +23,20 @@ class StrategyResult:
     train_seconds: float
     trainable_params: int
     details: dict[str, Any] = field(default_factory=dict)  # history, temperature, parity, ...
+    # A head refitted on train + validation, installed by `finalize` only after the model has
+    # been chosen and scored: selection must never see rows the candidate trained on.
+    refit_head: tuple[np.ndarray, np.ndarray] | None = None
+
+    def finalize(self) -> None:
+        """Install the refitted head, if there is one (after selection and validation metrics)."""
+        if self.refit_head is None:
+            return
+        weight, bias = self.refit_head
+        with torch.no_grad():
+            self.model.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.model.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        self.refit_head = None
+        self.details["refit_on_validation"] = True
 
 
 @dataclass

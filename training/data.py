@@ -7,6 +7,7 @@ import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,7 @@ class DataReport:
     conflicting_texts: int = 0  # same text with different labels
     train_test_overlap: int = 0  # test texts that also occur in the training data
     class_counts: dict[str, int] = field(default_factory=dict)
+    split_cost: str = ""  # what carving validation and test out of few rows per label costs
 
     def warnings(self) -> list[str]:
         """Human-readable warnings for each non-zero finding."""
@@ -38,6 +40,8 @@ class DataReport:
             found.append(f"{self.conflicting_texts} texts appear with more than one label")
         if self.train_test_overlap:
             found.append(f"{self.train_test_overlap} test texts also appear in the training data")
+        if self.split_cost:
+            found.append(self.split_cost)
         return found
 
 
@@ -51,6 +55,8 @@ class DatasetSplits:
     labels: list[str]
     fingerprint: str
     report: DataReport
+    # Which rows every test metric comes from: "file" (and its path) or "split", rows, fingerprint.
+    test_set: dict[str, Any] = field(default_factory=dict)
 
 
 def _row_list(rows: np.ndarray) -> str:
@@ -254,6 +260,27 @@ def prepare_splits(
         test_fraction=test_fraction,
         seed=seed,
         source=str(data_path),
+        test_source=str(test_file) if test_file is not None else None,
+    )
+
+
+FEW_ROWS_PER_LABEL = 30  # below this, carving validation and test rows out is worth a warning
+
+
+def describe_split_cost(class_counts: dict[str, int], train: pd.DataFrame, test_from_file: bool) -> str:
+    """A warning when the smallest label gives a large share of its few rows to validation and test."""
+    label, count = min(class_counts.items(), key=lambda item: item[1])
+    if count >= FEW_ROWS_PER_LABEL:
+        return ""
+    kept = int((train["label"] == label).sum())
+    if kept == count:
+        return ""
+    spent = "validation" if test_from_file else "validation and test"
+    return (
+        f"few rows per label: {label!r} has {count}, and the {spent} split(s) take {count - kept} of "
+        f"them from training. Pass --test-file to keep the test rows out of the training file, and "
+        f"compare versions only on the same test set; test metrics on a few rows per label move "
+        f"by several points from one split to the next"
     )
 
 
@@ -265,6 +292,7 @@ def split_frames(
     test_fraction: float = 0.2,
     seed: int = 42,
     source: str = "the data",
+    test_source: str | None = None,
 ) -> DatasetSplits:
     """Validate loaded frames (columns ``text``, ``label``) and split them; see prepare_splits."""
     validate_texts(data, source)
@@ -287,6 +315,7 @@ def split_frames(
     else:
         train, val, test = stratified_split(data, (validation_fraction, test_fraction), seed)
     report.train_test_overlap = count_overlap(train, test)
+    report.split_cost = describe_split_cost(class_counts, train, test_source is not None)
     for warning in report.warnings():
         logger.warning("%s: %s", source, warning)
     frames = [data] if test is None else [data, test]
@@ -297,4 +326,24 @@ def split_frames(
         labels=sorted(class_counts),
         fingerprint=fingerprint_rows(frames),
         report=report,
+        test_set={
+            "source": "file" if test_source is not None else "split",
+            "path": test_source if test_source is not None else source,
+            "fraction": None if test_source is not None else test_fraction,
+            "rows": len(test),
+            "fingerprint": fingerprint_rows([test]),
+        },
     )
+
+
+def describe_test_set(test_set: dict[str, Any] | None) -> str:
+    """Where a metric comes from: ``file test.csv, 3,080 rows, sha256:1a2b3c4d`` or ``20% split of ...``."""
+    if not test_set:
+        return "test set not recorded"
+    name = Path(str(test_set.get("path") or "the data")).name
+    where = (
+        f"file {name}"
+        if test_set.get("source") == "file"
+        else f"{float(test_set.get('fraction') or 0):.0%} split of {name}"
+    )
+    return f"{where}, {int(test_set.get('rows', 0)):,} rows, {str(test_set.get('fingerprint', ''))[:15]}"

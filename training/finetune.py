@@ -269,8 +269,9 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
             ctx.predict(model, "validation").embeddings,
         )
         probe = fit_probe(train_emb, ctx.label_ids("train"), val_emb, ctx.label_ids("validation"), ctx)
-        details["reprobe"] = install_probe(model, probe, ctx)
+        details["reprobe"], refit = install_probe(model, probe, ctx)
         details["temperature"] = details["reprobe"]["temperature"]
     else:
+        refit = None
         details["temperature"] = calibrate(model, ctx)
-    return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details)
+    return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details, refit)

@@ -143,23 +143,28 @@ def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
     return ctx.probe
 
 
-def install_probe(model: TextClassifier, probe: dict[str, Any], ctx: TrainContext) -> dict[str, Any]:
-    """Put a probe into the model's head, calibrated; return what was done for the manifest.
+def install_probe(
+    model: TextClassifier, probe: dict[str, Any], ctx: TrainContext
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """Put the probe fitted on training rows into the model's head, calibrated.
 
-    The temperature is fitted with the probe that never saw validation data; a refitted probe
-    has seen it, so calibrating that one there would make it look more reliable than it is.
+    Returns what was done (for the manifest) and the head refitted on train + validation with
+    the same temperature folded in, for `StrategyResult.finalize` once selection is over: the
+    temperature is fitted with the probe that never saw validation data, since calibrating the
+    refitted one there would make it look more reliable than it is.
     """
     set_head(model, probe["weight"], probe["bias"])
     temperature = calibrate(model, ctx)
+    refit = None
     if "refit_weight" in probe:
-        set_head(model, probe["refit_weight"], probe["refit_bias"])
-        fold_temperature(model, temperature)
-    return {
+        refit = (probe["refit_weight"] / temperature, probe["refit_bias"] / temperature)
+    details = {
         "C": probe["C"],
         "validation_log_loss_by_C": probe["validation_log_loss_by_C"],
         "temperature": temperature,
-        "refit_on_validation": "refit_weight" in probe,
+        "refit_on_validation": False,
     }
+    return details, refit
 
 
 def _unstandardise(
@@ -185,6 +190,6 @@ def train_head(ctx: TrainContext) -> StrategyResult:
     """Feature extraction: frozen encoder, embeddings computed once, a trained linear head."""
     start = time.perf_counter()
     model = ctx.fresh_model()
-    details = install_probe(model, fit_linear_probe(ctx), ctx)
+    details, refit = install_probe(model, fit_linear_probe(ctx), ctx)
     trainable = model.head.weight.numel() + model.head.bias.numel()
-    return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details)
+    return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details, refit)

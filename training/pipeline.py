@@ -99,8 +99,10 @@ def train_model(
         result, ladder = outcome.best, [r.to_dict() for r in outcome.rungs]
     else:
         result = run_strategy(config.strategy, ctx)
-    test = evaluate_split(result, ctx, "test")
+    # Validation metrics describe the model as selected; only then may it learn those rows.
     validation = evaluate_split(result, ctx, "validation") if len(splits.validation) else None
+    result.finalize()
+    test = evaluate_split(result, ctx, "test")
     parent = config.parent_version or _production_version(registry, config.name)
     metadata = {
         "strategy": result.strategy,
@@ -109,6 +111,7 @@ def train_model(
         "parent_version": parent,
         "test_accuracy": round(test.accuracy, 4),
         "test_macro_f1": round(test.macro_f1, 4),
+        "test_set_fingerprint": splits.test_set.get("fingerprint"),
     }
 
     def write(directory: Path) -> dict[str, Any]:
@@ -166,6 +169,7 @@ def write_version(
         "trainable_params": result.trainable_params,
         "details": result.details,
         "data_report": {**splits.report.__dict__, "warnings": splits.report.warnings()},
+        "test_set": splits.test_set,
         "rows": {
             "train": len(splits.train),
             "validation": len(splits.validation),
