@@ -8,6 +8,7 @@ records the check in the history table.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +19,9 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from monitoring.drift import DriftResult, detect_drift
-from monitoring.reference import Reference, load_reference
+from monitoring.reference import Reference, assess_estimate, load_reference
+from monitoring.report import ReportContext, render_report
+from monitoring.retention import prune_reports
 from monitoring.settings import MonitorSettings
 from monitoring.store import read_feedback, read_window, record_check
 from training.registry import ModelRegistry
@@ -38,6 +41,10 @@ class CheckOutcome:
     report: Path | None
     snapshot: Any = None
     reason: str = ""  # why a check was skipped
+    novelty_share: float | None = None  # share of the window unlike every reference text
+    estimate_trusted: bool | None = None  # None: no estimate
+    estimate_note: str = ""  # why the estimate can or cannot be trusted on this window
+    seconds: float = 0.0  # the whole check: window, embeddings, features, tests, report
 
 
 class DriftChecker:
@@ -60,7 +67,10 @@ class DriftChecker:
         if self._reference is None or self._reference.version.version != version:
             loaded = self.registry.get(f"{self.settings.model}:{version}")
             self._reference = load_reference(
-                loaded, self.settings.pca_components, self.settings.reference_rows
+                loaded,
+                self.settings.pca_components,
+                self.settings.reference_rows,
+                cache_dir=self.settings.home / "refit" / "cache",
             )
         return self._reference
 
@@ -71,6 +81,7 @@ class DriftChecker:
             VersionNotFoundError: the model has no production version.
             ModelLoadError: the reference profile is missing or corrupt.
         """
+        start = time.perf_counter()
         version = self.registry.get(f"{self.settings.model}:production").version
         reference = self.reference(version)
         window = read_window(
@@ -82,33 +93,59 @@ class DriftChecker:
         )
         if len(window) < self.settings.min_window:
             result, _ = detect_drift(reference.features, window, min_window=self.settings.min_window)
-            return self._finish(CheckOutcome(result, version, None, None, 0, None))
+            return self._finish(CheckOutcome(result, version, None, None, 0, None), start)
         probabilities = np.asarray(window["probabilities"].tolist(), dtype=np.float32)
-        current = reference.live_features(list(window["text"]), probabilities)
+        current, distances = reference.live_features(list(window["text"]), probabilities)
         current["estimated_correct"] = np.interp(current["confidence"], *reference.calibration)
         current["observed_correct"] = self._observed(window)
         baseline = reference.features.assign(
             estimated_correct=np.interp(reference.features["confidence"], *reference.calibration)
         )
-        path = report or self._report_path()
         result, snapshot = detect_drift(
-            baseline,
-            current,
-            alpha=self.settings.alpha,
-            min_window=self.settings.min_window,
-            report_path=path,
+            baseline, current, alpha=self.settings.alpha, min_window=self.settings.min_window
         )
         labelled = int(current["observed_correct"].notna().sum())
+        trusted, share, note = assess_estimate(distances, reference.novelty_threshold, self.settings.alpha)
         outcome = CheckOutcome(
             result=result,
             version=version,
             estimated_accuracy=float(current["estimated_correct"].mean()),
             observed_accuracy=float(current["observed_correct"].mean()) if labelled else None,
             labelled=labelled,
-            report=path,
+            report=report or self._report_path(),
             snapshot=snapshot,
+            novelty_share=share,
+            estimate_trusted=trusted,
+            estimate_note=note,
         )
-        return self._finish(outcome)
+        self._write_report(outcome, baseline, current, start)
+        return self._finish(outcome, start)
+
+    def _write_report(
+        self, outcome: CheckOutcome, baseline: pd.DataFrame, current: pd.DataFrame, start: float
+    ) -> None:
+        """The check's HTML report (Evidently's own beside it when asked for), then retention."""
+        assert outcome.report is not None and outcome.version is not None
+        context = ReportContext(
+            model=self.settings.model,
+            version=outcome.version,
+            estimated_accuracy=outcome.estimated_accuracy,
+            observed_accuracy=outcome.observed_accuracy,
+            labelled=outcome.labelled,
+            estimate_note=outcome.estimate_note,
+            seconds=time.perf_counter() - start,
+        )
+        outcome.report.parent.mkdir(parents=True, exist_ok=True)
+        page = render_report(outcome.result, baseline, current, context)
+        outcome.report.write_text(page, encoding="utf-8")
+        if self.settings.evidently_html and outcome.snapshot is not None:
+            outcome.snapshot.save_html(str(outcome.report.with_suffix(".evidently.html")))
+        prune_reports(
+            self.settings.reports_path,
+            f"{self.settings.model}-drift-",
+            self.settings.keep_checks,
+            self.settings.keep_checks_days,
+        )
 
     def _observed(self, window: pd.DataFrame) -> pd.Series:
         """1.0/0.0 where a window prediction has a feedback label, NaN elsewhere."""
@@ -121,7 +158,8 @@ class DriftChecker:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         return self.settings.reports_path / f"{self.settings.model}-drift-{stamp}.html"
 
-    def _finish(self, outcome: CheckOutcome) -> CheckOutcome:
+    def _finish(self, outcome: CheckOutcome, start: float) -> CheckOutcome:
+        outcome.seconds = round(time.perf_counter() - start, 3)
         result = outcome.result
         record_check(
             self.engine,
@@ -136,15 +174,24 @@ class DriftChecker:
                 "estimated_accuracy": outcome.estimated_accuracy,
                 "observed_accuracy": outcome.observed_accuracy,
                 "report": str(outcome.report) if outcome.report else None,
-                "detail": {"columns": [c.__dict__ for c in result.columns], "reason": outcome.reason},
+                "detail": {
+                    "columns": [c.__dict__ for c in result.columns],
+                    "reason": outcome.reason,
+                    "novelty_share": outcome.novelty_share,
+                    "estimate_trusted": outcome.estimate_trusted,
+                    "estimate_note": outcome.estimate_note,
+                    "seconds": outcome.seconds,
+                    "test_seconds": result.seconds,
+                },
             },
         )
         logger.info(
-            "check of %s:%s: %s (share %.2f, window %d)",
+            "check of %s:%s: %s (share %.2f, window %d, %.1f s)",
             self.settings.model,
             outcome.version,
             result.status,
             result.share,
             result.window_size,
+            outcome.seconds,
         )
         return outcome

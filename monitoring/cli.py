@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Annotated
@@ -61,15 +62,18 @@ def drift(
             f"estimated accuracy {outcome.estimated_accuracy:.3f}, "
             f"observed {observed} ({outcome.labelled} labels)"
         )
+        colour = "green" if outcome.estimate_trusted else "red"
+        console.print(f"[{colour}]estimate: {outcome.estimate_note}[/]")
     if result.columns:
-        table = Table("feature", "test", "p-value", "level", "drifted")
-        for c in result.columns:
+        table = Table("feature", "test", "p-value", "level", "drifted", title="strongest evidence first")
+        for c in sorted(result.columns, key=lambda c: c.score):
             table.add_row(
                 c.column, c.method, f"{c.score:.2e}", f"{c.threshold:.4f}", "yes" if c.drifted else ""
             )
         console.print(table)
     if outcome.report:
         console.print(f"report: {outcome.report}")
+    console.print(f"check took {outcome.seconds:.2f} s (tests {result.seconds:.2f} s)")
 
 
 def retrain(
@@ -79,6 +83,8 @@ def retrain(
 ) -> None:
     """Retrain now on the training data plus feedback, through the same promotion gate."""
     from monitoring.monitor import Monitor
+
+    logging.getLogger("monitoring.retrain").setLevel(logging.INFO)  # the child's progress lines
 
     result = Monitor(_settings(config, model, home)).retrain("manual")
     console.print(f"retrain: [bold]{result.outcome}[/] ({result.reason})")
@@ -99,6 +105,8 @@ def monitor(
     """Check for drift on a schedule, export metrics, and retrain when drift persists (mode retrain)."""
     from monitoring.scheduler import run_monitor
 
+    # The monitor's own log says what each check found and what a retrain is doing.
+    logging.getLogger("monitoring").setLevel(logging.INFO)
     settings = _settings(config, model, home, interval_s=interval, mode=mode, metrics_port=port)
     console.print(
         f"monitoring [bold]{settings.model}[/] every {settings.interval_s:.0f} s, mode {settings.mode}; "

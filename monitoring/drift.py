@@ -15,7 +15,6 @@ import functools
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,7 +188,6 @@ def detect_drift(
     *,
     alpha: float = 0.05,
     min_window: int = 100,
-    report_path: Path | None = None,
 ) -> tuple[DriftResult, Any]:
     """Compare a window of live features with the reference features.
 
@@ -198,7 +196,6 @@ def detect_drift(
         current: features of the window, same columns.
         alpha: family-wise false-alarm rate of the check.
         min_window: below this many rows the result is "insufficient_data" and never drift.
-        report_path: where to save the HTML report (None: not saved).
 
     Returns:
         The typed result and the Evidently snapshot (None when the window was too small).
@@ -219,8 +216,5 @@ def detect_drift(
         checked_at=now,
         columns=columns,
     )
-    if report_path is not None:
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(report_path))
     result.seconds = round(time.perf_counter() - start, 3)
     return result, snapshot

@@ -48,6 +48,27 @@ class MonitorMetrics:
         self.observed_accuracy = Gauge(
             "refit_observed_accuracy", "Accuracy on the last window's feedback labels.", ["model"], registry=r
         )
+        self.estimate_trusted = Gauge(
+            "refit_estimate_trusted",
+            "1 when the last window looks like the reference, so the CBPE estimate can be trusted.",
+            ["model"],
+            registry=r,
+        )
+        self.novelty_share = Gauge(
+            "refit_window_novelty_share",
+            "Share of the last window farther from every reference text than 99% of reference texts.",
+            ["model"],
+            registry=r,
+        )
+        self.check_seconds = Gauge(
+            "refit_drift_check_duration_seconds",
+            "Duration of the last check: window, embeddings, features, tests, report.",
+            ["model"],
+            registry=r,
+        )
+        self.retrain_running = Gauge(
+            "refit_retrain_running", "1 while a retrain (candidate, gate, refit) runs.", ["model"], registry=r
+        )
         self.retrains = Counter(
             "refit_retrain_runs", "Retrains by outcome.", ["model", "outcome"], registry=r
         )
@@ -64,3 +85,4 @@ class MonitorMetrics:
             self.checks.labels(model, status)
         for outcome in ("promoted", "rejected", "failed", "skipped"):
             self.retrains.labels(model, outcome)
+        self.retrain_running.labels(model).set(0)

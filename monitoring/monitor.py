@@ -83,6 +83,7 @@ class Monitor:
         m.checks.labels(model, result.status).inc()
         m.last_check.labels(model).set(time.time())
         m.window_size.labels(model).set(result.window_size)
+        m.check_seconds.labels(model).set(outcome.seconds)
         if outcome.version and outcome.version != self._published_version:
             if self._published_version:
                 m.production.labels(model, self._published_version).set(0)
@@ -96,12 +97,22 @@ class Monitor:
             m.feature_score.labels(model, column.column).set(column.score)
         if outcome.estimated_accuracy is not None:
             m.estimated_accuracy.labels(model).set(outcome.estimated_accuracy)
+        if outcome.estimate_trusted is not None and outcome.novelty_share is not None:
+            m.estimate_trusted.labels(model).set(int(outcome.estimate_trusted))
+            m.novelty_share.labels(model).set(outcome.novelty_share)
         if outcome.observed_accuracy is not None:
             m.observed_accuracy.labels(model).set(outcome.observed_accuracy)
         if outcome.snapshot is not None:
             features = [c.column for c in result.columns]
             try:
-                record_snapshot(self.settings.workspace_path, model, outcome.snapshot, features)
+                record_snapshot(
+                    self.settings.workspace_path,
+                    model,
+                    outcome.snapshot,
+                    features,
+                    keep=self.settings.keep_checks,
+                    max_age_days=self.settings.keep_checks_days,
+                )
             except Exception:  # the dashboard is a view: a failure must not stop monitoring
                 logger.exception("could not add the check to the Evidently workspace")
 
@@ -126,18 +137,23 @@ class Monitor:
         """Retrain through the gate now, and record the decision in the audit table and metrics."""
         started = datetime.now(UTC)
         s = self.settings
-        result = self.retrainer(
-            self.registry,
-            s.model,
-            read_feedback(self.engine, s.model),
-            holdout=s.feedback_holdout,
-            min_feedback=s.min_feedback,
-            min_examples=s.min_new_label_examples,
-            tolerance=s.gate_tolerance,
-            strategy=s.retrain_strategy,
-            timeout_s=s.retrain_timeout_s,
-            refit=s.refit_with_gate_rows,
-        )
+        logger.info("retrain of %s started (%s)", s.model, trigger)
+        self.metrics.retrain_running.labels(s.model).set(1)
+        try:
+            result = self.retrainer(
+                self.registry,
+                s.model,
+                read_feedback(self.engine, s.model),
+                holdout=s.feedback_holdout,
+                min_feedback=s.min_feedback,
+                min_examples=s.min_new_label_examples,
+                tolerance=s.gate_tolerance,
+                strategy=s.retrain_strategy,
+                timeout_s=s.retrain_timeout_s,
+                refit=s.refit_with_gate_rows,
+            )
+        finally:
+            self.metrics.retrain_running.labels(s.model).set(0)
         record_retrain(
             self.engine,
             {

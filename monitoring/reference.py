@@ -1,19 +1,68 @@
 """The production version's reference: its profile turned into features, and what it takes to
-turn live predictions into the same features (the model for embeddings, the PCA, a calibrator).
+turn live predictions into the same features (an encoder for embeddings, the PCA, a calibrator,
+the novelty threshold).
+
+Everything derived from the profile is cached on disk per version and setting, so a one-shot
+`refit drift` does not rebuild it; the encoder is the version's ONNX export when it has one
+(loads in a fraction of a second, where the torch weights take seconds).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from monitoring.features import FeatureSpace, build_features, fit_feature_space
-from training.artifacts import load_version_model, load_version_profile, read_labels
-from training.inference import predict
+from training.artifacts import ONNX_DIR, load_version_profile, load_version_tokenizer, read_labels
+from training.novelty import nearest_distance
 from training.registry import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+NOVELTY_QUANTILE = 0.99  # reference rows (leave-one-out) closer than this count as familiar
+CACHE_FORMAT = 1  # bump when what is cached changes
+
+
+class Encoder:
+    """Logits and embeddings of a version: its ONNX export when present, else its torch weights."""
+
+    def __init__(self, version: ModelVersion, tokenizer: Any) -> None:
+        self.version = version
+        self.tokenizer = tokenizer
+        self.max_length = int(version.manifest.get("max_length", 128))
+        self._session: Any = None
+        self._model: Any = None
+
+    def outputs(
+        self, texts: list[str], names: tuple[str, ...] = ("logits", "embeddings")
+    ) -> list[np.ndarray]:
+        """The named outputs of ``texts``: ``logits`` (n, labels), ``embeddings`` (n, hidden)."""
+        from training.onnx_export import ONNX_FILE, onnx_output, onnx_session
+
+        export = self.version.path / ONNX_DIR / ONNX_FILE
+        if export.is_file():
+            if self._session is None:
+                self._session = onnx_session(export, ["CPUExecutionProvider"])
+            return [onnx_output(self._session, self.tokenizer, texts, self.max_length, n) for n in names]
+        if self._model is None:
+            from training.artifacts import load_version_model
+
+            self._model, _ = load_version_model(self.version)
+        from training.inference import predict
+
+        predictions = predict(self._model, self.tokenizer, texts, max_length=self.max_length)
+        return [getattr(predictions, n) for n in names]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Sentence embeddings (n, hidden) of ``texts``, as the reference's were computed."""
+        return self.outputs(texts, ("embeddings",))[0]
 
 
 @dataclass
@@ -23,23 +72,17 @@ class Reference:
     version: ModelVersion
     space: FeatureSpace
     features: pd.DataFrame
-    model: Any
-    max_length: int
+    encoder: Encoder
     calibration: tuple[np.ndarray, np.ndarray]  # isotonic map: confidence -> P(correct)
+    embeddings: np.ndarray  # (rows, hidden) reference embeddings, for novelty
+    novelty_threshold: float  # cosine distance to the nearest reference row; above it: novel
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Sentence embeddings of live texts, as the reference's were computed."""
-        predictions = predict(self.model, self.space.tokenizer, texts, max_length=self.max_length)
-        return predictions.embeddings
-
-    def live_features(self, texts: list[str], probabilities: np.ndarray) -> pd.DataFrame:
-        """Features of logged predictions (their probabilities, re-computed embeddings)."""
-        return build_features(self.space, texts, probabilities, self.embed(texts))
-
-    def estimate_accuracy(self, confidence: np.ndarray) -> float:
-        """Label-free accuracy estimate (CBPE): mean calibrated probability of being right."""
-        x, y = self.calibration
-        return float(np.interp(confidence, x, y).mean()) if len(confidence) else float("nan")
+    def live_features(self, texts: list[str], probabilities: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """Features of logged predictions (their probabilities, re-computed embeddings), and the
+        embeddings' novelty: each text's distance to the nearest reference text."""
+        embeddings = self.encoder.embed(texts)
+        features = build_features(self.space, texts, probabilities, embeddings)
+        return features, nearest_distance(embeddings, self.embeddings)
 
 
 def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,27 +97,126 @@ def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.nda
     return np.asarray(iso.X_thresholds_), np.asarray(iso.y_thresholds_)
 
 
-def load_reference(version: ModelVersion, components: int = 8, rows: int = 5000) -> Reference:
-    """Build the reference of ``version`` from its saved profile and model.
+def load_reference(
+    version: ModelVersion, components: int = 8, rows: int = 5000, cache_dir: Path | None = None
+) -> Reference:
+    """Build the reference of ``version`` from its saved profile (or its cache) and model.
 
     Raises:
         ModelLoadError: the profile or the model is missing or corrupt.
     """
+    tokenizer = load_version_tokenizer(version)
+    labels = read_labels(version)
+    cache = (
+        cache_dir / f"{version.name}-{version.version}-pca{components}-rows{rows}-v{CACHE_FORMAT}"
+        if cache_dir
+        else None
+    )
+    cached = _read_cache(cache) if cache else None
+    if cached is None:
+        cached = _derive(version, labels, tokenizer, components, rows)
+        if cache:
+            _write_cache(cache, cached)
+    features, arrays = cached
+    space = FeatureSpace(
+        labels=labels, tokenizer=tokenizer, mean=arrays["mean"], components=arrays["components"]
+    )
+    return Reference(
+        version=version,
+        space=space,
+        features=features,
+        encoder=Encoder(version, tokenizer),
+        calibration=(arrays["calibration_x"], arrays["calibration_y"]),
+        embeddings=arrays["embeddings"],
+        novelty_threshold=float(arrays["novelty_threshold"]),
+    )
+
+
+def _derive(
+    version: ModelVersion, labels: list[str], tokenizer: Any, components: int, rows: int
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     profile = load_version_profile(version)
     if len(profile) > rows:
         profile = profile.sample(n=rows, random_state=0).reset_index(drop=True)
-    model, tokenizer = load_version_model(version)
-    labels = read_labels(version)
     embeddings = np.stack(profile["embedding"].to_numpy()).astype(np.float32)
     probabilities = np.stack(profile["probabilities"].to_numpy()).astype(np.float32)
     space = fit_feature_space(labels, tokenizer, embeddings, components)
     features = build_features(space, list(profile["text"]), probabilities, embeddings)
     correct = (profile["predicted_label"] == profile["label"]).to_numpy(dtype=float)
-    return Reference(
-        version=version,
-        space=space,
-        features=features,
-        model=model,
-        max_length=int(version.manifest.get("max_length", 128)),
-        calibration=fit_calibration(features["confidence"].to_numpy(), correct),
+    calibration = fit_calibration(features["confidence"].to_numpy(), correct)
+    familiar = (
+        nearest_distance(embeddings, embeddings, exclude_self=True) if len(embeddings) > 1 else np.zeros(1)
+    )
+    arrays = {
+        "mean": space.mean,
+        "components": space.components,
+        "calibration_x": calibration[0],
+        "calibration_y": calibration[1],
+        "embeddings": embeddings,
+        "novelty_threshold": np.asarray(np.quantile(familiar, NOVELTY_QUANTILE)),
+    }
+    return features, arrays
+
+
+def _read_cache(path: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]] | None:
+    try:
+        with np.load(path.with_suffix(".npz")) as data:
+            arrays = {key: data[key] for key in data.files}
+        return pd.read_parquet(path.with_suffix(".parquet")), arrays
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _write_cache(path: Path, cached: tuple[pd.DataFrame, dict[str, np.ndarray]]) -> None:
+    """Write each file under a temporary name and rename it: a reader never sees half a file, and
+    since both are derived deterministically from the same version, any pair read is consistent."""
+    features, arrays = cached
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix, write in (
+            (".parquet", lambda f: features.to_parquet(f, index=False)),
+            (".npz", lambda f: np.savez(f, **arrays)),  # type: ignore[arg-type]
+        ):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix)
+            with os.fdopen(fd, "wb") as out:
+                write(out)
+            os.replace(tmp, path.with_suffix(suffix))
+    except OSError as exc:  # a cache that cannot be written only costs time
+        logger.warning("could not cache the reference of %s: %s", path.name, exc)
+
+
+def assess_estimate(distances: np.ndarray, threshold: float, alpha: float) -> tuple[bool, float, str]:
+    """Whether the label-free accuracy estimate can be trusted on a window, from its novelty.
+
+    CBPE assumes the model's confidences stay calibrated on the new data. That fails on inputs
+    the model has no class for: it gives them a confident known label. Such inputs sit far from
+    every reference text, so the window's share beyond the reference's own 99th-percentile
+    distance is compared with the 1% expected (one-sided binomial test at ``alpha``); a
+    significant excess of at least 5% of the window marks the estimate untrusted.
+
+    Returns:
+        (trusted, share of novel texts, a sentence saying why).
+    """
+    from scipy.stats import binomtest
+
+    novel = int((distances > threshold).sum())
+    total = max(1, len(distances))
+    share, expected = novel / total, 1 - NOVELTY_QUANTILE
+    p_value = binomtest(novel, total, expected, alternative="greater").pvalue
+    trusted = not (p_value < alpha and share >= 0.05)
+    found = (
+        f"{novel} of {total} texts ({share:.1%}) are farther from every reference text "
+        "than 99% of reference texts"
+    )
+    if trusted:
+        return (
+            True,
+            share,
+            f"{found} (expected 1%): the inputs look like the reference, CBPE's assumption holds",
+        )
+    return (
+        False,
+        share,
+        f"NOT TRUSTED: {found} (expected 1%, binomial p {p_value:.1e}). CBPE assumes calibrated "
+        "confidences, which fails on inputs the model has no class for (it answers them confidently)",
     )

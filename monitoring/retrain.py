@@ -19,6 +19,7 @@ import itertools
 import logging
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,27 +183,45 @@ def train_candidate(
 
 
 def run_refit(arguments: list[str], timeout_s: float, log_path: Path) -> None:
-    """Run one `refit` command in a child process with a time limit, its output to ``log_path``.
+    """Run one `refit` command in a child process with a time limit.
+
+    Its output goes to ``log_path`` and, line by line as it comes, to this module's log: a
+    retrain started by the monitor shows its progress (embedding, epochs, export) in the
+    monitor's own log.
 
     Raises:
         RuntimeError: the child failed or ran past ``timeout_s`` (it is killed).
     """
+    start = time.perf_counter()
     with log_path.open("wb") as log:
+        child = subprocess.Popen(refit_command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        relay = threading.Thread(target=_relay, args=(child, log, arguments[0]), daemon=True)
+        relay.start()
         try:
-            completed = subprocess.run(
-                refit_command(*arguments),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout_s,
-                check=False,
-            )
+            child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
+            child.kill()
+            child.wait()
             raise RuntimeError(
                 f"`refit {arguments[0]}` ran past its {timeout_s:.0f} s limit and was killed"
             ) from exc
-    if completed.returncode != 0:
+        finally:
+            relay.join(timeout=5)
+    logger.info("`refit %s` finished in %.0f s", arguments[0], time.perf_counter() - start)
+    if child.returncode != 0:
         tail = log_path.read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"`refit {' '.join(arguments[:2])}` exited with {completed.returncode}: {tail}")
+        raise RuntimeError(f"`refit {' '.join(arguments[:2])}` exited with {child.returncode}: {tail}")
+
+
+def _relay(child: subprocess.Popen[bytes], log: Any, command: str) -> None:
+    """Copy the child's output to its log file, and each non-empty line to the monitor's log."""
+    assert child.stdout is not None
+    for raw in child.stdout:
+        log.write(raw)
+        log.flush()
+        line = raw.decode(errors="replace").strip()
+        if line:
+            logger.info("refit %s: %s", command, line)
 
 
 @dataclass

@@ -52,9 +52,14 @@ def add_dashboard(project: Any, features: list[str]) -> None:
     )
 
 
-def record_snapshot(path: Path, model: str, snapshot: Any, features: list[str]) -> str:
-    """Add a check's snapshot to the model's project (created with its dashboard on first use)."""
+def record_snapshot(
+    path: Path, model: str, snapshot: Any, features: list[str], keep: int = 1000, max_age_days: float = 14.0
+) -> str:
+    """Add a check's snapshot to the model's project (created with its dashboard on first use),
+    then delete the snapshots beyond the newest ``keep`` or older than ``max_age_days``."""
     from evidently.ui.workspace import Workspace
+
+    from monitoring.retention import stale_snapshots
 
     workspace = Workspace.create(str(path))
     found = workspace.search_project(model)
@@ -64,4 +69,6 @@ def record_snapshot(path: Path, model: str, snapshot: Any, features: list[str]) 
         project = workspace.create_project(model, description=f"Refit drift checks of {model}")
         add_dashboard(project, features)
     workspace.add_run(project.id, snapshot)
+    for stale in stale_snapshots(list(workspace.list_runs(project.id)), keep, max_age_days):
+        workspace.delete_run(project.id, stale)
     return str(project.id)

@@ -31,7 +31,7 @@ from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, text_list_type
 from service.settings import load_serve_settings
 from service.swapper import ModelHolder
-from training.errors import ModelLoadError, VersionNotFoundError
+from training.errors import ModelLoadError, VersionLoadingError, VersionNotFoundError
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class RefitClassifier:
             self._load,
             poll_s=self.settings.swap_poll_s,
             pinned_cache_size=self.settings.pinned_cache_size,
+            pinned_load_wait_s=self.settings.pinned_load_wait_s,
             on_swap=self._record_swap,
             on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
             on_settled=self._settle_heap,
@@ -214,6 +215,10 @@ class RefitClassifier:
         except VersionNotFoundError as exc:
             known = [v.version for v in self.registry.versions(self.settings.model)]
             return error(404, str(exc), versions=known)
+        except VersionLoadingError as exc:
+            response = error(503, str(exc))
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+            return response
         except ModelLoadError as exc:
             return error(503, f"Version {x_model_version} cannot be served: {exc}")
         return self.predict(model, body.texts)

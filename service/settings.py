@@ -82,6 +82,9 @@ class ServeSettings(LogSettings):
     retention_days: float = Field(30.0, gt=0)  # older predictions and feedback are deleted
     swap_poll_s: float = Field(1.0, gt=0, le=10)  # how often the registry's stages are read
     pinned_cache_size: int = Field(2, ge=1)  # versions pinned with X-Model-Version kept loaded
+    # A request pinned to a version not loaded yet waits this long, then gets a 503 + Retry-After
+    # while the load (and an ONNX export, if the version has none) goes on in the background.
+    pinned_load_wait_s: float = Field(5.0, ge=0)
     feedback_extra_labels: list[str] = Field(default_factory=list)  # labels not yet in the model
     # BentoML's line per request. Off by default: the payload log already records every
     # prediction (id, time, latency), and the line cost 6-10% of the throughput at concurrency 32.

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
 from service.predictor import LoadedModel
-from training.errors import ModelLoadError, RefitError
+from training.errors import ModelLoadError, RefitError, VersionLoadingError
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class ModelHolder:
         *,
         poll_s: float = 1.0,
         pinned_cache_size: int = 2,
+        pinned_load_wait_s: float = 5.0,
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
         on_swap_failure: Callable[[str, Exception], None] = lambda version, exc: None,
         on_settled: Callable[[], None] = lambda: None,
@@ -44,6 +46,8 @@ class ModelHolder:
         self._load = load
         self.poll_s = poll_s
         self.pinned_cache_size = pinned_cache_size
+        self.pinned_load_wait_s = pinned_load_wait_s
+        self._loading: dict[str, _PinnedLoad] = {}  # version -> its background load
         self._on_swap = on_swap
         self._on_swap_failure = on_swap_failure
         self._on_settled = on_settled
@@ -109,28 +113,43 @@ class ModelHolder:
     def get(self, pin: str | None = None) -> LoadedModel:
         """The model for a request: production, or the version pinned by ``X-Model-Version``.
 
+        A pinned version not loaded yet loads in the background (a version without an ONNX export
+        is exported first, which takes seconds); the request waits up to ``pinned_load_wait_s``.
+
         Raises:
             VersionNotFoundError: the pinned version is not registered.
+            VersionLoadingError: it is still loading; ask again after ``retry_after_s``.
             ModelLoadError: it cannot be loaded.
         """
         current = self.current
         if not pin or pin == current.version.version:
             return current
-        with self._pin_lock:  # one load at a time; a second request for it waits, then hits
+        with self._pin_lock:
             if pin in self._pinned:
                 self._pinned.move_to_end(pin)
                 return self._pinned[pin]
             version = self.registry.get(f"{self.name}:{pin}")  # a version id or a stage name
             if version.version == current.version.version:
                 return current
-            if version.version not in self._pinned:
-                self._pinned[version.version] = self._load(version)
-                while len(self._pinned) > self.pinned_cache_size:
-                    evicted, _ = self._pinned.popitem(last=False)
-                    self._settle_due = True
-                    logger.info("unloaded pinned version %s:%s (LRU)", self.name, evicted)
-            self._pinned.move_to_end(version.version)
-            return self._pinned[version.version]
+            if version.version in self._pinned:
+                self._pinned.move_to_end(version.version)
+                return self._pinned[version.version]
+            load = self._loading.get(version.version)
+            if load is None:
+                load = self._loading[version.version] = _PinnedLoad(version, self._load, self._keep_pinned)
+        return load.wait(self.pinned_load_wait_s)
+
+    def _keep_pinned(self, load: _PinnedLoad) -> None:
+        """A background load ended: keep its model in the LRU (or its error for the waiters)."""
+        with self._pin_lock:
+            self._loading.pop(load.version.version, None)
+            if load.model is None:
+                return
+            self._pinned[load.version.version] = load.model
+            while len(self._pinned) > self.pinned_cache_size:
+                evicted, _ = self._pinned.popitem(last=False)
+                self._settle_due = True
+                logger.info("unloaded pinned version %s:%s (LRU)", self.name, evicted)
 
     def settle(self) -> bool:
         """Run ``on_settled`` if a model was let go since the last call; True when it ran."""
@@ -158,3 +177,50 @@ class ModelHolder:
                 self.check_for_promotion()
             except Exception:  # the watcher must outlive a bad stages read; log and poll again
                 logger.exception("checking %s for a promotion failed", self.name)
+
+
+class _PinnedLoad:
+    """One pinned version loading in a thread of its own; requests wait on it, with a limit."""
+
+    def __init__(self, version: ModelVersion, load: Loader, on_done: Callable[[_PinnedLoad], None]) -> None:
+        self.version = version
+        self.model: LoadedModel | None = None
+        self.error: Exception | None = None
+        self.started = time.monotonic()
+        self._done = threading.Event()
+        self._load, self._on_done = load, on_done
+        logger.info("loading pinned version %s in the background", version.tag)
+        threading.Thread(target=self._run, name=f"refit-load-{version.version}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.model = self._load(self.version)
+            logger.info(
+                "pinned version %s loaded in %.1f s", self.version.tag, time.monotonic() - self.started
+            )
+        except Exception as exc:  # handed to every waiting request
+            self.error = exc
+            logger.error("pinned version %s cannot be loaded: %s", self.version.tag, exc)
+        finally:
+            self._on_done(self)
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> LoadedModel:
+        """The loaded model, once ready within ``timeout_s``.
+
+        Raises:
+            VersionLoadingError: not ready yet.
+            ModelLoadError: the load failed.
+        """
+        if not self._done.wait(timeout_s):
+            elapsed = time.monotonic() - self.started
+            raise VersionLoadingError(
+                f"Version {self.version.tag} is loading ({elapsed:.0f} s so far; a version without an "
+                "ONNX export is exported first, with its parity check). Retry shortly.",
+                retry_after_s=max(1, round(min(elapsed, 10.0))),
+            )
+        if self.model is None:
+            if isinstance(self.error, ModelLoadError):
+                raise self.error
+            raise ModelLoadError(f"Version {self.version.tag} cannot be loaded: {self.error}")
+        return self.model

@@ -105,12 +105,15 @@ def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: 
         "--data", str(banking_like), "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model),
         "--max-length", "16", "--baseline-trials", "1", "--out", str(tmp_path),
     ]  # fmt: skip
-    rows = drift_power.main([*common, "--windows", "20,40", "--trials", "2", "--none-trials", "2"])
+    rows = drift_power.main(
+        [*common, "--windows", "20,40", "--trials", "2", "--none-trials", "2", "--e2e-trials", "1"]
+    )
     saved = json.loads((tmp_path / "drift_power.json").read_text())
     assert saved == rows
-    assert all(
-        set(r) == {"detector", "scenario", "window", "rate", "trials", "seconds_per_check"} for r in rows
-    )
+    base = {"detector", "scenario", "window", "rate", "trials", "seconds_per_check"}
+    assert all(set(r) == base | {"seconds_end_to_end"} for r in rows if r["detector"] == "refit")
+    assert all(set(r) == base for r in rows if r["detector"] != "refit")
+    assert all(r["seconds_end_to_end"] > 0 for r in rows if r["detector"] == "refit")
     assert {r["scenario"] for r in rows} == set(drift_power.SCENARIOS)
     assert {r["detector"] for r in rows} == {"refit", "evidently-default"}
     assert all(0.0 <= r["rate"] <= 1.0 for r in rows)

@@ -125,6 +125,7 @@ def test_same_distribution_does_not_alarm_and_drift_is_detected(
     assert calm.result.status == "ok", [c for c in calm.result.columns if c.drifted]
     assert calm.result.window_size == 200 and calm.report is not None and calm.report.is_file()
     assert 0.8 < calm.estimated_accuracy <= 1.0
+    assert calm.estimate_trusted is True, calm.estimate_note
 
     typos = traffic(demo_home, "drift_typos")
     send(list(typos["text"]), list(typos["label"][:60]))
@@ -157,21 +158,30 @@ def test_persistent_drift_triggers_exactly_one_retrain(
     drifted = traffic(demo_home, "drift_new_intents")
     send(list(drifted["text"]))
     wait_logged(monitor, 200)
-    actions = [monitor.run().decision.action for _ in range(4)]
-    assert actions == ["none", "retrain", "alert", "alert"]  # hysteresis, then cooldown
+    runs = [monitor.run() for _ in range(4)]
+    assert [r.decision.action for r in runs] == ["none", "retrain", "alert", "alert"]  # hysteresis, cooldown
+    # Half the window is intents the model has no class for: the label-free estimate is not trusted.
+    check = runs[0].check
+    assert check is not None and check.estimate_trusted is False, check.estimate_note
+    assert check.novelty_share is not None and check.novelty_share > 0.2
     assert calls == ["support"]
     assert [r["outcome"] for r in read_retrains(monitor.engine, "support")] == ["rejected"]
     assert len(read_checks(monitor.engine, "support")) == 4
 
 
 def test_gate_promotes_a_better_candidate_and_the_service_swaps(
-    demo_home: dict[str, Any], home: Path, send: Any
+    demo_home: dict[str, Any], home: Path, send: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     monitor = Monitor(settings_for(home, min_feedback=50, feedback_holdout=0.3))
     new_intents = pd.read_csv(demo_home["data"]["drift_new_intents"]).head(240)
     send(list(new_intents["text"]), list(new_intents["label"]))
-    result = monitor.retrain("manual")
+    with caplog.at_level("INFO", logger="monitoring"):
+        result = monitor.retrain("manual")
     assert result.outcome == "promoted", result
+    # The children's progress reaches the monitor's log as it comes, and the gauge is back to 0.
+    assert "refit train: registered support:" in caplog.text
+    assert "refit train: exported to ONNX" in caplog.text
+    assert monitor.metrics.registry.get_sample_value("refit_retrain_running", {"model": "support"}) == 0
     numbers = result.numbers
     assert numbers["candidate_feedback_accuracy"] > numbers["production_feedback_accuracy"]
     registry = ModelRegistry(home)
@@ -318,7 +328,25 @@ def test_refit_drift_prints_the_check(
     )
     assert code == 0, out
     assert "support:" in out and "window 120" in out and "multi_piece_share" in out
-    assert report.is_file() and report.stat().st_size > 10_000
+    assert "estimate: " in out and "check took" in out
+    page = report.read_text()
+    assert 10_000 < len(page) < 200_000  # Evidently's own report is about 4 MB
+    assert page.index("verdict") < page.index("Features, strongest evidence first")
+
+
+def test_reports_and_snapshots_are_kept_by_count(demo_home: dict[str, Any], home: Path, send: Any) -> None:
+    from evidently.ui.workspace import Workspace
+
+    monitor = Monitor(settings_for(home, keep_checks=2, evidently_html=True))
+    send(list(traffic(demo_home, "traffic", 120)["text"]))
+    wait_logged(monitor, 120)
+    reports = [monitor.run(act=False).check.report for _ in range(3)]
+    kept = sorted(p.name for p in monitor.settings.reports_path.iterdir())
+    assert len(kept) == 2 and reports[-1].name in kept  # the newest files: a report and its Evidently twin
+    assert reports[-1].with_suffix(".evidently.html").name in kept
+    workspace = Workspace.create(str(monitor.settings.workspace_path))
+    project = workspace.search_project("support")[0]
+    assert len(workspace.list_runs(project.id)) == 2
 
 
 def test_an_unavailable_database_is_retried_at_the_next_interval(

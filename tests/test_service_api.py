@@ -265,3 +265,33 @@ def test_torch_and_onnx_backends_give_the_same_answers(
         assert a["label"] == b["label"]
         for x, y in zip(a["top_k"], b["top_k"], strict=True):
             assert x["probability"] == pytest.approx(y["probability"], abs=1e-4)
+
+
+def test_a_pinned_version_without_an_export_loads_in_the_background_behind_a_503(
+    service_app: Any, serve_env: dict[str, str], served_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import time
+
+    from starlette.testclient import TestClient
+
+    candidate = ModelRegistry(served_home).get("tiny:candidate")
+    shutil.rmtree(candidate.path / "onnx")
+    monkeypatch.setenv("REFIT_SERVE_PINNED_LOAD_WAIT_S", "0")
+    monkeypatch.setenv("REFIT_SERVE_FREEZE_HEAP", "false")
+    headers = {"X-Model-Version": candidate.version}
+    with TestClient(service_app) as client:
+        first = client.post("/classify", json={"texts": ["reset my password"]}, headers=headers)
+        assert first.status_code == 503, first.text
+        assert f"Version tiny:{candidate.version} is loading" in first.json()["error"]
+        assert int(first.headers["Retry-After"]) >= 1
+        assert client.post("/classify", json={"texts": ["hi"]}).status_code == 200  # production unaffected
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            answer = client.post("/classify", json={"texts": ["reset my password"]}, headers=headers)
+            if answer.status_code == 200:
+                break
+            assert answer.status_code == 503
+            time.sleep(0.2)
+        assert answer.status_code == 200 and answer.json()[0]["version"] == candidate.version
+    assert (candidate.path / "onnx" / "model.onnx").is_file()

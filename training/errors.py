@@ -4,6 +4,7 @@
     ├── ConfigError            a config file, key or value is wrong
     ├── DataError              a dataset cannot be used as given
     ├── ModelLoadError         a base model or saved version cannot be loaded
+    │   └── VersionLoadingError  not loaded yet: it is loading in the background
     ├── RegistryError          a registry operation was refused
     │   └── VersionNotFoundError
     └── ExportError            ONNX export failed its parity check
@@ -26,6 +27,14 @@ class DataError(RefitError):
 
 class ModelLoadError(RefitError):
     """A base model or a saved version cannot be loaded."""
+
+
+class VersionLoadingError(ModelLoadError):
+    """A version is still loading (exporting to ONNX, say); ask again shortly."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RegistryError(RefitError):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import f1_score
 from torch import nn
@@ -180,7 +181,7 @@ def _make_loss(ctx: TrainContext, device: torch.device) -> nn.Module:
 
 def _progress(disable: bool) -> Progress:
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=disable, transient=False)
+    return Progress(*columns, disable=disable, transient=False, console=Console(stderr=True))
 
 
 def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -> list[dict[str, Any]]:
@@ -227,6 +228,13 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
             val_f1 = _validation_f1(accelerator.unwrap_model(wrapped), ctx)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_macro_f1": val_f1})
             logger.info("%s epoch %d: loss %.4f, val macro-F1 %s", strategy, epoch, np.mean(losses), val_f1)
+            if not bar.console.is_terminal and accelerator.is_local_main_process:  # a bar shows nothing there
+                shown_f1 = "n/a" if val_f1 is None else f"{val_f1:.3f}"
+                bar.console.print(
+                    f"{strategy}: epoch {epoch}/{cfg.epochs}, loss {np.mean(losses):.3f}, "
+                    f"validation macro-F1 {shown_f1}, {bar.tasks[0].elapsed or 0:.0f} s",
+                    highlight=False,
+                )
             # Without validation data, the lowest training loss stands in for the best epoch.
             if stopper.should_stop(val_f1 if val_f1 is not None else -float(np.mean(losses))):
                 break

@@ -17,6 +17,7 @@ from sklearn.metrics import log_loss
 
 from training.context import StrategyResult, TrainContext
 from training.model import TextClassifier
+from training.progress import track_progress
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,11 @@ def fit_probe(
     mean, std = train.mean(axis=0), train.std(axis=0).clip(min=1e-6)
     x, xv = (train - mean) / std, (val - mean) / std
     balanced, seed = ctx.config.class_weighting == "balanced", ctx.config.seed
-    fitted = {c: _fit_probe(x, y, c, balanced, seed) for c in (PROBE_C_GRID if len(yv) else (1.0,))}
+    grid = PROBE_C_GRID if len(yv) else (1.0,)
+    steps = track_progress(
+        grid, f"fitting the linear probe ({len(y):,} rows)", total=len(grid), unit="values of C"
+    )
+    fitted = {c: _fit_probe(x, y, c, balanced, seed) for c in steps}
     # Log-loss, not macro-F1: on a validation split of a few rows per label, F1 moves by chance
     # between neighbouring Cs (a BANKING77 retrain picked C=10 on a 0.003 F1 lead and tested
     # 0.903, the retrain before it 0.920 at C=0.1); the proper scoring rule is smoother and also

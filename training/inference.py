@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import track
 
 from training.model import TextClassifier
 
@@ -108,7 +107,9 @@ def predict(
         tokenizer, texts, max_length, batch_size
     )
     if progress:
-        batches = track(batches, description=progress, total=-(-len(texts) // batch_size), transient=True)
+        from training.progress import track_progress
+
+        batches = track_progress(batches, progress, total=-(-len(texts) // batch_size), unit="batches")
     for idx, batch in batches:
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:

@@ -91,15 +91,21 @@ def onnx_logits(
     session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
 ) -> np.ndarray:
     """Logits (n, labels) of an ONNX session on ``texts``, in input order."""
+    return onnx_output(session, tokenizer, texts, max_length, "logits", batch_size)
+
+
+def onnx_output(
+    session: Any, tokenizer: Any, texts: list[str], max_length: int, output: str, batch_size: int = 64
+) -> np.ndarray:
+    """One output (``logits`` or ``embeddings``) of an ONNX session on ``texts``, in input order."""
     out: np.ndarray | None = None
     for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
         feeds = {k: v.numpy().astype(np.int64) for k, v in batch.items()}
-        logits = session.run(["logits"], feeds)[0]
+        values = session.run([output], feeds)[0]
         if out is None:
-            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32)
-        out[idx] = logits
-    assert out is not None
-    return out
+            out = np.zeros((len(texts), values.shape[1]), dtype=np.float32)
+        out[idx] = values
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
 @contextmanager

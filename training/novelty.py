@@ -1,0 +1,37 @@
+"""How far an input is from what a model was trained on: cosine distance to the nearest known text.
+
+Used by the monitor (is the window still the kind of text the reference holds?) and by open-set
+answers (abstain on inputs unlike any training text). Embeddings are what the model's head reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHUNK = 1024  # query rows per matrix product: bounds the (chunk, reference) similarity block
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
+
+
+def nearest_distance(queries: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
+    """Cosine distance (n,) from each query row to its nearest reference row.
+
+    Args:
+        queries: (n, hidden) embeddings.
+        reference: (m, hidden) embeddings.
+        exclude_self: ``queries`` is ``reference``; skip each row's match with itself
+            (leave-one-out distances of the reference to itself).
+    """
+    q, r = unit_rows(queries), unit_rows(reference)
+    out = np.empty(len(q), dtype=np.float32)
+    for start in range(0, len(q), CHUNK):
+        block = q[start : start + CHUNK] @ r.T
+        if exclude_self:
+            rows = np.arange(len(block))
+            block[rows, start + rows] = -np.inf
+        out[start : start + CHUNK] = 1.0 - block.max(axis=1)
+    return out
