@@ -28,7 +28,7 @@ class MonitorSettings(LogSettings):
     interval_s: float = Field(300.0, gt=0)  # between scheduled checks
     persist_checks: int = Field(2, ge=1)  # consecutive drifted checks before acting
     cooldown_s: float = Field(3600.0, ge=0)  # no new retrain this soon after the last one
-    mode: Literal["alert", "retrain"] = "alert"
+    mode: Literal["alert", "retrain"] = "alert"  # what persistent drift does: report, or retrain too
     retrain_timeout_s: float = Field(3600.0, gt=0)  # the retrain subprocess is killed after this
     retrain_strategy: str | None = None  # None: the production version's strategy
     min_feedback: int = Field(20, ge=1)  # labelled live rows needed before retraining

@@ -61,7 +61,7 @@ class ServeSettings(LogSettings):
     model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
 
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
     workers: int | None = Field(None, ge=1)  # worker processes; None: see worker_count
     threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
@@ -73,8 +73,8 @@ class ServeSettings(LogSettings):
     max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut
     max_body_bytes: int = Field(1_000_000, ge=1024)  # request bodies over this get a 413
     max_inflight: int = Field(512, ge=1)  # /classify requests in flight before a 503 + Retry-After
-    retry_after_s: int = Field(1, ge=1)
-    top_k: int = Field(3, ge=1)
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503 for overload
+    top_k: int = Field(3, ge=1)  # labels with probabilities in each answer
     timeout_s: int = Field(60, ge=1)  # BentoML request timeout
     log_queue_size: int = Field(10_000, ge=1)  # prediction records waiting for the writer
     log_batch_size: int = Field(500, ge=1)  # records per INSERT
@@ -95,8 +95,8 @@ class ServeSettings(LogSettings):
     # gc.freeze() after each model load (service/heap.py): full collections then skip the
     # model's objects instead of pausing the worker 270-320 ms every 20-30 s under load.
     freeze_heap: bool = True
-    host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
+    host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 only behind a network boundary
+    port: int = Field(3000, ge=1, le=65535)  # port to listen on
 
     @model_validator(mode="after")
     def _check_batching(self) -> ServeSettings:

@@ -282,7 +282,14 @@ def demo_train(
     run_training_demo(out, console)
 
 
-def _load_plugins() -> None:
+_plugins_loaded: list[bool] = []
+
+
+def load_plugins() -> None:
+    """Add the commands of the ``refit.cli`` entry points (`serve`, `monitor`, ...) to the app, once."""
+    if _plugins_loaded:
+        return
+    _plugins_loaded.append(True)
     for entry in entry_points(group="refit.cli"):
         entry.load()(app)
 
@@ -302,7 +309,7 @@ def main(plugins: bool = True) -> None:
         console.width = max(console.width, 140)
     quiet_transformers()
     if plugins:
-        _load_plugins()
+        load_plugins()
     try:
         code = app(standalone_mode=False)
     except RefitError as exc:

@@ -126,34 +126,35 @@ class TrainingConfig(FileSettings):
 
     name: str = Field("refit-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # registry model name
     base_model: str = "minilm"  # "minilm" (bundled), a local HF directory or a hub id
-    strategy: Strategy = "auto"
-    text_column: str = "text"
-    label_column: str = "label"
+    strategy: Strategy = "auto"  # baseline, head, partial, lora, full, or auto (the ladder)
+    text_column: str = "text"  # column of the input texts in the data file(s)
+    label_column: str = "label"  # column of the labels
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
-    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
-    test_fraction: float = Field(0.2, ge=0.0, lt=0.5)
-    seed: int = 42
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
+    test_fraction: float = Field(0.2, ge=0.0, lt=0.5)  # per label, when there is no test_file
+    seed: int = 42  # of the splits, initialisation and data order
     max_length: int = Field(128, ge=8, le=4096)  # tokens; longer texts are truncated
     normalize_embeddings: bool = True  # L2-normalise mean-pooled embeddings before the head
-    batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)  # training examples per step
+    eval_batch_size: int = Field(128, ge=1)  # texts per forward pass when embedding or evaluating
+    gradient_accumulation_steps: int = Field(1, ge=1)  # batches per optimiser step
     epochs: int = Field(10, ge=1)  # upper bound; early stopping usually ends sooner
     learning_rate: float | None = Field(None, gt=0)  # None: the strategy's default
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)  # share of the steps with a rising learning rate
+    weight_decay: float = Field(0.01, ge=0.0)  # AdamW
     early_stopping_patience: int = Field(3, ge=1)  # epochs without validation macro-F1 gain
     partial_layers: int = Field(2, ge=1)  # top encoder layers unfrozen by `partial`
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    class_weighting: Literal["balanced", "none"] = "balanced"
+    lora_r: int = Field(16, ge=1)  # rank of the LoRA update
+    lora_alpha: int = Field(32, ge=1)  # LoRA scaling (alpha / r)
+    lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # dropout on the LoRA input
+    class_weighting: Literal["balanced", "none"] = "balanced"  # loss weights inverse to label counts
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1 lost 1-4 points at 10/intent (dev split)
     refit_head: bool = True  # refit linear probes on train + validation once C is chosen
     reprobe_after_finetune: bool = True  # replace a fine-tuned head by a probe on its features
     calibrate: bool = True  # temperature-scale logits on validation data (folded into the head)
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on CUDA
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
+    # the rungs of `auto`, in order
     auto_ladder: list[str] = Field(default_factory=lambda: ["baseline", "head", "lora", "full"])
     auto_target_macro_f1: float = Field(0.97, gt=0.0, le=1.0)  # stop climbing once reached
     auto_min_gain: float = Field(0.005, ge=0.0)  # stop when a rung gains less than this
