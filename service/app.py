@@ -131,7 +131,13 @@ class RefitClassifier:
 
     def _load(self, version: ModelVersion) -> LoadedModel:
         return load_model(
-            version, self.backend, self.device, self.threads, self.settings.top_k, self.settings.chunk_size
+            version,
+            self.backend,
+            self.device,
+            self.threads,
+            self.settings.top_k,
+            self.settings.chunk_size,
+            abstain=self.settings.abstain,
         )
 
     def _record_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
@@ -201,6 +207,9 @@ class RefitClassifier:
         for p, text in zip(predictions, texts, strict=True):
             confidence.observe(p.confidence)
             chars.observe(len(text))
+        out_of_scope = sum(p.in_scope is False for p in predictions)
+        if out_of_scope:
+            m.out_of_scope.labels(name).inc(out_of_scope)
         truncated = sum(p.truncated for p in predictions)
         if truncated:
             m.truncated.labels(name).inc(truncated)

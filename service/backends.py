@@ -6,6 +6,7 @@ shared (``service.predictor``), so both backends answer the same request identic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -59,8 +60,8 @@ class Backend(Protocol):
     name: str
     device: str
 
-    def run(self, encoded: Encoded) -> np.ndarray:
-        """Logits (n, labels), float32."""
+    def run(self, encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (n, labels) and the embeddings the head read (n, hidden), float32."""
         ...
 
 
@@ -81,8 +82,8 @@ class TorchBackend:
         self.device = device
         self._staging = PinnedStaging(torch) if self._device.type == "cuda" else None
 
-    def run(self, encoded: Encoded) -> np.ndarray:
-        """Logits (n, labels), float32; on CUDA the inputs go through reused pinned buffers."""
+    def run(self, encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embeddings, float32; on CUDA the inputs go through reused pinned buffers."""
         torch = self._torch
         if self._staging is not None:
             with self._staging.lock:  # the buffers are reused: one batch at a time
@@ -90,16 +91,17 @@ class TorchBackend:
                 return self._forward(ids, mask)
         return self._forward(torch.from_numpy(encoded.input_ids), torch.from_numpy(encoded.attention_mask))
 
-    def _forward(self, ids: Any, mask: Any) -> np.ndarray:
+    def _forward(self, ids: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
-        with torch.inference_mode():
-            if self._dtype is not None:
-                with torch.autocast("cuda", dtype=self._dtype):
-                    logits = self.model(ids, mask)
-            else:
-                logits = self.model(ids, mask)
+        autocast = torch.autocast("cuda", dtype=self._dtype) if self._dtype is not None else None
+        with torch.inference_mode(), autocast or contextlib.nullcontext():
+            embeddings = self.model.embed(ids, mask)
+            logits = self.model.classify(embeddings)
         # .cpu() waits for the stream, so the staging buffers are free again when this returns.
-        return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
+        return (
+            np.asarray(logits.float().cpu().numpy(), dtype=np.float32),
+            np.asarray(embeddings.float().cpu().numpy(), dtype=np.float32),
+        )
 
 
 class PinnedStaging:
@@ -152,10 +154,11 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
 
-    def run(self, encoded: Encoded) -> np.ndarray:
-        """Logits (n, labels), float32."""
+    def run(self, encoded: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (n, labels) and embeddings (n, hidden), float32: the graph computes both anyway."""
         feeds = {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask}
-        return np.asarray(self.session.run(["logits"], feeds)[0], dtype=np.float32)
+        logits, embeddings = self.session.run(["logits", "embeddings"], feeds)
+        return np.asarray(logits, dtype=np.float32), np.asarray(embeddings, dtype=np.float32)
 
 
 def resolve_backend(backend: str, device: str) -> tuple[str, str]:

@@ -25,6 +25,7 @@ class ServiceMetrics:
     confidence: Histogram
     input_chars: Histogram
     truncated: Counter
+    out_of_scope: Counter
     batch_texts: Histogram
     model_info: Gauge
     swaps: Counter
@@ -54,6 +55,11 @@ def service_metrics() -> ServiceMetrics:
             "Length of each classified text in characters.",
             ["model"],
             buckets=LENGTH_BUCKETS,
+        ),
+        out_of_scope=Counter(
+            "refit_out_of_scope_texts",
+            "Texts the version scored out of scope (answered label null where abstaining is on).",
+            ["model"],
         ),
         truncated=Counter(
             "refit_truncated_texts", "Texts cut to the model's maximum number of tokens.", ["model"]
@@ -98,7 +104,13 @@ def initialise_series(metrics: ServiceMetrics, model: str) -> None:
     `rate(refit_model_swap_failures_total[5m])` would be empty rather than 0, and a dashboard or an
     alert could not tell "none" from "not exported".
     """
-    for counter in (metrics.swaps, metrics.swap_failures, metrics.truncated, metrics.feedback):
+    for counter in (
+        metrics.swaps,
+        metrics.swap_failures,
+        metrics.truncated,
+        metrics.out_of_scope,
+        metrics.feedback,
+    ):
         counter.labels(model)
     for reason in REJECT_REASONS:
         metrics.rejected.labels(reason)

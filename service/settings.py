@@ -75,6 +75,9 @@ class ServeSettings(LogSettings):
     max_inflight: int = Field(512, ge=1)  # /classify requests in flight before a 503 + Retry-After
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503 for overload
     top_k: int = Field(3, ge=1)  # labels with probabilities in each answer
+    # Answer `label: null` (and `best_guess`) for texts the version scores out of scope. Off: every
+    # answer keeps its label, with `in_scope` and `unknown_score` beside it.
+    abstain: bool = False
     timeout_s: int = Field(60, ge=1)  # BentoML request timeout
     log_queue_size: int = Field(10_000, ge=1)  # prediction records waiting for the writer
     log_batch_size: int = Field(500, ge=1)  # records per INSERT

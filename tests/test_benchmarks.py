@@ -155,3 +155,21 @@ def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_p
     assert set(result) == {"accuracy_before", "accuracy_after", "accuracy_oracle", "seconds_to_promotion"}
     assert 0.0 <= result["accuracy_before"] <= 1.0 and 0.0 <= result["accuracy_oracle"] <= 1.0
     assert "Checks" in (tmp_path / "retrain_recovery.md").read_text()
+
+
+def test_open_set_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import open_set
+
+    rows = open_set.main(
+        [
+            "--data", str(banking_like), "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model), "--max-length", "16", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "open_set.json").read_text()) == rows
+    assert [r["method"] for r in rows] == ["refit", "msp", "knn_distance"]
+    assert all(
+        set(r) == {"method", "in_scope_accuracy", "oos_recall", "oos_precision", "auroc"} for r in rows
+    )
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in r if k != "method")
+    assert "| refit |" in (tmp_path / "open_set.md").read_text()

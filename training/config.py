@@ -159,6 +159,9 @@ class TrainingConfig(FileSettings):
     auto_target_macro_f1: float = Field(0.97, gt=0.0, le=1.0)  # stop climbing once reached
     auto_min_gain: float = Field(0.005, ge=0.0)  # stop when a rung gains less than this
     profile_rows: int = Field(5000, ge=10)  # rows of training data kept as the drift reference
+    # open-set answers: the abstention threshold may cost this much validation accuracy
+    abstain_max_accuracy_loss: float = Field(0.02, ge=0.0, lt=1.0)
+    oos_label: str | None = None  # a label of the data that means "out of scope": predicting it abstains
     parent_version: str | None = None  # lineage; defaults to the current production version
 
     @model_validator(mode="after")

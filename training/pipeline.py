@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from rich.console import Console
@@ -23,10 +24,11 @@ from training.artifacts import (
 from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
 from training.data import DatasetSplits, prepare_splits
-from training.errors import VersionNotFoundError
+from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult
 from training.inference import predict
 from training.model import save_classifier
+from training.open_set import OpenSet, fit_open_set
 from training.profile import (
     PROFILE_FILE,
     build_reference_profile,
@@ -99,8 +101,10 @@ def train_model(
         result, ladder = outcome.best, [r.to_dict() for r in outcome.rungs]
     else:
         result = run_strategy(config.strategy, ctx)
-    # Validation metrics describe the model as selected; only then may it learn those rows.
+    # Validation metrics and the abstention threshold describe the model as selected; only then
+    # may it learn those rows.
     validation = evaluate_split(result, ctx, "validation") if len(splits.validation) else None
+    open_set = fit_version_open_set(ctx, result)
     result.finalize()
     test = evaluate_split(result, ctx, "test")
     parent = config.parent_version or _production_version(registry, config.name)
@@ -115,7 +119,11 @@ def train_model(
     }
 
     def write(directory: Path) -> dict[str, Any]:
-        return write_version(directory, ctx, result, test, validation, ladder, metadata)
+        manifest = write_version(directory, ctx, result, test, validation, ladder, metadata)
+        if open_set is not None:
+            open_set[0].save(directory, open_set[1])
+            manifest["open_set"] = asdict(open_set[0])
+        return manifest
 
     if not is_main_process():  # under `accelerate launch`, one process registers
         return TrainOutcome(None, test, validation, ladder, splits.report.warnings())
@@ -123,6 +131,33 @@ def train_model(
     if promote and version.stage != "production":
         version = registry.promote(version.tag, reason="requested at training time")
     return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
+
+
+def fit_version_open_set(ctx: TrainContext, result: StrategyResult) -> tuple[OpenSet, np.ndarray] | None:
+    """The selected model's abstention threshold, on validation rows it has not trained on, and
+    the training embeddings its distance score reads (None without validation rows)."""
+    if not len(ctx.splits.validation):
+        return None
+    cfg = ctx.config
+    if cfg.oos_label is not None and cfg.oos_label not in ctx.splits.labels:
+        raise DataError(
+            f"oos_label {cfg.oos_label!r} is not a label of the data; expected one of "
+            f"{ctx.splits.labels[:20]} or no oos_label."
+        )
+    if result.strategy in ("baseline", "head"):  # a frozen encoder: its embeddings are cached
+        train = ctx.frozen_embeddings("train")
+    else:
+        train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
+    validation = ctx.predict(result.model, "validation")
+    open_set = fit_open_set(
+        train,
+        validation.probabilities,
+        validation.embeddings,
+        ctx.label_ids("validation"),
+        cfg.abstain_max_accuracy_loss,
+        cfg.oos_label,
+    )
+    return None if open_set is None else (open_set, train)
 
 
 def is_main_process() -> bool:

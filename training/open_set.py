@@ -1,0 +1,113 @@
+"""Open-set answers: an "unknown" score per input and the threshold above which a version abstains.
+
+The score mixes the two signals that catch different failures (`benchmarks/open_set.py`): how
+unsure the model is (1 - its top probability) and how far the input is from every training text
+(cosine distance of the embeddings to the nearest one). Each is standardised on validation rows,
+and the two are averaged. The threshold is chosen on validation rows the model never trained on:
+the highest score cut that costs at most ``max_accuracy_loss`` of validation accuracy (rows the
+model got right that it would abstain on). A version trained with an out-of-scope class
+(``oos_label``) also abstains whenever it predicts that class.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.novelty import nearest_distance
+
+OPEN_SET_FILE = "open_set.json"
+REFERENCE_FILE = "open_set_reference.npy"  # (train rows, hidden) float16 embeddings
+
+
+@dataclass
+class OpenSet:
+    """How one version scores inputs for abstention, and its threshold."""
+
+    threshold: float
+    uncertainty_mean: float
+    uncertainty_std: float
+    distance_mean: float
+    distance_std: float
+    max_accuracy_loss: float  # what the threshold may cost on validation
+    validation_rows: int
+    validation_abstain_rate: float
+    oos_label: str | None = None  # a trained out-of-scope class; predicting it abstains
+
+    def scores(self, probabilities: np.ndarray, embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Unknown scores (n,): higher is less like anything the version was trained on."""
+        uncertainty = 1.0 - probabilities.max(axis=1)
+        distance = nearest_distance(embeddings, reference)
+        return (
+            0.5 * (uncertainty - self.uncertainty_mean) / self.uncertainty_std
+            + 0.5 * (distance - self.distance_mean) / self.distance_std
+        )
+
+    def save(self, directory: Path, reference: np.ndarray) -> None:
+        """Write the calibration (JSON) and the training embeddings (float16) into a version."""
+        (directory / OPEN_SET_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        np.save(directory / REFERENCE_FILE, reference.astype(np.float16))
+
+
+def load_open_set(directory: Path) -> tuple[OpenSet, np.ndarray] | None:
+    """The version's open-set calibration and training embeddings, or None (older versions)."""
+    path = directory / OPEN_SET_FILE
+    if not path.is_file():
+        return None
+    return OpenSet(**json.loads(path.read_text(encoding="utf-8"))), np.load(
+        directory / REFERENCE_FILE
+    ).astype(np.float32)
+
+
+def fit_open_set(
+    train_embeddings: np.ndarray,
+    validation_probabilities: np.ndarray,
+    validation_embeddings: np.ndarray,
+    validation_labels: np.ndarray,
+    max_accuracy_loss: float,
+    oos_label: str | None = None,
+) -> OpenSet | None:
+    """Standardise both signals and choose the threshold on validation rows; None without them."""
+    if len(validation_labels) < 2 or len(train_embeddings) == 0:
+        return None
+    uncertainty = 1.0 - validation_probabilities.max(axis=1)
+    distance = nearest_distance(validation_embeddings, train_embeddings)
+    open_set = OpenSet(
+        threshold=float("inf"),
+        uncertainty_mean=float(uncertainty.mean()),
+        uncertainty_std=float(uncertainty.std()) or 1.0,
+        distance_mean=float(distance.mean()),
+        distance_std=float(distance.std()) or 1.0,
+        max_accuracy_loss=max_accuracy_loss,
+        validation_rows=len(validation_labels),
+        validation_abstain_rate=0.0,
+        oos_label=oos_label,
+    )
+    scores = open_set.scores(validation_probabilities, validation_embeddings, train_embeddings)
+    correct = validation_probabilities.argmax(axis=1) == validation_labels
+    open_set.threshold = choose_threshold(scores, correct, max_accuracy_loss)
+    open_set.validation_abstain_rate = float((scores >= open_set.threshold).mean())
+    return open_set
+
+
+def choose_threshold(scores: np.ndarray, correct: np.ndarray, max_accuracy_loss: float) -> float:
+    """The lowest score cut whose abstentions drop at most ``max_accuracy_loss`` of correct answers.
+
+    Abstaining on a row the model got wrong costs no accuracy; on a right one it costs 1 / rows.
+    """
+    order = np.argsort(-scores, kind="stable")
+    lost = np.cumsum(correct[order]) / len(scores)  # accuracy lost abstaining on the top i+1 scores
+    allowed = np.nonzero(lost <= max_accuracy_loss + 1e-12)[0]
+    if not len(allowed):
+        return float("inf")
+    # Cut between the last allowed score and the next one, so that ties are not split.
+    last = int(allowed[-1])
+    if last + 1 < len(order) and scores[order[last + 1]] == scores[order[last]]:
+        same = scores[order] == scores[order[last]]
+        last = int(np.nonzero(same)[0][0]) - 1
+        if last < 0:
+            return float("inf")
+    return float(scores[order[last]])
