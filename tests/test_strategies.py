@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ from training.context import TrainContext
 from training.data import DataReport, DatasetSplits, split_frames
 from training.finetune import class_weights, find_attention_projections, prepare_lora
 from training.frozen import fit_temperature
+from training.registry import ModelRegistry
 from training.strategies import evaluate_split, run_ladder, run_strategy, stop_reason
 
 
@@ -207,3 +209,38 @@ def test_no_strategy_is_scored_on_rows_it_trained_on(make_config: Callable[..., 
     outcome.best.finalize()  # only now may the chosen model learn the validation rows
     if outcome.best.strategy != "baseline":
         assert evaluate_split(outcome.best, ctx, "validation").macro_f1 > 0.5
+
+
+def test_cross_validated_selection_trains_on_every_row_and_scores_out_of_fold(
+    tiny_csv: Path, make_config: Callable[..., Any], registry: ModelRegistry
+) -> None:
+    from training.open_set import load_open_set
+    from training.pipeline import train_model
+
+    config = make_config(strategy="auto", auto_ladder=["baseline", "head"], selection="cv", cv_folds=3)
+    outcome = train_model(tiny_csv, config, registry=registry)
+    version = outcome.version
+    assert version is not None and outcome.validation is None
+    assert version.manifest["rows"]["validation"] == 0  # no validation split carved out
+    assert [r["strategy"] for r in outcome.ladder] == ["baseline", "head"]
+    details = version.manifest["details"]
+    assert details["cv_folds"] == 3 and 0.0 <= details["cv_macro_f1"] <= 1.0
+    if version.manifest["strategy"] == "head":
+        assert set(details["cv_log_loss_by_C"]) == {"0.01", "0.1", "1.0", "10.0"}
+    chosen = next(r for r in outcome.ladder if r["strategy"] == version.manifest["strategy"])
+    assert chosen["validation_macro_f1"] == details["cv_macro_f1"]
+    loaded = load_open_set(version.path)
+    assert loaded is not None and loaded[0].validation_rows == version.manifest["rows"]["train"]
+
+
+def test_cross_validated_selection_refuses_fine_tuning() -> None:
+    from training.config import load_training_config
+    from training.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"selection 'cv' covers the strategies \['baseline', 'head'\]; found \['lora'\]"
+    ):
+        load_training_config(overrides={"strategy": "lora", "selection": "cv"})
+    assert (
+        load_training_config(overrides={"selection": "cv", "auto_ladder": "baseline,head"}).selection == "cv"
+    )

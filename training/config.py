@@ -29,6 +29,7 @@ from training.errors import ConfigError
 Strategy = Literal["baseline", "head", "partial", "lora", "full", "auto"]
 STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full", "auto")
 FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
+CV_STRATEGIES: tuple[str, ...] = ("baseline", "head")  # the ones `selection: cv` can choose among
 
 # Learning rates that worked for MiniLM-sized encoders; `learning_rate` overrides them.
 DEFAULT_LEARNING_RATES: dict[str, float] = {"partial": 2e-4, "lora": 1e-3, "full": 8e-5}
@@ -131,6 +132,10 @@ class TrainingConfig(FileSettings):
     label_column: str = "label"  # column of the labels
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
+    # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows
+    # (no validation split is carved: for a few rows per label; baseline and head only)
+    selection: Literal["holdout", "cv"] = "holdout"
+    cv_folds: int = Field(5, ge=2)  # folds of `selection: cv` (fewer when a label has fewer rows)
     test_fraction: float = Field(0.2, ge=0.0, lt=0.5)  # per label, when there is no test_file
     seed: int = 42  # of the splits, initialisation and data order
     max_length: int = Field(128, ge=8, le=4096)  # tokens; longer texts are truncated
@@ -163,6 +168,18 @@ class TrainingConfig(FileSettings):
     abstain_max_accuracy_loss: float = Field(0.02, ge=0.0, lt=1.0)
     oos_label: str | None = None  # a label of the data that means "out of scope": predicting it abstains
     parent_version: str | None = None  # lineage; defaults to the current production version
+
+    @model_validator(mode="after")
+    def _check_selection(self) -> TrainingConfig:
+        rungs = self.auto_ladder if self.strategy == "auto" else [self.strategy]
+        tuned = [s for s in rungs if s not in CV_STRATEGIES]
+        if self.selection == "cv" and tuned:
+            raise ValueError(
+                f"selection 'cv' covers the strategies {list(CV_STRATEGIES)}; found {tuned} (fine-tuning "
+                "stops early on a validation split). Use selection 'holdout', or a ladder of "
+                "baseline and head: --set auto_ladder=baseline,head"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_ladder(self) -> TrainingConfig:

@@ -26,6 +26,9 @@ class StrategyResult:
     # A head refitted on train + validation, installed by `finalize` only after the model has
     # been chosen and scored: selection must never see rows the candidate trained on.
     refit_head: tuple[np.ndarray, np.ndarray] | None = None
+    # Under `selection: cv`: each training row's probabilities from the fold that did not train on
+    # it (n, labels); selection, calibration and the abstention threshold read these.
+    out_of_fold: np.ndarray | None = None
 
     def finalize(self) -> None:
         """Install the refitted head, if there is one (after selection and validation metrics)."""

@@ -278,7 +278,8 @@ def describe_split_cost(class_counts: dict[str, int], train: pd.DataFrame, test_
     spent = "validation" if test_from_file else "validation and test"
     return (
         f"few rows per label: {label!r} has {count}, and the {spent} split(s) take {count - kept} of "
-        f"them from training. Pass --test-file to keep the test rows out of the training file, and "
+        f"them from training. Pass --test-file to keep the test rows out of the training file, "
+        f"--set selection=cv to choose by cross-validation instead of a validation split, and "
         f"compare versions only on the same test set; test metrics on a few rows per label move "
         f"by several points from one split to the next"
     )

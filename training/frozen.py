@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from training.context import StrategyResult, TrainContext
+from training.inference import softmax
 from training.model import TextClassifier
 from training.progress import track_progress
 
@@ -69,7 +70,9 @@ def set_head(model: TextClassifier, weight: np.ndarray, bias: np.ndarray) -> Non
 
 def class_centroids(embeddings: np.ndarray, y: np.ndarray, num_labels: int) -> np.ndarray:
     """Unit-norm mean embedding of each label, (labels, hidden)."""
-    centroids = np.stack([embeddings[y == k].mean(axis=0) for k in range(num_labels)])
+    centroids = np.zeros((num_labels, embeddings.shape[1]), dtype=np.float64)
+    for k in np.unique(y):  # a label absent from these rows (a fold, say) keeps a zero centroid
+        centroids[k] = embeddings[y == k].mean(axis=0)
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(min=1e-12)
 
 
@@ -77,15 +80,60 @@ def train_baseline(ctx: TrainContext) -> StrategyResult:
     """The pretrained model without fine-tuning: nearest class centroid by cosine similarity."""
     start = time.perf_counter()
     num_labels = len(ctx.splits.labels)
-    centroids = class_centroids(ctx.frozen_embeddings("train"), ctx.label_ids("train"), num_labels)
+    embeddings, y = ctx.frozen_embeddings("train"), ctx.label_ids("train")
+    centroids = class_centroids(embeddings, y, num_labels)
     model = ctx.fresh_model()
     if not model.normalize:  # cosine similarity needs unit-norm inputs
         model.normalize = True
     set_head(model, centroids, np.zeros(num_labels))
-    temperature = calibrate(model, ctx)
-    return StrategyResult(
-        "baseline", model.eval(), time.perf_counter() - start, 0, {"temperature": temperature}
-    )
+    if ctx.config.selection != "cv":
+        temperature = calibrate(model, ctx)
+        return StrategyResult(
+            "baseline", model.eval(), time.perf_counter() - start, 0, {"temperature": temperature}
+        )
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(min=1e-12)
+    out_of_fold = np.zeros((len(y), num_labels), dtype=np.float32)
+    folds = fold_indices(y, ctx)
+    for fitted, held in folds:
+        out_of_fold[held] = unit[held] @ class_centroids(embeddings[fitted], y[fitted], num_labels).T
+    return _cross_validated("baseline", model, out_of_fold, y, ctx, start, {"cv_folds": len(folds)})
+
+
+def fold_indices(y: np.ndarray, ctx: TrainContext) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds of the training rows: ``cv_folds``, fewer when a label has fewer rows."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    folds = max(2, min(ctx.config.cv_folds, int(counts[counts > 0].min())))
+    with warnings.catch_warnings():  # a label with a single row is in one fold only: that is fine
+        warnings.simplefilter("ignore", UserWarning)
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=ctx.config.seed)
+        return list(splitter.split(np.zeros(len(y)), y))
+
+
+def _cross_validated(
+    strategy: str,
+    model: TextClassifier,
+    out_of_fold_logits: np.ndarray,
+    y: np.ndarray,
+    ctx: TrainContext,
+    start: float,
+    details: dict[str, Any],
+) -> StrategyResult:
+    """A strategy fitted on every training row, calibrated and scored on its out-of-fold logits."""
+    from sklearn.metrics import f1_score
+
+    temperature = fit_temperature(out_of_fold_logits, y) if ctx.config.calibrate else 1.0
+    fold_temperature(model, temperature)
+    probabilities = softmax(out_of_fold_logits / temperature)
+    macro_f1 = float(f1_score(y, probabilities.argmax(axis=1), average="macro"))
+    details = {**details, "temperature": temperature, "cv_macro_f1": macro_f1}
+    trainable = model.head.weight.numel() + model.head.bias.numel() if strategy == "head" else 0
+    result = StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details)
+    result.out_of_fold = probabilities
+    return result
 
 
 def _fit_probe(x: np.ndarray, y: np.ndarray, c: float, balanced: bool, seed: int) -> Any:
@@ -135,8 +183,39 @@ def fit_probe(
     return probe
 
 
+def fit_probe_cv(train: np.ndarray, y: np.ndarray, ctx: TrainContext) -> dict[str, Any]:
+    """Logistic regression on embeddings, C chosen on cross-validated log-loss, fitted on all rows.
+
+    Returns ``weight`` and ``bias`` fitted on every training row with the chosen C, and the
+    out-of-fold logits of that C (``out_of_fold_logits``, standardised scale folded in).
+    """
+    mean, std = train.mean(axis=0), train.std(axis=0).clip(min=1e-6)
+    x = (train - mean) / std
+    balanced, seed = ctx.config.class_weighting == "balanced", ctx.config.seed
+    labels, hidden = len(ctx.splits.labels), x.shape[1]
+    folds = fold_indices(y, ctx)
+    logits = {c: np.zeros((len(y), labels), dtype=np.float64) for c in PROBE_C_GRID}
+    steps = track_progress(folds, f"cross-validating the linear probe ({len(y):,} rows)", len(folds), "folds")
+    for fitted, held in steps:
+        for c in PROBE_C_GRID:
+            weight, bias = _expand_to_all_labels(
+                _fit_probe(x[fitted], y[fitted], c, balanced, seed), labels, hidden
+            )
+            logits[c][held] = x[held] @ weight.T + bias
+    scores = {c: float(log_loss(y, softmax(logits[c]), labels=list(range(labels)))) for c in PROBE_C_GRID}
+    best_c = min(scores, key=lambda c: scores[c])
+    final = _fit_probe(x, y, best_c, balanced, seed)
+    probe: dict[str, Any] = {"C": best_c, "cv_log_loss_by_C": scores, "cv_folds": len(folds)}
+    probe["out_of_fold_logits"] = logits[best_c]
+    probe["weight"], probe["bias"] = _unstandardise(*_expand_to_all_labels(final, labels, hidden), mean, std)
+    return probe
+
+
 def fit_linear_probe(ctx: TrainContext) -> dict[str, Any]:
-    """:func:`fit_probe` on the pretrained encoder's embeddings, computed once per run."""
+    """:func:`fit_probe` (or, under ``selection: cv``, :func:`fit_probe_cv`) on the pretrained
+    encoder's embeddings, computed once per run."""
+    if ctx.probe is None and ctx.config.selection == "cv":
+        ctx.probe = fit_probe_cv(ctx.frozen_embeddings("train"), ctx.label_ids("train"), ctx)
     if ctx.probe is None:
         ctx.probe = fit_probe(
             ctx.frozen_embeddings("train"),
@@ -195,6 +274,13 @@ def train_head(ctx: TrainContext) -> StrategyResult:
     """Feature extraction: frozen encoder, embeddings computed once, a trained linear head."""
     start = time.perf_counter()
     model = ctx.fresh_model()
-    details, refit = install_probe(model, fit_linear_probe(ctx), ctx)
+    probe = fit_linear_probe(ctx)
+    if "out_of_fold_logits" in probe:
+        set_head(model, probe["weight"], probe["bias"])
+        details = {key: probe[key] for key in ("C", "cv_log_loss_by_C", "cv_folds")}
+        return _cross_validated(
+            "head", model, probe["out_of_fold_logits"], ctx.label_ids("train"), ctx, start, details
+        )
+    details, refit = install_probe(model, probe, ctx)
     trainable = model.head.weight.numel() + model.head.bias.numel()
     return StrategyResult("head", model.eval(), time.perf_counter() - start, trainable, details, refit)

@@ -39,8 +39,10 @@ class OpenSet:
 
     def scores(self, probabilities: np.ndarray, embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Unknown scores (n,): higher is less like anything the version was trained on."""
-        uncertainty = 1.0 - probabilities.max(axis=1)
-        distance = nearest_distance(embeddings, reference)
+        return self.combine(1.0 - probabilities.max(axis=1), nearest_distance(embeddings, reference))
+
+    def combine(self, uncertainty: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """The score from its two signals: each standardised, then averaged."""
         return (
             0.5 * (uncertainty - self.uncertainty_mean) / self.uncertainty_std
             + 0.5 * (distance - self.distance_mean) / self.distance_std
@@ -69,12 +71,18 @@ def fit_open_set(
     validation_labels: np.ndarray,
     max_accuracy_loss: float,
     oos_label: str | None = None,
+    *,
+    leave_one_out: bool = False,
 ) -> OpenSet | None:
-    """Standardise both signals and choose the threshold on validation rows; None without them."""
-    if len(validation_labels) < 2 or len(train_embeddings) == 0:
+    """Standardise both signals and choose the threshold on validation rows; None without them.
+
+    With ``leave_one_out`` the "validation" rows are the training rows themselves, scored out of
+    fold (cross-validated selection): each row's distance skips the row itself.
+    """
+    if len(validation_labels) < 2 or len(train_embeddings) < 2:
         return None
     uncertainty = 1.0 - validation_probabilities.max(axis=1)
-    distance = nearest_distance(validation_embeddings, train_embeddings)
+    distance = nearest_distance(validation_embeddings, train_embeddings, exclude_self=leave_one_out)
     open_set = OpenSet(
         threshold=float("inf"),
         uncertainty_mean=float(uncertainty.mean()),
@@ -86,7 +94,7 @@ def fit_open_set(
         validation_abstain_rate=0.0,
         oos_label=oos_label,
     )
-    scores = open_set.scores(validation_probabilities, validation_embeddings, train_embeddings)
+    scores = open_set.combine(uncertainty, distance)
     correct = validation_probabilities.argmax(axis=1) == validation_labels
     open_set.threshold = choose_threshold(scores, correct, max_accuracy_loss)
     open_set.validation_abstain_rate = float((scores >= open_set.threshold).mean())

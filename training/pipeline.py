@@ -89,7 +89,7 @@ def train_model(
         text_column=config.text_column,
         label_column=config.label_column,
         test_file=config.test_file,
-        validation_fraction=config.validation_fraction,
+        validation_fraction=0.0 if config.selection == "cv" else config.validation_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,
     )
@@ -135,10 +135,12 @@ def train_model(
 
 def fit_version_open_set(ctx: TrainContext, result: StrategyResult) -> tuple[OpenSet, np.ndarray] | None:
     """The selected model's abstention threshold, on validation rows it has not trained on, and
-    the training embeddings its distance score reads (None without validation rows)."""
-    if not len(ctx.splits.validation):
-        return None
+    the training embeddings its distance score reads (None without held-out rows).
+
+    Under ``selection: cv`` the held-out rows are the training rows, scored out of fold."""
     cfg = ctx.config
+    if not len(ctx.splits.validation) and result.out_of_fold is None:
+        return None
     if cfg.oos_label is not None and cfg.oos_label not in ctx.splits.labels:
         raise DataError(
             f"oos_label {cfg.oos_label!r} is not a label of the data; expected one of "
@@ -148,6 +150,17 @@ def fit_version_open_set(ctx: TrainContext, result: StrategyResult) -> tuple[Ope
         train = ctx.frozen_embeddings("train")
     else:
         train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
+    if result.out_of_fold is not None:
+        open_set = fit_open_set(
+            train,
+            result.out_of_fold,
+            train,
+            ctx.label_ids("train"),
+            cfg.abstain_max_accuracy_loss,
+            cfg.oos_label,
+            leave_one_out=True,
+        )
+        return None if open_set is None else (open_set, train)
     validation = ctx.predict(result.model, "validation")
     open_set = fit_open_set(
         train,

@@ -69,7 +69,8 @@ def _selection_split(ctx: TrainContext) -> str:
 def run_ladder(ctx: TrainContext, console: Console | None = None) -> LadderOutcome:
     """Climb the configured ladder until the target is met or a rung gains too little.
 
-    Rungs are compared on validation macro-F1; the best one is returned for registration.
+    Rungs are compared on validation macro-F1 (out-of-fold macro-F1 under ``selection: cv``); the
+    best one is returned for registration.
     """
     cfg = ctx.config
     selection = _selection_split(ctx)
@@ -77,7 +78,10 @@ def run_ladder(ctx: TrainContext, console: Console | None = None) -> LadderOutco
     best_score = -1.0
     for name in cfg.auto_ladder:
         result = run_strategy(name, ctx)
-        score = evaluate_split(result, ctx, selection).macro_f1
+        if cfg.selection == "cv":
+            score = float(result.details["cv_macro_f1"])
+        else:
+            score = evaluate_split(result, ctx, selection).macro_f1
         test = evaluate_split(result, ctx, "test")
         rung = Rung(name, score, test.accuracy, test.macro_f1, result.train_seconds, result.trainable_params)
         logger.info("auto ladder: %s validation macro-F1 %.4f", name, score)
