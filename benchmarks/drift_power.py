@@ -36,6 +36,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from benchmarks.arguments import banking77_parser
 from benchmarks.train_banking77 import load_banking77
 from monitoring.drift import detect_drift
 from monitoring.features import build_features
@@ -48,19 +49,12 @@ from training.model import quiet_transformers
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("none", "label_mix", "unseen_10", "unseen_25", "unseen_50", "typos", "length")
 console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
-    parser.add_argument("--home", type=Path, default=Path("benchmarks/.drift-home"))
-    parser.add_argument("--base-model", default="minilm")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    parser = banking77_parser(__doc__, "benchmarks/.drift-home", "drift_power")
     parser.add_argument("--windows", default="50,100,200,500,1000")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--trials", type=int, default=100, help="windows per cell for Refit's check")
@@ -77,9 +71,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--e2e-trials", type=int, default=3, help="windows per Refit cell also timed end to end"
     )
     parser.add_argument("--alpha", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="drift_power")
     parser.add_argument(
         "--merge",
         action="store_true",

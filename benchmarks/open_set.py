@@ -28,13 +28,13 @@ import argparse
 import json
 import logging
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
+from benchmarks.arguments import banking77_parser
 from benchmarks.train_banking77 import load_banking77
 from monitoring.reference import Encoder
 from training.artifacts import load_version_tokenizer
@@ -47,24 +47,14 @@ from training.open_set import OpenSet, choose_threshold, load_open_set
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
 
-RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
-    parser.add_argument("--home", type=Path, default=Path("benchmarks/.open-set-home"))
-    parser.add_argument("--base-model", default="minilm")
+    parser = banking77_parser(__doc__, "benchmarks/.open-set-home", "open_set")
     parser.add_argument("--strategy", default="head")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text")
     parser.add_argument("--unknown", type=int, default=10, help="intents held out of training")
     parser.add_argument("--max-loss", type=float, default=0.02, help="accuracy the threshold may cost")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="open_set")
     return parser.parse_args(argv)
 
 
