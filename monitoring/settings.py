@@ -43,7 +43,7 @@ class MonitorSettings(LogSettings):
     workspace: Path | None = None  # Evidently workspace; None: <registry home>/refit/evidently
     reports_dir: Path | None = None  # HTML report per check; None: <registry home>/refit/reports
     evidently_html: bool = False  # also write Evidently's interactive report (about 4 MB per check)
-    keep_checks: int = Field(1000, ge=1)  # reports and workspace snapshots kept per model, newest first
+    keep_checks: int = Field(500, ge=1)  # reports and workspace snapshots kept per model, newest first
     keep_checks_days: float = Field(14.0, gt=0)  # and none older than this
     metrics_port: int = Field(9101, ge=0, le=65535)  # Prometheus exporter of `refit monitor`; 0: none
     metrics_host: str = "127.0.0.1"  # the exporter's address; 0.0.0.0 where Prometheus scrapes a pod

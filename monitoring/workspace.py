@@ -53,7 +53,7 @@ def add_dashboard(project: Any, features: list[str]) -> None:
 
 
 def record_snapshot(
-    path: Path, model: str, snapshot: Any, features: list[str], keep: int = 1000, max_age_days: float = 14.0
+    path: Path, model: str, snapshot: Any, features: list[str], keep: int = 500, max_age_days: float = 14.0
 ) -> str:
     """Add a check's snapshot to the model's project (created with its dashboard on first use),
     then delete the snapshots beyond the newest ``keep`` or older than ``max_age_days``."""

@@ -27,5 +27,5 @@ def test_settings_tables_give_defaults_variables_and_meanings() -> None:
     serve = render_all()["settings-serve"]
     assert "| `max_chars` | `REFIT_SERVE_MAX_CHARS` | `4000` |" in serve
     monitor = render_all()["settings-monitor"]
-    assert "| `keep_checks` | `REFIT_MONITOR_KEEP_CHECKS` | `1000` |" in monitor
+    assert "| `keep_checks` | `REFIT_MONITOR_KEEP_CHECKS` | `500` |" in monitor
     assert all(row.count("|") == 5 and not row.endswith("|  |") for row in monitor.splitlines()[2:])
