@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = [
         evaluate(
             "refit",
-            open_set.scores(probabilities, embeddings, reference),
+            open_set.scores(probabilities, embeddings, reference, unit_reference=True),
             open_set.threshold,
             correct,
             unknown,

@@ -87,7 +87,9 @@ class LoadedModel:
             logits, embeddings = self.backend.run(encoded)
             probs[idx] = softmax(logits)
             if self.open_set is not None:
-                scores[idx] = self.open_set[0].scores(probs[idx], embeddings, self.open_set[1])
+                scores[idx] = self.open_set[0].scores(
+                    probs[idx], embeddings, self.open_set[1], unit_reference=True
+                )
             truncated[idx] = encoded.truncated
         return [
             self._describe(p, float(s), bool(t)) for p, s, t in zip(probs, scores, truncated, strict=True)

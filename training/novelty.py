@@ -17,7 +17,9 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.linalg.norm(matrix, axis=1, keepdims=True).clip(min=1e-12)
 
 
-def nearest_distance(queries: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
+def nearest_distance(
+    queries: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False, unit_reference: bool = False
+) -> np.ndarray:
     """Cosine distance (n,) from each query row to its nearest reference row.
 
     Args:
@@ -25,8 +27,10 @@ def nearest_distance(queries: np.ndarray, reference: np.ndarray, *, exclude_self
         reference: (m, hidden) embeddings.
         exclude_self: ``queries`` is ``reference``; skip each row's match with itself
             (leave-one-out distances of the reference to itself).
+        unit_reference: the reference rows are unit-norm already (a served version's, normalised
+            once at load: on the request path that saves more than the product itself costs).
     """
-    q, r = unit_rows(queries), unit_rows(reference)
+    q, r = unit_rows(queries), (reference if unit_reference else unit_rows(reference))
     out = np.empty(len(q), dtype=np.float32)
     for start in range(0, len(q), CHUNK):
         block = q[start : start + CHUNK] @ r.T

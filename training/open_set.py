@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.novelty import nearest_distance
+from training.novelty import nearest_distance, unit_rows
 
 OPEN_SET_FILE = "open_set.json"
 REFERENCE_FILE = "open_set_reference.npy"  # (train rows, hidden) float16 embeddings
@@ -37,9 +37,16 @@ class OpenSet:
     validation_abstain_rate: float
     oos_label: str | None = None  # a trained out-of-scope class; predicting it abstains
 
-    def scores(self, probabilities: np.ndarray, embeddings: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    def scores(
+        self,
+        probabilities: np.ndarray,
+        embeddings: np.ndarray,
+        reference: np.ndarray,
+        unit_reference: bool = False,
+    ) -> np.ndarray:
         """Unknown scores (n,): higher is less like anything the version was trained on."""
-        return self.combine(1.0 - probabilities.max(axis=1), nearest_distance(embeddings, reference))
+        distance = nearest_distance(embeddings, reference, unit_reference=unit_reference)
+        return self.combine(1.0 - probabilities.max(axis=1), distance)
 
     def combine(self, uncertainty: np.ndarray, distance: np.ndarray) -> np.ndarray:
         """The score from its two signals: each standardised, then averaged."""
@@ -55,13 +62,13 @@ class OpenSet:
 
 
 def load_open_set(directory: Path) -> tuple[OpenSet, np.ndarray] | None:
-    """The version's open-set calibration and training embeddings, or None (older versions)."""
+    """The version's open-set calibration and its training embeddings scaled to unit norm (score
+    them with ``unit_reference=True``), or None for a version without them."""
     path = directory / OPEN_SET_FILE
     if not path.is_file():
         return None
-    return OpenSet(**json.loads(path.read_text(encoding="utf-8"))), np.load(
-        directory / REFERENCE_FILE
-    ).astype(np.float32)
+    calibration = OpenSet(**json.loads(path.read_text(encoding="utf-8")))
+    return calibration, unit_rows(np.load(directory / REFERENCE_FILE))
 
 
 def fit_open_set(
