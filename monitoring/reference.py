@@ -44,13 +44,13 @@ class Encoder:
         self, texts: list[str], names: tuple[str, ...] = ("logits", "embeddings")
     ) -> list[np.ndarray]:
         """The named outputs of ``texts``: ``logits`` (n, labels), ``embeddings`` (n, hidden)."""
-        from training.onnx_export import ONNX_FILE, onnx_output, onnx_session
+        from training.onnx_export import ONNX_FILE, onnx_outputs, onnx_session
 
         export = self.version.path / ONNX_DIR / ONNX_FILE
         if export.is_file():
             if self._session is None:
                 self._session = onnx_session(export, ["CPUExecutionProvider"])
-            return [onnx_output(self._session, self.tokenizer, texts, self.max_length, n) for n in names]
+            return onnx_outputs(self._session, self.tokenizer, texts, self.max_length, names)
         if self._model is None:
             from training.artifacts import load_version_model
 

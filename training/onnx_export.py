@@ -91,21 +91,28 @@ def onnx_logits(
     session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
 ) -> np.ndarray:
     """Logits (n, labels) of an ONNX session on ``texts``, in input order."""
-    return onnx_output(session, tokenizer, texts, max_length, "logits", batch_size)
+    return onnx_outputs(session, tokenizer, texts, max_length, ("logits",), batch_size)[0]
 
 
-def onnx_output(
-    session: Any, tokenizer: Any, texts: list[str], max_length: int, output: str, batch_size: int = 64
-) -> np.ndarray:
-    """One output (``logits`` or ``embeddings``) of an ONNX session on ``texts``, in input order."""
-    out: np.ndarray | None = None
+def onnx_outputs(
+    session: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int,
+    names: tuple[str, ...],
+    batch_size: int = 64,
+) -> list[np.ndarray]:
+    """The named outputs (``logits``, ``embeddings``) of an ONNX session on ``texts``, in input
+    order, from one run per batch."""
+    out: list[np.ndarray] = []
     for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
         feeds = {k: v.numpy().astype(np.int64) for k, v in batch.items()}
-        values = session.run([output], feeds)[0]
-        if out is None:
-            out = np.zeros((len(texts), values.shape[1]), dtype=np.float32)
-        out[idx] = values
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+        values = session.run(list(names), feeds)
+        if not out:
+            out = [np.zeros((len(texts), v.shape[1]), dtype=np.float32) for v in values]
+        for array, value in zip(out, values, strict=True):
+            array[idx] = value
+    return out or [np.zeros((0, 0), dtype=np.float32) for _ in names]
 
 
 @contextmanager
