@@ -25,8 +25,8 @@ from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
 from training.data import DatasetSplits, prepare_splits
 from training.errors import DataError, VersionNotFoundError
-from training.evaluation import EvaluationResult
-from training.inference import predict
+from training.evaluation import EvaluationResult, evaluate_predictions
+from training.inference import Predictions, predict
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set
 from training.profile import (
@@ -93,6 +93,11 @@ def train_model(
         test_fraction=config.test_fraction,
         seed=config.seed,
     )
+    if config.oos_label is not None and config.oos_label not in splits.labels:
+        raise DataError(
+            f"oos_label {config.oos_label!r} is not a label of the data; expected one of "
+            f"{splits.labels[:20]} or no oos_label."
+        )
     seed_everything(config.seed)
     ctx = TrainContext.create(config, splits)
     ladder: list[dict[str, Any]] = []
@@ -103,8 +108,11 @@ def train_model(
         result = run_strategy(config.strategy, ctx)
     # Validation metrics and the abstention threshold describe the model as selected; only then
     # may it learn those rows.
-    validation = evaluate_split(result, ctx, "validation") if len(splits.validation) else None
-    open_set = fit_version_open_set(ctx, result)
+    held_out = ctx.predict(result.model, "validation") if len(splits.validation) else None
+    validation = None
+    if held_out is not None:
+        validation = evaluate_predictions(ctx.label_ids("validation"), held_out.probabilities, splits.labels)
+    open_set = fit_version_open_set(ctx, result, held_out)
     result.finalize()
     test = evaluate_split(result, ctx, "test")
     parent = config.parent_version or _production_version(registry, config.name)
@@ -133,42 +141,32 @@ def train_model(
     return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
 
 
-def fit_version_open_set(ctx: TrainContext, result: StrategyResult) -> tuple[OpenSet, np.ndarray] | None:
-    """The selected model's abstention threshold, on validation rows it has not trained on, and
-    the training embeddings its distance score reads (None without held-out rows).
+def fit_version_open_set(
+    ctx: TrainContext, result: StrategyResult, validation: Predictions | None
+) -> tuple[OpenSet, np.ndarray] | None:
+    """The selected model's abstention threshold, on held-out rows it has not trained on, and the
+    training embeddings its distance score reads (None without held-out rows).
 
-    Under ``selection: cv`` the held-out rows are the training rows, scored out of fold."""
-    cfg = ctx.config
-    if not len(ctx.splits.validation) and result.out_of_fold is None:
+    The held-out rows are the validation split's, or under ``selection: cv`` the training rows
+    scored out of fold (their distances then leave each row itself out)."""
+    if validation is None and result.out_of_fold is None:
         return None
-    if cfg.oos_label is not None and cfg.oos_label not in ctx.splits.labels:
-        raise DataError(
-            f"oos_label {cfg.oos_label!r} is not a label of the data; expected one of "
-            f"{ctx.splits.labels[:20]} or no oos_label."
-        )
     if result.strategy in ("baseline", "head"):  # a frozen encoder: its embeddings are cached
         train = ctx.frozen_embeddings("train")
     else:
         train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
     if result.out_of_fold is not None:
-        open_set = fit_open_set(
-            train,
-            result.out_of_fold,
-            train,
-            ctx.label_ids("train"),
-            cfg.abstain_max_accuracy_loss,
-            cfg.oos_label,
-            leave_one_out=True,
-        )
-        return None if open_set is None else (open_set, train)
-    validation = ctx.predict(result.model, "validation")
+        held_out = (result.out_of_fold, train, ctx.label_ids("train"))
+    else:
+        assert validation is not None
+        held_out = (validation.probabilities, validation.embeddings, ctx.label_ids("validation"))
+    cfg = ctx.config
     open_set = fit_open_set(
         train,
-        validation.probabilities,
-        validation.embeddings,
-        ctx.label_ids("validation"),
+        *held_out,
         cfg.abstain_max_accuracy_loss,
         cfg.oos_label,
+        leave_one_out=result.out_of_fold is not None,
     )
     return None if open_set is None else (open_set, train)
 
