@@ -57,7 +57,7 @@ def _usage(param: Any) -> str:
     option = param.opts[0]
     if param.is_flag:
         return f"[{option}]"
-    value = param.name.upper().replace("_", "-")
+    value = param.metavar or param.name.upper().replace("_", "-")
     repeat = " ..." if param.multiple else ""
     return f"[{option} {value}{repeat}]"
 

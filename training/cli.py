@@ -68,7 +68,7 @@ def train(
     learning_rate: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     assignments: Annotated[
-        list[str] | None, typer.Option("--set", help="Any config key: --set lora_r=8")
+        list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Any config key: --set lora_r=8")
     ] = None,
     promote: Annotated[bool, typer.Option(help="Make the new version production.")] = False,
     export_onnx: Annotated[
