@@ -7,6 +7,7 @@ them and training stays upstream of service and monitoring.
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -282,14 +283,9 @@ def demo_train(
     run_training_demo(out, console)
 
 
-_plugins_loaded: list[bool] = []
-
-
+@functools.cache
 def load_plugins() -> None:
     """Add the commands of the ``refit.cli`` entry points (`serve`, `monitor`, ...) to the app, once."""
-    if _plugins_loaded:
-        return
-    _plugins_loaded.append(True)
     for entry in entry_points(group="refit.cli"):
         entry.load()(app)
 
