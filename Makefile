@@ -26,11 +26,11 @@ demo: $(STAMP)
 
 # The GPU serving path end to end (load, batch, swap) with throughput; skips without CUDA.
 gpu-check: $(STAMP)
-	$(PY) -m service.gpu_check
+	$(PY) -m benchmarks.gpu_check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check training service monitoring tests benchmarks docs
-	$(VENV)/bin/ruff format --check training service monitoring tests benchmarks docs
+	$(VENV)/bin/ruff check training service monitoring demo tests benchmarks docs
+	$(VENV)/bin/ruff format --check training service monitoring demo tests benchmarks docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -32,10 +32,11 @@ import pandas as pd
 from rich.console import Console
 
 from benchmarks.train_banking77 import load_banking77
+from demo.processes import start_service
+from demo.traffic import Answer, Traffic, send_traffic
 from monitoring.monitor import Monitor
 from monitoring.retrain import accuracy
 from monitoring.settings import load_monitor_settings
-from service.process import start_service
 from training.config import TrainingConfig
 from training.model import quiet_transformers
 from training.pipeline import train_model
@@ -86,21 +87,21 @@ def train_version(registry: ModelRegistry, name: str, frame: pd.DataFrame, args:
     return train_model(path, config, registry=registry, console=console).version
 
 
-def stream(
-    url: str, rows: pd.DataFrame, labelled: np.ndarray, on_chunk: Any, every: int
-) -> list[dict[str, Any]]:
-    """Send each row as one request (feedback where ``labelled``), calling ``on_chunk`` every ``every``."""
-    answers: list[dict[str, Any]] = []
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for i, (text, label) in enumerate(zip(rows["text"], rows["label"], strict=True)):
-            answer = client.post("/classify", json={"texts": [text]}).json()[0]
-            answers.append(answer)
-            if labelled[i]:
-                response = client.post("/feedback", json={"request_id": answer["request_id"], "label": label})
-                response.raise_for_status()
-            if (i + 1) % every == 0:
-                on_chunk()
-    return answers
+def stream(url: str, rows: pd.DataFrame, labelled: np.ndarray, on_chunk: Any, every: int) -> None:
+    """Send each row as one request (feedback where ``labelled``), calling ``on_chunk`` every ``every``.
+
+    Raises:
+        RuntimeError: a request failed (the benchmark measures a loop that drops nothing).
+    """
+
+    def count(answer: Answer) -> None:
+        if (answer.row + 1) % every == 0:
+            on_chunk()
+
+    traffic = Traffic(list(rows["text"]), list(rows["label"]), labelled)
+    stats = send_traffic(url, traffic, concurrency=1, on_answer=count)
+    if stats.failed:
+        raise RuntimeError(f"{stats.failed} requests failed, the first: {stats.failures[0]}")
 
 
 def promotion_delay(engine: Any, calm: int, first_version: str) -> float | None:

@@ -29,9 +29,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from benchmarks.train_banking77 import load_banking77
-from service.loadgen import run_closed_loop
+from demo.processes import LoopbackProcess, free_port, start_process, start_service
+from demo.traffic import Traffic, send_traffic
 from service.predictor import load_model
-from service.process import ServiceProcess, free_port, start_process, start_service
 from training.config import TrainingConfig
 from training.model import quiet_transformers
 from training.onnx_export import export_version
@@ -186,7 +186,7 @@ def system_names(only: str = "", variants: dict[str, dict[str, str]] | None = No
     return names + [f"{n}:{label}" for label in variants or {} for n in names if n.startswith("refit-")]
 
 
-def start_system(name: str, version: ModelVersion, args: argparse.Namespace, logs: Path) -> ServiceProcess:
+def start_system(name: str, version: ModelVersion, args: argparse.Namespace, logs: Path) -> LoopbackProcess:
     """Start one server (not yet ready): ``refit-torch``, ``refit-onnx`` or ``naive``."""
     if name == "naive":
         return start_naive(version, logs / "naive.log")
@@ -240,8 +240,12 @@ def run_rounds(
                     server = together.get(name) or start_system(name, version, args, logs)
                     try:
                         server.wait_ready()
-                        run_closed_loop(
-                            f"{server.url}/classify", texts, 4, min(2.0, args.duration)
+                        send_traffic(
+                            server.url,
+                            Traffic(texts),
+                            concurrency=4,
+                            duration_s=min(2.0, args.duration),
+                            repeat=True,
                         )  # warm-up
                         for concurrency in concurrencies:
                             progress.update(task, description=f"{name} c={concurrency}")
@@ -258,7 +262,7 @@ def run_rounds(
     return cells, rss
 
 
-def start_naive(version: ModelVersion, log_path: Path) -> ServiceProcess:
+def start_naive(version: ModelVersion, log_path: Path) -> LoopbackProcess:
     """The hand-written FastAPI server, under uvicorn with one worker."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "benchmarks.naive_server:app", "--port", str(port)]
@@ -279,23 +283,25 @@ def batch_counters(url: str) -> tuple[float, float]:
 
 
 def measure_cell(
-    system: str, server: ServiceProcess, texts: list[str], concurrency: int, duration: float
+    system: str, server: LoopbackProcess, texts: list[str], concurrency: int, duration: float
 ) -> dict[str, Any]:
     """One closed-loop run against one server."""
     before = batch_counters(server.url) if system != "naive" else (0.0, 0.0)
-    result = run_closed_loop(f"{server.url}/classify", texts, concurrency, duration)
+    result = send_traffic(
+        server.url, Traffic(texts), concurrency=concurrency, duration_s=duration, repeat=True
+    )
     after = batch_counters(server.url) if system != "naive" else (0.0, 0.0)
     calls = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / calls if calls else 1.0
-    if result.errors:
-        console.print(f"[yellow]{system} c={concurrency}: {result.errors} errors {result.error_samples}")
+    if result.failed:
+        console.print(f"[yellow]{system} c={concurrency}: {result.failed} errors {result.failures[:5]}")
     return {
         "rps": result.rps,
         "p50_ms": result.percentile(50),
         "p95_ms": result.percentile(95),
         "p99_ms": result.percentile(99),
         "mean_batch": mean_batch,
-        "errors": result.errors,
+        "errors": result.failed,
     }
 
 

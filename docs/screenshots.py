@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 import httpx
 from rich.console import Console
+from service.process import LoopbackProcess
 
-from monitoring.demo import loop_demo
-from service.process import ServiceProcess
+from demo.loop import loop_demo
 from tests.servers import chromium, prometheus_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         prometheus: dict[str, str] = {}
 
-        def start_prometheus(service: ServiceProcess, monitor: ServiceProcess) -> None:
+        def start_prometheus(service: LoopbackProcess, monitor: LoopbackProcess) -> None:
             targets = {
                 "refit-service": service.url.removeprefix("http://"),
                 "refit-monitor": monitor.url.removeprefix("http://"),

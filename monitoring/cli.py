@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from training.cli import console  # one console: `main` widens it for logs
+from training.console import console
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Monitor settings file (YAML or TOML).")]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Registry model name.")]
@@ -84,11 +84,11 @@ def retrain(
     """Retrain now on the training data plus feedback, through the same promotion gate."""
     from monitoring.monitor import Monitor
 
-    logging.getLogger("monitoring.retrain").setLevel(logging.INFO)  # the child's progress lines
+    logging.getLogger("monitoring.candidate").setLevel(logging.INFO)  # the child's progress lines
 
     result = Monitor(_settings(config, model, home)).retrain("manual")
     console.print(f"retrain: [bold]{result.outcome}[/] ({result.reason})")
-    for key, value in result.numbers.items():
+    for key, value in (result.numbers.to_json() if result.numbers else {}).items():
         console.print(f"  {key}: {value}")
     if result.outcome == "failed":
         raise SystemExit(1)
@@ -115,25 +115,8 @@ def monitor(
     run_monitor(settings)
 
 
-def demo(
-    out: Annotated[Path, typer.Option(help="Working directory (emptied if an earlier demo made it).")] = Path(
-        "demo-output"
-    ),
-    keep: Annotated[
-        bool, typer.Option(help="Leave the service, monitor and UI running until Ctrl-C.")
-    ] = False,
-) -> None:
-    """The whole loop on generated data: train, serve, drift, retrain, promote, swap; exit 0 if it closed."""
-    from monitoring.demo import run_loop_demo
-
-    code = run_loop_demo(out, console, keep=keep)
-    if code:
-        raise SystemExit(code)
-
-
 def register(app: typer.Typer) -> None:
     """Add the monitoring commands to the root `refit` app (the ``refit.cli`` entry point)."""
-    app.command()(demo)
     app.command()(monitor)
     app.command()(drift)
     app.command()(retrain)

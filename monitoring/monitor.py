@@ -7,14 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
+import pandas as pd
 from sqlalchemy import Engine
 
 from monitoring.check import CheckOutcome, DriftChecker
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import Decision, decide
-from monitoring.retrain import RetrainResult, retrain_and_gate
+from monitoring.retrain import RetrainResult, retrain
 from monitoring.settings import MonitorSettings
 from monitoring.store import create_monitor_tables, read_checks, read_feedback, read_retrains, record_retrain
 from monitoring.workspace import record_snapshot
@@ -24,7 +24,8 @@ from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
-Retrainer = Callable[..., RetrainResult]
+# (registry, feedback rows, settings) -> what the retrain did; tests pass a recording one.
+Retrainer = Callable[[ModelRegistry, pd.DataFrame, MonitorSettings], RetrainResult]
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Monitor:
         engine: Engine | None = None,
         registry: ModelRegistry | None = None,
         metrics: MonitorMetrics | None = None,
-        retrainer: Retrainer = retrain_and_gate,
+        retrainer: Retrainer = retrain,
     ) -> None:
         self.settings = settings
         self.engine = engine or create_log_engine(settings.resolved_log_url)
@@ -140,18 +141,7 @@ class Monitor:
         logger.info("retrain of %s started (%s)", s.model, trigger)
         self.metrics.retrain_running.labels(s.model).set(1)
         try:
-            result = self.retrainer(
-                self.registry,
-                s.model,
-                read_feedback(self.engine, s.model),
-                holdout=s.feedback_holdout,
-                min_feedback=s.min_feedback,
-                min_examples=s.min_new_label_examples,
-                tolerance=s.gate_tolerance,
-                strategy=s.retrain_strategy,
-                timeout_s=s.retrain_timeout_s,
-                refit=s.refit_with_gate_rows,
-            )
+            result = self.retrainer(self.registry, read_feedback(self.engine, s.model), s)
         finally:
             self.metrics.retrain_running.labels(s.model).set(0)
         record_retrain(
@@ -165,7 +155,7 @@ class Monitor:
                 "candidate_version": result.candidate,
                 "outcome": result.outcome,
                 "reason": result.reason,
-                "numbers": _jsonable(result.numbers),
+                "numbers": result.numbers.to_json() if result.numbers else {},
             },
         )
         self.metrics.retrains.labels(s.model, result.outcome).inc()
@@ -176,7 +166,3 @@ class Monitor:
 def _aware(value: datetime) -> datetime:
     """SQLite returns naive datetimes (stored as UTC); make them comparable."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _jsonable(numbers: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in numbers.items()}  # NaN -> null

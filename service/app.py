@@ -239,7 +239,7 @@ class RefitClassifier:
         description = current.describe()
         stages = self.registry.read_stages(self.settings.model)
         description["stage"] = (
-            "production" if stages.get("production") == current.version.version else "archived"
+            "production" if stages.production == current.version.version else "archived"
         )
         description["log"] = {"queue_depth": self.log.depth, "dropped": self.log.dropped}
         return description

@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from training.cli import console  # one console: `main` widens it for logs
+from training.console import console
+
+SERVICE_IMPORT = "service.app:RefitClassifier"
+
+
+def serve_command(host: str, port: int) -> list[str]:
+    """The `bentoml serve` command line for the Refit service."""
+    return [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
 
 
 def settings_environment(config: Path | None, overrides: dict[str, Any]) -> dict[str, str]:
@@ -39,7 +47,6 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,
 ) -> None:
     """Serve the production version of a model over HTTP (BentoML), following its promotions."""
-    from service.process import serve_command
     from service.settings import load_serve_settings
 
     overrides: dict[str, object] = {

@@ -90,7 +90,7 @@ class ModelHolder:
 
     def production_version(self) -> str | None:
         """The version the registry names as production now."""
-        return self.registry.read_stages(self.name).get("production")
+        return self.registry.read_stages(self.name).production
 
     def check_for_promotion(self) -> bool:
         """Swap to the registry's production version if it changed; True when a swap happened."""

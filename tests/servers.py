@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from service.process import free_port
+from demo.processes import free_port
 
 REQUIRED = os.environ.get("REFIT_REQUIRE_SERVICES") == "1"
 CHROMIUM_FLAGS = [

@@ -49,6 +49,7 @@ def test_bentoml_build_produces_a_bento(tmp_path: Path) -> None:
     for module in ("service/app.py", "monitoring/__main__.py", "training/registry.py"):
         assert (source / module).is_file(), module
     assert not (source / ".venv").exists() and not (source / "tests").exists()
+    assert not (source / "demo").exists()  # the demo drives the system; the image serves it
     assert (bento.parent / "env" / "docker" / "Dockerfile").is_file()
     requirements = (bento.parent / "env" / "python" / "requirements.txt").read_text()
     assert "bentoml>=1.4.37,<1.5" in requirements and "psycopg[binary]" in requirements

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.demo_data import INTENTS, NEW_INTENTS, NEW_PRODUCTS, write_demo_data
+from demo.data import INTENTS, NEW_INTENTS, NEW_PRODUCTS, write_demo_data
 
 
 def test_demo_data_is_big_varied_and_drifts(tmp_path: Path) -> None:

@@ -1,16 +1,15 @@
-"""The demo's pieces that need no model: its working directory and the replay client's accounting."""
+"""The demo's pieces that need no model: its working directory and the load generator's accounting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from monitoring.demo import MARKER, prepare_directory
-from monitoring.replay import choose_feedback, replay
-from service.process import free_port
+from demo.loop import MARKER, prepare_directory
+from demo.processes import free_port
+from demo.traffic import Traffic, choose_feedback, send_traffic
 
 
 def test_a_demo_directory_is_emptied_and_marked(tmp_path: Path) -> None:
@@ -31,23 +30,26 @@ def test_a_foreign_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
     assert (tmp_path / "thesis.tex").read_text() == "precious"
 
 
-def test_replay_counts_every_request_that_gets_no_answer() -> None:
-    rows = pd.DataFrame({"text": [f"text {i}" for i in range(12)], "label": ["a"] * 12})
+def test_every_row_that_gets_no_answer_counts_as_a_failure() -> None:
+    texts, labels = [f"text {i}" for i in range(12)], ["a"] * 12
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    stats = replay(url, rows, np.zeros(12, dtype=bool), rate=200.0, concurrency=3)
-    assert stats.sent == 12 and stats.failed == 12 and not stats.versions
-    assert "ConnectError" in stats.failures[0]
+    stats = send_traffic(url, Traffic(texts, labels, np.ones(12, dtype=bool)), rate=200.0, concurrency=3)
+    assert stats.sent == 12 and stats.failed == 12 and not stats.versions and stats.feedback == 0
+    assert "ClientConnectorError" in stats.failures[0]
+    assert sorted(a.row for a in stats.answers) == list(range(12))
 
 
-def test_replay_stops_when_told_even_when_repeating() -> None:
-    rows = pd.DataFrame({"text": ["x"], "label": ["a"]})
+def test_traffic_stops_when_told_even_when_repeating() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    sent: list[int] = []
-    stats = replay(
-        url, rows, np.zeros(1, dtype=bool), rate=500.0, concurrency=2,
-        on_row=lambda: sent.append(1), until=lambda: len(sent) >= 20, repeat=True,
-    )  # fmt: skip
-    assert 20 <= stats.sent <= 22  # each thread finishes the row in hand
+    stats = send_traffic(
+        url, Traffic(["x"]), rate=500.0, concurrency=2, until=lambda s: s.sent >= 20, repeat=True
+    )
+    assert 20 <= stats.sent <= 21  # the other client finishes the row in hand
+
+
+def test_feedback_needs_the_true_labels() -> None:
+    with pytest.raises(ValueError, match="feedback needs the true labels"):
+        Traffic(["x"], feedback=np.ones(1, dtype=bool))
 
 
 def test_feedback_share_is_about_what_was_asked() -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from monitoring.demo import DemoRun, loop_demo
+from demo.loop import DemoRun, loop_demo
 from tests.servers import chromium, prometheus_server
 
 ROOT = Path(__file__).resolve().parents[1]

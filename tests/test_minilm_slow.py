@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from demo.data import write_demo_data
 from training.config import TrainingConfig
-from training.demo_data import write_demo_data
 from training.onnx_export import export_version
 from training.pipeline import train_model
 from training.registry import ModelRegistry

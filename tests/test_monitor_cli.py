@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.process import free_port, start_process
+from demo.processes import free_port, start_process
 from tests.test_cli import run_cli
 
 

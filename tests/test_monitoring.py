@@ -10,21 +10,19 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from demo.data import NEW_INTENTS, write_demo_data
 from monitoring.monitor import Monitor
-from monitoring.policy import decide
-from monitoring.retrain import RetrainResult, judge
-from monitoring.settings import load_monitor_settings
+from monitoring.retrain import RetrainResult
+from monitoring.settings import MonitorSettings, load_monitor_settings
 from monitoring.store import acquire_lease, read_checks, read_retrains, release_lease
 from tests.conftest import SERVICE_LIMITS, build_service_app
 from training.config import TrainingConfig
-from training.demo_data import NEW_INTENTS, write_demo_data
 from training.onnx_export import read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -147,9 +145,9 @@ def test_persistent_drift_triggers_exactly_one_retrain(
     calls: list[str] = []
 
     def recording_retrainer(
-        registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any
+        registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSettings
     ) -> RetrainResult:
-        calls.append(name)
+        calls.append(settings.model)
         return RetrainResult("rejected", "recorded by the test", demo_home["version"])
 
     monitor = Monitor(
@@ -183,12 +181,13 @@ def test_gate_promotes_a_better_candidate_and_the_service_swaps(
     assert "refit train: exported to ONNX" in caplog.text
     assert monitor.metrics.registry.get_sample_value("refit_retrain_running", {"model": "support"}) == 0
     numbers = result.numbers
-    assert numbers["candidate_feedback_accuracy"] > numbers["production_feedback_accuracy"]
+    assert numbers is not None
+    assert numbers.candidate_feedback_accuracy > numbers.production_feedback_accuracy
     registry = ModelRegistry(home)
     production = registry.get("support:production")
     # The approved candidate was trained once more with the gate rows added, and that refit ships.
-    assert numbers["refit_version"] not in (None, result.candidate)
-    assert production.version == numbers["shipped_version"] == numbers["refit_version"]
+    assert numbers.refit_version not in (None, result.candidate)
+    assert production.version == numbers.shipped_version == numbers.refit_version
     assert production.manifest["parent_version"] == demo_home["version"]
     candidate_rows = registry.get(f"support:{result.candidate}").manifest["rows"]
     assert production.manifest["rows"]["train"] > candidate_rows["train"]
@@ -258,57 +257,6 @@ def test_the_schedule_survives_a_restart(home: Path) -> None:
         second.shutdown(wait=False)
 
 
-@pytest.mark.parametrize(
-    ("numbers", "outcome"),
-    [
-        (
-            {
-                "candidate_feedback_accuracy": 0.9,
-                "production_feedback_accuracy": 0.7,
-                "production_test_accuracy": 0.95,
-                "candidate_test_accuracy": 0.95,
-            },
-            "promoted",
-        ),
-        (
-            {
-                "candidate_feedback_accuracy": 0.7,
-                "production_feedback_accuracy": 0.7,
-                "production_test_accuracy": 0.95,
-                "candidate_test_accuracy": 0.96,
-            },
-            "rejected",
-        ),
-        (
-            {
-                "candidate_feedback_accuracy": 0.9,
-                "production_feedback_accuracy": 0.7,
-                "production_test_accuracy": 0.95,
-                "candidate_test_accuracy": 0.90,
-            },
-            "rejected",
-        ),
-    ],
-)
-def test_gate_rules(numbers: dict[str, float], outcome: str) -> None:
-    assert judge(numbers, tolerance=0.01)[0] == outcome
-
-
-def test_policy_ignores_small_windows_and_other_versions() -> None:
-    now = datetime.now(UTC)
-    checks = [
-        {"version": "v2", "status": "drift"},
-        {"version": "v2", "status": "insufficient_data"},
-        {"version": "v2", "status": "drift"},
-        {"version": "v1", "status": "drift"},
-    ]
-    common = {"persist_checks": 2, "cooldown_s": 60.0, "mode": "retrain", "now": now}
-    assert decide(checks, "v2", last_retrain=None, **common).action == "retrain"
-    assert decide(checks, "v2", last_retrain=now - timedelta(seconds=10), **common).action == "alert"
-    assert decide(checks, "v1", last_retrain=None, **common).action == "none"
-    assert decide(checks, "v2", last_retrain=None, **{**common, "mode": "alert"}).action == "alert"
-
-
 def test_refit_drift_prints_the_check(
     demo_home: dict[str, Any],
     home: Path,
@@ -363,74 +311,9 @@ def test_an_unavailable_database_is_retried_at_the_next_interval(
     _monitor.cache_clear()
 
 
-def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:
-    from monitoring.retrain import hold_back_rare_new_labels
-
-    rows = pd.DataFrame(
-        {
-            "text": [f"t{i}" for i in range(7)],
-            "label": ["known", "new_a", "new_a", "new_a", "new_b", "known", "new_b"],
-        }
-    )
-    kept, held = hold_back_rare_new_labels(rows, ["known"], min_examples=3)
-    assert held == {"new_b": 2}
-    assert sorted(kept["label"]) == ["known", "known", "new_a", "new_a", "new_a"]
-
-
-def test_feedback_rows_keep_their_side_of_the_gate_split_as_feedback_grows() -> None:
-    from monitoring.retrain import split_feedback
-
-    rows = pd.DataFrame({"text": [f"text {i}" for i in range(400)], "label": ["a", "b"] * 200})
-    train_early, gate_early = split_feedback(rows.head(200), holdout=0.3)
-    train_late, gate_late = split_feedback(rows, holdout=0.3)
-    # No row a production version trained on may turn up in a later gate, nor the reverse.
-    assert set(train_early["text"]) <= set(train_late["text"])
-    assert set(gate_early["text"]) <= set(gate_late["text"])
-    assert 0.2 < len(gate_late) / len(rows) < 0.4
-
-
-def test_feedback_replaces_older_labels_of_the_same_text() -> None:
-    from monitoring.retrain import merge_feedback
-
-    original = pd.DataFrame(
-        {"text": ["lost card", "top up", "refund"], "label": ["card", "top_up", "refund"]}
-    )
-    feedback = pd.DataFrame({"text": ["lost  card", "new text"], "label": ["card_lost", "refund"]})
-    merged = merge_feedback(original, feedback)
-    assert sorted(zip(merged["text"], merged["label"], strict=True)) == [
-        ("lost  card", "card_lost"),  # the feedback label wins, the older row is gone
-        ("new text", "refund"),
-        ("refund", "refund"),
-        ("top up", "top_up"),
-    ]
-
-
-def test_the_gate_compares_only_on_rows_production_never_trained_on() -> None:
-    from monitoring.retrain import drop_seen_rows
-
-    seen = pd.DataFrame({"text": ["gate row  one ", "train row"], "label": ["a", "b"]})
-    gate = pd.DataFrame({"text": ["gate row one", "gate row two"], "label": ["a", "a"]})
-    assert list(drop_seen_rows(seen, gate)["text"]) == ["gate row two"]
-
-
-def test_a_failed_refit_ships_the_gated_candidate(demo_home: dict[str, Any]) -> None:
-    from monitoring.retrain import refit_candidate
-
-    registry = ModelRegistry(demo_home["home"])
-    candidate = registry.get(f"support:{demo_home['version']}")
-
-    def crashing_refit() -> str:
-        raise RuntimeError("`refit train` exited with 1: out of memory")
-
-    numbers: dict[str, Any] = {}
-    shipped = refit_candidate(crashing_refit, registry, candidate, 0.9, pd.DataFrame(), 0.01, numbers)
-    assert shipped.version == candidate.version
-    assert numbers["refit_version"] is None and "out of memory" in numbers["refit_error"]
-
-
 def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:
     def skipping_retrainer(
-        registry: ModelRegistry, name: str, feedback: pd.DataFrame, **_: Any
+        registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSettings
     ) -> RetrainResult:
         return RetrainResult("skipped", "not enough feedback", demo_home["version"])
 

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from demo.processes import LoopbackProcess, start_service
 from monitoring.monitor import Monitor
 from monitoring.scheduler import job_id, start_scheduler
 from monitoring.settings import load_monitor_settings
 from monitoring.store import read_checks, read_feedback, read_window
-from service.process import ServiceProcess, start_service
 from tests.conftest import SERVICE_LIMITS, tiny_rows
 from tests.servers import postgres_server
 from training.registry import ModelRegistry
@@ -44,7 +44,7 @@ def cluster(served_home_template: Path, tmp_path_factory: pytest.TempPathFactory
             "REFIT_SERVE_THREADS": "1",
         }
         # Started together on purpose: both create the log's tables at once.
-        replicas: list[ServiceProcess] = [start_service(env, root / f"replica{i}.log") for i in (1, 2)]
+        replicas: list[LoopbackProcess] = [start_service(env, root / f"replica{i}.log") for i in (1, 2)]
         try:
             for replica in replicas:
                 replica.wait_ready()

@@ -103,7 +103,7 @@ def test_promote_and_rollback(two_versions: tuple[Any, Any], registry: ModelRegi
     assert registry.get(second.tag).stage == "archived"
     with pytest.raises(RegistryError, match=r"Cannot roll back 'tiny': no earlier production version"):
         registry.rollback("tiny")
-    actions = [e["action"] for e in registry.read_stages("tiny")["events"]]
+    actions = [e.action for e in registry.read_stages("tiny").events]
     assert actions == ["promote", "promote", "rollback"]
 
 

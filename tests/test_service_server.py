@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from service.process import start_service
+from demo.processes import start_service
+from demo.traffic import Traffic, TrafficStats, send_traffic
 from tests.conftest import SERVICE_LIMITS, tiny_rows
 from tests.test_service_api import metric_value
 from training.config import TrainingConfig
@@ -51,33 +51,16 @@ def server(
         service.stop()
 
 
-def hammer(
-    url: str, stop: threading.Event, results: list[tuple[int, str]], text: str = "reset my password"
-) -> None:
-    """A closed-loop client: one text per request until ``stop``; records (status, version)."""
-    with httpx.Client(timeout=30) as client:
-        while not stop.is_set():
-            try:
-                response = client.post(f"{url}/classify", json={"texts": [text]})
-                version = response.json()[0]["version"] if response.status_code == 200 else ""
-                results.append((response.status_code, version))
-            except httpx.HTTPError as exc:
-                results.append((0, type(exc).__name__))
-
-
-def run_load(url: str, clients: int, until: Any) -> list[tuple[int, str]]:
-    """Run ``clients`` closed-loop clients until ``until(results)`` is true (or 30 s)."""
-    stop, results = threading.Event(), []  # type: ignore[var-annotated]
-    threads = [threading.Thread(target=hammer, args=(url, stop, results)) for _ in range(clients)]
-    for t in threads:
-        t.start()
+def run_load(url: str, clients: int, until: Callable[[TrafficStats], bool]) -> TrafficStats:
+    """Closed-loop clients sending one text per request until ``until(stats)`` is true (or 30 s)."""
     deadline = time.monotonic() + 30
-    while not until(results) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join()
-    return results
+    return send_traffic(
+        url,
+        Traffic(["reset my password"]),
+        concurrency=clients,
+        repeat=True,
+        until=lambda stats: until(stats) or time.monotonic() > deadline,
+    )
 
 
 def test_real_server_classifies_and_reports_metrics(server: dict[str, Any]) -> None:
@@ -92,14 +75,16 @@ def test_real_server_classifies_and_reports_metrics(server: dict[str, Any]) -> N
 
 
 def test_concurrent_requests_are_merged_into_batches(server: dict[str, Any]) -> None:
-    results = run_load(server["url"], 16, lambda r: len(r) >= 400)
-    assert all(status == 200 for status, _ in results)
+    stats = run_load(server["url"], 16, lambda s: s.sent >= 400)
+    assert stats.sent >= 400 and stats.failed == 0, stats.failures[:3]
     metrics = httpx.get(f"{server['url']}/metrics").text
-    texts = metric_value(metrics, "refit_batch_texts_sum") / metric_value(metrics, "refit_batch_texts_count")
-    requests = metric_value(metrics, "bentoml_service_adaptive_batch_size_sum") / metric_value(
-        metrics, "bentoml_service_adaptive_batch_size_count"
-    )
-    assert texts > 1.5 and requests > 1.5, (texts, requests)
+    # 400 one-text requests from 16 clients answered in fewer model calls: some batch held several
+    # (how many depends on the machine's speed; the serving benchmark measures that).
+    calls = metric_value(metrics, "refit_batch_texts_count")
+    texts = metric_value(metrics, "refit_batch_texts_sum")
+    merged = metric_value(metrics, "bentoml_service_adaptive_batch_size_count")
+    assert texts >= 400 and calls < texts, (calls, texts)
+    assert merged < metric_value(metrics, "bentoml_service_adaptive_batch_size_sum"), metrics
 
 
 def test_a_corrupt_version_is_refused_while_the_old_one_serves(server: dict[str, Any]) -> None:
@@ -131,18 +116,19 @@ def test_promotion_swaps_under_load_without_a_failed_request(server: dict[str, A
     promoted_at: list[float] = []
     seen_at: list[float] = []
 
-    def swapped(results: list[tuple[int, str]]) -> bool:
-        if not promoted_at and len(results) >= 100:
+    def swapped(stats: TrafficStats) -> bool:
+        answers = stats.answers
+        if not promoted_at and len(answers) >= 100:
             registry.promote(new.tag, reason="test: swap under load")
             promoted_at.append(time.monotonic())
-        if promoted_at and not seen_at and any(v == new.version for _, v in results[-20:]):
+        if promoted_at and not seen_at and any(a.version == new.version for a in answers[-20:]):
             seen_at.append(time.monotonic())
-        return bool(seen_at) and sum(v == new.version for _, v in results[-50:]) >= 50
+        return bool(seen_at) and sum(a.version == new.version for a in answers[-50:]) >= 50
 
-    results = run_load(server["url"], 8, swapped)
-    statuses = {status for status, _ in results}
-    assert statuses == {200}, statuses
-    versions = [v for _, v in results]
+    stats = run_load(server["url"], 8, swapped)
+    statuses = {a.status for a in stats.answers}
+    assert statuses == {200}, stats.failures[:3]
+    versions = [a.version for a in stats.answers]
     assert versions[0] == old and versions[-1] == new.version
     first_new = versions.index(new.version)
     assert seen_at[0] - promoted_at[0] < 10  # the default bound; this server polls every 0.5 s

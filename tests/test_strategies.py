@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tests.conftest import tiny_rows
+from training.calibration import fit_temperature
 from training.context import TrainContext
 from training.data import DataReport, DatasetSplits, split_frames
 from training.finetune import class_weights, find_attention_projections, prepare_lora
-from training.frozen import fit_temperature
 from training.registry import ModelRegistry
 from training.strategies import evaluate_split, run_ladder, run_strategy, stop_reason
 

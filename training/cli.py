@@ -1,8 +1,8 @@
 """The `refit` command line: thin commands that parse, load config, call one library function.
 
-The serving and monitoring packages add their commands through the ``refit.cli`` entry-point
-group (each entry point is a function taking the root Typer app), so this module never imports
-them and training stays upstream of service and monitoring.
+The serving and monitoring packages and the demo add their commands through the ``refit.cli``
+entry-point group (each entry point is a function taking the root Typer app), so this module never
+imports them and training stays upstream of service and monitoring.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
+from training.console import console, render_versions
 from training.errors import ConfigError, RefitError
 
 app = typer.Typer(help="Refit: transfer learning in production.", no_args_is_help=True)
@@ -25,7 +25,6 @@ models_app = typer.Typer(
     help="List, inspect, promote, roll back, export and delete versions.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
-console = Console()
 
 HomeOption = Annotated[
     Path | None,
@@ -114,38 +113,6 @@ def train(
 
         record = export_version(v)
         console.print(f"exported to ONNX: parity max |diff| {record['parity_max_abs_diff']:.2e}")
-
-
-def render_versions(versions: list[Any]) -> Table:
-    """A table comparing versions: strategy, metrics and the test set they come from, data, stage.
-
-    Test metrics compare only within one test set; the caption says when the table holds several.
-    """
-    from training.data import describe_test_set
-
-    table = Table(title="model versions")
-    columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")
-    for column in columns:
-        table.add_column(column)
-    test_sets = {str(v.manifest.get("test_set", {}).get("fingerprint")) for v in versions}
-    for v in versions:
-        m = v.manifest
-        table.add_row(
-            v.tag,
-            v.stage,
-            m.get("strategy", "?"),
-            f"{m.get('test_accuracy', float('nan')):.4f}",
-            f"{m.get('test_macro_f1', float('nan')):.4f}",
-            describe_test_set(m.get("test_set")),
-            str(m.get("data_fingerprint", ""))[7:19],
-            str(m.get("parent_version") or "-"),
-            v.created[:19].replace("T", " "),
-        )
-    if len(test_sets) > 1:
-        table.caption = (
-            f"{len(test_sets)} different test sets: compare test metrics only between rows with the same one"
-        )
-    return table
 
 
 @models_app.command("list")
@@ -260,27 +227,6 @@ def delete_model(
         typer.confirm(f"Delete {version.tag} ({version.stage})?", abort=True)
     registry.delete(version.tag)
     console.print(f"deleted {version.tag}")
-
-
-@app.command("demo-data")
-def demo_data(
-    out: Annotated[Path, typer.Argument(help="Directory for the CSV files.")] = Path("demo-data"),
-) -> None:
-    """Write the generated support-ticket dataset and its drifted variants."""
-    from training.demo_data import write_demo_data
-
-    for name, path in write_demo_data(out).items():
-        console.print(f"{name}: {path}")
-
-
-@app.command("demo-train")
-def demo_train(
-    out: Annotated[Path, typer.Option(help="Working directory.")] = Path("demo-output"),
-) -> None:
-    """The training half of `refit demo`: data, `auto` training, ONNX export, versions."""
-    from training.demo import run_training_demo
-
-    run_training_demo(out, console)
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""What every strategy of one training run shares: config, data, tokenizer, device, caches."""
+"""What every strategy of one training run shares: config, data, tokenizer, device, caches, the probe."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ class StrategyResult:
 
 
 @dataclass
+class LinearProbe:
+    """A fitted probe: the head's weight (labels, hidden) and bias (labels,), and how C was chosen."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    c: float
+    log_loss_by_c: dict[float, float]  # on the held-out rows the choice was made on
+    chosen_on: str  # "validation" or "cv"
+    refit: tuple[np.ndarray, np.ndarray] | None = None  # refitted on train + validation
+    out_of_fold_logits: np.ndarray | None = None  # (train rows, labels), under cv
+    cv_folds: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The choice, for the version's manifest."""
+        details: dict[str, Any] = {"C": self.c, f"{self.chosen_on}_log_loss_by_C": self.log_loss_by_c}
+        if self.cv_folds is not None:
+            details["cv_folds"] = self.cv_folds
+        return details
+
+
+@dataclass
 class TrainContext:
     """Shared state of one run; frozen-encoder embeddings and the linear probe are computed once."""
 
@@ -51,7 +72,7 @@ class TrainContext:
     tokenizer: Any = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     frozen: dict[str, np.ndarray] = field(default_factory=dict)  # split name -> embeddings
-    probe: dict[str, Any] | None = None  # linear-probe weights and how they were chosen
+    probe: LinearProbe | None = None  # fitted once, read by `head` and the fine-tuning strategies
 
     @classmethod
     def create(cls, config: TrainingConfig, splits: DatasetSplits) -> TrainContext:

@@ -22,10 +22,11 @@ from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
+from training.calibration import calibrate
 from training.context import StrategyResult, TrainContext
-from training.frozen import calibrate, fit_linear_probe, fit_probe, install_probe, set_head
 from training.inference import predict
 from training.model import TextClassifier, count_trainable
+from training.probe import fit_linear_probe, fit_probe, install_probe, set_head
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
     start = time.perf_counter()
     probe = fit_linear_probe(ctx)
     model = ctx.fresh_model()
-    set_head(model, probe["weight"], probe["bias"])
+    set_head(model, probe.weight, probe.bias)
     # A probe that separates the training data perfectly starts with a near-zero loss and so
     # gives the encoder no gradient; temperature-scaling it on validation data first softens it
     # to its real confidence, which leaves a learning signal.

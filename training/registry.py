@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from training.errors import RegistryError, VersionNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,40 @@ MANIFEST = "refit.json"
 def default_home() -> Path:
     """BentoML's home: ``$BENTOML_HOME`` or ``~/bentoml``."""
     return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml"))
+
+
+class StageEvent(BaseModel):
+    """One change of a model's stages, for the audit trail."""
+
+    at: str  # ISO 8601, UTC
+    action: str  # promote, rollback, delete, add_feedback_labels
+    version: str
+    previous: str | None = None
+    reason: str = ""
+
+
+class Stages(BaseModel):
+    """A model's stage state, as stored in ``refit/stages/<name>.json``."""
+
+    production: str | None = None
+    stack: list[str] = Field(default_factory=list)  # production versions, oldest first (rollback)
+    archived: list[str] = Field(default_factory=list)
+    events: list[StageEvent] = Field(default_factory=list)
+    # Labels not in the model that feedback may carry already (new intents on their way in).
+    feedback_labels: list[str] = Field(default_factory=list)
+
+    def stage_of(self, version: str) -> str:
+        """``production``, ``archived`` or ``candidate``."""
+        if version == self.production:
+            return "production"
+        return "archived" if version in self.archived else "candidate"
+
+    def record(self, action: str, version: str, previous: str | None = None, reason: str = "") -> None:
+        """Add an event to the audit trail."""
+        at = datetime.now(UTC).isoformat()
+        self.events.append(
+            StageEvent(at=at, action=action, version=version, previous=previous, reason=reason)
+        )
 
 
 @dataclass(frozen=True)
@@ -90,7 +126,7 @@ class ModelRegistry:
             manifest["created"] = bento_model.creation_time.astimezone(UTC).isoformat()
             (Path(bento_model.path) / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         version = str(bento_model.tag.version)
-        if self.read_stages(name)["production"] is None:
+        if self.read_stages(name).production is None:
             self.promote(f"{name}:{version}", reason="first version of the model")
         logger.info("registered %s:%s", name, version)
         return self.get(f"{name}:{version}")
@@ -111,7 +147,7 @@ class ModelRegistry:
         found = [self._describe(m, stages) for m in models if m.info.module == "refit"]
         return sorted(found, key=lambda v: v.created)
 
-    def _describe(self, bento_model: Any, stages: dict[str, Any]) -> ModelVersion:
+    def _describe(self, bento_model: Any, stages: Stages) -> ModelVersion:
         path = Path(bento_model.path)
         manifest_file = path / MANIFEST
         manifest = json.loads(manifest_file.read_text(encoding="utf-8")) if manifest_file.is_file() else {}
@@ -120,7 +156,7 @@ class ModelRegistry:
             name=str(bento_model.tag.name),
             version=version,
             path=path,
-            stage=_stage_of(version, stages),
+            stage=stages.stage_of(version),
             created=bento_model.creation_time.astimezone(UTC).isoformat(),
             manifest=manifest,
         )
@@ -158,15 +194,15 @@ class ModelRegistry:
             f"{STAGES}; versions: {', '.join(v.version for v in versions)}."
         )
 
-    def read_stages(self, name: str) -> dict[str, Any]:
+    def read_stages(self, name: str) -> Stages:
         """The stage state of a model (production, rollback stack, archived, audit events)."""
         path = self._stage_file(name)
         if not path.is_file():
-            return {"production": None, "stack": [], "archived": [], "events": []}
-        return dict(json.loads(path.read_text(encoding="utf-8")))
+            return Stages()
+        return Stages.model_validate_json(path.read_text(encoding="utf-8"))
 
     @contextlib.contextmanager
-    def _locked_stages(self, name: str) -> Iterator[dict[str, Any]]:
+    def _locked_stages(self, name: str) -> Iterator[Stages]:
         path = self._stage_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path.with_suffix(".lock"), "w") as lock:
@@ -175,7 +211,7 @@ class ModelRegistry:
             yield state
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(state, out, indent=2)
+                out.write(state.model_dump_json(indent=2))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, path)
@@ -184,15 +220,15 @@ class ModelRegistry:
         """Make a version production; the previous production version is archived."""
         target = self.get(ref)
         with self._locked_stages(target.name) as state:
-            previous = state["production"]
+            previous = state.production
             if previous == target.version:
                 return target
             if previous:
-                state["archived"] = sorted(set(state["archived"]) | {previous})
-            state["archived"] = [v for v in state["archived"] if v != target.version]
-            state["production"] = target.version
-            state["stack"].append(target.version)
-            _record(state, "promote", target.version, previous, reason)
+                state.archived = sorted(set(state.archived) | {previous})
+            state.archived = [v for v in state.archived if v != target.version]
+            state.production = target.version
+            state.stack.append(target.version)
+            state.record("promote", target.version, previous, reason)
         logger.info("promoted %s (was %s)", target.tag, previous)
         return self.get(target.tag)
 
@@ -204,25 +240,26 @@ class ModelRegistry:
         """
         existing = {v.version for v in self.versions(name)}
         with self._locked_stages(name) as state:
-            current = state["production"]
-            earlier = [v for v in state["stack"][:-1] if v in existing and v != current]
+            current = state.production
+            earlier = [v for v in state.stack[:-1] if v in existing and v != current]
             if not earlier:
                 raise RegistryError(
                     f"Cannot roll back {name!r}: no earlier production version to restore "
                     f"(current: {current}). Expected a model promoted at least twice."
                 )
             previous = earlier[-1]
-            last = len(state["stack"]) - 1 - state["stack"][::-1].index(previous)
-            state["stack"] = state["stack"][: last + 1]
-            state["production"] = previous
-            state["archived"] = sorted((set(state["archived"]) | {current}) - {previous})
-            _record(state, "rollback", previous, current, reason)
+            last = len(state.stack) - 1 - state.stack[::-1].index(previous)
+            state.stack = state.stack[: last + 1]
+            state.production = previous
+            archived = set(state.archived) | ({current} if current else set())
+            state.archived = sorted(archived - {previous})
+            state.record("rollback", previous, current, reason)
         logger.info("rolled %s back to %s (was %s)", name, previous, current)
         return self.get(f"{name}:{previous}")
 
     def feedback_labels(self, name: str) -> list[str]:
         """Labels not in the model that feedback may carry already (new intents on their way in)."""
-        return list(self.read_stages(name).get("feedback_labels", []))
+        return list(self.read_stages(name).feedback_labels)
 
     def add_feedback_labels(self, name: str, labels: list[str]) -> list[str]:
         """Accept feedback with ``labels`` from now on; every replica sees it at its next request.
@@ -235,11 +272,11 @@ class ModelRegistry:
         """
         self.get(name)
         with self._locked_stages(name) as state:
-            known = list(state.get("feedback_labels", []))
+            known = list(state.feedback_labels)
             added = [label for label in dict.fromkeys(labels) if label not in known]
-            state["feedback_labels"] = known + added
+            state.feedback_labels = known + added
             if added:
-                _record(state, "add_feedback_labels", ", ".join(added), None, "")
+                state.record("add_feedback_labels", ", ".join(added))
         return known + added
 
     def delete(self, ref: str) -> None:
@@ -256,24 +293,6 @@ class ModelRegistry:
             )
         with self._locked_stages(target.name) as state:
             self.store.delete(target.tag)
-            state["archived"] = [v for v in state["archived"] if v != target.version]
-            state["stack"] = [v for v in state["stack"] if v != target.version]
-            _record(state, "delete", target.version, None, "")
-
-
-def _stage_of(version: str, stages: dict[str, Any]) -> str:
-    if version == stages.get("production"):
-        return "production"
-    return "archived" if version in stages.get("archived", []) else "candidate"
-
-
-def _record(state: dict[str, Any], action: str, version: str, previous: str | None, reason: str) -> None:
-    state["events"].append(
-        {
-            "at": datetime.now(UTC).isoformat(),
-            "action": action,
-            "version": version,
-            "previous": previous,
-            "reason": reason,
-        }
-    )
+            state.archived = [v for v in state.archived if v != target.version]
+            state.stack = [v for v in state.stack if v != target.version]
+            state.record("delete", target.version)

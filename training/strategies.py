@@ -12,8 +12,8 @@ from rich.table import Table
 from training.config import FINETUNE_STRATEGIES
 from training.context import StrategyResult, TrainContext
 from training.evaluation import EvaluationResult, evaluate_predictions
+from training.feature_extraction import train_baseline, train_head
 from training.finetune import train_finetuned
-from training.frozen import train_baseline, train_head
 
 logger = logging.getLogger(__name__)
 

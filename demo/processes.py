@@ -1,6 +1,6 @@
-"""Child processes on loopback: `bentoml serve` for the Refit service (CLI, demo, benchmarks, checks).
+"""Child processes on loopback for the demo, the benchmarks and the tests: the service, the monitor, the UI.
 
-``start_process`` is the general form: the monitor and the Evidently UI are started the same way.
+``start_process`` is the general form; each is ready once an HTTP path of it answers 200.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import IO
 
 import httpx
 
-SERVICE_IMPORT = "service.app:RefitClassifier"
+from service.cli import serve_command
 
 
 def free_port() -> int:
@@ -26,14 +26,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_command(host: str, port: int) -> list[str]:
-    """The `bentoml serve` command line for the Refit service."""
-    return [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
-
-
 @dataclass
-class ServiceProcess:
-    """A running child process that answers HTTP: its URL, process, log file and readiness path."""
+class LoopbackProcess:
+    """A child process answering HTTP on loopback: its URL, process, log file and readiness path."""
 
     url: str
     process: subprocess.Popen[bytes]
@@ -83,7 +78,7 @@ class ServiceProcess:
 
 def start_process(
     command: list[str], env: dict[str, str], log_path: Path, url: str, ready_path: str
-) -> ServiceProcess:
+) -> LoopbackProcess:
     """Start ``command`` in the project root with ``env`` added to this process's environment.
 
     Output goes to ``log_path``; the process is not ready yet (``wait_ready``).
@@ -94,12 +89,35 @@ def start_process(
     log = log_path.open("wb")
     root = Path(__file__).resolve().parents[1]
     process = subprocess.Popen(command, cwd=root, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    return ServiceProcess(url=url, process=process, log_path=log_path, _log=log, ready_path=ready_path)
+    return LoopbackProcess(url=url, process=process, log_path=log_path, _log=log, ready_path=ready_path)
 
 
 def start_service(
     env: dict[str, str], log_path: Path, host: str = "127.0.0.1", port: int | None = None
-) -> ServiceProcess:
+) -> LoopbackProcess:
     """Start `bentoml serve` with ``env`` added to this process's environment (not yet ready)."""
     port = port or free_port()
     return start_process(serve_command(host, port), env, log_path, f"http://{host}:{port}", "/readyz")
+
+
+def start_monitor(env: dict[str, str], log_path: Path, port: int | None = None) -> LoopbackProcess:
+    """Start `refit monitor` with ``env`` (``REFIT_MONITOR_*``) and its metrics on ``port``.
+
+    Ready once its Prometheus exporter answers (the scheduler has started by then).
+    """
+    port = port or free_port()
+    return start_process(
+        [sys.executable, "-m", "monitoring", "monitor", "--port", str(port)],
+        env,
+        log_path,
+        f"http://127.0.0.1:{port}",
+        "/metrics",
+    )
+
+
+def start_evidently_ui(workspace: Path, log_path: Path, port: int | None = None) -> LoopbackProcess:
+    """Start `evidently ui` on ``workspace`` (the monitor's dashboards); ready once it answers."""
+    port = port or free_port()
+    command = [sys.executable, "-c", "from evidently.cli import app; app()", "ui"]
+    command += ["--workspace", str(workspace), "--host", "127.0.0.1", "--port", str(port)]
+    return start_process(command, {}, log_path, f"http://127.0.0.1:{port}", "/")

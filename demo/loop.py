@@ -22,16 +22,15 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from monitoring.demo_report import DemoOutcome, render_summary
-from monitoring.process import start_evidently_ui, start_monitor
-from monitoring.replay import ReplayStats, choose_feedback, replay
+from demo.data import NEW_INTENTS
+from demo.processes import LoopbackProcess, start_evidently_ui, start_monitor, start_service
+from demo.summary import DemoOutcome, render_summary
+from demo.traffic import Traffic, TrafficStats, choose_feedback, send_traffic
+from demo.training import DEMO_MODEL, DemoVersion, train_demo_version
 from monitoring.settings import MonitorSettings
 from monitoring.store import create_monitor_tables, read_checks, read_retrains
 from service.logstore import create_log_engine
-from service.process import ServiceProcess, start_service
-from training.cli_support import step
-from training.demo import DEMO_MODEL, train_demo_version
-from training.demo_data import NEW_INTENTS
+from training.console import step
 
 MARKER = ".refit-demo"
 DEMO_ENTRIES = {MARKER, "bentoml", "data", "logs", "summary.json"}
@@ -56,7 +55,8 @@ class DemoPlan:
 def prepare_directory(out: Path) -> None:
     """Empty ``out`` if a demo made it; refuse any other non-empty directory.
 
-    A demo directory has the marker file, or only what the demo writes (an older demo's layout).
+    A demo directory has the marker file, or holds nothing but entries the demo writes, which are
+    safe to delete.
 
     Raises:
         SystemExit: ``out`` holds files the demo did not write.
@@ -148,10 +148,10 @@ def run_traffic(
     plan: DemoPlan,
     watcher: LoopWatcher,
     title: str,
-    stats: ReplayStats | None = None,
-    until: Callable[[], bool] | None = None,
+    stats: TrafficStats | None = None,
+    until: Callable[[TrafficStats], bool] | None = None,
     repeat: bool = False,
-) -> ReplayStats:
+) -> TrafficStats:
     """Replay ``rows`` with a progress bar whose text follows the monitor's checks."""
     labelled = choose_feedback(len(rows), plan.feedback_share, plan.seed)
     columns = [TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -167,14 +167,13 @@ def run_traffic(
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
         try:
-            stats = replay(
+            stats = send_traffic(
                 url,
-                rows,
-                labelled,
+                Traffic(list(rows["text"]), list(rows["label"]), labelled),
                 rate=plan.rate,
                 concurrency=plan.concurrency,
                 stats=stats,
-                on_row=lambda: progress.advance(task),
+                on_answer=lambda _: progress.advance(task),
                 until=until,
                 repeat=repeat,
             )
@@ -197,9 +196,9 @@ class DemoRun:
     """A finished loop whose processes still run: what it found and where they listen."""
 
     outcome: DemoOutcome
-    service: ServiceProcess
-    monitor: ServiceProcess
-    ui: ServiceProcess
+    service: LoopbackProcess
+    monitor: LoopbackProcess
+    ui: LoopbackProcess
 
 
 @contextlib.contextmanager
@@ -207,7 +206,7 @@ def loop_demo(
     out: Path,
     console: Console,
     plan: DemoPlan | None = None,
-    on_started: Callable[[ServiceProcess, ServiceProcess], None] | None = None,
+    on_started: Callable[[LoopbackProcess, LoopbackProcess], None] | None = None,
 ) -> Iterator[DemoRun]:
     """Run the whole loop under ``out``; yield while its processes still run; stop them on exit.
 
@@ -222,49 +221,25 @@ def loop_demo(
     start = time.monotonic()
     prepare_directory(out)
     trained = train_demo_version(out, console, steps="1/6 2/6")
-    home, v1 = trained.registry.home, trained.version.version
-    processes: list[ServiceProcess] = []
+    home = trained.registry.home
+    processes: list[LoopbackProcess] = []
     try:
         with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
             server, monitor, ui = start_processes(out, home, plan, processes)
-            console.print(f"    service {server.url} (v1 {v1}); monitor metrics {monitor.url}/metrics")
+            console.print(
+                f"    service {server.url} (v1 {trained.version.version}); "
+                f"monitor metrics {monitor.url}/metrics"
+            )
             if on_started is not None:
                 on_started(server, monitor)
-        watcher = LoopWatcher(home)
-        with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
-            calm_rows = pd.read_csv(trained.paths["traffic"])
-            calm = run_traffic(console, server.url, calm_rows, plan, watcher, "calm   ")
-            wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
-        onset = time.monotonic()
-        with step(console, "5/6 drifted traffic (new intents, typos) until v2 serves"):
-            drift_rows = drifted_traffic(trained.paths, plan.seed)
-            stats = ReplayStats()
-
-            def closed() -> bool:
-                new = stats.answered_by_others(v1)
-                return new >= plan.after_swap or time.monotonic() - onset > plan.swap_timeout_s
-
-            drifted = run_traffic(
-                console, server.url, drift_rows, plan, watcher, "drifted", stats, until=closed, repeat=True
-            )
-        outcome = DemoOutcome.collect(
-            out=out,
-            registry=trained.registry,
-            first=v1,
-            calm=calm,
-            drifted=drifted,
-            checks=watcher.checks(),
-            retrains=watcher.retrains(),
-            onset=onset,
-            urls={
-                "service API docs": f"{server.url}/",
-                "service metrics": f"{server.url}/metrics",
-                "monitor metrics": f"{monitor.url}/metrics",
-                "Evidently UI": ui.url,
-            },
-            workspace=demo_paths(home).workspace_path,
-            seconds=time.monotonic() - start,
-        )
+        outcome = run_phases(out, console, trained, server.url, plan)
+        outcome.urls = {
+            "service API docs": f"{server.url}/",
+            "service metrics": f"{server.url}/metrics",
+            "monitor metrics": f"{monitor.url}/metrics",
+            "Evidently UI": ui.url,
+        }
+        outcome.seconds = time.monotonic() - start
         with step(console, "6/6 summary"):
             render_summary(outcome, console)
             (out / "summary.json").write_text(json.dumps(outcome.to_json(), indent=2, default=str) + "\n")
@@ -275,9 +250,44 @@ def loop_demo(
         console.print(f"stopped {len(processes)} processes (logs in {out / 'logs'})")
 
 
+def run_phases(out: Path, console: Console, trained: DemoVersion, url: str, plan: DemoPlan) -> DemoOutcome:
+    """Calm traffic, then drifted traffic until v2 has answered ``plan.after_swap`` requests.
+
+    The outcome's ``urls`` and ``seconds`` are left for the caller, who started the processes.
+    """
+    home, v1 = trained.registry.home, trained.version.version
+    watcher = LoopWatcher(home)
+    with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
+        calm_rows = pd.read_csv(trained.paths["traffic"])
+        calm = run_traffic(console, url, calm_rows, plan, watcher, "calm   ")
+        wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
+    onset = time.monotonic()
+    with step(console, "5/6 drifted traffic (new intents, typos) until v2 serves"):
+        drift_rows = drifted_traffic(trained.paths, plan.seed)
+
+        def closed(stats: TrafficStats) -> bool:
+            new = stats.answered_by_others(v1)
+            return new >= plan.after_swap or time.monotonic() - onset > plan.swap_timeout_s
+
+        drifted = run_traffic(console, url, drift_rows, plan, watcher, "drifted", until=closed, repeat=True)
+    return DemoOutcome.collect(
+        out=out,
+        registry=trained.registry,
+        first=v1,
+        calm=calm,
+        drifted=drifted,
+        checks=watcher.checks(),
+        retrains=watcher.retrains(),
+        onset=onset,
+        urls={},
+        workspace=demo_paths(home).workspace_path,
+        seconds=0.0,
+    )
+
+
 def start_processes(
-    out: Path, home: Path, plan: DemoPlan, started: list[ServiceProcess]
-) -> tuple[ServiceProcess, ServiceProcess, ServiceProcess]:
+    out: Path, home: Path, plan: DemoPlan, started: list[LoopbackProcess]
+) -> tuple[LoopbackProcess, LoopbackProcess, LoopbackProcess]:
     """Start the service, the monitor and the Evidently UI, each ready before the next starts.
 
     Each is appended to ``started`` as soon as it runs, so the caller stops it whatever happens next.

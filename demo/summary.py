@@ -11,8 +11,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from monitoring.replay import ReplayStats
-from training.demo import DEMO_MODEL
+from demo.traffic import TrafficStats
+from demo.training import DEMO_MODEL
+from training.console import render_versions
 from training.registry import ModelRegistry
 
 
@@ -26,7 +27,7 @@ class DemoOutcome:
     versions: list[Any]
     checks: list[dict[str, Any]]  # oldest first
     retrains: list[dict[str, Any]]  # oldest first
-    phases: dict[str, ReplayStats]
+    phases: dict[str, TrafficStats]
     onset: datetime  # wall-clock time of the drift onset
     urls: dict[str, str]
     workspace: Path
@@ -40,8 +41,8 @@ class DemoOutcome:
         out: Path,
         registry: ModelRegistry,
         first: str,
-        calm: ReplayStats,
-        drifted: ReplayStats,
+        calm: TrafficStats,
+        drifted: TrafficStats,
         checks: list[dict[str, Any]],
         retrains: list[dict[str, Any]],
         onset: float,
@@ -121,8 +122,6 @@ class DemoOutcome:
 
 def render_summary(outcome: DemoOutcome, console: Console) -> None:
     """Print the versions, the check timeline, the retrains, the traffic and where to look next."""
-    from training.cli import render_versions
-
     console.print(render_versions(outcome.versions))
     console.print(render_checks(outcome))
     for r in outcome.retrains:

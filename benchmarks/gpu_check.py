@@ -11,12 +11,13 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import httpx
 from rich.console import Console
+
+from demo.traffic import Traffic, TrafficStats, send_traffic
 
 console = Console()
 
@@ -30,8 +31,8 @@ def cuda_available() -> bool:
 
 def train_versions(home: Path, base_model: str = "minilm") -> tuple[str, str]:
     """Two versions of ``gpu-check`` on the demo data: v1 (production) and v2 (candidate)."""
+    from demo.data import write_demo_data
     from training.config import TrainingConfig
-    from training.demo_data import write_demo_data
     from training.pipeline import train_model
     from training.registry import ModelRegistry
 
@@ -48,29 +49,23 @@ def train_versions(home: Path, base_model: str = "minilm") -> tuple[str, str]:
 
 def check_swap_under_load(url: str, texts: list[str], home: Path, new_version: str) -> tuple[int, int, float]:
     """Promote ``new_version`` while clients send requests; (requests, failures, seconds to swap)."""
-    from service.loadgen import run_closed_loop
     from training.registry import ModelRegistry
 
-    outcome: dict[str, object] = {}
+    start = time.monotonic()
+    promoted: list[float] = []
+    swapped: list[float] = []
 
-    def load() -> None:
-        outcome["result"] = run_closed_loop(f"{url}/classify", texts, 16, 12.0)
+    def follow(stats: TrafficStats) -> bool:
+        now = time.monotonic()
+        if not promoted and now - start > 2.0:
+            ModelRegistry(home / "bentoml").promote(f"gpu-check:{new_version}", reason="gpu-check swap")
+            promoted.append(now)
+        if promoted and not swapped and stats.answers and stats.answers[-1].version == new_version:
+            swapped.append(now - promoted[0])
+        return bool(promoted) and (bool(swapped) or now - promoted[0] > 10)
 
-    thread = threading.Thread(target=load)
-    thread.start()
-    time.sleep(2.0)
-    promoted = time.monotonic()
-    ModelRegistry(home / "bentoml").promote(f"gpu-check:{new_version}", reason="gpu-check swap")
-    swapped_after = float("nan")
-    while time.monotonic() - promoted < 10:
-        response = httpx.post(f"{url}/classify", json={"texts": [texts[0]]}, timeout=30)
-        if response.json()[0]["version"] == new_version:
-            swapped_after = time.monotonic() - promoted
-            break
-        time.sleep(0.1)
-    thread.join()
-    result = outcome["result"]
-    return result.requests, result.errors, swapped_after  # type: ignore[attr-defined]
+    stats = send_traffic(url, Traffic(texts), concurrency=16, repeat=True, until=follow)
+    return stats.requests, stats.failed, swapped[0] if swapped else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import pandas as pd
 
-    from service.loadgen import run_closed_loop
-    from service.process import start_service
+    from demo.processes import start_service
 
     home = Path(tempfile.mkdtemp(prefix="refit-gpu-check-"))
     v1, v2 = train_versions(home, args.base_model)
@@ -109,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"serving {info['name']}:{info['version']} on {info['device']} ({info['backend']})")
         ok = info["device"].startswith("cuda") and info["version"] == v1
         for concurrency in (1, 32, 128):
-            result = run_closed_loop(f"{server.url}/classify", texts, concurrency, 5.0)
+            result = send_traffic(
+                server.url, Traffic(texts), concurrency=concurrency, duration_s=5.0, repeat=True
+            )
             p50, p99 = result.percentile(50), result.percentile(99)
             console.print(
                 f"concurrency {concurrency:>3}: {result.rps:7.1f} req/s  p50 {p50:6.1f} ms  "
-                f"p99 {p99:6.1f} ms  errors {result.errors}"
+                f"p99 {p99:6.1f} ms  errors {result.failed}"
             )
-            ok &= result.errors == 0
+            ok &= result.failed == 0
         requests, failures, seconds = check_swap_under_load(server.url, texts, home, v2)
         console.print(
             f"swap to {v2}: after {seconds:.1f} s, {requests} requests during it, {failures} failed"

@@ -1,7 +1,7 @@
 """The training half of the demo: generate data, climb the `auto` ladder, export to ONNX.
 
-`refit demo` (monitoring/demo.py) runs the whole loop on top of this; `refit demo-train` runs
-this half alone.
+`refit demo` (demo/loop.py) runs the whole loop on top of this; `refit demo-train` runs this
+half alone.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from training.cli_support import step
+from demo.data import write_demo_data
 from training.config import TrainingConfig
-from training.demo_data import write_demo_data
+from training.console import render_versions, step
 from training.onnx_export import export_version
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
@@ -68,8 +68,6 @@ def train_demo_version(out: Path, console: Console, steps: str = "1/2 2/2") -> D
 
 def run_training_demo(out: Path, console: Console) -> None:
     """Train and export one demo version, then print the version table (`refit demo-train`)."""
-    from training.cli import render_versions
-
     start = time.perf_counter()
     trained = train_demo_version(out, console)
     console.print(render_versions(trained.registry.versions(DEMO_MODEL)))

@@ -1,0 +1,1 @@
+"""The Refit demo: generated support tickets driving the whole loop on loopback, and its load generator."""

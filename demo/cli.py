@@ -1,0 +1,52 @@
+"""`refit demo`, `refit demo-data`, `refit demo-train`: the demo's commands (a ``refit.cli`` entry point)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.console import console
+
+OutOption = Annotated[Path, typer.Option(help="Working directory (emptied if an earlier demo made it).")]
+
+
+def demo(
+    out: OutOption = Path("demo-output"),
+    keep: Annotated[
+        bool, typer.Option(help="Leave the service, monitor and UI running until Ctrl-C.")
+    ] = False,
+) -> None:
+    """The whole loop on generated data: train, serve, drift, retrain, promote, swap; exit 0 if it closed."""
+    from demo.loop import run_loop_demo
+
+    code = run_loop_demo(out, console, keep=keep)
+    if code:
+        raise SystemExit(code)
+
+
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Directory for the CSV files.")] = Path("demo-data"),
+) -> None:
+    """Write the generated support-ticket dataset and its drifted variants."""
+    from demo.data import write_demo_data
+
+    for name, path in write_demo_data(out).items():
+        console.print(f"{name}: {path}")
+
+
+def demo_train(
+    out: Annotated[Path, typer.Option(help="Working directory.")] = Path("demo-output"),
+) -> None:
+    """The training half of `refit demo`: data, `auto` training, ONNX export, versions."""
+    from demo.training import run_training_demo
+
+    run_training_demo(out, console)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the demo's commands to the root `refit` app (the ``refit.cli`` entry point)."""
+    app.command()(demo)
+    app.command("demo-data")(demo_data)
+    app.command("demo-train")(demo_train)

@@ -1,0 +1,55 @@
+"""Terminal output shared by every `refit` command and the demo: one console, steps, the version table."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# One console for the whole CLI: `training.cli.main` widens it once when the output is a log.
+console = Console()
+
+
+@contextlib.contextmanager
+def step(console: Console, title: str) -> Iterator[None]:
+    """Print a step's title, then its duration when it ends."""
+    console.rule(f"[bold]{title}")
+    start = time.perf_counter()
+    yield
+    console.print(f"    [dim]{title.split(' ', 1)[0]} done in {time.perf_counter() - start:.1f} s[/]")
+
+
+def render_versions(versions: list[Any]) -> Table:
+    """A table comparing versions: strategy, metrics and the test set they come from, data, stage.
+
+    Test metrics compare only within one test set; the caption says when the table holds several.
+    """
+    from training.data import describe_test_set
+
+    table = Table(title="model versions")
+    columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")
+    for column in columns:
+        table.add_column(column)
+    test_sets = {str(v.manifest.get("test_set", {}).get("fingerprint")) for v in versions}
+    for v in versions:
+        m = v.manifest
+        table.add_row(
+            v.tag,
+            v.stage,
+            m.get("strategy", "?"),
+            f"{m.get('test_accuracy', float('nan')):.4f}",
+            f"{m.get('test_macro_f1', float('nan')):.4f}",
+            describe_test_set(m.get("test_set")),
+            str(m.get("data_fingerprint", ""))[7:19],
+            str(m.get("parent_version") or "-"),
+            v.created[:19].replace("T", " "),
+        )
+    if len(test_sets) > 1:
+        table.caption = (
+            f"{len(test_sets)} different test sets: compare test metrics only between rows with the same one"
+        )
+    return table
