@@ -108,7 +108,7 @@ def promotion_delay(engine: Any, calm: int, first_version: str) -> float | None:
     """Seconds from the first drifted request to the first answer by another version (the log's clock)."""
     from sqlalchemy import select
 
-    from service.logstore import predictions
+    from service.inference_log_db import predictions
 
     query = select(predictions.c.id, predictions.c.version, predictions.c.created).order_by(predictions.c.id)
     with engine.connect() as conn:

@@ -27,9 +27,9 @@ from demo.processes import LoopbackProcess, start_evidently_ui, start_monitor, s
 from demo.summary import DemoOutcome, render_summary
 from demo.traffic import Traffic, TrafficStats, choose_feedback, send_traffic
 from demo.training import DEMO_MODEL, DemoVersion, train_demo_version
+from monitoring.history import create_monitor_tables, read_checks, read_retrains
 from monitoring.settings import MonitorSettings
-from monitoring.store import create_monitor_tables, read_checks, read_retrains
-from service.logstore import create_log_engine
+from service.inference_log_db import create_log_engine
 from training.console import step
 
 MARKER = ".refit-demo"

@@ -19,11 +19,11 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from monitoring.drift import DriftResult, detect_drift
+from monitoring.history import read_feedback, read_window, record_check
 from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from monitoring.retention import prune_reports
 from monitoring.settings import MonitorSettings
-from monitoring.store import read_feedback, read_window, record_check
 from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)

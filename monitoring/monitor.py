@@ -12,13 +12,19 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from monitoring.check import CheckOutcome, DriftChecker
+from monitoring.history import (
+    create_monitor_tables,
+    read_checks,
+    read_feedback,
+    read_retrains,
+    record_retrain,
+)
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import Decision, decide
 from monitoring.retrain import RetrainResult, retrain
 from monitoring.settings import MonitorSettings
-from monitoring.store import create_monitor_tables, read_checks, read_feedback, read_retrains, record_retrain
 from monitoring.workspace import record_snapshot
-from service.logstore import create_log_engine
+from service.inference_log_db import create_log_engine
 from training.errors import ModelLoadError, VersionNotFoundError
 from training.registry import ModelRegistry
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from monitoring.history import acquire_lease, release_lease
 from monitoring.monitor import Monitor
 from monitoring.settings import MonitorSettings
-from monitoring.store import acquire_lease, release_lease
 
 logger = logging.getLogger(__name__)
 

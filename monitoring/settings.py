@@ -8,13 +8,12 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from service.settings import LogSettings
-from training.config import load_settings
+from training.shared_settings import ServedModelSettings, load_settings
 
 CONFIG_ENV = "REFIT_MONITOR_CONFIG"
 
 
-class MonitorSettings(LogSettings):
+class MonitorSettings(ServedModelSettings):
     """What to watch, how to test it, and what to do about drift."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_MONITOR_", extra="forbid")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import Counter
 from typing import Any, cast
 
 import bentoml
@@ -20,17 +19,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.backends import resolve_backend
-from service.batching import use_greedy_batching
+from service.backends import resolve_backend, worker_device
+from service.bentoml_patches import use_greedy_batching, use_json_media_type
 from service.guard import RequestGuard
 from service.heap import freeze_heap
-from service.logstore import utc_now
-from service.metrics import initialise_series, service_metrics
-from service.payload_log import LogStoreUnavailable, PayloadLog
+from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
+from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
+from service.model_holder import ModelHolder
 from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, text_list_type
 from service.settings import load_serve_settings
-from service.swapper import ModelHolder
 from training.errors import ModelLoadError, VersionLoadingError, VersionNotFoundError
 from training.registry import ModelRegistry, ModelVersion
 
@@ -68,17 +66,6 @@ def _resources() -> dict[str, Any]:
     return {"gpu": SETTINGS.gpus} if SETTINGS.gpus else {"cpu": str(os.cpu_count() or 1)}
 
 
-def worker_device(device: str) -> str:
-    """This worker's device: with several GPUs, worker i (1-based) takes GPU (i - 1) mod count."""
-    if device != "cuda":
-        return device
-    import torch
-    from bentoml._internal.context import server_context
-
-    index = (server_context.worker_index or 1) - 1
-    return f"cuda:{index % max(1, torch.cuda.device_count())}"
-
-
 @bentoml.asgi_app(api, path="/")
 @bentoml.service(
     name="refit",
@@ -103,7 +90,7 @@ class RefitClassifier:
         self.backend, device = resolve_backend(self.settings.backend, self.settings.device)
         self.device = worker_device(device)
         self.threads = self.settings.threads or max(1, (os.cpu_count() or 1) // self.settings.worker_count)
-        self.log = PayloadLog(
+        self.log = InferenceLog(
             self.settings.resolved_log_url,
             queue_size=self.settings.log_queue_size,
             batch_size=self.settings.log_batch_size,
@@ -120,7 +107,7 @@ class RefitClassifier:
             poll_s=self.settings.swap_poll_s,
             pinned_cache_size=self.settings.pinned_cache_size,
             pinned_load_wait_s=self.settings.pinned_load_wait_s,
-            on_swap=self._record_swap,
+            on_swap=lambda old, new: record_swap(self.metrics, old, new),
             on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
             on_settled=self._settle_heap,
         )
@@ -139,13 +126,6 @@ class RefitClassifier:
             self.settings.chunk_size,
             abstain=self.settings.abstain,
         )
-
-    def _record_swap(self, old: LoadedModel | None, new: LoadedModel) -> None:
-        info = self.metrics.model_info
-        if old is not None:
-            info.labels(old.version.name, old.version.version, old.backend.name, old.backend.device).set(0)
-            self.metrics.swaps.labels(new.version.name).inc()
-        info.labels(new.version.name, new.version.version, new.backend.name, new.backend.device).set(1)
 
     def _settle_heap(self) -> None:
         if self.settings.freeze_heap:
@@ -172,47 +152,12 @@ class RefitClassifier:
         return self.predict(self.holder.current, texts)
 
     def predict(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
-        """Run ``model`` on ``texts``, count them in the metrics and queue them for the payload log."""
+        """Run ``model`` on ``texts``, count them in the metrics and queue them for the inference log."""
         start = time.perf_counter()
         predictions = model.classify(texts)
-        latency_ms = (time.perf_counter() - start) * 1000
-        self._observe(model, texts, predictions)
-        now = utc_now()
-        self.log.submit(
-            [
-                {
-                    "request_id": p.request_id,
-                    "created": now,
-                    "model": p.model,
-                    "version": p.version,
-                    "text": text,
-                    "label": p.label,
-                    "confidence": p.confidence,
-                    "probabilities": [round(float(x), 6) for x in p.probabilities],
-                    "latency_ms": latency_ms,
-                    "truncated": p.truncated,
-                }
-                for p, text in zip(predictions, texts, strict=True)
-            ]
-        )
+        observe_predictions(self.metrics, model.version.name, texts, predictions)
+        self.log.submit(prediction_records(predictions, texts, (time.perf_counter() - start) * 1000))
         return [p.to_response() for p in predictions]
-
-    def _observe(self, model: LoadedModel, texts: list[str], predictions: list[Any]) -> None:
-        name = model.version.name
-        m = self.metrics
-        m.batch_texts.labels(name).observe(len(texts))
-        for label, count in Counter(p.label for p in predictions).items():
-            m.predictions.labels(name, label).inc(count)
-        confidence, chars = m.confidence.labels(name), m.input_chars.labels(name)
-        for p, text in zip(predictions, texts, strict=True):
-            confidence.observe(p.confidence)
-            chars.observe(len(text))
-        out_of_scope = sum(p.in_scope is False for p in predictions)
-        if out_of_scope:
-            m.out_of_scope.labels(name).inc(out_of_scope)
-        truncated = sum(p.truncated for p in predictions)
-        if truncated:
-            m.truncated.labels(name).inc(truncated)
 
     @api.post("/classify_pinned", response_model=None)
     def classify_pinned(
@@ -238,9 +183,7 @@ class RefitClassifier:
         current = self.holder.current
         description = current.describe()
         stages = self.registry.read_stages(self.settings.model)
-        description["stage"] = (
-            "production" if stages.production == current.version.version else "archived"
-        )
+        description["stage"] = "production" if stages.production == current.version.version else "archived"
         description["log"] = {"queue_depth": self.log.depth, "dropped": self.log.dropped}
         return description
 
@@ -259,7 +202,7 @@ class RefitClassifier:
                 allowed_labels=allowed,
             )
         try:
-            record = self._feedback_record(body)
+            record = self.log.feedback_record(self.settings.model, body.label, body.request_id, body.text)
             if record is None:
                 return error(
                     404,
@@ -267,32 +210,10 @@ class RefitClassifier:
                     "Send the text with the label instead.",
                 )
             feedback_id = self.log.record_feedback(record)
-        except LogStoreUnavailable as exc:
+        except InferenceLogUnavailable as exc:
             return JSONResponse({"error": f"Feedback not stored: {exc}"}, status_code=503)
         self.metrics.feedback.labels(self.settings.model).inc()
         return {"stored": True, "feedback_id": feedback_id, "request_id": record["request_id"]}
-
-    def _feedback_record(self, body: FeedbackRequest) -> dict[str, Any] | None:
-        base = {"created": utc_now(), "model": self.settings.model, "label": body.label}
-        if body.request_id:
-            found = self.log.find_prediction(body.request_id)
-            if found is None and not body.text:
-                return None
-            if found is not None:
-                return {
-                    **base,
-                    "request_id": body.request_id,
-                    "text": found["text"],
-                    "predicted_label": found["label"],
-                    "version": found["version"],
-                }
-        return {
-            **base,
-            "request_id": body.request_id,
-            "text": body.text,
-            "predicted_label": None,
-            "version": None,
-        }
 
 
 # The decorators return a bentoml Service, which mypy sees as the class.
@@ -303,6 +224,4 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     retry_after_s=SETTINGS.retry_after_s,
     on_reject=lambda reason: service_metrics().rejected.labels(reason).inc(),
 )
-# BentoML derives the response media type from the output's JSON schema, rebuilding a pydantic
-# TypeAdapter on every response (~5% of a worker's CPU under load, measured with py-spy).
-cast(Any, RefitClassifier).apis["classify"].output_spec.media_type = "application/json"
+use_json_media_type(RefitClassifier, "classify")

@@ -191,3 +191,14 @@ def load_backend(version: ModelVersion, backend: str, device: str, threads: int)
 
         torch.set_num_threads(threads)
     return TorchBackend(model, device)
+
+
+def worker_device(device: str) -> str:
+    """This worker's device: with several GPUs, worker i (1-based) takes GPU (i - 1) mod count."""
+    if device != "cuda":
+        return device
+    import torch
+    from bentoml._internal.context import server_context
+
+    index = (server_context.worker_index or 1) - 1
+    return f"cuda:{index % max(1, torch.cuda.device_count())}"

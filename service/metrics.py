@@ -8,9 +8,15 @@ Label values are bounded: model names, a version's labels, and fixed reason stri
 from __future__ import annotations
 
 import functools
+from collections import Counter as Tally
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from service.predictor import LoadedModel, Prediction
 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 LENGTH_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -114,3 +120,31 @@ def initialise_series(metrics: ServiceMetrics, model: str) -> None:
         counter.labels(model)
     for reason in REJECT_REASONS:
         metrics.rejected.labels(reason)
+
+
+def observe_predictions(
+    metrics: ServiceMetrics, model: str, texts: Sequence[str], predictions: Sequence[Prediction]
+) -> None:
+    """Count one model call: batch size, labels, confidences, lengths, out-of-scope and truncated texts."""
+    metrics.batch_texts.labels(model).observe(len(texts))
+    for label, count in Tally(p.label for p in predictions).items():
+        metrics.predictions.labels(model, label).inc(count)
+    confidence, chars = metrics.confidence.labels(model), metrics.input_chars.labels(model)
+    for p, text in zip(predictions, texts, strict=True):
+        confidence.observe(p.confidence)
+        chars.observe(len(text))
+    out_of_scope = sum(p.in_scope is False for p in predictions)
+    if out_of_scope:
+        metrics.out_of_scope.labels(model).inc(out_of_scope)
+    truncated = sum(p.truncated for p in predictions)
+    if truncated:
+        metrics.truncated.labels(model).inc(truncated)
+
+
+def record_swap(metrics: ServiceMetrics, old: LoadedModel | None, new: LoadedModel) -> None:
+    """Move ``refit_model_info`` to the new version and count the swap (not the first load)."""
+    info = metrics.model_info
+    if old is not None:
+        info.labels(old.version.name, old.version.version, old.backend.name, old.backend.device).set(0)
+        metrics.swaps.labels(new.version.name).inc()
+    info.labels(new.version.name, new.version.version, new.backend.name, new.backend.device).set(1)

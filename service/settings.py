@@ -8,54 +8,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from training.config import FileSettings, load_settings
-from training.errors import ConfigError
-from training.registry import ModelRegistry, default_home
+from training.shared_settings import ServedModelSettings, load_settings
 
 CONFIG_ENV = "REFIT_SERVE_CONFIG"
 
 
-class LogSettings(FileSettings):
-    """Which model, and where the registry and the inference log are: shared by service and monitor."""
-
-    model: str = "refit-classifier"  # registry model name; when not set, the registry's only model
-    registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
-    log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
-
-    @property
-    def home(self) -> Path:
-        """The registry's BentoML home."""
-        return self.registry_home or default_home()
-
-    @property
-    def resolved_log_url(self) -> str:
-        """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
-        return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
-
-    def with_default_model(self) -> Self:
-        """These settings, naming the registry's only model when no model was given.
-
-        Raises:
-            ConfigError: no model was given and the registry holds several.
-        """
-        if "model" in self.model_fields_set:
-            return self
-        names = ModelRegistry(self.home).names()
-        if len(names) > 1:
-            variable = f"{self.model_config.get('env_prefix', '')}MODEL"
-            raise ConfigError(
-                f"No model named and the registry {self.home} holds {len(names)}: {', '.join(names)}. "
-                f"Pass --model NAME or set {variable}."
-            )
-        return self.model_copy(update={"model": names[0]}) if names else self
-
-
-class ServeSettings(LogSettings):
+class ServeSettings(ServedModelSettings):
     """Everything one service replica needs."""
 
     model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
@@ -67,7 +30,7 @@ class ServeSettings(LogSettings):
     threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
-    batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/batching.py
+    batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/bentoml_patches.py
     chunk_size: int = Field(0, ge=0)  # texts per model call after length sorting; 0: 8 on CPU, 64 on CUDA
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut

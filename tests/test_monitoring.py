@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from demo.data import NEW_INTENTS, write_demo_data
+from monitoring.history import acquire_lease, read_checks, read_retrains, release_lease
 from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
-from monitoring.store import acquire_lease, read_checks, read_retrains, release_lease
 from tests.conftest import SERVICE_LIMITS, build_service_app
 from training.config import TrainingConfig
 from training.onnx_export import read_export_record
@@ -97,7 +97,7 @@ def settings_for(home: Path, **values: Any) -> Any:
 def wait_logged(monitor: Monitor, count: int) -> None:
     from sqlalchemy import func, select
 
-    from service.logstore import predictions
+    from service.inference_log_db import predictions
 
     for _ in range(200):
         with monitor.engine.connect() as conn:

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from demo.processes import LoopbackProcess, start_service
+from monitoring.history import read_checks, read_feedback, read_window
 from monitoring.monitor import Monitor
 from monitoring.scheduler import job_id, start_scheduler
 from monitoring.settings import load_monitor_settings
-from monitoring.store import read_checks, read_feedback, read_window
 from tests.conftest import SERVICE_LIMITS, tiny_rows
 from tests.servers import postgres_server
 from training.registry import ModelRegistry

@@ -15,9 +15,9 @@ import pytest
 from service.backends import encode_texts
 from service.guard import RequestGuard
 from service.heap import freeze_heap
+from service.model_holder import ModelHolder
 from service.predictor import load_model
 from service.settings import load_serve_settings
-from service.swapper import ModelHolder
 from training.errors import ConfigError, VersionNotFoundError
 from training.registry import ModelRegistry
 
@@ -220,26 +220,11 @@ def test_refit_serve_refuses_bad_options_before_starting_anything(
     )
 
 
-def test_greedy_batching_keeps_the_dispatcher_from_holding_requests_back() -> None:
-    from bentoml._internal.marshal.dispatcher import Optimizer
-
-    from service.batching import use_greedy_batching
-
-    use_greedy_batching()
-    use_greedy_batching()  # idempotent: patching twice must not stack
-    optimizer = Optimizer(max_latency=1.0)
-    for n in range(1, 60):  # batches that waited 0.3 s behind a busy model
-        optimizer.log_outbound(n=n, wait=0.3, duration=0.002 * n + 0.01)
-    optimizer.trigger_refresh()
-    assert optimizer.wait == 0  # the cork never waits on purpose
-    assert optimizer.o_a == pytest.approx(0.002, rel=1e-3)  # the latency model is still learned
-
-
 def create_tables_in_child(url: str, start: Any, results: Any) -> None:
     """What every worker and the monitor do at start-up on a fresh log."""
     import logging
 
-    from service.logstore import create_log_engine, create_tables
+    from service.inference_log_db import create_log_engine, create_tables
 
     warnings: list[str] = []
     handler = logging.Handler(logging.WARNING)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from training.errors import ModelLoadError
 from training.model import TextClassifier, load_classifier, load_tokenizer
-from training.profile import PROFILE_FILE, read_reference_profile
+from training.reference_profile import PROFILE_FILE, read_reference_profile
 from training.registry import ModelVersion
 
 MODEL_DIR = "model"

@@ -29,7 +29,7 @@ from training.evaluation import EvaluationResult, evaluate_predictions
 from training.inference import Predictions, predict
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set
-from training.profile import (
+from training.reference_profile import (
     PROFILE_FILE,
     build_reference_profile,
     sample_reference_rows,

@@ -14,12 +14,15 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.logstore import create_log_engine, create_tables, feedback, predictions, utc_now
+from service.inference_log_db import create_log_engine, create_tables, feedback, predictions, utc_now
+
+if TYPE_CHECKING:
+    from service.predictor import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +30,33 @@ RETENTION_EVERY_S = 3600.0
 RETRY_AFTER_FAILURE_S = 1.0
 
 
-class LogStoreUnavailable(Exception):
+def prediction_records(
+    predictions: list[Prediction], texts: list[str], latency_ms: float
+) -> list[dict[str, Any]]:
+    """The ``predictions`` rows of one model call (the texts are stored: drift checks read them)."""
+    now = utc_now()
+    return [
+        {
+            "request_id": p.request_id,
+            "created": now,
+            "model": p.model,
+            "version": p.version,
+            "text": text,
+            "label": p.label,
+            "confidence": p.confidence,
+            "probabilities": [round(float(x), 6) for x in p.probabilities],
+            "latency_ms": latency_ms,
+            "truncated": p.truncated,
+        }
+        for p, text in zip(predictions, texts, strict=True)
+    ]
+
+
+class InferenceLogUnavailable(Exception):
     """The inference log cannot be written right now."""
 
 
-class PayloadLog:
+class InferenceLog:
     """The service's connection to the inference log."""
 
     def __init__(
@@ -185,7 +210,7 @@ class PayloadLog:
         """The logged prediction with this request id (after writing what is queued), or None.
 
         Raises:
-            LogStoreUnavailable: the store cannot be read.
+            InferenceLogUnavailable: the store cannot be read.
         """
         self.flush(timeout=2.0)
         try:
@@ -193,14 +218,14 @@ class PayloadLog:
                 row = conn.execute(select(predictions).where(predictions.c.request_id == request_id)).first()
         except SQLAlchemyError as exc:
             self._reset_engine()
-            raise LogStoreUnavailable(f"the inference log cannot be read: {type(exc).__name__}") from exc
+            raise InferenceLogUnavailable(f"the inference log cannot be read: {type(exc).__name__}") from exc
         return dict(row._mapping) if row is not None else None
 
     def record_feedback(self, record: dict[str, Any]) -> int:
         """Insert one feedback record and commit before returning its id.
 
         Raises:
-            LogStoreUnavailable: the store cannot be written; nothing was stored.
+            InferenceLogUnavailable: the store cannot be written; nothing was stored.
         """
         try:
             with self.engine().begin() as conn:
@@ -209,4 +234,26 @@ class PayloadLog:
                 return int(key[0]) if key is not None else 0
         except SQLAlchemyError as exc:
             self._reset_engine()
-            raise LogStoreUnavailable(f"the inference log cannot be written: {type(exc).__name__}") from exc
+            raise InferenceLogUnavailable(
+                f"the inference log cannot be written: {type(exc).__name__}"
+            ) from exc
+
+    def feedback_record(
+        self, model: str, label: str, request_id: str | None, text: str | None
+    ) -> dict[str, Any] | None:
+        """The ``feedback`` row for a true label: its prediction's text and answer when logged.
+
+        Returns None when only an unknown ``request_id`` was given (nothing to attach the label to).
+        """
+        record = {"created": utc_now(), "model": model, "label": label, "request_id": request_id}
+        found = self.find_prediction(request_id) if request_id else None
+        if found is not None:
+            return {
+                **record,
+                "text": found["text"],
+                "predicted_label": found["label"],
+                "version": found["version"],
+            }
+        if not text:
+            return None
+        return {**record, "text": text, "predicted_label": None, "version": None}

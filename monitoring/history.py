@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from service.logstore import feedback, predictions, utc_now
+from service.inference_log_db import feedback, predictions, utc_now
 
 metadata = MetaData()
 
@@ -78,7 +78,7 @@ leases = Table(
 
 def create_monitor_tables(engine: Engine) -> None:
     """Create the inference log's and the monitor's tables where missing."""
-    from service.logstore import create_tables
+    from service.inference_log_db import create_tables
 
     create_tables(engine)
     create_tables(engine, metadata)
