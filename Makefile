@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test lint typecheck pytest gpu-check serve clean
+.PHONY: install demo test test-fast lint typecheck pytest gpu-check serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest
 
 test: lint typecheck pytest
+
+# The inner loop: unit tests on tiny in-process models, no servers, processes or real weights.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not gpu"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .pytest_cache .ruff_cache

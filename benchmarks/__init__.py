@@ -1,0 +1,1 @@
+"""Refit benchmarks: run by hand on real data, each writes benchmarks/results/<name>.json and .md."""

@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="serve_load")
     parser.add_argument(
-        "--together", action="store_true", help="keep every server up for the whole run (the old way)"
+        "--together",
+        action="store_true",
+        help="keep every server up for the whole run (idle ones compete for cores)",
     )
     parser.add_argument("--systems", default="", help="only these servers (comma-separated; default all)")
     parser.add_argument(

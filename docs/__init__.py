@@ -1,0 +1,1 @@
+"""Refit docs tooling: the README's generated reference sections and the screenshots."""

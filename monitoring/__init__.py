@@ -1,1 +1,1 @@
-"""Refit monitoring: drift checks, gauges and re-fine-tuning (built in the monitoring issue)."""
+"""Refit monitoring: drift checks of live traffic against the training data, gauges, and gated retraining."""

@@ -96,10 +96,10 @@ class DriftChecker:
             return self._finish(CheckOutcome(result, version, None, None, 0, None), start)
         probabilities = np.asarray(window["probabilities"].tolist(), dtype=np.float32)
         current, distances = reference.live_features(list(window["text"]), probabilities)
-        current["estimated_correct"] = np.interp(current["confidence"], *reference.calibration)
+        current["estimated_correct"] = reference.estimate_correct(current["confidence"])
         current["observed_correct"] = self._observed(window)
         baseline = reference.features.assign(
-            estimated_correct=np.interp(reference.features["confidence"], *reference.calibration)
+            estimated_correct=reference.estimate_correct(reference.features["confidence"])
         )
         result, snapshot = detect_drift(
             baseline, current, alpha=self.settings.alpha, min_window=self.settings.min_window

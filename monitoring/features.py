@@ -56,12 +56,12 @@ class FeatureSpace:
 def fit_feature_space(
     labels: list[str], tokenizer: Any, reference_embeddings: np.ndarray, components: int
 ) -> FeatureSpace:
-    """Fit the PCA of the embedding features on the reference (SVD of the centred embeddings)."""
-    mean = reference_embeddings.mean(axis=0)
-    _, _, vt = np.linalg.svd(reference_embeddings - mean, full_matrices=False)
-    return FeatureSpace(
-        labels=labels, tokenizer=tokenizer, mean=mean, components=vt[: min(components, len(vt))]
-    )
+    """Fit the PCA of the embedding features on the reference embeddings (rows, hidden)."""
+    from sklearn.decomposition import PCA
+
+    # The full solver is exact and deterministic (the randomized one differs from run to run).
+    pca = PCA(min(components, *reference_embeddings.shape), svd_solver="full").fit(reference_embeddings)
+    return FeatureSpace(labels=labels, tokenizer=tokenizer, mean=pca.mean_, components=pca.components_)
 
 
 def prediction_features(probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:

@@ -84,6 +84,10 @@ class Reference:
         features = build_features(self.space, texts, probabilities, embeddings)
         return features, nearest_distance(embeddings, self.embeddings)
 
+    def estimate_correct(self, confidence: Any) -> np.ndarray:
+        """P(correct) of each prediction from its confidence, through the reference's calibration."""
+        return np.interp(np.asarray(confidence, dtype=np.float64), *self.calibration)
+
 
 def fit_calibration(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Isotonic regression of correctness on confidence, as (thresholds, values) for interpolation.

@@ -1,1 +1,1 @@
-"""Refit serving: the BentoML service in front of registered models (built in the serving issue)."""
+"""Refit serving: the BentoML service that answers with the production version of a registered model."""

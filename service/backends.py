@@ -178,8 +178,8 @@ def resolve_backend(backend: str, device: str) -> tuple[str, str]:
 def load_backend(version: ModelVersion, backend: str, device: str, threads: int) -> Backend:
     """Build the backend that serves ``version``.
 
-    The ONNX backend reads only the export: loading the torch weights as well took seconds of a
-    swap (and their memory) for nothing.
+    The ONNX backend reads only the export: the torch weights would cost seconds of a swap, and
+    their memory, for nothing.
     """
     if backend == "onnx":
         from training.onnx_export import ensure_export

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
+
+from tests.helpers import SERVICE_LIMITS, TINY_INTENTS, build_service_app, tiny_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,50 +19,6 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # BentoML serves /metrics from prometheus_client's multiprocess files, in-process apps included.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="refit-prometheus-"))
-
-# Request limits of the service under test; they are read when service.app is first imported.
-SERVICE_LIMITS = {
-    "REFIT_SERVE_MAX_TEXTS": "8",
-    "REFIT_SERVE_MAX_CHARS": "300",
-    "REFIT_SERVE_MAX_BATCH_SIZE": "32",
-    "REFIT_SERVE_MAX_LATENCY_MS": "100",
-    "REFIT_SERVE_MAX_BODY_BYTES": "20000",
-    # One worker per test server (CI has 2 cores); the demo (tests/test_loop.py) serves with the
-    # default, one worker per core, through a swap.
-    "REFIT_SERVE_WORKERS": "1",
-}
-
-# Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
-TINY_INTENTS = {
-    "refund": [
-        "refund my payment",
-        "money back please",
-        "charged twice refund",
-        "refund the invoice",
-    ],
-    "password": [
-        "reset my password",
-        "forgot password link",
-        "password reset email",
-        "change password",
-    ],
-    "shipping": [
-        "where is my parcel",
-        "parcel delivery late",
-        "track my parcel",
-        "parcel never arrived",
-    ],
-}
-
-
-def tiny_rows(copies: int = 3) -> pd.DataFrame:
-    """Rows of TINY_INTENTS, each phrase repeated with small variations."""
-    rows = []
-    for label, phrases in TINY_INTENTS.items():
-        for i in range(copies):
-            for phrase in phrases:
-                rows.append({"text": f"{phrase} {['now', 'today', 'please'][i % 3]}", "label": label})
-    return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="session")
@@ -205,16 +162,6 @@ def service_app(service_class: Any) -> Any:
     is built (a real server builds one per process), so the previous app's are unregistered.
     """
     return build_service_app(service_class)
-
-
-def build_service_app(service_class: Any) -> Any:
-    """``service_class.to_asgi()`` after unregistering the previous app's BentoML metrics."""
-    from prometheus_client import REGISTRY
-
-    for collector in list(REGISTRY._collector_to_names):
-        if any(name.startswith("bentoml_") for name in REGISTRY._collector_to_names[collector]):
-            REGISTRY.unregister(collector)
-    return service_class.to_asgi()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from benchmarks import train_banking77
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
 
+pytestmark = pytest.mark.slow  # each benchmark end to end on a tiny budget
+
 
 @pytest.fixture
 def banking_like(tmp_path: Path) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,7 @@ def test_bentofile_packages_are_the_project_dependencies() -> None:
     assert sorted(bento) == sorted(declared)
 
 
+@pytest.mark.slow  # `bentoml build` in a child process
 def test_bentoml_build_produces_a_bento(tmp_path: Path) -> None:
     """`bentoml build` on the project makes a Bento with the service, the source and a Dockerfile."""
     import os

@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-from training.cli import main
-
-
-def run_cli(
-    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str]:
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(sys, "argv", ["refit", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+from tests.helpers import run_cli
 
 
 @pytest.fixture
@@ -104,7 +89,7 @@ def test_demo_data_command(
 def test_every_metric_names_its_test_set_and_the_list_flags_different_ones(
     cli, tiny_csv: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from tests.conftest import tiny_rows
+    from tests.helpers import tiny_rows
 
     held_out = tmp_path / "held_out.csv"
     tiny_rows(copies=1).assign(text=lambda f: f["text"] + " indeed").to_csv(held_out, index=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import tiny_rows
+from tests.helpers import tiny_rows
 from training.data import fingerprint_rows, load_dataset, prepare_splits, stratified_split
 from training.errors import DataError
 

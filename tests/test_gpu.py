@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import tiny_rows
+from tests.helpers import tiny_rows
 from training.context import TrainContext
 from training.data import split_frames
 from training.finetune import resolve_mixed_precision
@@ -31,6 +31,6 @@ def test_full_fine_tuning_on_cuda_with_autocast(make_config: Callable[..., Any])
 
 
 def test_gpu_check_passes_on_cuda() -> None:
-    from service import gpu_check
+    from benchmarks import gpu_check
 
     assert gpu_check.main([]) == 0

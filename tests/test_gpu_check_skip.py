@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from service import gpu_check
+from benchmarks import gpu_check
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: test_gpu.py runs the check")

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 METRIC = re.compile(r"\b((?:refit|bentoml)_[a-zA-Z0-9_:]+)")
 
+pytestmark = pytest.mark.slow  # the whole demo loop: training, three processes, minutes
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:

@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from demo.processes import free_port, start_process
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.slow  # a real `refit monitor` process
 
 
 def refit_command() -> str:

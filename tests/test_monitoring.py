@@ -21,7 +21,8 @@ from monitoring.history import acquire_lease, read_checks, read_retrains, releas
 from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
-from tests.conftest import SERVICE_LIMITS, build_service_app
+from service.inference_log_db import create_log_engine
+from tests.helpers import SERVICE_LIMITS, build_service_app
 from training.config import TrainingConfig
 from training.onnx_export import read_export_record
 from training.pipeline import train_model
@@ -264,7 +265,7 @@ def test_refit_drift_prints_the_check(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     send(list(traffic(demo_home, "drift_typos", 120)["text"]))
     wait_logged(Monitor(settings_for(home)), 120)
@@ -297,18 +298,19 @@ def test_reports_and_snapshots_are_kept_by_count(demo_home: dict[str, Any], home
     assert len(workspace.list_runs(project.id)) == 2
 
 
-def test_an_unavailable_database_is_retried_at_the_next_interval(
-    home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_unavailable_database_is_retried_at_the_next_interval(home: Path, tmp_path: Path) -> None:
     from monitoring.scheduler import _monitor, job_arguments, scheduled_check
 
-    # A directory: SQLite cannot open it, as if the database were down.
-    settings = settings_for(home, log_url=f"sqlite:///{tmp_path}")
+    database = tmp_path / "inference.db"
+    database.mkdir()  # a directory: SQLite cannot open it, as if the database were down
+    settings = settings_for(home, log_url=f"sqlite:///{database}")
     _monitor.cache_clear()
     scheduled_check(*job_arguments(settings))  # must not raise: the scheduler keeps running
-    assert "retrying at the next interval" in caplog.text
-    assert _monitor.cache_info().currsize == 0  # the next run connects afresh
+    database.rmdir()  # the database is back
+    scheduled_check(*job_arguments(settings))  # the next interval connects afresh and checks
     _monitor.cache_clear()
+    checks = read_checks(create_log_engine(f"sqlite:///{database}"), "support")
+    assert [c["status"] for c in checks] == ["insufficient_data"]
 
 
 def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: Path, send: Any) -> None:

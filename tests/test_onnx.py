@@ -47,15 +47,15 @@ def test_exported_graph_takes_any_batch_and_length(version: Any) -> None:
     assert np.abs(exported - reference).max() <= 1e-4
 
 
-def test_parity_failure_is_refused_and_the_file_removed(
-    version: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import training.onnx_export as module
-
-    monkeypatch.setattr(module, "PARITY_TOLERANCE", -1.0)  # any difference, even 0, now fails
-    with pytest.raises(ExportError, match=r"does not match torch: max \|logit diff\|"):
-        export_version(version)
-    assert not (version.path / "onnx" / "model.onnx").exists()
+def test_parity_failure_is_refused_and_the_file_removed(version: Any) -> None:
+    # ONNX Runtime's kernels differ from torch's by a few 1e-6 on this model: a tolerance far
+    # below that is a real parity failure.
+    with pytest.raises(
+        ExportError, match=r"does not match torch: max \|logit diff\| = [0-9.e-]+, expected <= 1e-09"
+    ):
+        export_version(version, parity_tolerance=1e-9)
+    assert not list((version.path / "onnx").glob("model.onnx*"))
+    assert read_export_record(version) is None
 
 
 def export_in_child(home: str, tag: str, start: Any, results: Any) -> None:
@@ -70,6 +70,7 @@ def export_in_child(home: str, tag: str, start: Any, results: Any) -> None:
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.slow  # child processes
 def test_workers_starting_together_export_once_and_both_load(version: Any, registry: ModelRegistry) -> None:
     import multiprocessing
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import tiny_rows
+from tests.helpers import tiny_rows
 from training.open_set import OPEN_SET_FILE, choose_threshold, load_open_set
 from training.pipeline import train_model
 from training.registry import ModelRegistry

@@ -21,9 +21,11 @@ from monitoring.history import read_checks, read_feedback, read_window
 from monitoring.monitor import Monitor
 from monitoring.scheduler import job_id, start_scheduler
 from monitoring.settings import load_monitor_settings
-from tests.conftest import SERVICE_LIMITS, tiny_rows
+from tests.helpers import SERVICE_LIMITS, tiny_rows
 from tests.servers import postgres_server
 from training.registry import ModelRegistry
+
+pytestmark = pytest.mark.slow  # a real PostgreSQL server and two service replicas
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.helpers import metric_value
 from training.registry import ModelRegistry
 
 
@@ -20,15 +21,6 @@ def read_rows(home: Path, table: str) -> list[dict[str, Any]]:
         rows = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY id"))]
     engine.dispose()
     return rows
-
-
-def metric_value(metrics_text: str, name: str) -> float:
-    """Sum of every sample of ``name`` (all label sets)."""
-    total = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_classify_answers_each_text_with_label_top_k_request_id_and_version(
@@ -212,7 +204,7 @@ def test_feedback_accepts_configured_new_labels(
 def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
     client: Any, served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     body = {"text": "I want to close my account", "label": "close_account"}
     assert client.post("/feedback", json=body).status_code == 422
@@ -252,7 +244,7 @@ def test_torch_and_onnx_backends_give_the_same_answers(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from tests.conftest import build_service_app
+    from tests.helpers import build_service_app
 
     texts = ["reset my password", "where is my parcel now", "refund", "hello the new unknown"]
     answers = {}

@@ -13,11 +13,12 @@ import pytest
 
 from demo.processes import start_service
 from demo.traffic import Traffic, TrafficStats, send_traffic
-from tests.conftest import SERVICE_LIMITS, tiny_rows
-from tests.test_service_api import metric_value
+from tests.helpers import SERVICE_LIMITS, metric_value, tiny_rows
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
+
+pytestmark = pytest.mark.slow  # a real `bentoml serve` process
 
 
 @pytest.fixture(scope="module")

@@ -197,21 +197,26 @@ def test_refit_serve_passes_its_options_to_the_server_through_the_environment(
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected"),
+    ("cores", "overrides", "expected"),
     [
-        ({"device": "cpu"}, min(os.cpu_count() or 1, 4)),  # one single-threaded worker per core
-        ({"device": "cpu", "workers": 1}, 1),
-        ({"gpus": 2}, 2),  # one per GPU
+        (2, {"device": "cpu"}, 2),  # one single-threaded worker per core
+        (16, {"device": "cpu"}, 4),  # at most 4: each worker holds a copy of the model
+        (1, {"device": "cpu"}, 1),
+        (16, {"device": "cpu", "workers": 1}, 1),  # as configured
+        (16, {"gpus": 2}, 2),  # one per GPU asked for
     ],
 )
-def test_worker_count_defaults(overrides: dict[str, object], expected: int) -> None:
+def test_worker_count_defaults(
+    cores: int, overrides: dict[str, object], expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert load_serve_settings(overrides=overrides).worker_count == expected
 
 
 def test_refit_serve_refuses_bad_options_before_starting_anything(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     code, out = run_cli(["serve", "--backend", "tensorrt"], capsys, monkeypatch)
     assert code == 2
@@ -239,6 +244,7 @@ def create_tables_in_child(url: str, start: Any, results: Any) -> None:
         results.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
+@pytest.mark.slow  # child processes
 def test_processes_creating_the_log_tables_together_all_succeed_quietly(tmp_path: Path) -> None:
     import multiprocessing
 

@@ -1,0 +1,89 @@
+"""Helpers shared by the test files: tiny labelled data, test limits, CLI and metric readers."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pandas as pd
+import pytest
+
+# Request limits of the service under test; they are read when service.app is first imported.
+SERVICE_LIMITS = {
+    "REFIT_SERVE_MAX_TEXTS": "8",
+    "REFIT_SERVE_MAX_CHARS": "300",
+    "REFIT_SERVE_MAX_BATCH_SIZE": "32",
+    "REFIT_SERVE_MAX_LATENCY_MS": "100",
+    "REFIT_SERVE_MAX_BODY_BYTES": "20000",
+    # One worker per test server (CI has 2 cores); the demo (tests/test_loop.py) serves with the
+    # default, one worker per core, through a swap.
+    "REFIT_SERVE_WORKERS": "1",
+}
+
+# Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
+TINY_INTENTS = {
+    "refund": [
+        "refund my payment",
+        "money back please",
+        "charged twice refund",
+        "refund the invoice",
+    ],
+    "password": [
+        "reset my password",
+        "forgot password link",
+        "password reset email",
+        "change password",
+    ],
+    "shipping": [
+        "where is my parcel",
+        "parcel delivery late",
+        "track my parcel",
+        "parcel never arrived",
+    ],
+}
+
+
+def tiny_rows(copies: int = 3) -> pd.DataFrame:
+    """Rows of TINY_INTENTS, each phrase repeated with small variations."""
+    rows = []
+    for label, phrases in TINY_INTENTS.items():
+        for i in range(copies):
+            for phrase in phrases:
+                rows.append({"text": f"{phrase} {['now', 'today', 'please'][i % 3]}", "label": label})
+    return pd.DataFrame(rows)
+
+
+def run_cli(
+    args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """Run `refit ARGS` as the console script does; (exit code, output with whitespace collapsed)."""
+    from training.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(sys, "argv", ["refit", *args])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, " ".join((out.out + out.err).split())
+
+
+def metric_value(metrics_text: str, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets)."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def build_service_app(service_class: Any) -> Any:
+    """``service_class.to_asgi()`` after unregistering the previous app's BentoML metrics."""
+    from prometheus_client import REGISTRY
+
+    for collector in list(REGISTRY._collector_to_names):
+        if any(name.startswith("bentoml_") for name in REGISTRY._collector_to_names[collector]):
+            REGISTRY.unregister(collector)
+    return service_class.to_asgi()
