@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test test-fast lint typecheck pytest gpu-check serve clean
+.PHONY: install demo test test-fast lint typecheck pytest gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

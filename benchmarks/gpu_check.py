@@ -68,6 +68,20 @@ def check_swap_under_load(url: str, texts: list[str], home: Path, new_version: s
     return stats.requests, stats.failed, swapped[0] if swapped else float("nan")
 
 
+def measure_throughput(url: str, texts: list[str]) -> bool:
+    """Print req/s and latency at concurrency 1, 32 and 128; True when no request failed."""
+    failed = 0
+    for concurrency in (1, 32, 128):
+        result = send_traffic(url, Traffic(texts), concurrency=concurrency, duration_s=5.0, repeat=True)
+        p50, p99 = result.percentile(50), result.percentile(99)
+        console.print(
+            f"concurrency {concurrency:>3}: {result.rps:7.1f} req/s  p50 {p50:6.1f} ms  "
+            f"p99 {p99:6.1f} ms  errors {result.failed}"
+        )
+        failed += result.failed
+    return failed == 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the check; 0 when it passed or was skipped, 1 when it failed.
 
@@ -102,16 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         info = httpx.get(f"{server.url}/model", timeout=10).json()
         console.print(f"serving {info['name']}:{info['version']} on {info['device']} ({info['backend']})")
         ok = info["device"].startswith("cuda") and info["version"] == v1
-        for concurrency in (1, 32, 128):
-            result = send_traffic(
-                server.url, Traffic(texts), concurrency=concurrency, duration_s=5.0, repeat=True
-            )
-            p50, p99 = result.percentile(50), result.percentile(99)
-            console.print(
-                f"concurrency {concurrency:>3}: {result.rps:7.1f} req/s  p50 {p50:6.1f} ms  "
-                f"p99 {p99:6.1f} ms  errors {result.failed}"
-            )
-            ok &= result.failed == 0
+        ok &= measure_throughput(server.url, texts)
         requests, failures, seconds = check_swap_under_load(server.url, texts, home, v2)
         console.print(
             f"swap to {v2}: after {seconds:.1f} s, {requests} requests during it, {failures} failed"

@@ -130,28 +130,19 @@ def wait_for_version(url: str, registry: ModelRegistry, timeout: float = 30.0) -
     return version
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the loop once; write JSON and markdown; return the result."""
-    logging.basicConfig(level=logging.WARNING)
-    quiet_transformers()
-    args = parse_args(argv)
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    train, test = load_banking77(args.data)
-    rng = np.random.default_rng(args.seed)
-    unseen = sorted(rng.choice(sorted(train["label"].unique()), size=args.unseen, replace=False))
-    home = args.work / "bentoml"
-    registry = ModelRegistry(home)
-    v1 = train_version(registry, "banking", train[~train["label"].isin(unseen)], args)
-    oracle = train_version(ModelRegistry(args.work / "oracle"), "oracle", train, args)
+def run_loop(
+    args: argparse.Namespace,
+    registry: ModelRegistry,
+    unseen: list[str],
+    calm: pd.DataFrame,
+    drifted: pd.DataFrame,
+    labelled: np.ndarray,
+) -> tuple[Monitor, list[dict[str, Any]], float, str]:
+    """Serve v1, stream calm then drifted traffic with checks between; (monitor, timeline, onset, final).
 
-    test = test.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
-    known = test[~test["label"].isin(unseen)]
-    calm = known.head(args.calm)
-    rest = test.drop(index=calm.index).reset_index(drop=True)
-    drifted = rest.head(args.drifted) if args.drifted else rest
-    labelled = rng.random(len(drifted)) < args.feedback
-
+    ``final`` is the version serving once the loop settles.
+    """
+    home = registry.home
     env = {
         "BENTOML_HOME": str(home),
         "REFIT_SERVE_MODEL": "banking",
@@ -184,9 +175,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         stream(server.url, drifted, labelled, check, args.check_every)
         for _ in range(args.settle_checks):  # the monitor keeps its schedule after traffic stops
             check()
-        final = wait_for_version(server.url, registry)  # the version serving when the loop settles
+        final = wait_for_version(server.url, registry)
     finally:
         server.stop()
+    return monitor, timeline, onset, final
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the loop once; write JSON and markdown; return the result."""
+    logging.basicConfig(level=logging.WARNING)
+    quiet_transformers()
+    args = parse_args(argv)
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    train, test = load_banking77(args.data)
+    rng = np.random.default_rng(args.seed)
+    unseen = sorted(rng.choice(sorted(train["label"].unique()), size=args.unseen, replace=False))
+    home = args.work / "bentoml"
+    registry = ModelRegistry(home)
+    v1 = train_version(registry, "banking", train[~train["label"].isin(unseen)], args)
+    oracle = train_version(ModelRegistry(args.work / "oracle"), "oracle", train, args)
+
+    test = test.sample(frac=1.0, random_state=args.seed).reset_index(drop=True)
+    known = test[~test["label"].isin(unseen)]
+    calm = known.head(args.calm)
+    rest = test.drop(index=calm.index).reset_index(drop=True)
+    drifted = rest.head(args.drifted) if args.drifted else rest
+    labelled = rng.random(len(drifted)) < args.feedback
+    monitor, timeline, onset, final = run_loop(args, registry, unseen, calm, drifted, labelled)
     delay = promotion_delay(monitor.engine, len(calm), v1.version)
     evaluation = drifted[~labelled].reset_index(drop=True)
     result = {

@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
+from benchmarks.serve_load_report import check_targets, render_markdown, summarise
 from benchmarks.train_banking77 import load_banking77
 from demo.processes import LoopbackProcess, free_port, start_process, start_service
 from demo.traffic import Traffic, send_traffic
@@ -39,7 +41,6 @@ from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SYSTEMS = ("refit-torch", "refit-onnx", "naive")
 console = Console()
 
 
@@ -241,19 +242,9 @@ def run_rounds(
                 for name in names:
                     server = together.get(name) or start_system(name, version, args, logs)
                     try:
-                        server.wait_ready()
-                        send_traffic(
-                            server.url,
-                            Traffic(texts),
-                            concurrency=4,
-                            duration_s=min(2.0, args.duration),
-                            repeat=True,
-                        )  # warm-up
-                        for concurrency in concurrencies:
-                            progress.update(task, description=f"{name} c={concurrency}")
-                            cell = measure_cell(name, server, texts, concurrency, args.duration)
+                        for concurrency, cell in measure_system(name, server, texts, concurrencies, args):
                             cells.setdefault((name, concurrency), []).append(cell)
-                            progress.advance(task)
+                            progress.update(task, advance=1, description=f"{name} c={concurrency}")
                         rss[name] = max(rss.get(name, 0.0), server.worker_rss_mb())
                     finally:
                         if name not in together:
@@ -262,6 +253,17 @@ def run_rounds(
         for server in together.values():
             server.stop()
     return cells, rss
+
+
+def measure_system(
+    name: str, server: LoopbackProcess, texts: list[str], concurrencies: list[int], args: argparse.Namespace
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Wait for ``server``, warm it up, then yield (concurrency, cell) for each concurrency."""
+    server.wait_ready()
+    warm_up = min(2.0, args.duration)
+    send_traffic(server.url, Traffic(texts), concurrency=4, duration_s=warm_up, repeat=True)
+    for concurrency in concurrencies:
+        yield concurrency, measure_cell(name, server, texts, concurrency, args.duration)
 
 
 def start_naive(version: ModelVersion, log_path: Path) -> LoopbackProcess:
@@ -305,89 +307,6 @@ def measure_cell(
         "mean_batch": mean_batch,
         "errors": result.failed,
     }
-
-
-def summarise(
-    cells: dict[tuple[str, int], list[dict[str, Any]]], rss: dict[str, float]
-) -> list[dict[str, Any]]:
-    """Median over rounds per (system, concurrency); errors are summed."""
-    rows = []
-    for (system, concurrency), runs in cells.items():
-        row: dict[str, Any] = {"system": system, "concurrency": concurrency}
-        for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch"):
-            row[key] = round(statistics.median(r[key] for r in runs), 2)
-        row["errors"] = sum(r["errors"] for r in runs)
-        row["rss_mb"] = round(rss[system], 1)
-        rows.append(row)
-    return rows
-
-
-def check_targets(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets, each with its measured ratio and whether it was met."""
-    cell = {(r["system"], r["concurrency"]): r for r in rows}
-    limit = max(r["rps"] for r in rows if r["system"] == "limit")
-    lines = []
-    at32 = {s: cell[(s, 32)]["rps"] for s in SYSTEMS if (s, 32) in cell}
-    if at32:
-        best = max((s for s in at32 if s != "naive"), key=lambda s: at32[s])
-        if at32.get("naive"):
-            ratio = at32[best] / at32["naive"]
-            verdict = _met(ratio >= 3)
-            lines.append(f"{best} at concurrency 32 vs naive: {ratio:.2f}x (target >= 3x): {verdict}")
-        share = at32[best] / limit
-        lines.append(
-            f"{best} at concurrency 32 vs in-process limit: {share:.2%} (target >= 60%): {_met(share >= 0.6)}"
-        )
-        errors = sum(r["errors"] for r in rows if r["system"] == best)
-        lines.append(f"{best} errors over all runs: {errors} (target 0): {_met(errors == 0)}")
-        if (best, 8) in cell and (best, 1) in cell:
-            ratio = cell[(best, 8)]["p99_ms"] / cell[(best, 1)]["p50_ms"]
-            verdict = _met(ratio <= 3)
-            lines.append(
-                f"{best} p99 at concurrency 8 / single-request p50: {ratio:.2f}x (target <= 3x): {verdict}"
-                + latency_bound(rows, 8, cell[(best, 1)]["p50_ms"])
-            )
-    return lines
-
-
-def latency_bound(rows: list[dict[str, Any]], concurrency: int, single_p50_ms: float) -> str:
-    """Little's law's floor on the latency at ``concurrency`` clients, as a clause for the report.
-
-    The mean latency is at least concurrency / (the best in-process texts/s at batches up to that
-    size), and p99 lies above the mean: no server on this machine can do better.
-    """
-    best = max(
-        (r["rps"] for r in rows if r["system"] == "limit" and r["concurrency"] <= concurrency), default=0
-    )
-    if not best:
-        return ""
-    floor_ms = concurrency / best * 1000
-    return (
-        f" (lower bound on this machine, Little's law: mean latency >= {concurrency} / {best:.0f} "
-        f"texts/s = {floor_ms:.1f} ms = {floor_ms / single_p50_ms:.1f}x the single-request p50)"
-    )
-
-
-def _met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
-
-
-def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[str, Any]) -> str:
-    """The results table and the target checks."""
-    keys = ("system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb")
-    lines = [
-        "# Serving load: one text per request, closed-loop clients",
-        "",
-        f"{env['machine']}; {env['when']}; {env['layout']}; {env['rounds']} interleaved rounds of "
-        f"{env['duration']} s per cell (the in-process limit too), medians. `limit` rows: the best "
-        "in-process backend, concurrency = batch size, rps = texts/s.",
-        "",
-        "| " + " | ".join(keys) + " |",
-        "| " + " | ".join("---" for _ in keys) + " |",
-    ]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    lines += ["", "## Targets", "", *[f"- {t}" for t in targets], ""]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

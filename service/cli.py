@@ -41,7 +41,10 @@ def serve(
     backend: Annotated[str | None, typer.Option(help="auto, torch or onnx.")] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Worker processes (default: one per GPU; on CPU one per core, at most 4)."),
+        typer.Option(
+            help="Worker processes (default: one per GPU of --gpus, one on CUDA without it; "
+            "on CPU one per core, at most 4)."
+        ),
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs to use, one worker each.")] = None,
     config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,

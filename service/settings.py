@@ -26,7 +26,9 @@ class ServeSettings(ServedModelSettings):
     backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
-    workers: int | None = Field(None, ge=1)  # worker processes; None: see worker_count
+    # worker processes; None: one per GPU of `gpus`, one on CUDA without `gpus`, one per core
+    # on CPU (at most 4)
+    workers: int | None = Field(None, ge=1)
     threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
@@ -52,7 +54,7 @@ class ServeSettings(ServedModelSettings):
     # while the load (and an ONNX export, if the version has none) goes on in the background.
     pinned_load_wait_s: float = Field(5.0, ge=0)
     feedback_extra_labels: list[str] = Field(default_factory=list)  # labels not yet in the model
-    # BentoML's line per request. Off by default: the payload log already records every
+    # BentoML's line per request. Off by default: the inference log already records every
     # prediction (id, time, latency), and the line cost 6-10% of the throughput at concurrency 32.
     access_log: bool = False
     # OpenTelemetry spans for the API routes. Off by default: without an exporter configured they
@@ -75,7 +77,8 @@ class ServeSettings(ServedModelSettings):
 
     @property
     def worker_count(self) -> int:
-        """Worker processes: as configured, else one per GPU; on CPU one per core, at most 4.
+        """Worker processes: as configured; else one per GPU of ``gpus`` (one on CUDA without
+        ``gpus``); on CPU one per core, at most 4.
 
         On CPU, single-threaded workers side by side beat one worker whose model uses every core
         once the service is loaded (as TorchServe's default of one worker per core assumes): on 2

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -208,24 +209,16 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
     with _progress(disable=not accelerator.is_local_main_process) as bar:
         task = bar.add_task(strategy, total=len(loader) * cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
-            wrapped.train()
-            losses: list[float] = []
             shown = f"{strategy}: epoch {epoch}/{cfg.epochs}"
             if history:
                 shown += f" (val macro-F1 {history[-1]['validation_macro_f1'] or 0:.3f})"
-            for batch in loader:
-                with accelerator.accumulate(wrapped):
-                    loss = loss_fn(
-                        wrapped(batch["input_ids"], batch["attention_mask"]).float(), batch["labels"]
-                    )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                losses.append(loss.item())
+            losses: list[float] = []
+
+            def show(loss: float, shown: str = shown, losses: list[float] = losses) -> None:
+                losses.append(loss)
                 bar.update(task, advance=1, description=f"{shown} loss {np.mean(losses):.3f}")
+
+            _train_epoch(accelerator, wrapped, loader, (optimizer, scheduler), loss_fn, show)
             val_f1 = _validation_f1(accelerator.unwrap_model(wrapped), ctx)
             history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_macro_f1": val_f1})
             logger.info("%s epoch %d: loss %.4f, val macro-F1 %s", strategy, epoch, np.mean(losses), val_f1)
@@ -242,6 +235,30 @@ def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -
     stopper.restore()
     accelerator.free_memory()
     return history
+
+
+def _train_epoch(
+    accelerator: Any,
+    model: Any,
+    loader: DataLoader,
+    stepping: tuple[Any, Any],
+    loss_fn: nn.Module,
+    on_loss: Callable[[float], None],
+) -> None:
+    """One pass over ``loader``: forward, backward, clipped optimizer and scheduler steps."""
+    optimizer, scheduler = stepping
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for batch in loader:
+        with accelerator.accumulate(model):
+            loss = loss_fn(model(batch["input_ids"], batch["attention_mask"]).float(), batch["labels"])
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        on_loss(loss.item())
 
 
 def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:

@@ -83,26 +83,12 @@ def train_model(
         DataError: the data is unusable. ConfigError / ModelLoadError: see their messages.
     """
     registry = registry or ModelRegistry()
-    console = console or Console()
-    splits = prepare_splits(
-        data_path,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        test_file=config.test_file,
-        validation_fraction=0.0 if config.selection == "cv" else config.validation_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-    )
-    if config.oos_label is not None and config.oos_label not in splits.labels:
-        raise DataError(
-            f"oos_label {config.oos_label!r} is not a label of the data; expected one of "
-            f"{splits.labels[:20]} or no oos_label."
-        )
+    splits = load_splits(data_path, config)
     seed_everything(config.seed)
     ctx = TrainContext.create(config, splits)
     ladder: list[dict[str, Any]] = []
     if config.strategy == "auto":
-        outcome = run_ladder(ctx, console)
+        outcome = run_ladder(ctx, console or Console())
         result, ladder = outcome.best, [r.to_dict() for r in outcome.rungs]
     else:
         result = run_strategy(config.strategy, ctx)
@@ -115,12 +101,11 @@ def train_model(
     open_set = fit_version_open_set(ctx, result, held_out)
     result.finalize()
     test = evaluate_split(result, ctx, "test")
-    parent = config.parent_version or _production_version(registry, config.name)
     metadata = {
         "strategy": result.strategy,
         "base_model": config.base_model,
         "data_fingerprint": splits.fingerprint,
-        "parent_version": parent,
+        "parent_version": config.parent_version or _production_version(registry, config.name),
         "test_accuracy": round(test.accuracy, 4),
         "test_macro_f1": round(test.macro_f1, 4),
         "test_set_fingerprint": splits.test_set.get("fingerprint"),
@@ -139,6 +124,29 @@ def train_model(
     if promote and version.stage != "production":
         version = registry.promote(version.tag, reason="requested at training time")
     return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
+
+
+def load_splits(data_path: Path, config: TrainingConfig) -> DatasetSplits:
+    """The train, validation and test splits ``config`` asks for, its ``oos_label`` checked.
+
+    Raises:
+        DataError: the data is unusable, or ``oos_label`` is not one of its labels.
+    """
+    splits = prepare_splits(
+        data_path,
+        text_column=config.text_column,
+        label_column=config.label_column,
+        test_file=config.test_file,
+        validation_fraction=0.0 if config.selection == "cv" else config.validation_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+    )
+    if config.oos_label is not None and config.oos_label not in splits.labels:
+        raise DataError(
+            f"oos_label {config.oos_label!r} is not a label of the data; expected one of "
+            f"{splits.labels[:20]} or no oos_label."
+        )
+    return splits
 
 
 def fit_version_open_set(
