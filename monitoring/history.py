@@ -160,14 +160,7 @@ def record_check(engine: Engine, row: dict[str, Any]) -> None:
 
 def read_checks(engine: Engine, model: str, limit: int = 50) -> list[dict[str, Any]]:
     """The latest checks of ``model``, newest first."""
-    query = (
-        select(drift_checks)
-        .where(drift_checks.c.model == model)
-        .order_by(drift_checks.c.id.desc())
-        .limit(limit)
-    )
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+    return _read_latest(engine, drift_checks, model, limit)
 
 
 def record_retrain(engine: Engine, row: dict[str, Any]) -> int:
@@ -179,11 +172,10 @@ def record_retrain(engine: Engine, row: dict[str, Any]) -> int:
 
 def read_retrains(engine: Engine, model: str, limit: int = 50) -> list[dict[str, Any]]:
     """The latest retrain decisions of ``model``, newest first."""
-    query = (
-        select(retrain_runs)
-        .where(retrain_runs.c.model == model)
-        .order_by(retrain_runs.c.id.desc())
-        .limit(limit)
-    )
+    return _read_latest(engine, retrain_runs, model, limit)
+
+
+def _read_latest(engine: Engine, table: Table, model: str, limit: int) -> list[dict[str, Any]]:
+    query = select(table).where(table.c.model == model).order_by(table.c.id.desc()).limit(limit)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
