@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 import httpx
 from rich.console import Console
-from service.process import LoopbackProcess
 
 from demo.loop import loop_demo
+from demo.processes import LoopbackProcess
 from tests.servers import chromium, prometheus_server
 
 ROOT = Path(__file__).resolve().parents[1]

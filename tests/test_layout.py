@@ -86,3 +86,20 @@ def test_every_package_says_what_it_is() -> None:
     for package in (*LIBRARY, "demo", "benchmarks", "docs", "tests"):
         docstring = ast.get_docstring(ast.parse((ROOT / package / "__init__.py").read_text()))
         assert docstring and docstring.splitlines()[0].endswith("."), f"{package}/__init__.py: {docstring!r}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        module_name(p)
+        for package in (*LIBRARY, "demo", "benchmarks", "docs")
+        for p in (ROOT / package).glob("*.py")
+        # __main__ runs the CLI; service.app builds the service from the environment (its tests do).
+        if p.stem != "__main__" and module_name(p) != "service.app"
+    ),
+)
+def test_every_module_imports_without_doing_work(module: str) -> None:
+    """Scripts run by hand (benchmarks, docs) are imported here, so a broken import shows at once."""
+    import importlib
+
+    importlib.import_module(module)
