@@ -32,11 +32,9 @@ class GateNumbers:
     train_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The numbers as JSON values: NaN becomes null, unset refit fields are left out."""
-        values = asdict(self)
-        refit_fields = ("refit_version", "refit_test_accuracy", "refit_error", "shipped_version")
-        if self.refit_version is None and self.refit_error is None:
-            values = {k: v for k, v in values.items() if k not in refit_fields or v is not None}
+        """The numbers as JSON values: NaN becomes null, optional fields left unset are left out."""
+        optional = {"refit_version", "refit_test_accuracy", "refit_error", "shipped_version", "train_seconds"}
+        values = {k: v for k, v in asdict(self).items() if k not in optional or v is not None}
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
