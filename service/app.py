@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import bentoml
 from fastapi import FastAPI, Header, Request
@@ -20,14 +20,19 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service.backends import resolve_backend, worker_device
-from service.bentoml_patches import use_greedy_batching, use_json_media_type
+from service.bentoml_patches import (
+    bound_metric_paths,
+    log_client_errors_briefly,
+    use_greedy_batching,
+    use_json_media_type,
+)
 from service.guard import RequestGuard
 from service.heap import freeze_heap
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
 from service.model_holder import ModelHolder
 from service.predictor import LoadedModel, load_model
-from service.schemas import FeedbackRequest, describe_validation_errors, text_list_type
+from service.schemas import FeedbackRequest, describe_validation_errors, feedback_request_type, text_list_type
 from service.settings import load_serve_settings
 from training.errors import ModelLoadError, VersionLoadingError, VersionNotFoundError
 from training.registry import ModelRegistry, ModelVersion
@@ -38,9 +43,19 @@ logger = logging.getLogger(__name__)
 # so the settings must be read here; it is only environment variables and an optional file.
 SETTINGS = load_serve_settings(resolve_model=False)
 Texts = text_list_type(SETTINGS.max_texts, SETTINGS.max_chars)
+if TYPE_CHECKING:
+    FeedbackBody = FeedbackRequest
+else:  # the text limits come from the settings
+    FeedbackBody = feedback_request_type(SETTINGS.max_chars)
 
 # Matched as regular expressions anywhere in the URL by OpenTelemetry's ExcludeList.
 UNTRACED_ROUTES = ("/classify", "/feedback")
+# Every path the service answers (tests/test_service_api.py checks it against the OpenAPI document):
+# BentoML's (the API, its docs and schema, probes, metrics), then FastAPI's routes and docs.
+SERVED_PATHS = (
+    *("/", "/classify", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz", "/healthz"),
+    *("/classify_pinned", "/model", "/feedback", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
+)
 
 api = FastAPI(title="Refit", description="Routes beside the batched /classify API.")
 
@@ -84,6 +99,8 @@ class RefitClassifier:
         self.settings = load_serve_settings()
         if self.settings.batch_wait == "greedy":
             use_greedy_batching()
+        log_client_errors_briefly()
+        bound_metric_paths(SERVED_PATHS, prefixes=("/static_content/",))
         self.metrics = service_metrics()
         initialise_series(self.metrics, self.settings.model)
         self.registry = ModelRegistry(self.settings.home)
@@ -188,7 +205,7 @@ class RefitClassifier:
         return description
 
     @api.post("/feedback", response_model=None)
-    def feedback(self, body: FeedbackRequest) -> dict[str, Any] | JSONResponse:
+    def feedback(self, body: FeedbackBody) -> dict[str, Any] | JSONResponse:
         """Store the true label of a prediction; acknowledged only once it is committed."""
         current = self.holder.current
         extra = [*self.settings.feedback_extra_labels, *self.registry.feedback_labels(self.settings.model)]

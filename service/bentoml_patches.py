@@ -1,8 +1,8 @@
 """Every change Refit makes to BentoML's internals, why each is needed, and a check that it still applies.
 
-BentoML ``>=1.4.37,<1.5`` exposes no setting for either behaviour below, so Refit changes two
+BentoML ``>=1.4.37,<1.5`` exposes no setting for any behaviour below, so Refit changes four
 internal objects. Each function checks that what it changes still exists and raises
-:class:`BentoMLPatchError` otherwise; ``tests/test_bentoml_patches.py`` runs both against the
+:class:`BentoMLPatchError` otherwise; ``tests/test_bentoml_patches.py`` runs each against the
 installed BentoML, so an upgrade that removes or renames them fails the suite loudly instead of
 silently serving with the old behaviour.
 
@@ -15,7 +15,16 @@ silently serving with the old behaviour.
    batch as soon as the model is free and batches form from what queued during the previous call
    (the policy of Triton's dynamic batcher with no queue delay). Its latency shedding (503 when a
    request would miss ``max_latency_ms``) is unchanged. ``batch_wait: adaptive`` keeps BentoML's.
-2. **A fixed JSON media type** (``use_json_media_type``). BentoML derives the response media type
+2. **Client errors logged as one line** (``log_client_errors_briefly``). BentoML logs every request
+   it rejects, a 4xx included, as an ERROR with the exception's traceback, and a pydantic
+   traceback quotes the input: a client's text landed in the log (1.9 KB per 40-byte request).
+   A filter on BentoML's logger turns a client error into one INFO line without the input; a
+   server error keeps its traceback.
+3. **Bounded metric labels** (``bound_metric_paths``). BentoML labels its HTTP metrics with the
+   request path, so every unknown URL a scanner tries adds series to ``/metrics`` (300 random
+   paths took it from 108 KB to 1.18 MB). Paths no route serves share one label, ``/{unknown}``;
+   the request still reaches the router with its own path (``service/guard.py`` restores it).
+4. **A fixed JSON media type** (``use_json_media_type``). BentoML derives the response media type
    from the output's JSON schema, rebuilding a pydantic TypeAdapter on every response: ~5% of a
    worker's CPU under load, measured with py-spy. The answer is always JSON.
 """
@@ -24,11 +33,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Collection
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-GREEDY_MARK = "_refit_original"  # the patched method keeps BentoML's under this attribute
+ORIGINAL_MARK = "_refit_original"  # a patched method keeps BentoML's under this attribute
 
 
 class BentoMLPatchError(RuntimeError):
@@ -59,14 +69,14 @@ def use_greedy_batching() -> None:
         BentoMLPatchError: the dispatcher's optimizer is not what this patch expects.
     """
     optimizer = _optimizer()
-    if hasattr(optimizer.log_outbound, GREEDY_MARK):
+    if hasattr(optimizer.log_outbound, ORIGINAL_MARK):
         return
     original = optimizer.log_outbound
 
     def log_outbound(self: Any, n: int, wait: float, duration: float) -> None:
         original(self, n=n, wait=0.0, duration=duration)
 
-    setattr(log_outbound, GREEDY_MARK, original)
+    setattr(log_outbound, ORIGINAL_MARK, original)
     optimizer.log_outbound = log_outbound
     logger.info("adaptive batching: greedy (no cork wait)")
 
@@ -74,9 +84,131 @@ def use_greedy_batching() -> None:
 def restore_cork_batching() -> None:
     """Undo :func:`use_greedy_batching` in this process (BentoML's own policy again)."""
     optimizer = _optimizer()
-    original = getattr(optimizer.log_outbound, GREEDY_MARK, None)
+    original = getattr(optimizer.log_outbound, ORIGINAL_MARK, None)
     if original is not None:
         optimizer.log_outbound = original
+
+
+BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"
+BENTOML_ERROR_MESSAGE = "Exception on %s [%s]"  # log_exception's format: path, method
+
+
+class ClientErrorFilter(logging.Filter):
+    """Rewrites BentoML's ERROR record of a rejected request into one INFO line without the input."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != BENTOML_ERROR_MESSAGE or not record.exc_info or not record.args:
+            return True
+        status = client_error_status(record.exc_info[1])
+        if status is None:  # a server error keeps its level and traceback
+            return True
+        path, method = record.args if isinstance(record.args, tuple) else (record.args, "")
+        record.msg, record.args = (
+            "%s %s: %d %s (the input is not logged)",
+            (
+                method,
+                path,
+                status,
+                type(record.exc_info[1]).__name__,
+            ),
+        )
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def client_error_status(exc: BaseException | None) -> int | None:
+    """The 4xx status BentoML answers ``exc`` with, or None for a server error."""
+    from bentoml.exceptions import BentoMLException
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return 400
+    if isinstance(exc, BentoMLException):
+        status = int(exc.error_code.value)
+        return status if status < 500 else None
+    return None
+
+
+def log_client_errors_briefly() -> None:
+    """Install :class:`ClientErrorFilter` on BentoML's request error logger (idempotent).
+
+    Raises:
+        BentoMLPatchError: BentoML no longer logs rejected requests where and how this expects.
+    """
+    try:
+        from bentoml._internal.server import http_app
+    except ImportError as exc:
+        raise BentoMLPatchError(f"expected bentoml._internal.server.http_app, found none: {exc}") from exc
+    if http_app.logger.name != BENTOML_ERROR_LOGGER or not callable(getattr(http_app, "log_exception", None)):
+        raise BentoMLPatchError(
+            f"expected log_exception() logging to {BENTOML_ERROR_LOGGER!r}, found {http_app.logger.name!r}"
+        )
+    logger_ = logging.getLogger(BENTOML_ERROR_LOGGER)
+    if not any(isinstance(f, ClientErrorFilter) for f in logger_.filters):
+        logger_.addFilter(ClientErrorFilter())
+
+
+UNKNOWN_PATH = "/{unknown}"  # the metric label of every path no route serves
+ORIGINAL_PATH = "refit.original_path"  # where the relabelled request's own path travels in the scope
+_known_paths: set[str] = set()
+_known_prefixes: set[str] = set()
+
+
+def metric_path(path: str) -> str:
+    """The label of ``path`` in BentoML's HTTP metrics: itself, its known prefix + ``*``, or unknown."""
+    if path in _known_paths:
+        return path
+    prefix = next((p for p in _known_prefixes if path.startswith(p)), None)
+    return f"{prefix}*" if prefix is not None else UNKNOWN_PATH
+
+
+def bound_metric_paths(paths: Collection[str], prefixes: Collection[str] = ()) -> None:
+    """Label requests to paths outside ``paths`` and ``prefixes`` as one endpoint (idempotent).
+
+    Args:
+        paths: the paths the service serves.
+        prefixes: path prefixes served as a tree (static files), labelled ``<prefix>*``.
+
+    Raises:
+        BentoMLPatchError: BentoML's HTTP metrics middleware is not what this patch expects.
+    """
+    try:
+        from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as middleware
+    except ImportError as exc:
+        raise BentoMLPatchError(
+            f"bounded metric labels expected RunnerTrafficMetricsMiddleware: {exc}"
+        ) from exc
+    parameters = list(inspect.signature(middleware.__call__).parameters)
+    if parameters != ["self", "scope", "receive", "send"]:
+        raise BentoMLPatchError(
+            f"bounded metric labels expected RunnerTrafficMetricsMiddleware.__call__(self, scope, receive, "
+            f"send), found {parameters}"
+        )
+    _known_paths.update(paths)
+    _known_prefixes.update(prefixes)
+    if hasattr(middleware.__call__, ORIGINAL_MARK):
+        return
+    original = middleware.__call__
+
+    async def relabel(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and (label := metric_path(scope["path"])) != scope["path"]:
+            scope = {**scope, "path": label, ORIGINAL_PATH: scope["path"]}
+        await original(self, scope, receive, send)
+
+    setattr(relabel, ORIGINAL_MARK, original)
+    middleware.__call__ = relabel  # type: ignore[method-assign]
+
+
+def restore_metric_paths() -> None:
+    """Undo :func:`bound_metric_paths`: every path its own label again."""
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as middleware
+
+    original = getattr(middleware.__call__, ORIGINAL_MARK, None)
+    if original is not None:
+        middleware.__call__ = original  # type: ignore[method-assign]
+    _known_paths.clear()
+    _known_prefixes.clear()
 
 
 def use_json_media_type(service: Any, api_name: str) -> None:

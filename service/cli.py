@@ -1,10 +1,9 @@
-"""`refit serve`: validate the serving settings, then run `bentoml serve` in the foreground."""
+"""`refit serve`: validate the serving settings, then become `bentoml serve` (exec) in the foreground."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,7 +65,11 @@ def serve(
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"Serving [bold]{settings.model}[/] (production) from {settings.home} at {url}")
     console.print(f"  POST {url}/classify   GET {url}/model   {url}/docs   {url}/metrics")
-    raise SystemExit(subprocess.call(serve_command(settings.host, settings.port), env=env))
+    sys.stdout.flush()
+    command = serve_command(settings.host, settings.port)
+    # Become the server: a process manager's SIGTERM then reaches it (it drains and flushes the
+    # inference log), and no child is left behind on the port.
+    os.execve(command[0], command, env)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,6 +5,9 @@
   every other 503 (BentoML's dispatcher sheds load with a bare 503 when its queue is too long).
 - A classify request with an ``X-Model-Version`` header goes to the pinned route: pinned
   requests skip adaptive batching, because one batch runs one model version.
+- A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
+  parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
+  JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from service.bentoml_patches import ORIGINAL_PATH
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -63,8 +68,16 @@ class RequestGuard:
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if ORIGINAL_PATH in scope:  # relabelled for BentoML's metrics only: route the real path
+            scope = {**scope, "path": scope[ORIGINAL_PATH]}
         if scope["type"] != "http" or scope["path"] not in GUARDED_PATHS:
             await self.app(scope, receive, send)
+            return
+        content_type = _content_type(scope)
+        if content_type not in ("", "application/json"):
+            self.on_reject("unsupported_media_type")
+            error = f"Unsupported Content-Type: expected application/json, found {content_type}."
+            await send_json(send, 415, {"error": error}, [])
             return
         body = await self._read_body(receive)
         if body is None:
@@ -114,6 +127,14 @@ class RequestGuard:
             await send(message)
 
         return wrapped
+
+
+def _content_type(scope: Scope) -> str:
+    """The request's media type, lower case, without parameters (``""`` when there is none)."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            return str(value.decode("latin-1").split(";", 1)[0].strip().lower())
+    return ""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -86,6 +86,7 @@ class InferenceLog:
         self._last_retention = 0.0
         self._last_warning = 0.0
         self.dropped = 0
+        self.writes_failing = False  # the last batch could not be written (a store outage)
 
     @property
     def depth(self) -> int:
@@ -174,7 +175,9 @@ class InferenceLog:
             with self.engine().begin() as conn:
                 conn.execute(insert(predictions), batch)
             self._on_written(len(batch))
+            self.writes_failing = False
         except SQLAlchemyError as exc:
+            self.writes_failing = True
             self._drop(
                 len(batch), f"the log store failed: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
             )
@@ -212,13 +215,17 @@ class InferenceLog:
         Raises:
             InferenceLogUnavailable: the store cannot be read.
         """
-        self.flush(timeout=2.0)
+        flushed = self.flush(timeout=2.0)
         try:
             with self.engine().connect() as conn:
                 row = conn.execute(select(predictions).where(predictions.c.request_id == request_id)).first()
         except SQLAlchemyError as exc:
             self._reset_engine()
             raise InferenceLogUnavailable(f"the inference log cannot be read: {type(exc).__name__}") from exc
+        if row is None and (self.writes_failing or not flushed):
+            # The prediction may wait in the queue, or have been dropped, while the store takes no
+            # writes: that is an outage to retry after, not an unknown id.
+            raise InferenceLogUnavailable("the inference log is not taking writes now")
         return dict(row._mapping) if row is not None else None
 
     def record_feedback(self, record: dict[str, Any]) -> int:

@@ -100,7 +100,7 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-REJECT_REASONS = ("body_too_large", "overloaded")
+REJECT_REASONS = ("body_too_large", "overloaded", "unsupported_media_type")
 
 
 def initialise_series(metrics: ServiceMetrics, model: str) -> None:

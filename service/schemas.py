@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"  # what /classify answers with (uuid4 hex)
 
-def text_list_type(max_texts: int, max_chars: int) -> Any:
-    """The type of ``texts``: 1 to ``max_texts`` non-blank strings of at most ``max_chars`` each."""
+
+def check_unicode(text: str) -> str:
+    """``text`` unchanged if it is valid Unicode (it can be stored and tokenized as UTF-8).
+
+    Raises:
+        ValueError: it holds a lone surrogate (a JSON escape such as ``\\ud800`` with no pair).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"expected valid Unicode text, found a lone surrogate {text[exc.start]!r} at position {exc.start}"
+        ) from None
+    return text
+
+
+def is_visible(character: str) -> bool:
+    """False for whitespace, control and format characters (zero-width spaces and joiners too)."""
+    return not unicodedata.category(character).startswith(("Z", "C"))
+
+
+def text_checker(max_chars: int) -> Callable[[str], str]:
+    """The check of one client text: valid Unicode, a visible character, at most ``max_chars``."""
 
     def check_text(text: str) -> str:
-        if not text.strip():
+        check_unicode(text)
+        if not any(is_visible(c) for c in text):
             raise ValueError(f"expected a text with at least one visible character, found {text!r}")
         if len(text) > max_chars:
             raise ValueError(f"expected at most {max_chars} characters, found {len(text)}")
         return text
 
+    return check_text
+
+
+def text_list_type(max_texts: int, max_chars: int) -> Any:
+    """The type of ``texts``: 1 to ``max_texts`` visible, valid strings of at most ``max_chars`` each."""
     return Annotated[
-        list[Annotated[str, AfterValidator(check_text)]],
+        list[Annotated[str, AfterValidator(text_checker(max_chars))]],
         Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify"),
     ]
 
@@ -28,15 +58,31 @@ class FeedbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str = Field(min_length=1, description="the true label")
-    request_id: str | None = Field(None, description="request_id returned by /classify")
+    label: Annotated[str, AfterValidator(check_unicode)] = Field(
+        min_length=1, max_length=200, description="the true label"
+    )
+    request_id: str | None = Field(
+        None, pattern=REQUEST_ID_PATTERN, description="request_id returned by /classify"
+    )
     text: str | None = Field(None, description="the text, when there is no request id")
 
     @model_validator(mode="after")
     def _check_reference(self) -> FeedbackRequest:
-        if not self.request_id and not (self.text and self.text.strip()):
+        if not self.request_id and not self.text:
             raise ValueError("expected a request_id or a non-blank text, found neither")
         return self
+
+
+def feedback_request_type(max_chars: int) -> type[FeedbackRequest]:
+    """The /feedback body, its text held to the same rules as a text sent to /classify."""
+    text_type = Annotated[str, AfterValidator(text_checker(max_chars))]
+
+    class CheckedFeedbackRequest(FeedbackRequest):
+        __doc__ = FeedbackRequest.__doc__
+
+        text: text_type | None = Field(None, description="the text, when there is no request id")  # type: ignore[valid-type]
+
+    return CheckedFeedbackRequest
 
 
 def describe_validation_errors(errors: list[Any]) -> dict[str, Any]:

@@ -13,7 +13,10 @@ import pytest
 from bentoml._internal.marshal.dispatcher import Optimizer
 
 from service.bentoml_patches import (
+    BENTOML_ERROR_LOGGER,
     BentoMLPatchError,
+    ClientErrorFilter,
+    log_client_errors_briefly,
     restore_cork_batching,
     use_greedy_batching,
     use_json_media_type,
@@ -39,6 +42,7 @@ def learned_wait(batches_waited_s: float) -> float:
 
 
 def test_bentoml_alone_learns_to_hold_requests_back() -> None:
+    restore_cork_batching()  # an in-process service of another test may have patched it
     assert learned_wait(0.3) > 0.05  # what the greedy patch exists to undo
 
 
@@ -83,3 +87,106 @@ def test_an_api_without_an_output_spec_is_refused() -> None:
 
 def test_the_refit_service_answers_with_the_fixed_media_type(service_class: Any) -> None:
     assert service_class.apis["classify"].output_spec.media_type == "application/json"
+
+
+def log_rejected_request(error: Exception) -> None:
+    """What BentoML does when a request fails: log_exception() inside the except block."""
+    from bentoml._internal.server.http_app import log_exception
+    from starlette.requests import Request
+
+    request = Request({"type": "http", "method": "POST", "path": "/classify", "headers": []})
+    try:
+        raise error
+    except Exception:
+        log_exception(request)
+
+
+def invalid_texts_error() -> Exception:
+    from pydantic import BaseModel, ValidationError
+
+    class Body(BaseModel):
+        texts: list[int]
+
+    try:
+        Body(texts=["my card number is 4111 1111 1111 1111"])  # type: ignore[list-item]
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("the body validated")
+
+
+@pytest.fixture
+def brief_client_errors() -> Iterator[None]:
+    """The filter for one test, removed afterwards."""
+    import logging
+
+    log_client_errors_briefly()
+    log_client_errors_briefly()  # idempotent: one filter
+    bentoml_logger = logging.getLogger(BENTOML_ERROR_LOGGER)
+    assert sum(isinstance(f, ClientErrorFilter) for f in bentoml_logger.filters) == 1
+    yield
+    for f in [f for f in bentoml_logger.filters if isinstance(f, ClientErrorFilter)]:
+        bentoml_logger.removeFilter(f)
+
+
+def test_bentoml_alone_logs_a_client_error_with_its_input(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    # Without the filter an in-process service of another test may have installed.
+    bentoml_logger = logging.getLogger(BENTOML_ERROR_LOGGER)
+    monkeypatch.setattr(bentoml_logger, "filters", [])
+    with caplog.at_level("INFO"):
+        log_rejected_request(invalid_texts_error())
+    assert caplog.records[-1].levelname == "ERROR" and "4111 1111" in caplog.text  # what the filter is for
+
+
+def test_a_client_error_is_one_info_line_without_the_input(
+    brief_client_errors: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO"):
+        log_rejected_request(invalid_texts_error())
+    [record] = [r for r in caplog.records if r.name == "bentoml._internal.server.http_app"]
+    assert record.levelname == "INFO" and record.exc_info is None
+    assert record.getMessage() == "POST /classify: 400 ValidationError (the input is not logged)"
+    assert "4111" not in caplog.text
+
+
+def test_a_server_error_keeps_its_traceback(
+    brief_client_errors: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("INFO"):
+        log_rejected_request(RuntimeError("the model crashed"))
+    assert caplog.records[-1].levelname == "ERROR" and "the model crashed" in caplog.text
+
+
+def test_unknown_paths_get_one_metric_label_and_the_patch_can_be_undone() -> None:
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    from service.bentoml_patches import UNKNOWN_PATH, bound_metric_paths, metric_path, restore_metric_paths
+
+    original = RunnerTrafficMetricsMiddleware.__call__
+    restore_metric_paths()
+    try:
+        bound_metric_paths({"/classify", "/model"}, prefixes=("/static_content/",))
+        bound_metric_paths({"/feedback"})  # idempotent, and adds paths
+        assert metric_path("/classify") == "/classify" and metric_path("/feedback") == "/feedback"
+        assert metric_path("/static_content/a.css") == "/static_content/*"
+        assert metric_path("/wp-login.php") == UNKNOWN_PATH
+        assert RunnerTrafficMetricsMiddleware.__call__ is not original
+    finally:
+        restore_metric_paths()
+    assert RunnerTrafficMetricsMiddleware.__call__ is original
+
+
+def test_a_changed_metrics_middleware_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    from service.bentoml_patches import bound_metric_paths
+
+    async def changed(self: Any, request: Any) -> None:
+        return None
+
+    monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "__call__", changed)
+    with pytest.raises(BentoMLPatchError, match=r"expected RunnerTrafficMetricsMiddleware.__call__"):
+        bound_metric_paths({"/classify"})

@@ -62,6 +62,10 @@ BAD_INPUTS = [
     ("too many texts", {"json": {"texts": ["a"] * 9}}, 400, "at most 8 items"),
     ("text too long", {"json": {"texts": ["a" * 301]}}, 400, "at most 300 characters, found 301"),
     ("body too large", {"json": {"texts": ["a" * 25_000]}}, 413, "at most 20000 bytes"),
+    # Half a surrogate pair: BentoML's JSON parser refuses it (the pinned route and /feedback
+    # parse with json.loads, which accepts it, and then refuse the text).
+    ("lone surrogate", {"content": b'{"texts": ["refund \\ud800 please"]}'}, 400, "Invalid JSON"),
+    ("zero-width text", {"json": {"texts": ["\u200b\u200d\ufeff"]}}, 400, "at least one visible"),
 ]
 
 
@@ -163,6 +167,32 @@ def test_feedback_by_request_id_or_text_is_stored_before_it_is_acknowledged(
     assert rows[0]["version"] == prediction["version"]
 
 
+@pytest.mark.parametrize("path", ["/classify", "/feedback"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "text/plain", "application/xml", "application/x-www-form-urlencoded"],
+)
+def test_a_body_that_is_not_json_gets_a_415(client: Any, path: str, content_type: str) -> None:
+    body = b'--x\r\nContent-Disposition: form-data; name="texts"\r\n\r\nhi\r\n--x--\r\n'
+    response = client.post(path, content=body, headers={"content-type": content_type})
+    assert response.status_code == 415, response.text
+    media_type = content_type.split(";")[0]
+    assert (
+        response.json()["error"]
+        == f"Unsupported Content-Type: expected application/json, found {media_type}."
+    )
+
+
+def test_a_pinned_request_with_a_lone_surrogate_gets_a_400(client: Any, served_home: Path) -> None:
+    candidate = ModelRegistry(served_home).get("tiny:candidate")
+    response = client.post(
+        "/classify",
+        content=b'{"texts": ["refund \\ud800 please"]}',
+        headers={"content-type": "application/json", "X-Model-Version": candidate.version},
+    )
+    assert response.status_code == 400 and "lone surrogate" in response.text, response.text
+
+
 FEEDBACK_ERRORS = [
     (
         {"text": "hi", "label": "cancel_order"},
@@ -175,6 +205,11 @@ FEEDBACK_ERRORS = [
     ({"label": "refund"}, 400, "expected a request_id or a non-blank text"),
     ({"text": "hi"}, 400, "Field required"),
     ({"text": "hi", "label": "refund", "extra": 1}, 400, "Extra inputs are not permitted"),
+    ({"text": "refund \ud800 please", "label": "refund"}, 400, "lone surrogate '\\ud800' at position 7"),
+    ({"text": "hi", "label": "refund\udfff"}, 400, "label: Input should be a valid string, unable to parse"),
+    ({"request_id": "\ud800", "label": "refund"}, 400, "request_id: Input should be a valid string"),
+    ({"text": "\u200b\u200b", "label": "refund"}, 400, "at least one visible character"),
+    ({"text": "a" * 301, "label": "refund"}, 400, "at most 300 characters, found 301"),
 ]
 
 
@@ -182,9 +217,11 @@ FEEDBACK_ERRORS = [
 def test_bad_feedback_gets_a_4xx_and_stores_nothing(
     client: Any, served_home: Path, body: dict[str, Any], status: int, message: str
 ) -> None:
-    response = client.post("/feedback", json=body)
+    # json.dumps escapes lone surrogates (\\ud800), as a client's JSON encoder may.
+    content = json.dumps(body).encode()
+    response = client.post("/feedback", content=content, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
-    assert message in response.text
+    assert message in response.json()["error"]
     if status == 422:
         assert response.json()["allowed_labels"] == ["password", "refund", "shipping"]
     assert read_rows(served_home, "feedback") == []
@@ -217,6 +254,25 @@ def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
         "close_account"
         in client.post("/feedback", json={"text": "x", "label": "nope"}).json()["allowed_labels"]
     )
+
+
+def test_feedback_by_request_id_is_a_503_while_the_log_store_is_locked(
+    client: Any, served_home: Path
+) -> None:
+    import sqlite3
+
+    # Another process holds the write lock: the prediction cannot be written while it does.
+    lock = sqlite3.connect(served_home / "refit" / "inference.db", isolation_level=None, timeout=1)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        answer = client.post("/classify", json={"texts": ["reset my password"]}).json()[0]
+        body = {"request_id": answer["request_id"], "label": "password"}
+        response = client.post("/feedback", json=body)
+    finally:
+        lock.rollback()
+        lock.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["error"] == "Feedback not stored: the inference log is not taking writes now"
 
 
 def test_predictions_succeed_while_the_log_store_is_down(
@@ -287,3 +343,21 @@ def test_a_pinned_version_without_an_export_loads_in_the_background_behind_a_503
             time.sleep(0.2)
         assert answer.status_code == 200 and answer.json()[0]["version"] == candidate.version
     assert (candidate.path / "onnx" / "model.onnx").is_file()
+
+
+def test_unknown_paths_share_one_metric_label_and_known_ones_keep_theirs(client: Any) -> None:
+    for i in range(30):
+        assert client.get(f"/scan-{i}.php").status_code == 404
+        assert client.post(f"/admin/{i}", json={}).status_code in (404, 405)
+    assert client.get("/static_content/index.css").status_code == 200
+    assert client.get("/model").status_code == 200
+    metrics = client.get("/metrics").text
+    endpoints = {
+        line.split('endpoint="')[1].split('"')[0] for line in metrics.splitlines() if 'endpoint="' in line
+    }
+    assert not any("scan-" in e or "/admin/" in e for e in endpoints), endpoints
+    assert {"/{unknown}", "/static_content/*", "/model"} <= endpoints, endpoints
+    from service.app import SERVED_PATHS
+
+    documented = set(client.get("/docs.json").json()["paths"])
+    assert documented <= set(SERVED_PATHS), documented - set(SERVED_PATHS)

@@ -137,3 +137,17 @@ def test_promotion_swaps_under_load_without_a_failed_request(server: dict[str, A
     metrics = httpx.get(f"{server['url']}/metrics").text
     assert metric_value(metrics, "refit_model_swaps_total") >= 1
     assert f'version="{new.version}"' in metrics
+
+
+def test_a_rejected_text_never_reaches_the_server_log(server: dict[str, Any]) -> None:
+    secret = "card 4111-1111-1111-1111 " + "x" * 300  # over max_chars (300): a 400
+    start = len(server["log"].read_text(errors="replace"))  # what earlier tests logged is not ours
+    response = httpx.post(f"{server['url']}/classify", json={"texts": [secret]})
+    assert response.status_code == 400 and "at most 300 characters" in response.text
+    deadline = time.monotonic() + 5
+    log = ""
+    while "the input is not logged" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = server["log"].read_text(errors="replace")[start:]
+    assert "POST /classify: 400 ValidationError (the input is not logged)" in log
+    assert "4111" not in log and "Traceback" not in log
