@@ -33,7 +33,7 @@ from service.metrics import initialise_series, observe_predictions, record_swap,
 from service.model_holder import ModelHolder
 from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, feedback_request_type, text_list_type
-from service.settings import load_serve_settings
+from service.settings import ServeSettings, load_serve_settings
 from training.errors import ModelLoadError, VersionLoadingError, VersionNotFoundError
 from training.registry import ModelRegistry, ModelVersion
 
@@ -77,6 +77,15 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
+def tls_config(settings: ServeSettings) -> dict[str, Any]:
+    """BentoML's ``ssl`` service option when a certificate is configured (else nothing)."""
+    if settings.ssl_certfile is None or settings.ssl_keyfile is None:
+        return {}
+    return {
+        "ssl": {"enabled": True, "certfile": str(settings.ssl_certfile), "keyfile": str(settings.ssl_keyfile)}
+    }
+
+
 def _resources() -> dict[str, Any]:
     return {"gpu": SETTINGS.gpus} if SETTINGS.gpus else {"cpu": str(os.cpu_count() or 1)}
 
@@ -89,6 +98,7 @@ def _resources() -> dict[str, Any]:
     traffic={"timeout": SETTINGS.timeout_s},
     logging={"access": {"enabled": SETTINGS.access_log}},
     tracing={} if SETTINGS.trace_requests else {"excluded_urls": list(UNTRACED_ROUTES)},
+    **tls_config(SETTINGS),
 )
 class RefitClassifier:
     """Serves the production version of ``REFIT_SERVE_MODEL`` and follows its promotions."""

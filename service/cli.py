@@ -47,6 +47,8 @@ def serve(
     ] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs to use, one worker each.")] = None,
     config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
 ) -> None:
     """Serve the production version of a model over HTTP (BentoML), following its promotions."""
     from service.settings import load_serve_settings
@@ -59,10 +61,14 @@ def serve(
         "backend": backend,
     }
     overrides |= {"workers": workers, "gpus": gpus}
+    overrides |= {
+        "ssl_certfile": ssl_certfile and ssl_certfile.resolve(),
+        "ssl_keyfile": ssl_keyfile and ssl_keyfile.resolve(),
+    }
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"{settings.scheme}://{settings.host}:{settings.port}"
     console.print(f"Serving [bold]{settings.model}[/] (production) from {settings.home} at {url}")
     console.print(f"  POST {url}/classify   GET {url}/model   {url}/docs   {url}/metrics")
     sys.stdout.flush()

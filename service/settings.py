@@ -64,7 +64,24 @@ class ServeSettings(ServedModelSettings):
     # model's objects instead of pausing the worker 270-320 ms every 20-30 s under load.
     freeze_heap: bool = True
     host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 only behind a network boundary
+    ssl_certfile: Path | None = None  # TLS certificate (PEM); with ssl_keyfile the service speaks HTTPS
+    ssl_keyfile: Path | None = None  # the certificate's private key (PEM)
     port: int = Field(3000, ge=1, le=65535)  # port to listen on
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ServeSettings:
+        given = [name for name in ("ssl_certfile", "ssl_keyfile") if getattr(self, name) is not None]
+        if len(given) == 1:
+            raise ValueError(f"TLS needs both ssl_certfile and ssl_keyfile; found only {given[0]}")
+        missing = [str(getattr(self, name)) for name in given if not getattr(self, name).is_file()]
+        if missing:
+            raise ValueError(f"TLS files not found: {', '.join(missing)}; expected PEM files")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with a certificate, else ``http``."""
+        return "https" if self.ssl_certfile else "http"
 
     @model_validator(mode="after")
     def _check_batching(self) -> ServeSettings:

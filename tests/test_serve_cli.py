@@ -22,12 +22,24 @@ from tests.helpers import SERVICE_LIMITS
 pytestmark = pytest.mark.slow  # a real `refit serve` process
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+def start_refit_serve(home: Path, port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """`refit serve` of the tiny model, through the installed console script."""
+    env = {**os.environ, **SERVICE_LIMITS, "BENTOML_HOME": str(home)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    refit = str(Path(sys.executable).parent / "refit")
+    command = [refit, "serve", "--model", "tiny", "--home", str(home), "--port", str(port), *flags]
+    with log.open("wb") as output:
+        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log: Path, verify: bool | str = True, timeout: float = 180.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, log.read_text(errors="replace")[-3000:]
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{url}/readyz", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -38,14 +50,8 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
 def test_sigterm_stops_every_process_and_loses_no_answered_prediction(
     served_home: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    env = {**os.environ, **SERVICE_LIMITS, "BENTOML_HOME": str(served_home)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    refit = str(Path(sys.executable).parent / "refit")
-    command = [refit, "serve", "--model", "tiny", "--home", str(served_home), "--port", str(port)]
-    log = tmp_path / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    port, log = free_port(), tmp_path / "serve.log"
+    process = start_refit_serve(served_home, port, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log)
@@ -67,3 +73,45 @@ def test_sigterm_stops_every_process_and_loses_no_answered_prediction(
     with sqlite3.connect(served_home / "refit" / "inference.db") as db:
         logged = db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
     assert logged == stats.requests  # the queue was flushed on the way out
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_refit_serve_speaks_tls_with_a_certificate(served_home: Path, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    port, log = free_port(), tmp_path / "serve.log"
+    process = start_refit_serve(
+        served_home, port, log, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)
+    )
+    try:
+        wait_ready(f"https://127.0.0.1:{port}", process, log, verify=str(cert))
+        answer = httpx.post(
+            f"https://127.0.0.1:{port}/classify", json={"texts": ["reset my password"]}, verify=str(cert)
+        )
+        assert answer.status_code == 200 and answer.json()[0]["label"] == "password"
+        with pytest.raises(httpx.HTTPError):  # plain HTTP is not served beside it
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_refit_serve_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
+    cert, _ = self_signed_certificate(tmp_path)
+    refit = str(Path(sys.executable).parent / "refit")
+    completed = subprocess.run(
+        [refit, "serve", "--ssl-certfile", str(cert), "--home", str(tmp_path)], capture_output=True, text=True
+    )
+    assert completed.returncode == 2
+    assert "TLS needs both ssl_certfile and ssl_keyfile; found only ssl_certfile" in " ".join(
+        completed.stdout.split()
+    )
