@@ -30,6 +30,8 @@ from demo.training import DEMO_MODEL, DemoVersion, train_demo_version
 from monitoring.history import create_monitor_tables, read_checks, read_retrains
 from monitoring.settings import MonitorSettings
 from service.inference_log_db import create_log_engine
+from service.keys import create_key
+from service.settings import ServeSettings
 from training.console import step
 
 MARKER = ".refit-demo"
@@ -151,6 +153,7 @@ def run_traffic(
     stats: TrafficStats | None = None,
     until: Callable[[TrafficStats], bool] | None = None,
     repeat: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> TrafficStats:
     """Replay ``rows`` with a progress bar whose text follows the monitor's checks."""
     labelled = choose_feedback(len(rows), plan.feedback_share, plan.seed)
@@ -176,6 +179,7 @@ def run_traffic(
                 on_answer=lambda _: progress.advance(task),
                 until=until,
                 repeat=repeat,
+                headers=headers,
             )
         finally:
             done.set()
@@ -222,6 +226,7 @@ def loop_demo(
     prepare_directory(out)
     trained = train_demo_version(out, console, steps="1/6 2/6")
     home = trained.registry.home
+    headers = demo_key(home)  # before the service starts: it never serves without a key
     processes: list[LoopbackProcess] = []
     try:
         with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
@@ -232,7 +237,7 @@ def loop_demo(
             )
             if on_started is not None:
                 on_started(server, monitor)
-        outcome = run_phases(out, console, trained, server.url, plan)
+        outcome = run_phases(out, console, trained, server.url, plan, headers)
         outcome.urls = {
             "service API docs": f"{server.url}/",
             "service metrics": f"{server.url}/metrics",
@@ -250,7 +255,15 @@ def loop_demo(
         console.print(f"stopped {len(processes)} processes (logs in {out / 'logs'})")
 
 
-def run_phases(out: Path, console: Console, trained: DemoVersion, url: str, plan: DemoPlan) -> DemoOutcome:
+def demo_key(home: Path) -> dict[str, str]:
+    """The header of a new API key for the demo's traffic: predictions and feedback, nothing else."""
+    path = ServeSettings.model_construct(registry_home=home).api_keys_path
+    return {"Authorization": f"Bearer {create_key(path, 'demo-traffic', ['predict', 'feedback'])}"}
+
+
+def run_phases(
+    out: Path, console: Console, trained: DemoVersion, url: str, plan: DemoPlan, headers: dict[str, str]
+) -> DemoOutcome:
     """Calm traffic, then drifted traffic until v2 has answered ``plan.after_swap`` requests.
 
     The outcome's ``urls`` and ``seconds`` are left for the caller, who started the processes.
@@ -259,7 +272,7 @@ def run_phases(out: Path, console: Console, trained: DemoVersion, url: str, plan
     watcher = LoopWatcher(home)
     with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
         calm_rows = pd.read_csv(trained.paths["traffic"])
-        calm = run_traffic(console, url, calm_rows, plan, watcher, "calm   ")
+        calm = run_traffic(console, url, calm_rows, plan, watcher, "calm   ", headers=headers)
         wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
     onset = time.monotonic()
     with step(console, "5/6 drifted traffic (new intents, typos) until v2 serves"):
@@ -269,7 +282,9 @@ def run_phases(out: Path, console: Console, trained: DemoVersion, url: str, plan
             new = stats.answered_by_others(v1)
             return new >= plan.after_swap or time.monotonic() - onset > plan.swap_timeout_s
 
-        drifted = run_traffic(console, url, drift_rows, plan, watcher, "drifted", until=closed, repeat=True)
+        drifted = run_traffic(
+            console, url, drift_rows, plan, watcher, "drifted", until=closed, repeat=True, headers=headers
+        )
     return DemoOutcome.collect(
         out=out,
         registry=trained.registry,

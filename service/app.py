@@ -250,5 +250,6 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     max_inflight=SETTINGS.max_inflight,
     retry_after_s=SETTINGS.retry_after_s,
     on_reject=lambda reason: service_metrics().rejected.labels(reason).inc(),
+    keys_file=lambda: load_serve_settings(resolve_model=False).api_keys_path,
 )
 use_json_media_type(RefitClassifier, "classify")

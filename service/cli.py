@@ -6,11 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from training.console import console
+from training.errors import ConfigError
+
+if TYPE_CHECKING:
+    from service.settings import ServeSettings
 
 SERVICE_IMPORT = "service.app:RefitClassifier"
 
@@ -49,6 +53,9 @@ def serve(
     config: Annotated[Path | None, typer.Option(help="Serving settings file (YAML or TOML).")] = None,
     ssl_certfile: Annotated[Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without API keys.")
+    ] = False,
 ) -> None:
     """Serve the production version of a model over HTTP (BentoML), following its promotions."""
     from service.settings import load_serve_settings
@@ -60,12 +67,13 @@ def serve(
         "port": port,
         "backend": backend,
     }
-    overrides |= {"workers": workers, "gpus": gpus}
+    overrides |= {"workers": workers, "gpus": gpus, "insecure": insecure or None}
     overrides |= {
         "ssl_certfile": ssl_certfile and ssl_certfile.resolve(),
         "ssl_keyfile": ssl_keyfile and ssl_keyfile.resolve(),
     }
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
+    refuse_open_exposure(settings)
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -78,6 +86,85 @@ def serve(
     os.execve(command[0], command, env)
 
 
+def refuse_open_exposure(settings: ServeSettings) -> None:
+    """Refuse to listen beyond loopback without API keys, unless the settings say ``insecure``.
+
+    Raises:
+        ConfigError: a non-loopback host, no key in the keys file, and not ``insecure``.
+    """
+    from service.keys import read_keys
+
+    loopback = settings.host in ("localhost", "::1") or settings.host.startswith("127.")
+    if loopback or settings.insecure or read_keys(settings.api_keys_path):
+        return
+    raise ConfigError(
+        f"Refusing to listen on {settings.host} without API keys: anyone who can reach it could "
+        f"send feedback that retrains the model. Create a key (`refit keys create NAME --scope predict "
+        f"--home {settings.home}`), or pass --insecure behind a boundary that authenticates."
+    )
+
+
+HomeOption = Annotated[Path | None, typer.Option("--home", help="Registry home (BentoML home).")]
+KeysFileOption = Annotated[
+    Path | None, typer.Option("--file", help="API keys file; default <home>/refit/api-keys.json.")
+]
+
+
+def _keys_path(home: Path | None, file: Path | None) -> Path:
+    from service.settings import load_serve_settings
+
+    overrides: dict[str, object] = {"registry_home": home, "api_keys_file": file}
+    return load_serve_settings(overrides=overrides, resolve_model=False).api_keys_path
+
+
+def create_key(
+    name: Annotated[str, typer.Argument(help="Who the key is for (a client, a team).")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="predict, feedback, pin or admin; repeat for several.")
+    ],
+    rate: Annotated[
+        float | None, typer.Option(help="Requests per second at most (default: no limit).")
+    ] = None,
+    home: HomeOption = None,
+    file: KeysFileOption = None,
+) -> None:
+    """Create an API key and print its token (shown only now; the file keeps its digest)."""
+    from service.keys import create_key as add_key
+
+    path = _keys_path(home, file)
+    token = add_key(path, name, scope, rate)
+    console.print(f"created key {name!r} ({', '.join(scope)}) in {path}; its token, shown only now:")
+    console.print(token, soft_wrap=True, highlight=False)
+
+
+def list_keys(home: HomeOption = None, file: KeysFileOption = None) -> None:
+    """List the API keys: name, scopes, rate limit, created (never the tokens)."""
+    from rich.table import Table
+
+    from service.keys import read_keys
+
+    path = _keys_path(home, file)
+    table = Table("name", "scopes", "rate/s", "created", title=str(path))
+    for key in read_keys(path):
+        table.add_row(key.name, ", ".join(key.scopes), str(key.rate_per_s or "-"), key.created)
+    console.print(table)
+
+
+def revoke_key(
+    name: Annotated[str, typer.Argument()], home: HomeOption = None, file: KeysFileOption = None
+) -> None:
+    """Revoke an API key: every replica refuses it within a second."""
+    from service.keys import revoke_key as remove_key
+
+    remove_key(_keys_path(home, file), name)
+    console.print(f"revoked key {name!r}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the root `refit` app (the ``refit.cli`` entry point)."""
     app.command()(serve)
+    keys = typer.Typer(help="Create, list and revoke API keys for the service.", no_args_is_help=True)
+    keys.command("create")(create_key)
+    keys.command("list")(list_keys)
+    keys.command("revoke")(revoke_key)
+    app.add_typer(keys, name="keys")

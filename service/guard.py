@@ -5,6 +5,9 @@
   every other 503 (BentoML's dispatcher sheds load with a bare 503 when its queue is too long).
 - A classify request with an ``X-Model-Version`` header goes to the pinned route: pinned
   requests skip adaptive batching, because one batch runs one model version.
+- With API keys (``service/keys.py``), a route that needs a scope answers 401 without a valid
+  ``Authorization: Bearer`` key, 403 when the key lacks the scope, and 429 + ``Retry-After`` over
+  the key's rate limit. Probes, metrics and the API docs stay open.
 - A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
   parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
   JSON.
@@ -13,10 +16,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from service.bentoml_patches import ORIGINAL_PATH
+from service.keys import KeyRing
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,6 +34,8 @@ CLASSIFY_PATH = "/classify"
 PINNED_PATH = "/classify_pinned"
 VERSION_HEADER = b"x-model-version"
 GUARDED_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, "/feedback"})
+ROUTE_SCOPES = {CLASSIFY_PATH: "predict", PINNED_PATH: "pin", "/feedback": "feedback", "/model": "predict"}
+KEY_NAME = "refit.key"  # the authenticated key's name, in the scope, for the routes to record
 
 
 async def send_json(
@@ -59,8 +67,11 @@ class RequestGuard:
         max_inflight: int = 512,
         retry_after_s: int = 1,
         on_reject: Callable[[str], None] = lambda reason: None,
+        keys_file: Callable[[], Path] | None = None,
     ) -> None:
         self.app = app
+        # Resolved when the app is built in the worker: the settings of the process that serves.
+        self.keys = KeyRing(keys_file()) if keys_file is not None else None
         self.max_body_bytes = max_body_bytes
         self.max_inflight = max_inflight
         self.retry_after = str(retry_after_s).encode()
@@ -70,7 +81,18 @@ class RequestGuard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if ORIGINAL_PATH in scope:  # relabelled for BentoML's metrics only: route the real path
             scope = {**scope, "path": scope[ORIGINAL_PATH]}
-        if scope["type"] != "http" or scope["path"] not in GUARDED_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == CLASSIFY_PATH and any(k == VERSION_HEADER for k, _ in scope["headers"]):
+            scope = {**scope, "path": PINNED_PATH, "raw_path": PINNED_PATH.encode()}
+        needed = ROUTE_SCOPES.get(scope["path"])
+        if needed is not None and self.keys is not None and self.keys.enabled:
+            authorized = await self._authorize(scope, needed, send)
+            if authorized is None:
+                return
+            scope = authorized
+        if scope["path"] not in GUARDED_PATHS:
             await self.app(scope, receive, send)
             return
         content_type = _content_type(scope)
@@ -93,13 +115,36 @@ class RequestGuard:
             )
             await send_json(send, 503, {"error": error}, [(b"retry-after", self.retry_after)])
             return
-        if scope["path"] == CLASSIFY_PATH and any(k == VERSION_HEADER for k, _ in scope["headers"]):
-            scope = {**scope, "path": PINNED_PATH, "raw_path": PINNED_PATH.encode()}
         self.inflight += is_classify
         try:
             await self.app(scope, _replay(body, receive), self._add_retry_after(send))
         finally:
             self.inflight -= is_classify
+
+    async def _authorize(self, scope: Scope, needed: str, send: Send) -> Scope | None:
+        """``scope`` with the key's name added, or None once a 401, 403 or 429 has been sent."""
+        assert self.keys is not None
+        key = self.keys.authenticate(_header(scope, b"authorization"))
+        if key is None:
+            self.on_reject("unauthenticated")
+            error = "Missing or invalid API key: expected the header 'Authorization: Bearer <key>'."
+            await send_json(send, 401, {"error": error}, [(b"www-authenticate", b"Bearer")])
+            return None
+        if not key.allows(needed):
+            self.on_reject("forbidden")
+            error = (
+                f"API key {key.name!r} lacks the scope {needed!r} that {scope['method']} "
+                f"{_route_name(scope['path'])} needs; it has: {', '.join(key.scopes)}."
+            )
+            await send_json(send, 403, {"error": error}, [])
+            return None
+        wait = self.keys.retry_after(key)
+        if wait > 0:
+            self.on_reject("rate_limited")
+            error = f"API key {key.name!r} is over its limit of {key.rate_per_s:g} requests/s; retry later."
+            await send_json(send, 429, {"error": error}, [(b"retry-after", str(math.ceil(wait)).encode())])
+            return None
+        return {**scope, KEY_NAME: key.name}
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole request body, or None as soon as it passes the limit."""
@@ -129,12 +174,22 @@ class RequestGuard:
         return wrapped
 
 
+def _header(scope: Scope, name: bytes) -> str:
+    """A request header's value (``""`` when absent)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return ""
+
+
+def _route_name(path: str) -> str:
+    """The route as a client names it: the pinned route is /classify with X-Model-Version."""
+    return f"{CLASSIFY_PATH} with X-Model-Version" if path == PINNED_PATH else path
+
+
 def _content_type(scope: Scope) -> str:
     """The request's media type, lower case, without parameters (``""`` when there is none)."""
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            return str(value.decode("latin-1").split(";", 1)[0].strip().lower())
-    return ""
+    return _header(scope, b"content-type").split(";", 1)[0].strip().lower()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -100,7 +100,14 @@ def service_metrics() -> ServiceMetrics:
     )
 
 
-REJECT_REASONS = ("body_too_large", "overloaded", "unsupported_media_type")
+REJECT_REASONS = (
+    "body_too_large",
+    "overloaded",
+    "unsupported_media_type",
+    "unauthenticated",
+    "forbidden",
+    "rate_limited",
+)
 
 
 def initialise_series(metrics: ServiceMetrics, model: str) -> None:

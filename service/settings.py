@@ -64,6 +64,10 @@ class ServeSettings(ServedModelSettings):
     # model's objects instead of pausing the worker 270-320 ms every 20-30 s under load.
     freeze_heap: bool = True
     host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 only behind a network boundary
+    # API keys (`refit keys create`); None: <registry home>/refit/api-keys.json. With at least one
+    # key, every route but the probes, metrics and docs needs one.
+    api_keys_file: Path | None = None
+    insecure: bool = False  # allow a non-loopback host without API keys (`refit serve --insecure`)
     ssl_certfile: Path | None = None  # TLS certificate (PEM); with ssl_keyfile the service speaks HTTPS
     ssl_keyfile: Path | None = None  # the certificate's private key (PEM)
     port: int = Field(3000, ge=1, le=65535)  # port to listen on
@@ -77,6 +81,11 @@ class ServeSettings(ServedModelSettings):
         if missing:
             raise ValueError(f"TLS files not found: {', '.join(missing)}; expected PEM files")
         return self
+
+    @property
+    def api_keys_path(self) -> Path:
+        """The API keys file the service reads."""
+        return self.api_keys_file or self.home / "refit" / "api-keys.json"
 
     @property
     def scheme(self) -> str:
