@@ -122,6 +122,10 @@ def test_kubernetes_references_resolve() -> None:
         for volume in volumes.values():
             if "persistentVolumeClaim" in volume:
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
+            if "secret" in volume:  # defined in the manifests, or created as the README says
+                name_ = volume["secret"]["secretName"]
+                readme = (DEPLOY / "kubernetes" / "README.md").read_text()
+                assert name_ in secrets or f"kubectl create secret generic {name_}" in readme, name_
         for container in pod["spec"]["containers"]:
             for source in container.get("envFrom", []):
                 if "configMapRef" in source:
@@ -169,7 +173,21 @@ def test_compose_stack() -> None:
                     assert target == "/registry"
     assert services["service"]["ports"] == [f"{ServeSettings.model_fields['port'].default}:3000"]
     monitor_port = services["monitor"]["environment"]["REFIT_MONITOR_METRICS_PORT"]
-    assert services["monitor"]["ports"] == [f"{monitor_port}:{monitor_port}"]
+    assert services["monitor"]["ports"] == [f"127.0.0.1:{monitor_port}:{monitor_port}"]
+
+
+def test_compose_publishes_only_the_authenticated_service_beyond_the_host() -> None:
+    stack = compose()
+    services = stack["services"]
+    for name, spec in services.items():
+        for port in spec.get("ports", []):
+            assert name == "service" or port.startswith("127.0.0.1:"), (name, port)
+    service = services["service"]
+    assert service["secrets"] == ["api_keys"] and "api_keys" in stack["secrets"]
+    assert service["environment"]["REFIT_SERVE_API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert stack["secrets"]["api_keys"]["file"] == "./api-keys.json"
+    assert "deploy/api-keys.json" in (ROOT / ".gitignore").read_text().split()
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     workspace = MonitorSettings(registry_home=Path("/registry")).workspace_path
     assert str(workspace) in services["evidently-ui"]["entrypoint"]
 
