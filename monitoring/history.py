@@ -142,13 +142,23 @@ def read_window(
 
 
 def read_feedback(engine: Engine, model: str, since: datetime | None = None) -> pd.DataFrame:
-    """Feedback labels of ``model`` (text, label, request id, predicted label, version, time)."""
+    """Feedback labels of ``model`` (text, label, request id, predicted label, version, time, source)."""
     query = select(feedback).where(feedback.c.model == model)
     if since is not None:
         query = query.where(feedback.c.created >= since)
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(query.order_by(feedback.c.id))]
-    columns = ["id", "request_id", "created", "model", "text", "label", "predicted_label", "version"]
+    columns = [
+        "id",
+        "request_id",
+        "created",
+        "model",
+        "text",
+        "label",
+        "predicted_label",
+        "version",
+        "source",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -26,7 +26,7 @@ from service.bentoml_patches import (
     use_greedy_batching,
     use_json_media_type,
 )
-from service.guard import RequestGuard
+from service.guard import KEY_NAME, RequestGuard
 from service.heap import freeze_heap
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
@@ -215,7 +215,7 @@ class RefitClassifier:
         return description
 
     @api.post("/feedback", response_model=None)
-    def feedback(self, body: FeedbackBody) -> dict[str, Any] | JSONResponse:
+    def feedback(self, body: FeedbackBody, request: Request) -> dict[str, Any] | JSONResponse:
         """Store the true label of a prediction; acknowledged only once it is committed."""
         current = self.holder.current
         extra = [*self.settings.feedback_extra_labels, *self.registry.feedback_labels(self.settings.model)]
@@ -229,7 +229,10 @@ class RefitClassifier:
                 allowed_labels=allowed,
             )
         try:
-            record = self.log.feedback_record(self.settings.model, body.label, body.request_id, body.text)
+            source = request.scope.get(KEY_NAME)  # the API key's name, when keys are in use
+            record = self.log.feedback_record(
+                self.settings.model, body.label, body.request_id, body.text, source
+            )
             if record is None:
                 return error(
                     404,

@@ -246,13 +246,14 @@ class InferenceLog:
             ) from exc
 
     def feedback_record(
-        self, model: str, label: str, request_id: str | None, text: str | None
+        self, model: str, label: str, request_id: str | None, text: str | None, source: str | None = None
     ) -> dict[str, Any] | None:
         """The ``feedback`` row for a true label: its prediction's text and answer when logged.
 
         Returns None when only an unknown ``request_id`` was given (nothing to attach the label to).
         """
         record = {"created": utc_now(), "model": model, "label": label, "request_id": request_id}
+        record["source"] = source
         found = self.find_prediction(request_id) if request_id else None
         if found is not None:
             return {

@@ -61,7 +61,10 @@ feedback = Table(
     Column("label", String(200), nullable=False),
     Column("predicted_label", String(200), nullable=True),
     Column("version", String(64), nullable=True),
+    Column("source", String(200), nullable=True),  # the API key that sent it; None: no keys in use
 )
+# Columns added since a table was first created: `create_tables` adds them to an existing log.
+ADDED_COLUMNS = {"feedback": ("source",)}
 
 
 def utc_now() -> datetime:
@@ -101,9 +104,29 @@ def create_tables(engine: Engine, tables: MetaData | None = None) -> None:
     for attempt in range(3):
         try:
             (tables or metadata).create_all(engine, checkfirst=True)
+            add_missing_columns(engine, tables or metadata)
             return
         except (IntegrityError, OperationalError, ProgrammingError) as exc:
             if attempt == 2:
                 raise
             logger.debug("another process created the log's tables first (%s); checking again", exc.orig)
             time.sleep(0.2 * (attempt + 1))
+
+
+def add_missing_columns(engine: Engine, tables: MetaData) -> None:
+    """Add the ``ADDED_COLUMNS`` an existing table lacks (nullable, so old rows stay as they are)."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(engine)
+    for name, columns in ADDED_COLUMNS.items():
+        if name not in tables.tables or not inspector.has_table(name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(name)}
+        for column_name in columns:
+            if column_name in present:
+                continue
+            column = tables.tables[name].c[column_name]
+            column_type = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {column_name} {column_type}"))
+            logger.info("added the column %s.%s to the inference log", name, column_name)

@@ -163,3 +163,16 @@ def test_refit_serve_refuses_a_public_host_without_keys(
     code, out = run_cli(["serve", "--host", "0.0.0.0", "--home", str(tmp_path)], capsys, monkeypatch)
     assert code == 2
     assert "Refusing to listen on 0.0.0.0 without API keys" in out and "--insecure" in out
+
+
+def test_feedback_records_the_key_that_sent_it(
+    keyed_client: Any, keys: dict[str, str], served_home: Path
+) -> None:
+    import sqlite3
+
+    body = {"text": "where is my parcel", "label": "shipping"}
+    assert keyed_client.post("/feedback", json=body, headers=bearer(keys["labeller"])).status_code == 200
+    with sqlite3.connect(served_home / "refit" / "inference.db") as db:
+        assert db.execute("SELECT text, label, source FROM feedback").fetchall() == [
+            ("where is my parcel", "shipping", "labeller")
+        ]

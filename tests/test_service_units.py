@@ -263,3 +263,25 @@ def test_processes_creating_the_log_tables_together_all_succeed_quietly(tmp_path
         for child in children:
             child.join(30)
         assert outcomes == [("ok", [])] * processes
+
+
+def test_an_older_log_gains_the_feedback_source_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    import sqlite3
+
+    from service.inference_log_db import create_log_engine, create_tables
+
+    path = tmp_path / "inference.db"
+    with sqlite3.connect(path) as db:  # a feedback table from before the source column
+        db.execute(
+            "CREATE TABLE feedback (id INTEGER PRIMARY KEY, request_id VARCHAR(32), "
+            "created DATETIME NOT NULL, model VARCHAR(200) NOT NULL, text TEXT NOT NULL, label VARCHAR(200) NOT NULL, "
+            "predicted_label VARCHAR(200), version VARCHAR(64))"
+        )
+        db.execute(
+            "INSERT INTO feedback (created, model, text, label) VALUES ('2026-01-01 00:00:00', 'm', 'old', 'a')"
+        )
+    engine = create_log_engine(f"sqlite:///{path}")
+    create_tables(engine)
+    create_tables(engine)  # a second start finds the column there
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT text, label, source FROM feedback").fetchall() == [("old", "a", None)]
