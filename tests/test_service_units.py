@@ -274,11 +274,12 @@ def test_an_older_log_gains_the_feedback_source_column_and_keeps_its_rows(tmp_pa
     with sqlite3.connect(path) as db:  # a feedback table from before the source column
         db.execute(
             "CREATE TABLE feedback (id INTEGER PRIMARY KEY, request_id VARCHAR(32), "
-            "created DATETIME NOT NULL, model VARCHAR(200) NOT NULL, text TEXT NOT NULL, label VARCHAR(200) NOT NULL, "
-            "predicted_label VARCHAR(200), version VARCHAR(64))"
+            "created DATETIME NOT NULL, model VARCHAR(200) NOT NULL, text TEXT NOT NULL, "
+            "label VARCHAR(200) NOT NULL, predicted_label VARCHAR(200), version VARCHAR(64))"
         )
         db.execute(
-            "INSERT INTO feedback (created, model, text, label) VALUES ('2026-01-01 00:00:00', 'm', 'old', 'a')"
+            "INSERT INTO feedback (created, model, text, label) "
+            "VALUES ('2026-01-01 00:00:00', 'm', 'old', 'a')"
         )
     engine = create_log_engine(f"sqlite:///{path}")
     create_tables(engine)
