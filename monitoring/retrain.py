@@ -23,7 +23,7 @@ import pandas as pd
 
 from monitoring.candidate import train_candidate
 from monitoring.feedback import RetrainData, labelled_rows, merge_feedback, split_retrain_data
-from monitoring.gate import GateNumbers, judge_candidate, refit_passes
+from monitoring.gate import GateDecision, GateNumbers, judge_candidate, refit_passes
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, read_split
 from training.inference import predict
@@ -96,22 +96,42 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     test = read_split(production, "test")
     decision = judge_candidate(measure_gate(production, candidate, test, data, settings.gate_tolerance))
     if decision.promoted:
-        shipped = candidate
-        if refit:
-            refit_rows = data.refit
-            shipped = ship_refit(
-                lambda: _train(registry, production, data.original, refit_rows, settings, export=True),
-                candidate,
-                test,
-                decision.numbers,
-            )
-        decision.numbers.shipped_version = shipped.version
-        note = "" if shipped is candidate else f"; refit of {candidate.version} with the gate rows added"
-        registry.promote(shipped.tag, reason=f"retrain gate: {decision.reason}{note}")
+        refit_rows = data.refit
+        train_refit = (
+            (lambda: _train(registry, production, data.original, refit_rows, settings, export=True))
+            if refit
+            else None
+        )
+        ship(registry, candidate, test, decision, train_refit)
+    else:  # a rejected candidate is no longer a candidate: nobody may pin it
+        registry.archive(candidate.tag, reason=f"retrain gate: {decision.reason}")
     decision.numbers.train_seconds = round(time.perf_counter() - start, 1)
     return RetrainResult(
         decision.outcome, decision.reason, production.version, candidate.version, decision.numbers
     )
+
+
+def ship(
+    registry: ModelRegistry,
+    candidate: ModelVersion,
+    test: pd.DataFrame,
+    decision: GateDecision,
+    train_refit: Callable[[], ModelVersion] | None,
+) -> ModelVersion:
+    """Promote the approved candidate, or its refit with the gate rows when ``train_refit`` is given.
+
+    A refit that loses test accuracy beyond the tolerance is archived and the candidate ships.
+    """
+    shipped = candidate
+    if train_refit is not None:
+        shipped = ship_refit(train_refit, candidate, test, decision.numbers)
+    decision.numbers.shipped_version = shipped.version
+    note = "" if shipped is candidate else f"; refit of {candidate.version} with the gate rows added"
+    registry.promote(shipped.tag, reason=f"retrain gate: {decision.reason}{note}")
+    refit_version = decision.numbers.refit_version
+    if refit_version and refit_version != shipped.version:  # below the tolerance: not servable
+        registry.archive(f"{candidate.name}:{refit_version}", reason="refit below the gate's tolerance")
+    return shipped
 
 
 def _train(

@@ -34,7 +34,8 @@ from service.model_holder import ModelHolder
 from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, feedback_request_type, text_list_type
 from service.settings import ServeSettings, load_serve_settings
-from training.errors import ModelLoadError, VersionLoadingError, VersionNotFoundError
+from training.errors import ModelLoadError, PinNotAllowedError, VersionLoadingError, VersionNotFoundError
+from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class RefitClassifier:
             self.registry,
             self.settings.model,
             self._load,
+            load_pinned=self._load_pinned,
             poll_s=self.settings.swap_poll_s,
             pinned_cache_size=self.settings.pinned_cache_size,
             pinned_load_wait_s=self.settings.pinned_load_wait_s,
@@ -153,6 +155,16 @@ class RefitClassifier:
             self.settings.chunk_size,
             abstain=self.settings.abstain,
         )
+
+    def _load_pinned(self, version: ModelVersion) -> LoadedModel:
+        # A version without an ONNX export is served by torch: exporting it would write into the
+        # registry on behalf of whoever sent the request.
+        if self.backend == "onnx" and read_export_record(version) is None:
+            return load_model(
+                version, "torch", self.device, self.threads, self.settings.top_k, self.settings.chunk_size,
+                abstain=self.settings.abstain,
+            )  # fmt: skip
+        return self._load(version)
 
     def _settle_heap(self) -> None:
         if self.settings.freeze_heap:
@@ -196,6 +208,8 @@ class RefitClassifier:
         except VersionNotFoundError as exc:
             known = [v.version for v in self.registry.versions(self.settings.model)]
             return error(404, str(exc), versions=known)
+        except PinNotAllowedError as exc:
+            return error(403, str(exc))
         except VersionLoadingError as exc:
             response = error(503, str(exc))
             response.headers["Retry-After"] = str(exc.retry_after_s)

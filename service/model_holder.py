@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from service.predictor import LoadedModel
-from training.errors import ModelLoadError, RefitError, VersionLoadingError
+from training.errors import ModelLoadError, PinNotAllowedError, RefitError, VersionLoadingError
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ class ModelHolder:
         name: str,
         load: Loader,
         *,
+        load_pinned: Loader | None = None,
         poll_s: float = 1.0,
         pinned_cache_size: int = 2,
         pinned_load_wait_s: float = 5.0,
@@ -44,6 +45,7 @@ class ModelHolder:
         self.registry = registry
         self.name = name
         self._load = load
+        self._load_pinned = load_pinned or load
         self.poll_s = poll_s
         self.pinned_cache_size = pinned_cache_size
         self.pinned_load_wait_s = pinned_load_wait_s
@@ -118,6 +120,8 @@ class ModelHolder:
 
         Raises:
             VersionNotFoundError: the pinned version is not registered.
+            PinNotAllowedError: it is archived (a rejected candidate, an old production) and no
+                admin allowed it with `refit models allow-pin`.
             VersionLoadingError: it is still loading; ask again after ``retry_after_s``.
             ModelLoadError: it cannot be loaded.
         """
@@ -131,12 +135,18 @@ class ModelHolder:
             version = self.registry.get(f"{self.name}:{pin}")  # a version id or a stage name
             if version.version == current.version.version:
                 return current
+            if not self.registry.read_stages(self.name).may_pin(version.version):
+                raise PinNotAllowedError(
+                    f"Version {version.tag} is {version.stage}: requests may pin production, candidate "
+                    f"versions, or a version an admin allowed with `refit models allow-pin {version.tag}`."
+                )
             if version.version in self._pinned:
                 self._pinned.move_to_end(version.version)
                 return self._pinned[version.version]
             load = self._loading.get(version.version)
             if load is None:
-                load = self._loading[version.version] = _PinnedLoad(version, self._load, self._keep_pinned)
+                load = _PinnedLoad(version, self._load_pinned, self._keep_pinned)
+                self._loading[version.version] = load
         return load.wait(self.pinned_load_wait_s)
 
     def _keep_pinned(self, load: _PinnedLoad) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import metric_value
+from tests.helpers import metric_value, run_cli
 from training.registry import ModelRegistry
 
 
@@ -241,8 +241,6 @@ def test_feedback_accepts_configured_new_labels(
 def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
     client: Any, served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.helpers import run_cli
-
     body = {"text": "I want to close my account", "label": "close_account"}
     assert client.post("/feedback", json=body).status_code == 422
     code, out = run_cli(
@@ -342,7 +340,8 @@ def test_a_pinned_version_without_an_export_loads_in_the_background_behind_a_503
             assert answer.status_code == 503
             time.sleep(0.2)
         assert answer.status_code == 200 and answer.json()[0]["version"] == candidate.version
-    assert (candidate.path / "onnx" / "model.onnx").is_file()
+    # A pinned load never writes into the registry: the version without an export ran on torch.
+    assert not (candidate.path / "onnx").exists()
 
 
 def test_unknown_paths_share_one_metric_label_and_known_ones_keep_theirs(client: Any) -> None:
@@ -361,3 +360,24 @@ def test_unknown_paths_share_one_metric_label_and_known_ones_keep_theirs(client:
 
     documented = set(client.get("/docs.json").json()["paths"])
     assert documented <= set(SERVED_PATHS), documented - set(SERVED_PATHS)
+
+
+def test_only_production_candidates_and_allowed_versions_can_be_pinned(
+    client: Any, served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(served_home)
+    candidate = registry.get("tiny:candidate")
+    registry.archive(candidate.tag, reason="test: the gate rejected it")
+    headers = {"X-Model-Version": candidate.version}
+    refused = client.post("/classify", json={"texts": ["reset my password"]}, headers=headers)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == (
+        f"Version {candidate.tag} is archived: requests may pin production, candidate versions, or a "
+        f"version an admin allowed with `refit models allow-pin {candidate.tag}`."
+    )
+    code, out = run_cli(
+        ["models", "allow-pin", candidate.tag, "--home", str(served_home)], capsys, monkeypatch
+    )
+    assert code == 0 and f"requests may now pin {candidate.tag} (archived)" in out
+    answer = client.post("/classify", json={"texts": ["reset my password"]}, headers=headers)
+    assert answer.status_code == 200 and answer.json()[0]["version"] == candidate.version

@@ -203,6 +203,16 @@ def export_model(
         )
 
 
+@models_app.command("allow-pin")
+def allow_pin(
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    home: HomeOption = None,
+) -> None:
+    """Let requests pin an archived version with X-Model-Version (production and candidates always may)."""
+    version = _registry(home).allow_pin(ref, reason="refit models allow-pin")
+    console.print(f"requests may now pin {version.tag} ({version.stage})")
+
+
 @models_app.command("add-label")
 def add_label(
     name: Annotated[str, typer.Argument(help="Model name.")],

@@ -6,7 +6,8 @@
     ├── ModelLoadError         a base model or saved version cannot be loaded
     │   └── VersionLoadingError  not loaded yet: it is loading in the background
     ├── RegistryError          a registry operation was refused
-    │   └── VersionNotFoundError
+    │   ├── VersionNotFoundError
+    │   └── PinNotAllowedError   a request pinned a version it may not use
     └── ExportError            ONNX export failed its parity check
 
 Every message says what was expected, what was found and, where there is one, how to fix it.
@@ -43,6 +44,10 @@ class RegistryError(RefitError):
 
 class VersionNotFoundError(RegistryError):
     """No registered version matches the tag or stage asked for."""
+
+
+class PinNotAllowedError(RegistryError):
+    """A request pinned a version that is neither production, a candidate nor allowed by an admin."""
 
 
 class ExportError(RefitError):

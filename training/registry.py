@@ -55,6 +55,12 @@ class Stages(BaseModel):
     events: list[StageEvent] = Field(default_factory=list)
     # Labels not in the model that feedback may carry already (new intents on their way in).
     feedback_labels: list[str] = Field(default_factory=list)
+    # Versions an admin allowed to be pinned (X-Model-Version) beside production and candidates.
+    pinnable: list[str] = Field(default_factory=list)
+
+    def may_pin(self, version: str) -> bool:
+        """Whether a request may pin ``version``: production, a candidate, or allowed by an admin."""
+        return self.stage_of(version) in ("production", "candidate") or version in self.pinnable
 
     def stage_of(self, version: str) -> str:
         """``production``, ``archived`` or ``candidate``."""
@@ -256,6 +262,30 @@ class ModelRegistry:
             state.record("rollback", previous, current, reason)
         logger.info("rolled %s back to %s (was %s)", name, previous, current)
         return self.get(f"{name}:{previous}")
+
+    def archive(self, ref: str, reason: str = "") -> ModelVersion:
+        """Archive a version that is not production (a candidate the gate rejected, say).
+
+        Raises:
+            RegistryError: the version is production.
+        """
+        target = self.get(ref)
+        if target.stage == "production":
+            raise RegistryError(f"Refusing to archive {target.tag}: it is the production version.")
+        with self._locked_stages(target.name) as state:
+            state.archived = sorted(set(state.archived) | {target.version})
+            state.pinnable = [v for v in state.pinnable if v != target.version]
+            state.record("archive", target.version, reason=reason)
+        return self.get(target.tag)
+
+    def allow_pin(self, ref: str, reason: str = "") -> ModelVersion:
+        """Let requests pin this version with X-Model-Version, whatever its stage."""
+        target = self.get(ref)
+        with self._locked_stages(target.name) as state:
+            if target.version not in state.pinnable:
+                state.pinnable.append(target.version)
+                state.record("allow_pin", target.version, reason=reason)
+        return target
 
     def feedback_labels(self, name: str) -> list[str]:
         """Labels not in the model that feedback may carry already (new intents on their way in)."""
