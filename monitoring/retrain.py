@@ -26,7 +26,9 @@ from monitoring.feedback import RetrainData, labelled_rows, merge_feedback, spli
 from monitoring.gate import GateDecision, GateNumbers, judge_candidate, refit_passes
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, read_split
+from training.errors import ModelLoadError
 from training.inference import predict
+from training.promotion import promote_checked
 from training.registry import ModelRegistry, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,11 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
             if refit
             else None
         )
-        ship(registry, candidate, test, decision, train_refit)
+        try:
+            ship(registry, candidate, test, decision, train_refit)
+        except ModelLoadError as exc:  # the approved version does not load: production stays
+            logger.error("retrain of %s: %s", production.tag, exc)
+            return RetrainResult("failed", str(exc), production.version, candidate.version, decision.numbers)
     else:  # a rejected candidate is no longer a candidate: nobody may pin it
         registry.archive(candidate.tag, reason=f"retrain gate: {decision.reason}")
     decision.numbers.train_seconds = round(time.perf_counter() - start, 1)
@@ -127,7 +133,7 @@ def ship(
         shipped = ship_refit(train_refit, candidate, test, decision.numbers)
     decision.numbers.shipped_version = shipped.version
     note = "" if shipped is candidate else f"; refit of {candidate.version} with the gate rows added"
-    registry.promote(shipped.tag, reason=f"retrain gate: {decision.reason}{note}")
+    promote_checked(registry, shipped.tag, reason=f"retrain gate: {decision.reason}{note}")
     refit_version = decision.numbers.refit_version
     if refit_version and refit_version != shipped.version:  # below the tolerance: not servable
         registry.archive(f"{candidate.name}:{refit_version}", reason="refit below the gate's tolerance")

@@ -108,3 +108,36 @@ def test_every_metric_names_its_test_set_and_the_list_flags_different_ones(
     assert "2 different test sets: compare test metrics only between rows with the same one" in out
     code, out = cli("models", "show", "t:latest")
     assert re.search(r"test set\W+file held_out.csv, 12 rows, sha256:", out), out
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("onnx/model.onnx", "does not load and answer as a service would"),
+        ("model/model.safetensors", "does not load and answer as a service would"),
+    ],
+)
+def test_a_version_that_cannot_serve_is_not_promoted(
+    cli, tiny_csv: Path, tmp_path: Path, damage: str, message: str
+) -> None:  # type: ignore[no-untyped-def]
+    from training.registry import ModelRegistry
+
+    for strategy in ("head", "baseline"):
+        code, out = cli(
+            "train",
+            str(tiny_csv),
+            "--strategy",
+            strategy,
+            "--name",
+            "tickets",
+            "--export-onnx",
+            train_flags=True,
+        )
+        assert code == 0, out
+    registry = ModelRegistry(tmp_path / "home")
+    candidate = registry.get("tickets:candidate")
+    target = candidate.path / damage
+    target.write_bytes(target.read_bytes()[:100])  # truncated, as a full disk or a bad copy leaves it
+    code, out = cli("models", "promote", candidate.tag)
+    assert code == 2 and f"{candidate.tag} cannot be promoted: it {message}" in out
+    assert registry.get(candidate.tag).stage == "candidate"  # the stages are untouched

@@ -168,15 +168,19 @@ def show_model(
 
 @models_app.command("promote")
 def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home: HomeOption = None) -> None:
-    """Make a version production (the previous one is archived)."""
-    version = _registry(home).promote(ref, reason="refit models promote")
+    """Make a version production once it loads and answers (the previous one is archived)."""
+    from training.promotion import promote_checked
+
+    version = promote_checked(_registry(home), ref, reason="refit models promote")
     console.print(f"[green]{version.tag} is now production[/]")
 
 
 @models_app.command("rollback")
 def rollback_model(name: Annotated[str, typer.Argument()], home: HomeOption = None) -> None:
     """Restore the previous production version."""
-    version = _registry(home).rollback(name, reason="refit models rollback")
+    from training.promotion import rollback_checked
+
+    version = rollback_checked(_registry(home), name, reason="refit models rollback")
     console.print(f"[green]rolled back: {version.tag} is production again[/]")
 
 

@@ -247,13 +247,7 @@ class ModelRegistry:
         existing = {v.version for v in self.versions(name)}
         with self._locked_stages(name) as state:
             current = state.production
-            earlier = [v for v in state.stack[:-1] if v in existing and v != current]
-            if not earlier:
-                raise RegistryError(
-                    f"Cannot roll back {name!r}: no earlier production version to restore "
-                    f"(current: {current}). Expected a model promoted at least twice."
-                )
-            previous = earlier[-1]
+            previous = _earlier_production(name, state, existing)
             last = len(state.stack) - 1 - state.stack[::-1].index(previous)
             state.stack = state.stack[: last + 1]
             state.production = previous
@@ -262,6 +256,15 @@ class ModelRegistry:
             state.record("rollback", previous, current, reason)
         logger.info("rolled %s back to %s (was %s)", name, previous, current)
         return self.get(f"{name}:{previous}")
+
+    def rollback_target(self, name: str) -> ModelVersion:
+        """The version :meth:`rollback` would restore.
+
+        Raises:
+            RegistryError: there is no earlier production version to return to.
+        """
+        existing = {v.version for v in self.versions(name)}
+        return self.get(f"{name}:{_earlier_production(name, self.read_stages(name), existing)}")
 
     def archive(self, ref: str, reason: str = "") -> ModelVersion:
         """Archive a version that is not production (a candidate the gate rejected, say).
@@ -326,3 +329,18 @@ class ModelRegistry:
             state.archived = [v for v in state.archived if v != target.version]
             state.stack = [v for v in state.stack if v != target.version]
             state.record("delete", target.version)
+
+
+def _earlier_production(name: str, state: Stages, existing: set[str]) -> str:
+    """The production version before the current one that still exists.
+
+    Raises:
+        RegistryError: there is none.
+    """
+    earlier = [v for v in state.stack[:-1] if v in existing and v != state.production]
+    if not earlier:
+        raise RegistryError(
+            f"Cannot roll back {name!r}: no earlier production version to restore "
+            f"(current: {state.production}). Expected a model promoted at least twice."
+        )
+    return earlier[-1]
