@@ -127,6 +127,7 @@ class RefitClassifier:
             on_dropped=self.metrics.log_dropped.inc,
             on_written=self.metrics.log_written.inc,
             on_depth=self.metrics.log_queue_depth.set,
+            on_reopened=self.metrics.log_reopened.inc,
         )
         self.holder = ModelHolder(
             self.registry,

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, delete, insert, select
@@ -70,6 +71,7 @@ class InferenceLog:
         on_dropped: Callable[[int], None] = lambda n: None,
         on_written: Callable[[int], None] = lambda n: None,
         on_depth: Callable[[int], None] = lambda n: None,
+        on_reopened: Callable[[], None] = lambda: None,
     ) -> None:
         self.url = url
         self.batch_size = batch_size
@@ -79,6 +81,9 @@ class InferenceLog:
         self._on_dropped = on_dropped
         self._on_written = on_written
         self._on_depth = on_depth
+        self._on_reopened = on_reopened
+        self._file = sqlite_file(url)  # watched: a removed or replaced file is opened again
+        self._file_id: tuple[int, int] | None = None
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()  # the writer thread and request threads share it
         self._stop = threading.Event()
@@ -96,6 +101,12 @@ class InferenceLog:
     def engine(self) -> Engine:
         """The engine, created (with the tables) on first use; raises while the store is down."""
         with self._engine_lock:
+            if self._engine is not None and self._file is not None and _file_id(self._file) != self._file_id:
+                # Writing on would go to an unlinked or foreign file that no reader opens.
+                logger.warning("the inference log %s was removed or replaced; opening it again", self._file)
+                self._engine.dispose()
+                self._engine = None
+                self._on_reopened()
             if self._engine is None:
                 engine = create_log_engine(self.url)
                 try:
@@ -104,6 +115,7 @@ class InferenceLog:
                     engine.dispose()
                     raise
                 self._engine = engine
+                self._file_id = _file_id(self._file) if self._file is not None else None
             return self._engine
 
     def start(self) -> None:
@@ -265,3 +277,22 @@ class InferenceLog:
         if not text:
             return None
         return {**record, "text": text, "predicted_label": None, "version": None}
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None when it does not exist."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino

@@ -39,6 +39,7 @@ class ServiceMetrics:
     log_queue_depth: Gauge
     log_dropped: Counter
     log_written: Counter
+    log_reopened: Counter
     feedback: Counter
     rejected: Counter
 
@@ -93,6 +94,10 @@ def service_metrics() -> ServiceMetrics:
         ),
         log_dropped=Counter("refit_payload_log_dropped", "Prediction records dropped, not written."),
         log_written=Counter("refit_payload_log_written", "Prediction records written to the log."),
+        log_reopened=Counter(
+            "refit_payload_log_reopened",
+            "Times the log's SQLite file was found removed or replaced and reopened.",
+        ),
         feedback=Counter("refit_feedback", "Feedback labels stored.", ["model"]),
         rejected=Counter(
             "refit_rejected_requests", "Requests refused before reaching the model.", ["reason"]

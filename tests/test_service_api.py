@@ -381,3 +381,28 @@ def test_only_production_candidates_and_allowed_versions_can_be_pinned(
     assert code == 0 and f"requests may now pin {candidate.tag} (archived)" in out
     answer = client.post("/classify", json={"texts": ["reset my password"]}, headers=headers)
     assert answer.status_code == 200 and answer.json()[0]["version"] == candidate.version
+
+
+def test_a_log_file_removed_under_the_service_is_opened_again(client: Any, served_home: Path) -> None:
+    import sqlite3
+
+    database = served_home / "refit" / "inference.db"
+    assert client.post("/classify", json={"texts": ["reset my password"]}).status_code == 200
+    assert (
+        client.post("/feedback", json={"text": "reset my password", "label": "password"}).status_code == 200
+    )
+    for path in database.parent.glob("inference.db*"):  # deleted by an operator or a clean-up job
+        path.unlink()
+    feedback = client.post("/feedback", json={"text": "track my parcel", "label": "shipping"})
+    assert feedback.status_code == 200, feedback.text
+    answer = client.post("/classify", json={"texts": ["where is my parcel"]}).json()[0]
+    deadline = time.monotonic() + 10
+    rows: list[Any] = []
+    while not rows and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with sqlite3.connect(database) as db:
+            rows = db.execute("SELECT request_id FROM predictions").fetchall()
+    assert rows == [(answer["request_id"],)]  # the new file has what came after the removal
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT text FROM feedback").fetchall() == [("track my parcel",)]
+    assert metric_value(client.get("/metrics").text, "refit_payload_log_reopened_total") == 1
