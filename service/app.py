@@ -140,6 +140,9 @@ class RefitClassifier:
             on_swap=lambda old, new: record_swap(self.metrics, old, new),
             on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
             on_settled=self._settle_heap,
+            on_degraded=lambda reason: self.metrics.degraded.labels(self.settings.model).set(
+                int(bool(reason))
+            ),
         )
         self.log.start()
         self.holder.load_production()
@@ -226,6 +229,8 @@ class RefitClassifier:
         description = current.describe()
         stages = self.registry.read_stages(self.settings.model)
         description["stage"] = "production" if stages.production == current.version.version else "archived"
+        description["production"] = stages.production
+        description["degraded"] = self.holder.degraded  # why production is not what serves, or None
         description["log"] = {"queue_depth": self.log.depth, "dropped": self.log.dropped}
         return description
 

@@ -35,6 +35,7 @@ class ServiceMetrics:
     batch_texts: Histogram
     model_info: Gauge
     swaps: Counter
+    degraded: Gauge
     swap_failures: Counter
     log_queue_depth: Gauge
     log_dropped: Counter
@@ -84,6 +85,12 @@ def service_metrics() -> ServiceMetrics:
             multiprocess_mode="max",
         ),
         swaps=Counter("refit_model_swaps", "Hot swaps to a newly promoted version.", ["model"]),
+        degraded=Gauge(
+            "refit_degraded",
+            "1 while a worker serves an earlier version because production cannot be loaded, else 0.",
+            ["model"],
+            multiprocess_mode="livemax",
+        ),
         swap_failures=Counter(
             "refit_model_swap_failures", "Promoted versions that could not be loaded.", ["model"]
         ),
@@ -132,6 +139,7 @@ def initialise_series(metrics: ServiceMetrics, model: str) -> None:
         counter.labels(model)
     for reason in REJECT_REASONS:
         metrics.rejected.labels(reason)
+    metrics.degraded.labels(model).set(0)
 
 
 def observe_predictions(

@@ -41,6 +41,7 @@ class ModelHolder:
         on_swap: Callable[[LoadedModel | None, LoadedModel], None] = lambda old, new: None,
         on_swap_failure: Callable[[str, Exception], None] = lambda version, exc: None,
         on_settled: Callable[[], None] = lambda: None,
+        on_degraded: Callable[[str | None], None] = lambda reason: None,
     ) -> None:
         self.registry = registry
         self.name = name
@@ -53,6 +54,8 @@ class ModelHolder:
         self._on_swap = on_swap
         self._on_swap_failure = on_swap_failure
         self._on_settled = on_settled
+        self._on_degraded = on_degraded
+        self.degraded: str | None = None  # why the model serving is not production, when it is not
         self._settle_due = False
         self._current: LoadedModel | None = None
         self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -81,8 +84,39 @@ class ModelHolder:
             ModelLoadError: its files cannot be loaded.
         """
         version = self.registry.get(f"{self.name}:production")
-        self._install(self._load(version))
+        try:
+            self._install(self._load(version))
+        except (RefitError, OSError) as exc:
+            fallback = self._load_earlier_production(version, exc)
+            self._failed_version = version.version
+            self._install(fallback)
+            self._set_degraded(
+                f"production {version.tag} cannot be loaded ({str(exc)[:200]}); serving "
+                f"{fallback.version.tag}, an earlier production version"
+            )
         return self.current
+
+    def _load_earlier_production(self, production: ModelVersion, error: Exception) -> LoadedModel:
+        """The newest earlier production version that loads; ``error`` again when none does.
+
+        A worker that cannot load production then serves what served before it instead of
+        failing its start-up again and again.
+        """
+        stack = self.registry.read_stages(self.name).stack
+        for version in reversed(dict.fromkeys(v for v in stack if v != production.version)):
+            try:
+                return self._load(self.registry.get(f"{self.name}:{version}"))
+            except (RefitError, OSError) as exc:
+                logger.error("earlier production %s:%s cannot be loaded either: %s", self.name, version, exc)
+        raise error
+
+    def _set_degraded(self, reason: str | None) -> None:
+        if reason != self.degraded:
+            (logger.error if reason else logger.info)(
+                "%s: %s", self.name, reason or "serving production again"
+            )
+        self.degraded = reason
+        self._on_degraded(reason)
 
     def _install(self, loaded: LoadedModel) -> None:
         old, self._current = self._current, loaded
@@ -98,6 +132,8 @@ class ModelHolder:
         """Swap to the registry's production version if it changed; True when a swap happened."""
         wanted = self.production_version()
         current = self._current.version.version if self._current else None
+        if wanted is not None and wanted == current and self.degraded:
+            self._set_degraded(None)  # production came back to what this worker serves (a rollback)
         if wanted is None or wanted == current or wanted == self._failed_version:
             return False
         try:
@@ -109,6 +145,8 @@ class ModelHolder:
             return False
         self._failed_version = None
         self._install(loaded)
+        if self.degraded:
+            self._set_degraded(None)
         logger.info("swapped %s from %s to %s", self.name, current, wanted)
         return True
 

@@ -406,3 +406,30 @@ def test_a_log_file_removed_under_the_service_is_opened_again(client: Any, serve
     with sqlite3.connect(database) as db:
         assert db.execute("SELECT text FROM feedback").fetchall() == [("track my parcel",)]
     assert metric_value(client.get("/metrics").text, "refit_payload_log_reopened_total") == 1
+
+
+def test_a_worker_that_cannot_load_production_serves_the_previous_one_and_says_so(
+    service_app: Any, serve_env: dict[str, str], served_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+
+    registry = ModelRegistry(served_home)
+    before = registry.get("tiny:production")
+    production = registry.promote(registry.get("tiny:candidate").tag, reason="test: v2 ships")
+    for path in (production.path / "onnx").glob("model.onnx"):  # damaged on disk after its promotion
+        path.write_bytes(path.read_bytes()[:100])
+    (production.path / "model" / "model.safetensors").write_bytes(b"damaged")
+    monkeypatch.setenv("REFIT_SERVE_FREEZE_HEAP", "false")
+    with TestClient(service_app) as client:  # starts instead of failing again and again
+        info = client.get("/model").json()
+        assert info["version"] == before.version and info["production"] == production.version
+        assert f"production {production.tag} cannot be loaded" in info["degraded"]
+        answer = client.post("/classify", json={"texts": ["reset my password"]})
+        assert answer.status_code == 200 and answer.json()[0]["version"] == before.version
+        assert metric_value(client.get("/metrics").text, "refit_degraded") == 1
+        registry.rollback("tiny", reason="test: back to what serves")
+        deadline = time.monotonic() + 10
+        while client.get("/model").json()["degraded"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/model").json()["degraded"] is None
+        assert metric_value(client.get("/metrics").text, "refit_degraded") == 0
