@@ -24,7 +24,8 @@ def summarise(
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's targets, each with its measured ratio and whether it was met."""
+    """The serving targets (3x the naive server, 60% of the in-process limit, p99), each with its
+    measured ratio and whether it was met."""
     cell = {(r["system"], r["concurrency"]): r for r in rows}
     limit = max(r["rps"] for r in rows if r["system"] == "limit")
     lines = []
