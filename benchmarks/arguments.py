@@ -1,9 +1,12 @@
-"""The command-line arguments every BANKING77 benchmark shares."""
+"""The command-line arguments every BANKING77 benchmark shares, and the config they train with."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from training.config import TrainingConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -25,3 +28,9 @@ def banking77_parser(doc: str | None, home: str, name: str) -> argparse.Argument
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default=name)
     return parser
+
+
+def benchmark_config(args: argparse.Namespace, name: str, **values: Any) -> TrainingConfig:
+    """The training config of a benchmark's version: its strategy, base model, seed, max length."""
+    common = {"strategy": args.strategy, "base_model": args.base_model, "seed": args.seed}
+    return TrainingConfig(name=name, max_length=args.max_length, **common, **values)

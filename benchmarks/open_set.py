@@ -34,11 +34,10 @@ import numpy as np
 from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
-from benchmarks.arguments import banking77_parser
+from benchmarks.arguments import banking77_parser, benchmark_config
 from benchmarks.train_banking77 import load_banking77
 from monitoring.reference import Encoder
 from training.artifacts import load_version_tokenizer
-from training.config import TrainingConfig
 from training.data import stratified_split
 from training.inference import softmax
 from training.model import quiet_transformers
@@ -74,14 +73,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         fit_rows.to_csv(data, index=False)
         in_scope_test = args.home / f"{name}-test.csv"
         test[~test["label"].isin(unknown)].to_csv(in_scope_test, index=False)
-        config = TrainingConfig(
-            name=name,
-            strategy=args.strategy,
-            base_model=args.base_model,
-            seed=args.seed,
-            max_length=args.max_length,
-            test_file=in_scope_test,
-            abstain_max_accuracy_loss=args.max_loss,
+        config = benchmark_config(
+            args, name, test_file=in_scope_test, abstain_max_accuracy_loss=args.max_loss
         )
         train_model(data, config, registry=registry, console=console)
     return {

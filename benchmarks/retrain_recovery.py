@@ -31,13 +31,13 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 
+from benchmarks.arguments import benchmark_config
 from benchmarks.train_banking77 import load_banking77
 from demo.processes import start_service
 from demo.traffic import Answer, Traffic, send_traffic
 from monitoring.monitor import Monitor
 from monitoring.retrain import accuracy
 from monitoring.settings import load_monitor_settings
-from training.config import TrainingConfig
 from training.model import quiet_transformers
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -77,14 +77,7 @@ def train_version(registry: ModelRegistry, name: str, frame: pd.DataFrame, args:
     """Train and register one version on ``frame``."""
     path = args.work / f"{name}.csv"
     frame.to_csv(path, index=False)
-    config = TrainingConfig(
-        name=name,
-        strategy=args.strategy,
-        base_model=args.base_model,
-        seed=args.seed,
-        max_length=args.max_length,
-    )
-    return train_model(path, config, registry=registry, console=console).version
+    return train_model(path, benchmark_config(args, name), registry=registry, console=console).version
 
 
 def stream(url: str, rows: pd.DataFrame, labelled: np.ndarray, on_chunk: Any, every: int) -> None:
