@@ -73,6 +73,25 @@ async def reject_invalid_request(_: Request, exc: RequestValidationError) -> JSO
     return JSONResponse(describe_validation_errors(list(exc.errors())), status_code=400)
 
 
+ERROR_DESCRIPTIONS = {
+    400: "Invalid body: what was expected and what was found",
+    401: "Missing or invalid API key (when keys are in use)",
+    403: "The API key lacks the scope this route needs",
+    404: "Unknown request_id",
+    413: "Body over max_body_bytes",
+    415: "Body that is not JSON",
+    422: "Unknown label: the allowed ones, and how to add one",
+    429: "Over the API key's rate limit (Retry-After)",
+    503: "The inference log cannot store it now; retry (Retry-After on overload)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers, each with its JSON body."""
+    body = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
+    return {status: {"description": ERROR_DESCRIPTIONS[status], "content": body} for status in statuses}
+
+
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     """A JSON error response."""
     return JSONResponse({"error": message, **extra}, status_code=status)
@@ -202,7 +221,8 @@ class RefitClassifier:
         self.log.submit(prediction_records(predictions, texts, (time.perf_counter() - start) * 1000))
         return [p.to_response() for p in predictions]
 
-    @api.post("/classify_pinned", response_model=None)
+    # Internal: the guard sends POST /classify with X-Model-Version here (see service/guard.py).
+    @api.post("/classify_pinned", response_model=None, include_in_schema=False)
     def classify_pinned(
         self, body: ClassifyRequest, x_model_version: str = Header(..., description="version to use")
     ) -> list[dict[str, Any]] | JSONResponse:
@@ -222,7 +242,7 @@ class RefitClassifier:
             return error(503, f"Version {x_model_version} cannot be served: {exc}")
         return self.predict(model, body.texts)
 
-    @api.get("/model")
+    @api.get("/model", responses=error_responses(401, 403, 429))
     def model_info(self) -> dict[str, Any]:
         """The serving version: name, version, stage, labels, metrics, lineage, backend, device."""
         current = self.holder.current
@@ -234,7 +254,11 @@ class RefitClassifier:
         description["log"] = {"queue_depth": self.log.depth, "dropped": self.log.dropped}
         return description
 
-    @api.post("/feedback", response_model=None)
+    @api.post(
+        "/feedback",
+        response_model=None,
+        responses=error_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+    )
     def feedback(self, body: FeedbackBody, request: Request) -> dict[str, Any] | JSONResponse:
         """Store the true label of a prediction; acknowledged only once it is committed."""
         current = self.holder.current

@@ -433,3 +433,11 @@ def test_a_worker_that_cannot_load_production_serves_the_previous_one_and_says_s
             time.sleep(0.1)
         assert client.get("/model").json()["degraded"] is None
         assert metric_value(client.get("/metrics").text, "refit_degraded") == 0
+
+
+def test_the_openapi_document_lists_the_error_statuses_and_hides_the_internal_route(client: Any) -> None:
+    paths = client.get("/docs.json").json()["paths"]
+    assert "/classify_pinned" not in paths
+    feedback = paths["/feedback"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "404", "413", "415", "422", "429", "503"} <= set(feedback)
+    assert {"401", "403", "429"} <= set(paths["/model"]["get"]["responses"])
