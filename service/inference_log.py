@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.inference_log_db import create_log_engine, create_tables, feedback, predictions, utc_now
+from service.inference_log_db import (
+    create_log_engine,
+    create_tables,
+    feedback,
+    predictions,
+    sqlite_file,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from service.predictor import Prediction
@@ -277,16 +284,6 @@ class InferenceLog:
         if not text:
             return None
         return {**record, "text": text, "predicted_label": None, "version": None}
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for other databases and in-memory SQLite)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
