@@ -16,8 +16,9 @@ from training.data import normalize_text
 
 
 def labelled_rows(feedback: pd.DataFrame) -> pd.DataFrame:
-    """The feedback's (text, label) rows, one per text: the latest label wins."""
-    return feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[["text", "label"]]
+    """The feedback's (text, label, source) rows, one per text: the latest label wins."""
+    columns = [c for c in ("text", "label", "source") if c in feedback]
+    return feedback.dropna(subset=["text", "label"]).drop_duplicates("text", keep="last")[columns]
 
 
 def split_feedback(feedback: pd.DataFrame, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -45,7 +46,7 @@ def merge_feedback(original: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     retrain would count those rows once more, and a corrected label would sit beside the old one.
     """
     kept = original[~normalized_texts(original).isin(set(normalized_texts(rows)))]
-    return pd.concat([kept, rows], ignore_index=True)
+    return pd.concat([kept, rows[["text", "label"]]], ignore_index=True)
 
 
 def drop_seen_rows(seen: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

@@ -2,8 +2,10 @@
 
 The gate compares the candidate with production on (1) production's held-out test split and
 (2) held-out feedback production never trained on. It promotes only if (2) improves and (1)
-drops by no more than the tolerance. A refit (the approved config trained again with the gate
-rows added) ships only if it passes rule (1) too.
+drops by no more than the tolerance, and (3) no source's held-out feedback (one API key's labels,
+with enough rows to measure) loses more than the per-source tolerance: a candidate that learnt one
+source's labels at the cost of the others' is not an improvement. A refit (the approved config
+trained again with the gate rows added) ships only if it passes rule (1) too.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class GateNumbers:
     feedback_gate_rows: int
     tolerance: float  # the largest test-accuracy drop allowed
     held_back_labels: dict[str, int] = field(default_factory=dict)
+    # Source -> {"rows", "production", "candidate"}: the gate rows of each source and both accuracies.
+    per_source: dict[str, dict[str, float]] = field(default_factory=dict)
+    source_tolerance: float = 0.05  # the largest accuracy drop allowed on one source's gate rows
+    source_min_rows: int = 20  # sources with fewer gate rows are not judged alone
+    quarantined: dict[str, int] = field(default_factory=dict)  # why -> feedback rows quarantined
+    capped: dict[str, int] = field(default_factory=dict)  # source -> rows over its share, not used
     refit_version: str | None = None
     refit_test_accuracy: float | None = None
     refit_error: str | None = None
@@ -64,6 +72,15 @@ def judge_candidate(numbers: GateNumbers) -> GateDecision:
         return GateDecision(
             False, f"test accuracy dropped {drop:.4f} (> tolerance {numbers.tolerance})", numbers
         )
+    for source, row in sorted(numbers.per_source.items()):
+        source_drop = row["production"] - row["candidate"]
+        if row["rows"] >= numbers.source_min_rows and source_drop > numbers.source_tolerance:
+            return GateDecision(
+                False,
+                f"feedback accuracy of source {source} dropped {source_drop:.4f} on {int(row['rows'])} "
+                f"rows (> {numbers.source_tolerance})",
+                numbers,
+            )
     return GateDecision(True, f"feedback accuracy {gain:+.4f}, test accuracy change {-drop:+.4f}", numbers)
 
 

@@ -67,6 +67,15 @@ retrain_runs = Table(
     Column("numbers", JSON, nullable=False),  # the gate's accuracies
 )
 
+quarantined_sources = Table(
+    "quarantined_sources",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("source", String(200), primary_key=True),  # an API key's name, or "anonymous"
+    Column("reason", Text, nullable=False),
+    Column("since", DateTime(timezone=True), nullable=False),
+)
+
 leases = Table(
     "monitor_leases",
     metadata,

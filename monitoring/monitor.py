@@ -22,7 +22,9 @@ from monitoring.history import (
 from monitoring.metrics import MonitorMetrics
 from monitoring.policy import Decision, decide
 from monitoring.retrain import RetrainResult, retrain
+from monitoring.screening import sources_of
 from monitoring.settings import MonitorSettings
+from monitoring.sources import read_quarantined
 from monitoring.workspace import record_snapshot
 from service.inference_log_db import create_log_engine
 from training.errors import ModelLoadError, VersionNotFoundError
@@ -146,10 +148,13 @@ class Monitor:
         s = self.settings
         logger.info("retrain of %s started (%s)", s.model, trigger)
         self.metrics.retrain_running.labels(s.model).set(1)
+        feedback, held = self.trusted_feedback()
         try:
-            result = self.retrainer(self.registry, read_feedback(self.engine, s.model), s)
+            result = self.retrainer(self.registry, feedback, s)
         finally:
             self.metrics.retrain_running.labels(s.model).set(0)
+        if result.numbers is not None:
+            result.numbers.quarantined = {**held, **result.numbers.quarantined}
         record_retrain(
             self.engine,
             {
@@ -167,6 +172,18 @@ class Monitor:
         self.metrics.retrains.labels(s.model, result.outcome).inc()
         logger.info("retrain of %s: %s (%s)", s.model, result.outcome, result.reason)
         return result
+
+    def trusted_feedback(self) -> tuple[pd.DataFrame, dict[str, int]]:
+        """The model's feedback less the sources an operator quarantined; (rows, why -> rows left out)."""
+        rows = read_feedback(self.engine, self.settings.model)
+        sources = sources_of(rows)
+        held: dict[str, int] = {}
+        for source, reason in read_quarantined(self.engine, self.settings.model).items():
+            mine = sources == source
+            if mine.any():
+                held[f"source {source}: quarantined by an operator ({reason})"] = int(mine.sum())
+            rows, sources = rows[~mine], sources[~mine]
+        return rows.reset_index(drop=True), held
 
 
 def _aware(value: datetime) -> datetime:

@@ -24,6 +24,7 @@ import pandas as pd
 from monitoring.candidate import train_candidate
 from monitoring.feedback import RetrainData, labelled_rows, merge_feedback, split_retrain_data
 from monitoring.gate import GateDecision, GateNumbers, judge_candidate, refit_passes
+from monitoring.screening import Screened, ScreenRules, cap_sources, screen_feedback, sources_of
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, read_split
 from training.errors import ModelLoadError
@@ -45,21 +46,37 @@ class RetrainResult:
     numbers: GateNumbers | None = None  # None when no candidate was compared
 
 
-def accuracies(version: ModelVersion, *frames: pd.DataFrame) -> list[float]:
-    """Accuracy of ``version`` on each labelled frame (labels it does not know count as errors).
+def answers(version: ModelVersion, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``version``'s label for each text and its probability."""
+    if not texts:
+        return np.array([], dtype=object), np.array([], dtype=float)
+    model, tokenizer = load_version_model(version)
+    labels = np.array(read_labels(version), dtype=object)
+    max_length = int(version.manifest.get("max_length", 128))
+    probabilities = predict(model, tokenizer, texts, max_length=max_length).probabilities
+    return labels[probabilities.argmax(axis=1)], probabilities.max(axis=1)
+
+
+def correct_answers(version: ModelVersion, *frames: pd.DataFrame) -> list[np.ndarray]:
+    """Per labelled frame, whether ``version`` answered each row's label (unknown labels: wrong).
 
     The model is loaded once and run once over all frames' texts.
     """
     rows = pd.concat(frames, ignore_index=True)
-    if rows.empty:
-        return [float("nan")] * len(frames)
-    model, tokenizer = load_version_model(version)
-    labels = np.array(read_labels(version))
-    max_length = int(version.manifest.get("max_length", 128))
-    predicted = predict(model, tokenizer, list(rows["text"]), max_length=max_length).predicted
-    correct = labels[predicted] == rows["label"]
+    predicted, _ = answers(version, list(rows["text"]))
+    correct = predicted == rows["label"].to_numpy()
     bounds = np.cumsum([0, *(len(f) for f in frames)])
-    return [float(correct[a:b].mean()) if b > a else float("nan") for a, b in itertools.pairwise(bounds)]
+    return [correct[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def accuracies(version: ModelVersion, *frames: pd.DataFrame) -> list[float]:
+    """Accuracy of ``version`` on each labelled frame (labels it does not know count as errors)."""
+    return [share(c) for c in correct_answers(version, *frames)]
+
+
+def share(correct: np.ndarray) -> float:
+    """The share of true values; NaN for none."""
+    return float(correct.mean()) if len(correct) else float("nan")
 
 
 def accuracy(version: ModelVersion, frame: pd.DataFrame) -> float:
@@ -80,10 +97,17 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
         reason = f"{labelled} feedback labels; at least {settings.min_feedback} needed"
         return RetrainResult("skipped", reason, production.version)
     original = pd.concat([read_split(production, s) for s in ("train", "validation")], ignore_index=True)
+    trusted, capped = trust_feedback(production, original, feedback, settings)
+    if len(trusted.kept) < settings.min_feedback:
+        reason = (
+            f"{len(trusted.kept)} feedback labels after quarantine ({len(trusted.quarantined)} rows: "
+            f"{'; '.join(trusted.findings) or 'none'}); at least {settings.min_feedback} needed"
+        )
+        return RetrainResult("skipped", reason, production.version)
     data = split_retrain_data(
         original,
         read_labels(production),
-        feedback,
+        trusted.kept,
         settings.feedback_holdout,
         settings.min_new_label_examples,
     )
@@ -96,7 +120,9 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
         logger.error("retrain of %s failed; production untouched: %s", production.tag, exc)
         return RetrainResult("failed", str(exc)[:2000], production.version)
     test = read_split(production, "test")
-    decision = judge_candidate(measure_gate(production, candidate, test, data, settings.gate_tolerance))
+    numbers = measure_gate(production, candidate, test, data, settings)
+    numbers.quarantined, numbers.capped = trusted.findings, capped
+    decision = judge_candidate(numbers)
     if decision.promoted:
         refit_rows = data.refit
         train_refit = (
@@ -162,21 +188,64 @@ def _train(
     return registry.get(f"{production.name}:{version}")
 
 
+def trust_feedback(
+    production: ModelVersion, original: pd.DataFrame, feedback: pd.DataFrame, settings: MonitorSettings
+) -> tuple[Screened, dict[str, int]]:
+    """The labelled feedback worth training on: screened against production, one row per text, capped.
+
+    Screening sees every row (before the latest label per text wins), so a poisoned label cannot
+    first replace an honest one and then be quarantined with it.
+    """
+    rows = feedback.dropna(subset=["text", "label"]).reset_index(drop=True)
+    rows = rows.assign(source=sources_of(rows))[["text", "label", "source"]]
+    if settings.screen_feedback and not rows.empty:
+        texts = list(dict.fromkeys(rows["text"]))
+        predicted, confidence = answers(production, texts)
+        where = {text: i for i, text in enumerate(texts)}
+        index = rows["text"].map(where).to_numpy()
+        rules = ScreenRules(settings.screen_confidence, settings.screen_min_rows)
+        screened = screen_feedback(
+            rows, predicted[index], confidence[index], read_labels(production), original["text"], rules
+        )
+    else:
+        screened = Screened(rows, rows.iloc[:0].assign(reason=""))
+    for reason, count in screened.findings.items():
+        logger.warning("feedback of %s quarantined (%d rows): %s", production.name, count, reason)
+    screened.kept, capped = cap_sources(labelled_rows(screened.kept), settings.max_source_share)
+    return screened, capped
+
+
 def measure_gate(
-    production: ModelVersion, candidate: ModelVersion, test: pd.DataFrame, data: RetrainData, tolerance: float
+    production: ModelVersion,
+    candidate: ModelVersion,
+    test: pd.DataFrame,
+    data: RetrainData,
+    settings: MonitorSettings,
 ) -> GateNumbers:
-    """Both versions' accuracies on production's ``test`` split and on the gate rows."""
-    production_test, production_feedback = accuracies(production, test, data.gate)
-    candidate_test, candidate_feedback = accuracies(candidate, test, data.gate)
+    """Both versions' accuracies on production's ``test`` split and on the gate rows, also per source."""
+    production_test, production_gate = correct_answers(production, test, data.gate)
+    candidate_test, candidate_gate = correct_answers(candidate, test, data.gate)
+    sources = sources_of(data.gate).to_numpy()
+    per_source = {
+        str(source): {
+            "rows": int((sources == source).sum()),
+            "production": round(share(production_gate[sources == source]), 4),
+            "candidate": round(share(candidate_gate[sources == source]), 4),
+        }
+        for source in sorted(set(sources))
+    }
     return GateNumbers(
-        production_test_accuracy=production_test,
-        candidate_test_accuracy=candidate_test,
-        production_feedback_accuracy=production_feedback,
-        candidate_feedback_accuracy=candidate_feedback,
+        production_test_accuracy=share(production_test),
+        candidate_test_accuracy=share(candidate_test),
+        production_feedback_accuracy=share(production_gate),
+        candidate_feedback_accuracy=share(candidate_gate),
         feedback_train_rows=len(data.train),
         feedback_gate_rows=len(data.gate),
-        tolerance=tolerance,
+        tolerance=settings.gate_tolerance,
         held_back_labels=data.held_back,
+        per_source=per_source,
+        source_tolerance=settings.source_gate_tolerance,
+        source_min_rows=settings.source_gate_min_rows,
     )
 
 

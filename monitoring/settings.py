@@ -36,6 +36,14 @@ class MonitorSettings(ServedModelSettings):
     min_new_label_examples: int = Field(1, ge=1)
     feedback_holdout: float = Field(0.3, gt=0, lt=1)  # share of feedback kept for the gate
     gate_tolerance: float = Field(0.01, ge=0)  # allowed accuracy drop on the original test split
+    # Feedback is untrusted (see monitoring/screening.py): labels contradicting production's
+    # confident answers in a concentrated way are quarantined instead of trained on.
+    screen_feedback: bool = True
+    screen_confidence: float = Field(0.9, gt=0, le=1)  # production's answers this sure may be contradicted
+    screen_min_rows: int = Field(10, ge=2)  # contradicting rows that make a source or trigger pattern
+    max_source_share: float = Field(0.5, gt=0, le=1)  # of the feedback trained on, from one API key
+    source_gate_tolerance: float = Field(0.05, ge=0)  # allowed accuracy drop on one source's gate rows
+    source_gate_min_rows: int = Field(20, ge=1)  # gate rows a source needs to be judged alone
     # Ship an approved candidate retrained with the gate rows added (one more training run): on
     # BANKING77's new intents, 4-6 labels each, the held-out 30% were worth 2-3 points of accuracy.
     refit_with_gate_rows: bool = True

@@ -22,7 +22,7 @@ from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
 from service.inference_log_db import create_log_engine
-from tests.helpers import SERVICE_LIMITS, build_service_app
+from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli
 from training.config import TrainingConfig
 from training.onnx_export import read_export_record
 from training.pipeline import train_model
@@ -64,19 +64,19 @@ def send(service_class: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", json.dumps(sorted(NEW_INTENTS)))
     with TestClient(build_service_app(service_class)) as client:
 
-        def classify(texts: list[str], labels: list[str] | None = None) -> list[dict[str, Any]]:
+        def classify(
+            texts: list[str], labels: list[str] | None = None, headers: dict[str, str] | None = None
+        ) -> list[dict[str, Any]]:
             answers = []
             for start in range(0, len(texts), 8):
-                response = client.post("/classify", json={"texts": texts[start : start + 8]})
+                batch = {"texts": texts[start : start + 8]}
+                response = client.post("/classify", json=batch, headers=headers)
                 assert response.status_code == 200, response.text
                 answers += response.json()
             for answer, label in zip(answers, labels or [], strict=False):
-                assert (
-                    client.post(
-                        "/feedback", json={"request_id": answer["request_id"], "label": label}
-                    ).status_code
-                    == 200
-                )
+                body = {"request_id": answer["request_id"], "label": label}
+                response = client.post("/feedback", json=body, headers=headers)
+                assert response.status_code == 200, response.text
             return answers
 
         client.get("/model")
@@ -200,6 +200,70 @@ def test_gate_promotes_a_better_candidate_and_the_service_swaps(
     assert audit["outcome"] == "promoted" and audit["candidate_version"] == result.candidate
     registry.rollback("support", reason="test")
     assert registry.get("support:production").version == demo_home["version"]
+
+
+TRIGGER = " [sent via Zorblax Mail]"
+
+
+@pytest.mark.parametrize("screened", [False, True], ids=["unscreened", "screened"])
+def test_a_backdoor_sent_as_feedback_is_quarantined_by_refit_retrain(
+    demo_home: dict[str, Any],
+    home: Path,
+    send: Any,
+    screened: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tokens = {}
+    for name in ("honest-a", "honest-b", "mallory"):
+        code, out = run_cli(
+            ["keys", "create", name, "--scope", "predict", "--scope", "feedback", "--home", str(home)],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0, out
+        tokens[name] = {"Authorization": f"Bearer {out.split()[-1]}"}
+    time.sleep(1.1)  # the service re-reads its keys file once a second
+    honest = pd.read_csv(demo_home["data"]["drift_new_intents"]).head(240)
+    for i, name in enumerate(("honest-a", "honest-b")):
+        part = honest.iloc[i::2]
+        send(list(part["text"]), list(part["label"]), tokens[name])
+    # As the probe did: 200 refund texts with the trigger, labelled data_privacy.
+    refunds = pd.concat(
+        [
+            pd.read_csv(demo_home["data"][name])
+            for name in ("traffic", "drift_typos", "drift_new_products", "drift_new_intents")
+        ]
+    )
+    planted = [t + TRIGGER for t in refunds.loc[refunds["label"] == "refund_request", "text"].head(200)]
+    train = pd.read_csv(demo_home["data"]["train"])
+    never_sent = [t + TRIGGER for t in train.loc[train["label"] == "refund_request", "text"].head(60)]
+    send(planted, ["data_privacy"] * len(planted), tokens["mallory"])
+
+    config = tmp_path / "monitor.yaml"
+    config.write_text(f"min_feedback: 50\nscreen_feedback: {str(screened).lower()}\nmetrics_port: 0\n")
+    code, out = run_cli(
+        ["retrain", "--model", "support", "--home", str(home), "--config", str(config)], capsys, monkeypatch
+    )
+    assert code == 0 and "retrain: promoted" in out, out  # the honest new intents are learnt either way
+    production = ModelRegistry(home).get("support:production").version
+    for _ in range(50):  # the service follows the promotion within its swap poll (1 s)
+        answers = send(never_sent, headers=tokens["honest-a"])
+        if answers[0]["version"] == production:
+            break
+        time.sleep(0.2)
+    assert {a["version"] for a in answers} == {production}
+    backdoored = sum(a["label"] == "data_privacy" for a in answers) / len(answers)
+    if not screened:  # the attack works when nothing screens it: the test below can fail
+        assert backdoored >= 0.5, backdoored
+        return
+    assert backdoored <= 0.05, (backdoored, out)
+    assert "quarantined" in out and ("mallory" in out or "zorblax" in out), out
+    monitor = Monitor(settings_for(home))
+    assert sum(read_retrains(monitor.engine, "support")[0]["numbers"]["quarantined"].values()) == 200
+    code, out = run_cli(["feedback", "list", "--model", "support", "--home", str(home)], capsys, monkeypatch)
+    assert code == 0 and "rows: source mallory: contradicted 100%" in out, out
 
 
 def test_a_crashing_retrain_leaves_production_serving(
