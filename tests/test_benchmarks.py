@@ -175,3 +175,24 @@ def test_open_set_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Pat
     )
     assert all(0.0 <= r[k] <= 1.0 for r in rows for k in r if k != "method")
     assert "| refit |" in (tmp_path / "open_set.md").read_text()
+
+
+def test_poisoning_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import poisoning
+
+    rows = poisoning.main(
+        [
+            "--data", str(banking_like), "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model), "--max-length", "16", "--per-intent", "3",
+            "--test-rows", "240", "--shares", "0.2", "--min-feedback", "10", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "poisoning.json").read_text()) == rows
+    assert [(r["attack"], r["attacker_share"]) for r in rows] == [
+        ("label_flip", 0.2),
+        ("trigger_backdoor", 0.2),
+    ]
+    keys = {"attack", "attacker_share", "attack_success", "clean_accuracy", "retrain_recovery_ratio"}
+    assert all(set(r) == keys for r in rows)
+    assert all(0.0 <= r["attack_success"] <= 1.0 and 0.0 <= r["clean_accuracy"] <= 1.0 for r in rows)
+    assert "| trigger_backdoor | 0.2 |" in (tmp_path / "poisoning.md").read_text()
