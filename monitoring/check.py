@@ -19,7 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from monitoring.drift import DriftResult, detect_drift
-from monitoring.history import read_feedback, read_window, record_check
+from monitoring.history import read_feedback, read_serving_version, read_window, record_check
 from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from monitoring.retention import prune_reports
@@ -45,6 +45,7 @@ class CheckOutcome:
     estimate_trusted: bool | None = None  # None: no estimate
     estimate_note: str = ""  # why the estimate can or cannot be trusted on this window
     seconds: float = 0.0  # the whole check: window, embeddings, features, tests, report
+    production: str | None = None  # the registry's production version (may differ from ``version``)
 
 
 class DriftChecker:
@@ -75,14 +76,23 @@ class DriftChecker:
         return self._reference
 
     def check(self, minutes: float | None = None, report: Path | None = None) -> CheckOutcome:
-        """Check the latest window of the production version now.
+        """Check the latest window of the version serving now (see :func:`read_serving_version`).
+
+        That is production unless the service could not load it and answers with an earlier one;
+        before anything is logged, production.
 
         Raises:
             VersionNotFoundError: the model has no production version.
             ModelLoadError: the reference profile is missing or corrupt.
         """
         start = time.perf_counter()
-        version = self.registry.get(f"{self.settings.model}:production").version
+        production = self.registry.get(f"{self.settings.model}:production").version
+        version = read_serving_version(self.engine, self.settings.model) or production
+        if version != production:
+            logger.warning(
+                "%s: production is %s but the log shows %s answering; checking %s",
+                self.settings.model, production, version, version,
+            )  # fmt: skip
         reference = self.reference(version)
         window = read_window(
             self.engine,
@@ -93,7 +103,8 @@ class DriftChecker:
         )
         if len(window) < self.settings.min_window:
             result, _ = detect_drift(reference.features, window, min_window=self.settings.min_window)
-            return self._finish(CheckOutcome(result, version, None, None, 0, None), start)
+            outcome = CheckOutcome(result, version, None, None, 0, None, production=production)
+            return self._finish(outcome, start)
         probabilities = np.asarray(window["probabilities"].tolist(), dtype=np.float32)
         current, distances = reference.live_features(list(window["text"]), probabilities)
         current["estimated_correct"] = reference.estimate_correct(current["confidence"])
@@ -117,6 +128,7 @@ class DriftChecker:
             novelty_share=share,
             estimate_trusted=trusted,
             estimate_note=note,
+            production=production,
         )
         self._write_report(outcome, baseline, current, start)
         return self._finish(outcome, start)

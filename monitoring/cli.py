@@ -56,6 +56,11 @@ def drift(
         f"[bold]{settings.model}:{outcome.version}[/] window {result.window_size}: "
         f"[{'red' if result.drifted else 'green'}]{result.status}[/] (share {result.share:.2f})"
     )
+    if outcome.production and outcome.production != outcome.version:
+        console.print(
+            f"[red]production is {outcome.production}, but {outcome.version} is what answers: "
+            "the service could not load production (see its /model and refit_degraded)[/]"
+        )
     if outcome.estimated_accuracy is not None:
         observed = "n/a" if outcome.observed_accuracy is None else f"{outcome.observed_accuracy:.3f}"
         console.print(

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    func,
     insert,
     or_,
     select,
@@ -148,6 +149,31 @@ def read_window(
     frame = pd.DataFrame(rows, columns=["request_id", "created", "text", "label", "probabilities"])
     frame["probabilities"] = [json.loads(p) if isinstance(p, str) else p for p in frame["probabilities"]]
     return frame.iloc[::-1].reset_index(drop=True)
+
+
+def read_serving_version(engine: Engine, model: str, recent: int = 100) -> str | None:
+    """The version that answered most of ``model``'s last ``recent`` predictions (None: none logged).
+
+    What serves is what answers: a worker that could not load a promoted version keeps answering
+    with an earlier one, and its window is the one worth checking. Counting a hundred answers,
+    not the last one, keeps a pinned request (``X-Model-Version``) from moving the monitor.
+    """
+    latest = (
+        select(predictions.c.id, predictions.c.version)
+        .where(predictions.c.model == model)
+        .order_by(predictions.c.id.desc())
+        .limit(recent)
+        .subquery()
+    )
+    query = (
+        select(latest.c.version, func.count().label("answers"), func.max(latest.c.id).label("newest"))
+        .group_by(latest.c.version)
+        .order_by(func.count().desc(), func.max(latest.c.id).desc())
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else str(row.version)
 
 
 def read_feedback(engine: Engine, model: str, since: datetime | None = None) -> pd.DataFrame:

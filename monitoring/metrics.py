@@ -74,7 +74,7 @@ class MonitorMetrics:
         )
         self.production = Gauge(
             "refit_production_version_info",
-            "1 for the production version being monitored.",
+            "1 for the version being monitored: the one answering (production unless a worker cannot load it).",
             ["model", "version"],
             registry=r,
         )

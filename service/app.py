@@ -26,7 +26,7 @@ from service.bentoml_patches import (
     use_greedy_batching,
     use_json_media_type,
 )
-from service.guard import KEY_NAME, RequestGuard
+from service.guard import KEY_NAME, RequestGuard, WorkerStatus
 from service.heap import freeze_heap
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
@@ -57,6 +57,9 @@ SERVED_PATHS = (
     *("/", "/classify", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz", "/healthz"),
     *("/classify_pinned", "/model", "/feedback", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
 )
+
+# A worker process runs one service instance; the guard in front of it reads its degraded state.
+WORKER_STATUS = WorkerStatus()
 
 api = FastAPI(title="Refit", description="Routes beside the batched /classify API.")
 
@@ -127,6 +130,7 @@ class RefitClassifier:
         # Re-read: runtime settings may differ from import time (tests, a changed environment);
         # only the batching limits and request limits are fixed when the module is imported.
         self.settings = load_serve_settings()
+        WORKER_STATUS.degraded = None
         if self.settings.batch_wait == "greedy":
             use_greedy_batching()
         log_client_errors_briefly()
@@ -159,14 +163,17 @@ class RefitClassifier:
             on_swap=lambda old, new: record_swap(self.metrics, old, new),
             on_swap_failure=lambda version, exc: self.metrics.swap_failures.labels(self.settings.model).inc(),
             on_settled=self._settle_heap,
-            on_degraded=lambda reason: self.metrics.degraded.labels(self.settings.model).set(
-                int(bool(reason))
-            ),
+            on_degraded=self._set_degraded,
         )
         self.log.start()
         self.holder.load_production()
         self._settle_heap()
         self.holder.start_watching()
+
+    def _set_degraded(self, reason: str | None) -> None:
+        """Say it everywhere: ``/readyz`` (203), ``/model`` and the ``refit_degraded`` gauge."""
+        WORKER_STATUS.degraded = reason
+        self.metrics.degraded.labels(self.settings.model).set(int(bool(reason)))
 
     def _load(self, version: ModelVersion) -> LoadedModel:
         return load_model(
@@ -298,5 +305,6 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     retry_after_s=SETTINGS.retry_after_s,
     on_reject=lambda reason: service_metrics().rejected.labels(reason).inc(),
     keys_file=lambda: load_serve_settings(resolve_model=False).api_keys_path,
+    status=WORKER_STATUS,
 )
 use_json_media_type(RefitClassifier, "classify")

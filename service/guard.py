@@ -8,6 +8,9 @@
 - With API keys (``service/keys.py``), a route that needs a scope answers 401 without a valid
   ``Authorization: Bearer`` key, 403 when the key lacks the scope, and 429 + ``Retry-After`` over
   the key's rate limit. Probes, metrics and the API docs stay open.
+- ``GET /readyz`` of a degraded worker (serving an earlier version because production does not
+  load) answers 203 with the reason: still ready to take traffic (Kubernetes and load balancers
+  count any 2xx as ready), but a probe or a person can tell it from a healthy 200.
 - A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
   parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
   JSON.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,14 @@ VERSION_HEADER = b"x-model-version"
 GUARDED_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, "/feedback"})
 ROUTE_SCOPES = {CLASSIFY_PATH: "predict", PINNED_PATH: "pin", "/feedback": "feedback", "/model": "predict"}
 KEY_NAME = "refit.key"  # the authenticated key's name, in the scope, for the routes to record
+READY_PATH = "/readyz"
+
+
+@dataclass
+class WorkerStatus:
+    """What the worker's service sets and the guard reads: why it is degraded, when it is."""
+
+    degraded: str | None = None
 
 
 async def send_json(
@@ -68,8 +80,10 @@ class RequestGuard:
         retry_after_s: int = 1,
         on_reject: Callable[[str], None] = lambda reason: None,
         keys_file: Callable[[], Path] | None = None,
+        status: WorkerStatus | None = None,
     ) -> None:
         self.app = app
+        self.status = status or WorkerStatus()
         # Resolved when the app is built in the worker: the settings of the process that serves.
         self.keys = KeyRing(keys_file()) if keys_file is not None else None
         self.max_body_bytes = max_body_bytes
@@ -83,6 +97,9 @@ class RequestGuard:
             scope = {**scope, "path": scope[ORIGINAL_PATH]}
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["path"] == READY_PATH and self.status.degraded:
+            await send_json(send, 203, {"status": "degraded", "reason": self.status.degraded}, [])
             return
         if scope["path"] == CLASSIFY_PATH and any(k == VERSION_HEADER for k, _ in scope["headers"]):
             scope = {**scope, "path": PINNED_PATH, "raw_path": PINNED_PATH.encode()}

@@ -142,6 +142,10 @@ class ModelHolder:
             self._failed_version = wanted
             logger.error("cannot swap to %s:%s, keeping %s: %s", self.name, wanted, current, exc)
             self._on_swap_failure(wanted, exc)
+            self._set_degraded(
+                f"production {self.name}:{wanted} cannot be loaded ({str(exc)[:200]}); serving "
+                f"{self.name}:{current}, the version that served before"
+            )
             return False
         self._failed_version = None
         self._install(loaded)

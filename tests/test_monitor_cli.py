@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,6 +57,24 @@ def test_refit_monitor_checks_the_model_its_flags_name(served_home: Path, tmp_pa
     )
     assert "refit-classifier" not in log and "check of tiny skipped" not in log, log[-2000:]
     assert checks.get('refit_drift_checks_total{model="tiny",status="skipped"}', 0) == 0
+
+
+def test_refit_drift_checks_the_version_that_answers_and_says_production_differs(
+    client: Any, served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.registry import ModelRegistry
+
+    answers = client.post("/classify", json={"texts": ["track my parcel", "reset my password"]}).json()
+    client.get("/model")  # the log is flushed within its 20 ms before the next request is answered
+    served = answers[0]["version"]
+    registry = ModelRegistry(served_home)
+    # Production moves on, but nothing answers with it (a fleet that could not load it).
+    promoted = registry.promote(registry.get("tiny:candidate").tag, reason="test").version
+    time.sleep(0.5)
+    code, out = run_cli(["drift", "--model", "tiny", "--home", str(served_home)], capsys, monkeypatch)
+    assert code == 0, out
+    assert f"tiny:{served} window 2" in out, out
+    assert f"production is {promoted}, but {served} is what answers" in out
 
 
 def test_without_model_the_registrys_only_model_is_used(

@@ -427,12 +427,40 @@ def test_a_worker_that_cannot_load_production_serves_the_previous_one_and_says_s
         answer = client.post("/classify", json={"texts": ["reset my password"]})
         assert answer.status_code == 200 and answer.json()[0]["version"] == before.version
         assert metric_value(client.get("/metrics").text, "refit_degraded") == 1
+        ready = client.get("/readyz")  # ready (2xx) but distinct from a healthy worker's 200
+        assert ready.status_code == 203 and ready.json()["status"] == "degraded", ready.text
+        assert f"serving {before.tag}" in ready.json()["reason"]
         registry.rollback("tiny", reason="test: back to what serves")
         deadline = time.monotonic() + 10
         while client.get("/model").json()["degraded"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.get("/model").json()["degraded"] is None
         assert metric_value(client.get("/metrics").text, "refit_degraded") == 0
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_running_worker_that_cannot_swap_to_production_says_it_is_degraded(
+    client: Any, served_home: Path
+) -> None:
+    registry = ModelRegistry(served_home)
+    before = registry.get("tiny:production")
+    candidate = registry.get("tiny:candidate")
+    for path in (candidate.path / "onnx").glob("model.onnx"):
+        path.write_bytes(path.read_bytes()[:100])
+    (candidate.path / "model" / "model.safetensors").write_bytes(b"damaged")
+    registry.promote(candidate.tag, reason="test: promoted unchecked, then found damaged")
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ready = client.get("/readyz")
+    assert ready.status_code == 203, ready.text
+    assert f"production {candidate.tag} cannot be loaded" in ready.json()["reason"]
+    info = client.get("/model").json()
+    assert info["version"] == before.version and info["production"] == candidate.version
+    assert info["degraded"] == ready.json()["reason"]
+    assert (
+        client.post("/classify", json={"texts": ["track my parcel"]}).json()[0]["version"] == before.version
+    )
 
 
 def test_the_openapi_document_lists_the_error_statuses_and_hides_the_internal_route(client: Any) -> None:
