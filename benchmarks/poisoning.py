@@ -195,18 +195,31 @@ def attack_success(attack: str, version: ModelVersion, setup: Setup) -> float:
     return float((predicted == target).mean())
 
 
-def send_feedback(url: str, rows: pd.DataFrame, tokens: dict[str, str]) -> None:
+def send_feedback(url: str, rows: pd.DataFrame, tokens: dict[str, str], rounds: int = 10) -> None:
     """Each source's rows through `/classify` then `/feedback`, with that source's key.
 
+    A request the service sheds (503 under load: it is the client's to retry) is sent again.
+
     Raises:
-        RuntimeError: a request failed (the benchmark measures what was accepted).
+        RuntimeError: a feedback label was refused, or requests still failed after ``rounds``.
     """
     for source, part in rows.groupby("source"):
-        traffic = Traffic(list(part["text"]), list(part["label"]), np.ones(len(part), dtype=bool))
         headers = {"Authorization": f"Bearer {tokens[str(source)]}"}
-        stats = send_traffic(url, traffic, concurrency=4, headers=headers)
-        if stats.failed:
-            raise RuntimeError(f"{stats.failed} requests of {source} failed, the first: {stats.failures[0]}")
+        pending = part.reset_index(drop=True)
+        for _ in range(rounds):
+            traffic = Traffic(
+                list(pending["text"]), list(pending["label"]), np.ones(len(pending), dtype=bool)
+            )
+            stats = send_traffic(url, traffic, concurrency=2, headers=headers)
+            refused = [f for f in stats.failures if f.startswith("/feedback")]
+            if refused:
+                raise RuntimeError(f"{len(refused)} labels of {source} refused, the first: {refused[0]}")
+            pending = pending.iloc[[a.row for a in stats.answers if a.status != 200]].reset_index(drop=True)
+            if pending.empty:
+                break
+            time.sleep(1.0)
+        if not pending.empty:
+            raise RuntimeError(f"{len(pending)} requests of {source} still failed after {rounds} rounds")
 
 
 def run_row(attack: str, share: float, setup: Setup, args: argparse.Namespace) -> dict[str, Any]:

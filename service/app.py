@@ -31,6 +31,7 @@ from service.heap import freeze_heap
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
 from service.model_holder import ModelHolder
+from service.openapi import complete_openapi, error_responses
 from service.predictor import LoadedModel, load_model
 from service.schemas import FeedbackRequest, describe_validation_errors, feedback_request_type, text_list_type
 from service.settings import ServeSettings, load_serve_settings
@@ -74,25 +75,6 @@ class ClassifyRequest(BaseModel):
 async def reject_invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
     """A 400 for invalid input on FastAPI routes, shaped like BentoML's own validation errors."""
     return JSONResponse(describe_validation_errors(list(exc.errors())), status_code=400)
-
-
-ERROR_DESCRIPTIONS = {
-    400: "Invalid body: what was expected and what was found",
-    401: "Missing or invalid API key (when keys are in use)",
-    403: "The API key lacks the scope this route needs",
-    404: "Unknown request_id",
-    413: "Body over max_body_bytes",
-    415: "Body that is not JSON",
-    422: "Unknown label: the allowed ones, and how to add one",
-    429: "Over the API key's rate limit (Retry-After)",
-    503: "The inference log cannot store it now; retry (Retry-After on overload)",
-}
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route answers, each with its JSON body."""
-    body = {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}
-    return {status: {"description": ERROR_DESCRIPTIONS[status], "content": body} for status in statuses}
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -306,5 +288,6 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     on_reject=lambda reason: service_metrics().rejected.labels(reason).inc(),
     keys_file=lambda: load_serve_settings(resolve_model=False).api_keys_path,
     status=WORKER_STATUS,
+    edit_openapi=complete_openapi,
 )
 use_json_media_type(RefitClassifier, "classify")

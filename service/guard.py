@@ -11,6 +11,8 @@
 - ``GET /readyz`` of a degraded worker (serving an earlier version because production does not
   load) answers 203 with the reason: still ready to take traffic (Kubernetes and load balancers
   count any 2xx as ready), but a probe or a person can tell it from a healthy 200.
+- ``GET /docs.json`` (BentoML's OpenAPI document) is passed through ``edit_openapi`` (see
+  ``service/openapi.py``), so that it lists the statuses and headers this middleware adds.
 - A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
   parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
   JSON.
@@ -41,6 +43,7 @@ GUARDED_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, "/feedback"})
 ROUTE_SCOPES = {CLASSIFY_PATH: "predict", PINNED_PATH: "pin", "/feedback": "feedback", "/model": "predict"}
 KEY_NAME = "refit.key"  # the authenticated key's name, in the scope, for the routes to record
 READY_PATH = "/readyz"
+DOCS_PATH = "/docs.json"
 
 
 @dataclass
@@ -81,9 +84,11 @@ class RequestGuard:
         on_reject: Callable[[str], None] = lambda reason: None,
         keys_file: Callable[[], Path] | None = None,
         status: WorkerStatus | None = None,
+        edit_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.app = app
         self.status = status or WorkerStatus()
+        self.edit_openapi = edit_openapi
         # Resolved when the app is built in the worker: the settings of the process that serves.
         self.keys = KeyRing(keys_file()) if keys_file is not None else None
         self.max_body_bytes = max_body_bytes
@@ -100,6 +105,9 @@ class RequestGuard:
             return
         if scope["path"] == READY_PATH and self.status.degraded:
             await send_json(send, 203, {"status": "degraded", "reason": self.status.degraded}, [])
+            return
+        if scope["path"] == DOCS_PATH and self.edit_openapi is not None:
+            await self._send_edited_openapi(scope, receive, send)
             return
         if scope["path"] == CLASSIFY_PATH and any(k == VERSION_HEADER for k, _ in scope["headers"]):
             scope = {**scope, "path": PINNED_PATH, "raw_path": PINNED_PATH.encode()}
@@ -137,6 +145,27 @@ class RequestGuard:
             await self.app(scope, _replay(body, receive), self._add_retry_after(send))
         finally:
             self.inflight -= is_classify
+
+    async def _send_edited_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """BentoML's OpenAPI document, edited, as a whole JSON response (other statuses unchanged)."""
+        assert self.edit_openapi is not None
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def collect(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, collect)
+        body = b"".join(chunks)
+        if start.get("status") != 200:
+            await send(start)
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send_json(send, 200, self.edit_openapi(json.loads(body)), [])
 
     async def _authorize(self, scope: Scope, needed: str, send: Send) -> Scope | None:
         """``scope`` with the key's name added, or None once a 401, 403 or 429 has been sent."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -26,9 +26,20 @@ def check_unicode(text: str) -> str:
     return text
 
 
-def is_visible(character: str) -> bool:
-    """False for whitespace, control and format characters (zero-width spaces and joiners too)."""
-    return not unicodedata.category(character).startswith(("Z", "C"))
+# A text needs one character outside this class: whitespace and separators (Unicode categories
+# Z*), control (Cc) and format characters (Cf: zero-width spaces, joiners, marks) of the Basic
+# Multilingual Plane. A regular expression, so that the OpenAPI document states the rule the
+# service applies (tests/test_service_units.py compares it with unicodedata).
+VISIBLE_CHARACTER = (
+    r"[^\u0000-\u0020\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680"
+    r"\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ufeff\ufff9-\ufffb]"
+)
+INVISIBLE_CATEGORIES = ("Zs", "Zl", "Zp", "Cc", "Cf")
+
+
+def has_visible_character(text: str) -> bool:
+    """Whether ``text`` has a character that shows (see ``VISIBLE_CHARACTER``)."""
+    return re.search(VISIBLE_CHARACTER, text) is not None
 
 
 def text_checker(max_chars: int) -> Callable[[str], str]:
@@ -36,7 +47,7 @@ def text_checker(max_chars: int) -> Callable[[str], str]:
 
     def check_text(text: str) -> str:
         check_unicode(text)
-        if not any(is_visible(c) for c in text):
+        if not has_visible_character(text):
             raise ValueError(f"expected a text with at least one visible character, found {text!r}")
         if len(text) > max_chars:
             raise ValueError(f"expected at most {max_chars} characters, found {len(text)}")
@@ -45,10 +56,17 @@ def text_checker(max_chars: int) -> Callable[[str], str]:
     return check_text
 
 
+def checked_text_type(max_chars: int) -> Any:
+    """One client text: checked by :func:`text_checker`, its rules stated in the JSON schema."""
+    rules: dict[str, Any] = {"minLength": 1, "maxLength": max_chars, "pattern": VISIBLE_CHARACTER}
+    return Annotated[str, AfterValidator(text_checker(max_chars)), Field(json_schema_extra=rules)]
+
+
 def text_list_type(max_texts: int, max_chars: int) -> Any:
     """The type of ``texts``: 1 to ``max_texts`` visible, valid strings of at most ``max_chars`` each."""
+    text = checked_text_type(max_chars)
     return Annotated[
-        list[Annotated[str, AfterValidator(text_checker(max_chars))]],
+        list[text],  # type: ignore[valid-type]
         Field(min_length=1, max_length=max_texts, description=f"1 to {max_texts} texts to classify"),
     ]
 
@@ -75,7 +93,7 @@ class FeedbackRequest(BaseModel):
 
 def feedback_request_type(max_chars: int) -> type[FeedbackRequest]:
     """The /feedback body, its text held to the same rules as a text sent to /classify."""
-    text_type = Annotated[str, AfterValidator(text_checker(max_chars))]
+    text_type = checked_text_type(max_chars)
 
     class CheckedFeedbackRequest(FeedbackRequest):
         __doc__ = FeedbackRequest.__doc__

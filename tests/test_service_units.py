@@ -286,3 +286,19 @@ def test_an_older_log_gains_the_feedback_source_column_and_keeps_its_rows(tmp_pa
     create_tables(engine)  # a second start finds the column there
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT text, label, source FROM feedback").fetchall() == [("old", "a", None)]
+
+
+def test_the_visible_character_rule_is_the_unicode_categories_it_names() -> None:
+    import re
+    import unicodedata
+
+    from service.schemas import INVISIBLE_CATEGORIES, VISIBLE_CHARACTER
+
+    rule = re.compile(VISIBLE_CHARACTER)
+    wrong = [
+        hex(cp)
+        for cp in range(0x10000)
+        if cp < 0xD800 or cp > 0xDFFF  # lone surrogates are refused before this rule
+        if (rule.match(chr(cp)) is None) != (unicodedata.category(chr(cp)) in INVISIBLE_CATEGORIES)
+    ]
+    assert not wrong, wrong[:20]
