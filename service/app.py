@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.backends import resolve_backend, worker_device
 from service.bentoml_patches import (
@@ -69,6 +70,15 @@ class ClassifyRequest(BaseModel):
     """The /classify body."""
 
     texts: Texts  # type: ignore[valid-type]
+
+
+@api.exception_handler(StarletteHTTPException)
+async def describe_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (a body that is not JSON, ...) in the ``{"error": ...}`` shape of the others."""
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:
+        message = "Invalid body: expected a JSON object, found bytes that do not parse as JSON."
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 @api.exception_handler(RequestValidationError)

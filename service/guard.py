@@ -109,7 +109,7 @@ class RequestGuard:
         if scope["path"] == DOCS_PATH and self.edit_openapi is not None:
             await self._send_edited_openapi(scope, receive, send)
             return
-        if scope["path"] == CLASSIFY_PATH and any(k == VERSION_HEADER for k, _ in scope["headers"]):
+        if scope["path"] == CLASSIFY_PATH and _header(scope, VERSION_HEADER).strip():
             scope = {**scope, "path": PINNED_PATH, "raw_path": PINNED_PATH.encode()}
         needed = ROUTE_SCOPES.get(scope["path"])
         if needed is not None and self.keys is not None and self.keys.enabled:

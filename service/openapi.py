@@ -34,8 +34,8 @@ VERSION_HEADER = {
     "required": False,
     "description": "Classify with this version instead of production: `production`, `candidate`, or "
     "a version id an admin allowed (`refit models allow-pin`); needs the `pin` scope when keys are "
-    "in use. Pinned requests are not batched with production traffic.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    "in use. Pinned requests are not batched with production traffic. Empty: production, batched.",
+    "schema": {"type": "string", "maxLength": 64},
 }
 
 
@@ -56,6 +56,8 @@ def complete_openapi(document: dict[str, Any]) -> dict[str, Any]:
         classify.setdefault("responses", {}).update(
             {str(status): response for status, response in error_responses(*CLASSIFY_ERRORS).items()}
         )
+        if "requestBody" in classify:  # BentoML leaves it optional; a request without one is a 400
+            classify["requestBody"]["required"] = True
         parameters = classify.setdefault("parameters", [])
         if not any(p.get("name") == VERSION_HEADER["name"] for p in parameters):
             parameters.append(VERSION_HEADER)

@@ -74,7 +74,16 @@ def text_list_type(max_texts: int, max_chars: int) -> Any:
 class FeedbackRequest(BaseModel):
     """The true label of an earlier prediction (by request id) or of a text."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the validator below checks: a request_id or a text, not null.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("request_id", "text")
+            ]
+        },
+    )
 
     label: Annotated[str, AfterValidator(check_unicode)] = Field(
         min_length=1, max_length=200, description="the true label"

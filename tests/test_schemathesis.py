@@ -46,7 +46,9 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(
     keyed_server: dict[str, Any], tmp_path: Path
 ) -> None:
     command = [
-        str(Path(sys.executable).with_name("st")), "run", f"{keyed_server['url']}/docs.json",
+        str(Path(sys.executable).with_name("st")),
+        "--config-file", str(Path(__file__).with_name("schemathesis.toml")),
+        "run", f"{keyed_server['url']}/docs.json",
         "--checks", "all", "--max-examples", "20", "--seed", "1", "--workers", "1",
         "--header", f"Authorization: Bearer {keyed_server['token']}", "--request-timeout", "30",
     ]  # fmt: skip

@@ -469,3 +469,22 @@ def test_the_openapi_document_lists_the_error_statuses_and_hides_the_internal_ro
     feedback = paths["/feedback"]["post"]["responses"]
     assert {"200", "400", "401", "403", "404", "413", "415", "422", "429", "503"} <= set(feedback)
     assert {"401", "403", "429"} <= set(paths["/model"]["get"]["responses"])
+    classify = paths["/classify"]["post"]
+    assert {"200", "400", "401", "403", "404", "413", "415", "429", "503"} <= set(classify["responses"])
+    assert classify["requestBody"]["required"] is True
+    assert [p["name"] for p in classify["parameters"]] == ["X-Model-Version"]
+
+
+def test_what_schemathesis_found_is_answered_as_documented(client: Any) -> None:
+    document = client.get("/docs.json").json()
+    body = document["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    text = body["properties"]["texts"]["items"]
+    schemas = document["components"]["schemas"]
+    assert text["minLength"] == 1 and text["maxLength"] == 300 and text["pattern"].startswith("[^")
+    assert "type" not in schemas["InvalidArgument"]["properties"]["detail"]  # a list or a message
+    # An empty X-Model-Version means production, batched.
+    answer = client.post("/classify", json={"texts": ["reset my password"]}, headers={"X-Model-Version": ""})
+    assert answer.status_code == 200 and answer.json()[0]["label"] == "password"
+    # A body that does not parse gets the same {"error": ...} shape as every other 400.
+    broken = client.post("/feedback", content=b"\xff", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "do not parse as JSON" in broken.json()["error"], broken.text
