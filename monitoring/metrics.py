@@ -74,7 +74,7 @@ class MonitorMetrics:
         )
         self.production = Gauge(
             "refit_production_version_info",
-            "1 for the version being monitored: the one answering (production unless a worker cannot load it).",
+            "1 for the version being monitored: the one answering (production unless it cannot load).",
             ["model", "version"],
             registry=r,
         )
