@@ -196,3 +196,23 @@ def test_poisoning_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Pa
     assert all(set(r) == keys for r in rows)
     assert all(0.0 <= r["attack_success"] <= 1.0 and 0.0 <= r["clean_accuracy"] <= 1.0 for r in rows)
     assert "| trigger_backdoor | 0.2 |" in (tmp_path / "poisoning.md").read_text()
+
+
+def test_soak_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import soak
+
+    row = soak.main(
+        [
+            "--minutes", "0.4", "--rate", "8", "--feedback", "0.5", "--workers", "1",
+            "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model), "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "soak.json").read_text()) == [row]
+    assert set(row) == {
+        "minutes", "requests", "errors", "rss_start_mb", "rss_end_mb", "p99_first_ms", "p99_last_ms",
+        "log_rows_missing",
+    }  # fmt: skip
+    assert row["requests"] > 100 and row["rss_start_mb"] > 0
+    assert row["log_rows_missing"] == 0  # the graceful stop flushed every acknowledged label
+    report = (tmp_path / "soak.md").read_text()
+    assert "SIGKILL of a worker at" in report and "| 1 |" in report
