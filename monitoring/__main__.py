@@ -5,9 +5,11 @@ and its ``refit.cli`` entry points are absent there; the monitor's container run
 """
 
 from monitoring.cli import register as register_monitoring
+from monitoring.feedback_cli import register as register_feedback
 from service.cli import register as register_service
 from training.cli import app, main
 
 register_service(app)
 register_monitoring(app)
+register_feedback(app)
 main(plugins=False)

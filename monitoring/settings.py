@@ -18,7 +18,7 @@ class MonitorSettings(ServedModelSettings):
 
     model_config = SettingsConfigDict(env_prefix="REFIT_MONITOR_", extra="forbid")
 
-    window_size: int = Field(500, ge=1)  # the last N predictions of the production version
+    window_size: int = Field(500, ge=1)  # the last N predictions of the version answering
     window_minutes: float | None = Field(None, gt=0)  # or: the predictions of the last T minutes
     min_window: int = Field(100, ge=1)  # fewer predictions: "insufficient data", no alarm
     alpha: float = Field(0.05, gt=0, lt=1)  # family-wise false-alarm rate of one check

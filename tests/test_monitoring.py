@@ -80,6 +80,7 @@ def send(service_class: Any, home: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
             return answers
 
         client.get("/model")
+        classify.client = client  # type: ignore[attr-defined]
         yield classify
         client.get("/model")
 
@@ -264,6 +265,34 @@ def test_a_backdoor_sent_as_feedback_is_quarantined_by_refit_retrain(
     assert sum(read_retrains(monitor.engine, "support")[0]["numbers"]["quarantined"].values()) == 200
     code, out = run_cli(["feedback", "list", "--model", "support", "--home", str(home)], capsys, monkeypatch)
     assert code == 0 and "rows: source mallory: contradicted 100%" in out, out
+
+
+def test_a_rejected_candidate_is_archived_and_cannot_be_pinned(
+    demo_home: dict[str, Any],
+    home: Path,
+    send: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = traffic(demo_home, "traffic", 200)
+    intents = sorted(rows["label"].unique())
+    flipped = rows["label"].map(lambda label: intents[(intents.index(label) + 1) % len(intents)])
+    send(list(rows["text"]), list(flipped))  # one source: nothing to compare it with, so it is trained on
+    config = tmp_path / "monitor.yaml"
+    config.write_text("min_feedback: 50\nmetrics_port: 0\n")
+    code, out = run_cli(
+        ["retrain", "--model", "support", "--home", str(home), "--config", str(config)], capsys, monkeypatch
+    )
+    assert code == 0 and "retrain: rejected" in out, out
+    audit = read_retrains(Monitor(settings_for(home)).engine, "support")[0]
+    candidate = ModelRegistry(home).get(f"support:{audit['candidate_version']}")
+    assert candidate.stage == "archived"
+    assert ModelRegistry(home).get("support:production").version == demo_home["version"]
+    pinned = send.client.post(
+        "/classify", json={"texts": ["refund please"]}, headers={"X-Model-Version": candidate.version}
+    )
+    assert pinned.status_code == 403, pinned.text
 
 
 def test_a_crashing_retrain_leaves_production_serving(
