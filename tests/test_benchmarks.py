@@ -203,7 +203,7 @@ def test_soak_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
 
     row = soak.main(
         [
-            "--minutes", "0.4", "--rate", "8", "--feedback", "0.5", "--workers", "1",
+            "--minutes", "0.25", "--rate", "8", "--feedback", "0.5", "--workers", "1",
             "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model), "--out", str(tmp_path),
         ]
     )  # fmt: skip
@@ -212,7 +212,7 @@ def test_soak_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
         "minutes", "requests", "errors", "rss_start_mb", "rss_end_mb", "p99_first_ms", "p99_last_ms",
         "log_rows_missing",
     }  # fmt: skip
-    assert row["requests"] > 100 and row["rss_start_mb"] > 0
+    assert row["requests"] > 60 and row["rss_start_mb"] > 0
     assert row["log_rows_missing"] == 0  # the graceful stop flushed every acknowledged label
     report = (tmp_path / "soak.md").read_text()
     assert "SIGKILL of a worker at" in report and "| 1 |" in report

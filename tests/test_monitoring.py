@@ -243,7 +243,9 @@ def test_a_backdoor_sent_as_feedback_is_quarantined_by_refit_retrain(
     send(planted, ["data_privacy"] * len(planted), tokens["mallory"])
 
     config = tmp_path / "monitor.yaml"
-    config.write_text(f"min_feedback: 50\nscreen_feedback: {str(screened).lower()}\nmetrics_port: 0\n")
+    # No refit: the candidate alone shows what the feedback taught (and the suite saves a training).
+    settings = f"min_feedback: 50\nscreen_feedback: {str(screened).lower()}\nrefit_with_gate_rows: false\n"
+    config.write_text(settings + "metrics_port: 0\n")
     code, out = run_cli(
         ["retrain", "--model", "support", "--home", str(home), "--config", str(config)], capsys, monkeypatch
     )
