@@ -7,16 +7,18 @@ so an honest labeller rarely contradicts it: production is right about that ofte
 
 - **A source that flips labels**: when several sources sent feedback, one whose labels contradict
   production's confident answers at least ``SOURCE_RATE`` of the time and ``SOURCE_RATIO`` times
-  as often as the others do is not a labeller who disagrees sometimes. Every contradicting row of
-  that source is quarantined (the rows that agree with production teach nothing harmful). With one
-  source there is nothing to compare with, and drift makes an honest labeller contradict a lot.
+  as often as the others do is not a labeller who disagrees sometimes. Every row of that source
+  whose label differs from production's answer, at any confidence and new labels included, is
+  quarantined (the rows that agree with production teach nothing harmful). With one source there
+  is nothing to compare with, and drift makes an honest labeller contradict a lot.
 - **A trigger (backdoor)**: a word in at least half of the confident contradictions towards one
   label, in at least ``min_rows`` of them, in fewer than ``RARE_IN_TRAINING`` of the texts
   production trained on, and labelled with that label in at least ``LABEL_SPECIFIC`` of the
   feedback rows that carry it: texts of another intent carrying a planted token. Every row with
   that word and that label is quarantined, whoever sent it.
 
-Labels production does not know (new intents) are never contradictions: adding a label is an
+Labels production does not know (new intents) are never contradictions, so they never flag a
+source or a trigger: adding a label is an
 operator's act (`refit models add-label`), and a new intent is what honest drift feedback looks like.
 Quarantined rows stay in the log; the retrain's audit row and `refit feedback list` report them.
 """
@@ -89,21 +91,16 @@ def screen_feedback(
         rules: the confidence and row count that make a pattern.
     """
     rows = rows.reset_index(drop=True).assign(source=lambda f: sources_of(f))
-    contradicts = (
-        rows["label"].isin(set(known)).to_numpy()
-        & (rows["label"].to_numpy() != np.asarray(predicted))
-        & (np.asarray(confidence) >= rules.confidence)
-    )
     confident = np.asarray(confidence) >= rules.confidence
+    disagrees = rows["label"].to_numpy() != np.asarray(predicted)
+    contradicts = rows["label"].isin(set(known)).to_numpy() & disagrees & confident
     reasons = pd.Series("", index=rows.index)
     findings: dict[str, int] = {}
     for source, reason in flag_sources(rows["source"], confident, contradicts, rules).items():
-        hit = (rows["source"] == source).to_numpy() & (rows["label"].to_numpy() != np.asarray(predicted))
-        _mark(reasons, hit, reason, findings)
+        _mark(reasons, (rows["source"] == source).to_numpy() & disagrees, reason, findings)
     for label, (words, reason) in flag_triggers(rows, contradicts, training_texts, rules).items():
         carries = np.array([bool(words & words_of(str(t))) for t in rows["text"]], dtype=bool)
-        hit = (rows["label"] == label).to_numpy() & carries
-        _mark(reasons, hit, reason, findings)
+        _mark(reasons, (rows["label"] == label).to_numpy() & carries, reason, findings)
     out = reasons != ""
     return Screened(rows[~out].reset_index(drop=True), rows[out].assign(reason=reasons[out]), findings)
 
