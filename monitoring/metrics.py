@@ -72,6 +72,12 @@ class MonitorMetrics:
         self.retrains = Counter(
             "refit_retrain_runs", "Retrains by outcome.", ["model", "outcome"], registry=r
         )
+        self.quarantined = Gauge(
+            "refit_feedback_quarantined_rows",
+            "Feedback rows the last retrain left out: screened as poisoned, or quarantined by an operator.",
+            ["model"],
+            registry=r,
+        )
         self.production = Gauge(
             "refit_production_version_info",
             "1 for the version being monitored: the one answering (production unless it cannot load).",
@@ -86,3 +92,4 @@ class MonitorMetrics:
         for outcome in ("promoted", "rejected", "failed", "skipped"):
             self.retrains.labels(model, outcome)
         self.retrain_running.labels(model).set(0)
+        self.quarantined.labels(model).set(0)

@@ -155,6 +155,7 @@ class Monitor:
             self.metrics.retrain_running.labels(s.model).set(0)
         if result.numbers is not None:
             result.numbers.quarantined = {**held, **result.numbers.quarantined}
+            self.metrics.quarantined.labels(s.model).set(sum(result.numbers.quarantined.values()))
         record_retrain(
             self.engine,
             {
