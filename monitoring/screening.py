@@ -34,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from monitoring.feedback import stable_fraction
+from service.keys import ANONYMOUS
 
-ANONYMOUS = "anonymous"  # the source of feedback sent while no API keys were in use
 SOURCE_RATE = 0.5  # a source contradicting confident answers at least this often ...
 SOURCE_RATIO = 3.0  # ... and this many times as often as the other sources, is quarantined
 RARE_IN_TRAINING = 0.01  # a trigger is in fewer than this share of production's training texts

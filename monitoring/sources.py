@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 
 from monitoring.history import quarantined_sources
-from monitoring.screening import ANONYMOUS
 from service.inference_log_db import feedback, utc_now
+from service.keys import ANONYMOUS
 
 
 def _is_source(source: str) -> Any:

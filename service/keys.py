@@ -25,6 +25,7 @@ from training.errors import ConfigError
 
 SCOPES = ("predict", "feedback", "pin", "admin")  # admin holds every other scope
 TOKEN_PREFIX = "refit_"
+ANONYMOUS = "anonymous"  # the source of feedback sent while no key existed: no key may be named so
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,10 @@ def create_key(path: Path, name: str, scopes: list[str], rate_per_s: float | Non
     """Add a key named ``name`` with ``scopes`` to ``path``; returns its token (shown only now).
 
     Raises:
-        ConfigError: an unknown scope, no scope, or a name already in use.
+        ConfigError: an unknown scope, no scope, or a name already in use or reserved.
     """
+    if not name.strip() or name == ANONYMOUS:
+        raise ConfigError(f"Expected a key name other than '' and {ANONYMOUS!r} (reserved); found {name!r}.")
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown or not scopes:
         raise ConfigError(f"Expected scopes among {', '.join(SCOPES)}; found {unknown or 'none'}.")

@@ -152,6 +152,8 @@ def test_bad_key_requests_are_refused_with_what_was_expected(tmp_path: Path) -> 
     create_key(path, "x", ["predict"])
     with pytest.raises(ConfigError, match="A key named 'x' exists"):
         create_key(path, "x", ["predict"])
+    with pytest.raises(ConfigError, match="other than '' and 'anonymous' \\(reserved\\); found 'anonymous'"):
+        create_key(path, "anonymous", ["feedback"])  # the source name of keyless feedback
     path.write_text(json.dumps(["not", "keys"]))
     with pytest.raises(ConfigError, match="is not a Refit API keys file"):
         KeyRing(path)
