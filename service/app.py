@@ -28,7 +28,7 @@ from service.bentoml_patches import (
     use_json_media_type,
 )
 from service.guard import KEY_NAME, RequestGuard, WorkerStatus
-from service.heap import freeze_heap
+from service.heap import freeze_heap, release_free_memory
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
 from service.model_holder import ModelHolder
@@ -192,6 +192,7 @@ class RefitClassifier:
         if self.settings.freeze_heap:
             seconds = freeze_heap()
             logger.info("froze the heap after a model change (%.0f ms)", seconds * 1000)
+        release_free_memory()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

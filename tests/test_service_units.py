@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,22 @@ def test_a_swapped_out_model_is_collected_once_the_holder_settles_the_frozen_hea
         assert old() is None and holder.settle() is False
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim is glibc's")
+def test_memory_freed_after_a_swap_goes_back_to_the_system() -> None:
+    import psutil
+
+    from service.heap import release_free_memory
+
+    process = psutil.Process()
+    blocks = [bytes(1000) + bytes([i % 256]) for i in range(150_000)]  # ~150 MB of malloc'd blocks
+    last = blocks[-1]  # still alive, above the freed ones: glibc cannot simply shrink the heap
+    del blocks
+    freed = process.memory_info().rss
+    assert release_free_memory() is True
+    assert (freed - process.memory_info().rss) / 2**20 > 100, "the freed blocks stayed resident"
+    assert last
 
 
 def test_refit_serve_passes_its_options_to_the_server_through_the_environment(
