@@ -20,6 +20,17 @@ def banking_like(tmp_path: Path) -> Path:
     """The real BANKING77 files when they are beside the checkout, else a small look-alike."""
     if (BANKING77 / "train.csv").is_file():
         return BANKING77
+    return write_look_alike(tmp_path)
+
+
+@pytest.fixture
+def small_banking(tmp_path: Path) -> Path:
+    """The small look-alike always: for benchmarks whose smoke cost grows with the data set."""
+    return write_look_alike(tmp_path)
+
+
+def write_look_alike(tmp_path: Path) -> Path:
+    """BANKING77-shaped train and test files: 12 labels, 8 texts each."""
     words = ["refund", "password", "parcel", "payment", "reset", "track", "invoice", "late", "link", "email"]
     rows = [
         {"text": f"{a} {b} {words[(i + j) % 10]}", "category": f"{a}_{b}"}
@@ -100,15 +111,15 @@ def test_serve_load_variants_name_extra_systems() -> None:
         serve_load.parse_variants(["w1"])
 
 
-def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+def test_drift_power_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import drift_power
 
     common = [
-        "--data", str(banking_like), "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model),
+        "--data", str(small_banking), "--home", str(tmp_path / "home"), "--base-model", str(tiny_base_model),
         "--max-length", "16", "--baseline-trials", "1", "--out", str(tmp_path),
     ]  # fmt: skip
     rows = drift_power.main(
-        [*common, "--windows", "20,40", "--trials", "2", "--none-trials", "2", "--e2e-trials", "1"]
+        [*common, "--windows", "20", "--trials", "2", "--none-trials", "2", "--e2e-trials", "1"]
     )
     saved = json.loads((tmp_path / "drift_power.json").read_text())
     assert saved == rows
@@ -120,13 +131,14 @@ def test_drift_power_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: 
     assert {r["detector"] for r in rows} == {"refit", "evidently-default"}
     assert all(0.0 <= r["rate"] <= 1.0 for r in rows)
 
-    # --merge fills in cells and keeps the rest: re-run one scenario at one window size.
-    again = drift_power.main([*common, "--windows", "40", "--scenarios", "typos", "--trials", "3", "--merge"])
+    # --merge replaces the cells it measures and keeps the rest: re-run one scenario.
+    # (One window size: Evidently's default check of raw text takes seconds per cell.)
+    again = drift_power.main([*common, "--windows", "20", "--scenarios", "typos", "--trials", "3", "--merge"])
     merged = json.loads((tmp_path / "drift_power.json").read_text())
     assert len(merged) == len(rows)
     cell = {(r["detector"], r["scenario"], r["window"]): r for r in merged}
-    assert cell[("refit", "typos", 40)] == next(r for r in again if r["detector"] == "refit")
-    assert cell[("refit", "typos", 40)]["trials"] == 3
+    assert cell[("refit", "typos", 20)] == next(r for r in again if r["detector"] == "refit")
+    assert cell[("refit", "typos", 20)]["trials"] == 3
     assert cell[("refit", "none", 20)] == next(
         r for r in rows if (r["scenario"], r["window"]) == ("none", 20)
     )
@@ -185,13 +197,11 @@ def test_poisoning_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Pa
             "--data", str(banking_like), "--home", str(tmp_path / "home"),
             "--base-model", str(tiny_base_model), "--max-length", "16", "--per-intent", "3",
             "--test-rows", "240", "--shares", "0.2", "--min-feedback", "10", "--out", str(tmp_path),
+            "--attacks", "trigger_backdoor",  # one row: each starts a server and retrains
         ]
     )  # fmt: skip
     assert json.loads((tmp_path / "poisoning.json").read_text()) == rows
-    assert [(r["attack"], r["attacker_share"]) for r in rows] == [
-        ("label_flip", 0.2),
-        ("trigger_backdoor", 0.2),
-    ]
+    assert [(r["attack"], r["attacker_share"]) for r in rows] == [("trigger_backdoor", 0.2)]
     keys = {"attack", "attacker_share", "attack_success", "clean_accuracy", "retrain_recovery_ratio"}
     assert all(set(r) == keys for r in rows)
     assert all(0.0 <= r["attack_success"] <= 1.0 and 0.0 <= r["clean_accuracy"] <= 1.0 for r in rows)
@@ -216,3 +226,19 @@ def test_soak_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
     assert row["log_rows_missing"] == 0  # the graceful stop flushed every acknowledged label
     report = (tmp_path / "soak.md").read_text()
     assert "SIGKILL of a worker at" in report and "| 1 |" in report
+
+
+def test_poisoning_attacks_label_the_attackers_way() -> None:
+    from benchmarks import poisoning
+
+    known = ["a_intent", "b_intent", "c_intent"]
+    spare = pd.DataFrame({"text": [f"text {i}" for i in range(30)], "label": known * 10})
+    honest = pd.DataFrame({"text": [f"honest {i}" for i in range(40)], "label": "a_intent"})
+    setup = poisoning.Setup(Path("."), known, [], honest, spare, honest, 0.9, {})
+    flips = poisoning.attack_rows("label_flip", 0.2, setup, seed=0)
+    assert len(flips) == 10  # 20% of all feedback: 10 beside 40 honest rows
+    truth = spare.set_index("text").loc[flips["text"], "label"].to_numpy()
+    assert list(flips["label"]) == [poisoning.next_label(known)[t] for t in truth]
+    assert all(flips["label"].to_numpy() != truth)
+    planted = poisoning.attack_rows("trigger_backdoor", 0.2, setup, seed=0)
+    assert set(planted["label"]) == {"a_intent"} and planted["text"].str.endswith(poisoning.TRIGGER).all()

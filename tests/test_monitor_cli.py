@@ -77,6 +77,38 @@ def test_refit_drift_checks_the_version_that_answers_and_says_production_differs
     assert f"production is {promoted}, but {served} is what answers" in out
 
 
+def test_refit_retrain_archives_the_candidate_its_gate_rejects(
+    client: Any,
+    served_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from monitoring.history import read_retrains
+    from service.inference_log_db import create_log_engine
+    from tests.helpers import tiny_rows
+    from training.registry import ModelRegistry
+    from training.shared_settings import ServedModelSettings
+
+    rows = tiny_rows()  # every label flipped: a candidate trained on them loses on the test split
+    flipped = rows["label"].map({"refund": "password", "password": "shipping", "shipping": "refund"})
+    for text, label in zip(rows["text"], flipped, strict=True):
+        assert client.post("/feedback", json={"text": text, "label": label}).status_code == 200
+    config = tmp_path / "monitor.yaml"
+    config.write_text("min_feedback: 10\nmetrics_port: 0\n")
+    args = ["retrain", "--model", "tiny", "--home", str(served_home), "--config", str(config)]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "retrain: rejected" in out, out
+    url = ServedModelSettings(model="tiny", registry_home=served_home).resolved_log_url
+    audit = read_retrains(create_log_engine(url), "tiny")[0]
+    candidate = ModelRegistry(served_home).get(f"tiny:{audit['candidate_version']}")
+    assert candidate.stage == "archived"  # a rejected candidate may not be pinned any more
+    pinned = client.post(
+        "/classify", json={"texts": ["refund now"]}, headers={"X-Model-Version": candidate.version}
+    )
+    assert pinned.status_code == 403 and "allow-pin" in pinned.text, pinned.text
+
+
 def test_without_model_the_registrys_only_model_is_used(
     served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
