@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 def write_results(
     rows: list[dict[str, Any]], baseline: dict[str, float], setup: Setup, args: argparse.Namespace
 ) -> None:
-    """The JSON rows in the issue's format and a markdown table with the retrain's outcome."""
+    """The JSON rows (the format other tools read) and a markdown table with each retrain's outcome."""
     args.out.mkdir(parents=True, exist_ok=True)
     public = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
     (args.out / f"{args.name}.json").write_text(json.dumps(public, indent=2) + "\n")

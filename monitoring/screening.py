@@ -94,12 +94,14 @@ def screen_feedback(
     confident = np.asarray(confidence) >= rules.confidence
     disagrees = rows["label"].to_numpy() != np.asarray(predicted)
     contradicts = rows["label"].isin(set(known)).to_numpy() & disagrees & confident
+    row_words = [words_of(str(t)) for t in rows["text"]]
     reasons = pd.Series("", index=rows.index)
     findings: dict[str, int] = {}
     for source, reason in flag_sources(rows["source"], confident, contradicts, rules).items():
         _mark(reasons, (rows["source"] == source).to_numpy() & disagrees, reason, findings)
-    for label, (words, reason) in flag_triggers(rows, contradicts, training_texts, rules).items():
-        carries = np.array([bool(words & words_of(str(t))) for t in rows["text"]], dtype=bool)
+    triggers = flag_triggers(rows["label"], row_words, contradicts, training_texts, rules)
+    for label, (trigger, reason) in triggers.items():
+        carries = np.array([bool(trigger & words) for words in row_words], dtype=bool)
         _mark(reasons, (rows["label"] == label).to_numpy() & carries, reason, findings)
     out = reasons != ""
     return Screened(rows[~out].reset_index(drop=True), rows[out].assign(reason=reasons[out]), findings)
@@ -134,31 +136,43 @@ def flag_sources(
 
 
 def flag_triggers(
-    rows: pd.DataFrame, contradicts: np.ndarray, training_texts: Iterable[str], rules: ScreenRules
+    labels: pd.Series,
+    row_words: list[set[str]],
+    contradicts: np.ndarray,
+    training_texts: Iterable[str],
+    rules: ScreenRules,
 ) -> dict[str, tuple[set[str], str]]:
-    """Per label, the words that look like a planted trigger towards it, with the reason."""
+    """Per label, the words that look like a planted trigger towards it, with the reason.
+
+    Args:
+        labels: each feedback row's label.
+        row_words: each feedback row's words (:func:`words_of`).
+        contradicts: which rows are confident contradictions.
+        training_texts: the texts production trained on.
+        rules: the row count that makes a pattern.
+    """
     flagged: dict[str, tuple[set[str], str]] = {}
-    against = rows[contradicts]
-    if len(against) < rules.min_rows:
+    if contradicts.sum() < rules.min_rows:
         return flagged
     training = [words_of(t) for t in training_texts]
-    feedback_words = [words_of(str(t)) for t in rows["text"]]
-    for label, group in against.groupby("label"):
-        counts = Counter(w for text in group["text"] for w in words_of(str(text)))
-        words: dict[str, int] = {}
+    label_values = labels.to_numpy()
+    for label in sorted(set(label_values[contradicts])):
+        group = [row_words[i] for i in np.flatnonzero(contradicts & (label_values == label))]
+        counts = Counter(word for words in group for word in words)
+        found: dict[str, int] = {}
         for word, count in counts.items():
             if count < rules.min_rows or count < 0.5 * len(group):
                 continue
-            carrying = rows["label"][[word in words for words in feedback_words]]
+            carrying = label_values[[word in words for words in row_words]]
             if (carrying == label).mean() < LABEL_SPECIFIC:
                 continue
             if sum(word in words for words in training) / max(len(training), 1) < RARE_IN_TRAINING:
-                words[word] = count
-        if words:
-            named = ", ".join(repr(w) for w in sorted(words))
+                found[word] = count
+        if found:
+            named = ", ".join(repr(w) for w in sorted(found))
             flagged[str(label)] = (
-                set(words),
-                f"trigger {named} -> {label}: in up to {max(words.values())} of {len(group)} confident "
+                set(found),
+                f"trigger {named} -> {label}: in up to {max(found.values())} of {len(group)} confident "
                 f"contradictions, under {RARE_IN_TRAINING:.0%} of the training texts",
             )
     return flagged
