@@ -28,7 +28,8 @@ class Body(BaseModel):
 @app.on_event("startup")
 def load() -> None:
     directory = Path(os.environ["REFIT_NAIVE_MODEL_DIR"])
-    state["model"], state["tokenizer"] = load_classifier(directory)
+    state["model"], processor = load_classifier(directory)
+    state["tokenizer"] = processor.tokenizer  # type: ignore[attr-defined]
     # What anyone would write on a GPU machine: the model on the GPU, fp32, one request at a time.
     state["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     state["model"].to(state["device"])

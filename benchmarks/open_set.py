@@ -37,7 +37,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.arguments import banking77_parser, benchmark_config
 from benchmarks.train_banking77 import load_banking77
 from monitoring.reference import Encoder
-from training.artifacts import load_version_tokenizer
+from training.artifacts import load_version_processor
 from training.data import stratified_split
 from training.inference import softmax
 from training.model import quiet_transformers
@@ -87,7 +87,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
 
 def outputs(version: ModelVersion, texts: list[str], what: str) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, embeddings) of the version on ``texts``."""
-    encoder = Encoder(version, load_version_tokenizer(version))
+    encoder = Encoder(version, load_version_processor(version))
     with console.status(f"embedding {len(texts):,} {what} texts"):
         logits, embeddings = encoder.outputs(texts)
     return softmax(logits), embeddings

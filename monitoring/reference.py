@@ -20,8 +20,15 @@ import numpy as np
 import pandas as pd
 
 from monitoring.features import FeatureSpace, build_features, fit_feature_space
-from training.artifacts import ONNX_DIR, load_version_profile, load_version_tokenizer, read_labels
+from training.artifacts import (
+    ONNX_DIR,
+    load_version_processor,
+    load_version_profile,
+    load_version_tokenizer,
+    read_labels,
+)
 from training.novelty import nearest_distance
+from training.processors import Processor
 from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -33,10 +40,9 @@ CACHE_FORMAT = 1  # bump when what is cached changes
 class Encoder:
     """Logits and embeddings of a version: its ONNX export when present, else its torch weights."""
 
-    def __init__(self, version: ModelVersion, tokenizer: Any) -> None:
+    def __init__(self, version: ModelVersion, processor: Processor) -> None:
         self.version = version
-        self.tokenizer = tokenizer
-        self.max_length = int(version.manifest.get("max_length", 128))
+        self.processor = processor
         self._session: Any = None
         self._model: Any = None
 
@@ -50,14 +56,14 @@ class Encoder:
         if export.is_file():
             if self._session is None:
                 self._session = onnx_session(export, ["CPUExecutionProvider"])
-            return onnx_outputs(self._session, self.tokenizer, texts, self.max_length, names)
+            return onnx_outputs(self._session, self.processor, texts, names)
         if self._model is None:
             from training.artifacts import load_version_model
 
             self._model, _ = load_version_model(self.version)
         from training.inference import predict
 
-        predictions = predict(self._model, self.tokenizer, texts, max_length=self.max_length)
+        predictions = predict(self._model, self.processor, texts)
         return [getattr(predictions, n) for n in names]
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -129,7 +135,7 @@ def load_reference(
         version=version,
         space=space,
         features=features,
-        encoder=Encoder(version, tokenizer),
+        encoder=Encoder(version, load_version_processor(version)),
         calibration=(arrays["calibration_x"], arrays["calibration_y"]),
         embeddings=arrays["embeddings"],
         novelty_threshold=float(arrays["novelty_threshold"]),

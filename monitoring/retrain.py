@@ -50,10 +50,9 @@ def answers(version: ModelVersion, texts: list[str]) -> tuple[np.ndarray, np.nda
     """``version``'s label for each text and its probability."""
     if not texts:
         return np.array([], dtype=object), np.array([], dtype=float)
-    model, tokenizer = load_version_model(version)
+    model, processor = load_version_model(version)
     labels = np.array(read_labels(version), dtype=object)
-    max_length = int(version.manifest.get("max_length", 128))
-    probabilities = predict(model, tokenizer, texts, max_length=max_length).probabilities
+    probabilities = predict(model, processor, texts).probabilities
     return labels[probabilities.argmax(axis=1)], probabilities.max(axis=1)
 
 

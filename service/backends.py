@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from training.artifacts import load_version_model
-from training.model import TextClassifier
+from training.model import Classifier
 from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: TextClassifier, device: str) -> None:
+    def __init__(self, model: Classifier, device: str) -> None:
         import torch
 
         from training.inference import autocast_dtype

@@ -8,8 +8,17 @@ import pandas as pd
 import pytest
 
 from tests.helpers import tiny_rows
-from training.data import fingerprint_rows, load_dataset, prepare_splits, stratified_split
+from training.config import TrainingConfig
+from training.data import DatasetSplits, fingerprint_rows, load_dataset, stratified_split
 from training.errors import DataError
+from training.modality import TextModality
+from training.pipeline import load_splits
+
+
+def prepare_splits(path: Path, test_file: Path | None = None) -> DatasetSplits:
+    """Splits as `refit train` makes them from a text file (and a test file)."""
+    config = TrainingConfig(test_file=test_file)
+    return load_splits(path, config, TextModality(config))
 
 
 def _write(tmp_path: Path, frame: pd.DataFrame, name: str = "data.csv") -> Path:

@@ -34,15 +34,15 @@ def test_export_matches_torch_and_is_recorded(version: Any) -> None:
 
 def test_exported_graph_takes_any_batch_and_length(version: Any) -> None:
     export_version(version)
-    model, tokenizer = load_version_model(version)
+    model, processor = load_version_model(version)
     texts = [
         "refund",
         "where is my parcel today please",
         "reset my password now please today refund",
     ]
     session = onnx_session(version.path / "onnx" / "model.onnx", ["CPUExecutionProvider"])
-    exported = onnx_logits(session, tokenizer, texts, max_length=16, batch_size=2)
-    reference = predict(model, tokenizer, texts, max_length=16, mixed_precision="no").logits
+    exported = onnx_logits(session, processor, texts, batch_size=2)
+    reference = predict(model, processor, texts, mixed_precision="no").logits
     assert exported.shape == (3, 3)
     assert np.abs(exported - reference).max() <= 1e-4
 

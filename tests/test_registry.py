@@ -81,10 +81,10 @@ def test_load_by_tag_and_by_stage_round_trip(
 ) -> None:
     outcome = train_model(tiny_csv, make_config(strategy="full", epochs=3), registry=registry)
     texts = list(read_split(outcome.version, "test")["text"])
-    by_tag, tokenizer = load_version_model(registry.get(outcome.version.tag))
+    by_tag, processor = load_version_model(registry.get(outcome.version.tag))
     by_stage, _ = load_version_model(registry.get("tiny:production"))
     bare, _ = load_version_model(registry.get("tiny"))
-    logits = [predict(m, tokenizer, texts, max_length=16).logits for m in (by_tag, by_stage, bare)]
+    logits = [predict(m, processor, texts).logits for m in (by_tag, by_stage, bare)]
     assert np.array_equal(logits[0], logits[1]) and np.array_equal(logits[0], logits[2])
     accuracy = (
         logits[0].argmax(axis=1)

@@ -1,13 +1,15 @@
 """The files of one saved version, and how to read them back with nothing but the version.
 
 <version>/
-  model/                      merged weights (model.safetensors), encoder config, tokenizer
+  model/                      merged weights (model.safetensors), encoder architecture, tokenizer or
+                              image preprocessing
   labels.json                 index -> label
   training_config.json        the TrainingConfig that produced it
   metrics.json                test and validation EvaluationResult, ladder comparison
   report.md, report.html      readable evaluation report
   reference_profile.parquet   drift reference: texts, predictions, embeddings
-  data/{train,validation,test}.parquet   the exact splits (retraining and the promotion gate)
+  data/{train,validation,test}.parquet   the exact splits (retraining and the promotion gate);
+                              images by content key, their bytes in $BENTOML_HOME/refit/images
   refit.json                  manifest: strategy, base model, fingerprint, parent, created...
   onnx/                       written by `refit models export`
 """
@@ -20,8 +22,10 @@ from typing import Any
 
 import pandas as pd
 
+from training.blobs import BlobStore, registry_images
 from training.errors import ModelLoadError
-from training.model import TextClassifier, load_classifier, load_tokenizer
+from training.model import Classifier, load_classifier, load_processor, load_tokenizer
+from training.processors import Processor
 from training.reference_profile import PROFILE_FILE, read_reference_profile
 from training.registry import ModelVersion
 
@@ -51,11 +55,12 @@ def write_splits(directory: Path, splits: dict[str, pd.DataFrame]) -> None:
     """Save the train/validation/test frames under ``data/``."""
     (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
-        frame[["text", "label"]].to_parquet(directory / DATA_DIR / f"{name}.parquet", index=False)
+        kept = frame[["text", "label"]] if "text" in frame.columns else frame  # images keep metadata
+        kept.to_parquet(directory / DATA_DIR / f"{name}.parquet", index=False)
 
 
 def read_split(version: ModelVersion, split: str) -> pd.DataFrame:
-    """One of the version's saved data splits (columns ``text``, ``label``)."""
+    """One of the version's saved data splits (columns ``text`` or ``image``, and ``label``)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
     try:
@@ -74,9 +79,32 @@ def read_metrics(version: ModelVersion) -> dict[str, Any]:
     return dict(read_json(version.path / METRICS_FILE))
 
 
-def load_version_model(version: ModelVersion) -> tuple[TextClassifier, Any]:
-    """The version's classifier (eval mode, CPU) and tokenizer."""
+def load_version_model(version: ModelVersion) -> tuple[Classifier, Processor]:
+    """The version's classifier (eval mode, CPU) and processor."""
     return load_classifier(version.path / MODEL_DIR)
+
+
+def version_modality(version: ModelVersion) -> str:
+    """``text`` or ``image``, as the version recorded it."""
+    return str(version.manifest.get("modality", "text"))
+
+
+def version_images(version: ModelVersion) -> BlobStore:
+    """The image store of the registry that holds ``version`` (``<home>/models/<name>/<version>``)."""
+    return registry_images(version.path.parents[2])
+
+
+def split_inputs(version: ModelVersion, frame: pd.DataFrame) -> list[Any]:
+    """What the version's processor reads for each row of one of its frames: texts or image files."""
+    if "image" in frame.columns:
+        store = version_images(version)
+        return [store.path(key) for key in frame["image"]]
+    return list(frame["text"])
+
+
+def load_version_processor(version: ModelVersion) -> Processor:
+    """The version's processor alone (what runs its ONNX export beside the graph)."""
+    return load_processor(version.path / MODEL_DIR)
 
 
 def load_version_tokenizer(version: ModelVersion) -> Any:

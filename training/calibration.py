@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from training.context import TrainContext
-from training.model import TextClassifier
+from training.model import Classifier
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -32,14 +32,14 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.clip(log_t.exp().item(), 1e-3, 1e3))
 
 
-def fold_temperature(model: TextClassifier, temperature: float) -> None:
+def fold_temperature(model: Classifier, temperature: float) -> None:
     """Divide the head by T so that served logits are already calibrated."""
     with torch.no_grad():
         model.head.weight.div_(temperature)
         model.head.bias.div_(temperature)
 
 
-def calibrate(model: TextClassifier, ctx: TrainContext) -> float:
+def calibrate(model: Classifier, ctx: TrainContext) -> float:
     """Fit a temperature on validation data (training data if there is none) and fold it in."""
     if not ctx.config.calibrate:
         return 1.0

@@ -29,10 +29,21 @@ class TrainingConfig(StageSettings):
     model_config = SettingsConfigDict(env_prefix="REFIT_TRAIN_", extra="forbid")
 
     name: str = Field("refit-classifier", pattern=r"^[a-z0-9][a-z0-9_.-]*$")  # registry model name
-    base_model: str = "minilm"  # "minilm" (bundled), a local HF directory or a hub id
+    # None: the modality's default; texts: "minilm" (bundled), a local HF directory or a hub id;
+    # images: "efficientnet-lite0" (bundled), "efficientnet-lite1|2", or a local HF vision model
+    base_model: str | None = None
+    # auto: images for a folder of class folders or a table with `image_column` and no `text_column`
+    modality: Literal["auto", "text", "image"] = "auto"
     strategy: Strategy = "auto"  # baseline, head, partial, lora, full, or auto (the ladder)
     text_column: str = "text"  # column of the input texts in the data file(s)
     label_column: str = "label"  # column of the labels
+    image_column: str = "path"  # images listed in a table: column of paths relative to the table
+    image_size: int | None = Field(None, ge=32, le=1024)  # pixels a side; None: the base model's own
+    min_image_side: int = Field(32, ge=1)  # smaller images are rejected
+    max_image_pixels: int = Field(40_000_000, ge=1)  # larger images are rejected (decompression bombs)
+    augment: bool = True  # images: random flips, small rotations and crops, brightness/contrast
+    # images: the no-defect label; the missed-defect rate is the share of other images predicted as it
+    normal_label: str | None = None
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
     # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows

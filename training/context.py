@@ -1,4 +1,4 @@
-"""What every strategy of one training run shares: config, data, tokenizer, device, caches, the probe."""
+"""What every strategy of one training run shares: config, data, modality, processor, device, caches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import torch
 from training.config import TrainingConfig
 from training.data import DatasetSplits
 from training.inference import choose_device, predict
-from training.model import TextClassifier, load_encoder, load_tokenizer, resolve_base_model
+from training.modality import Modality, TextModality
+from training.model import Classifier
+from training.processors import Processor
 
 
 @dataclass
@@ -19,7 +21,7 @@ class StrategyResult:
     """A trained classifier (weights merged, ready to save) and how it was obtained."""
 
     strategy: str
-    model: TextClassifier
+    model: Classifier
     train_seconds: float
     trainable_params: int
     details: dict[str, Any] = field(default_factory=dict)  # history, temperature, parity, ...
@@ -69,16 +71,31 @@ class TrainContext:
 
     config: TrainingConfig
     splits: DatasetSplits
-    tokenizer: Any = None
+    modality: Modality
+    processor: Processor
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     frozen: dict[str, np.ndarray] = field(default_factory=dict)  # split name -> embeddings
     probe: LinearProbe | None = None  # fitted once, read by `head` and the fine-tuning strategies
 
     @classmethod
-    def create(cls, config: TrainingConfig, splits: DatasetSplits) -> TrainContext:
-        """A context for ``config`` on ``splits`` with the base tokenizer loaded once."""
-        tokenizer = load_tokenizer(resolve_base_model(config.base_model))
-        return cls(config=config, splits=splits, tokenizer=tokenizer, device=choose_device(config.device))
+    def create(
+        cls, config: TrainingConfig, splits: DatasetSplits, modality: Modality | None = None
+    ) -> TrainContext:
+        """A context for ``config`` on ``splits`` (texts unless ``modality`` says otherwise), with
+        the base model's processor loaded once."""
+        modality = modality or TextModality(config)
+        processor = modality.load_processor(cls.base_model_of(config, modality))
+        return cls(config, splits, modality, processor, device=choose_device(config.device))
+
+    @staticmethod
+    def base_model_of(config: TrainingConfig, modality: Modality) -> str:
+        """The configured base model, or the modality's default."""
+        return config.base_model or modality.default_base_model
+
+    @property
+    def base_model(self) -> str:
+        """The base model this run starts from."""
+        return self.base_model_of(self.config, self.modality)
 
     def label_ids(self, split: str) -> np.ndarray:
         """Label indices (n,) of a split's rows."""
@@ -86,14 +103,16 @@ class TrainContext:
         frame = getattr(self.splits, split)
         return np.array([index[label] for label in frame["label"]], dtype=np.int64)
 
-    def texts(self, split: str) -> list[str]:
-        """The texts of a split."""
-        return list(getattr(self.splits, split)["text"])
+    def inputs(self, split: str) -> list[Any]:
+        """The inputs of a split, as the processor reads them (texts, image files)."""
+        return self.modality.inputs(getattr(self.splits, split))
 
-    def fresh_model(self) -> TextClassifier:
+    def fresh_model(self) -> Classifier:
         """A new classifier on the pretrained encoder, on the run's device."""
-        encoder = load_encoder(resolve_base_model(self.config.base_model))
-        model = TextClassifier(encoder, len(self.splits.labels), self.config.normalize_embeddings)
+        encoder = self.modality.load_encoder(self.base_model)
+        model = Classifier(
+            encoder, len(self.splits.labels), self.config.normalize_embeddings, modality=self.modality.name
+        )
         return model.to(self.device)
 
     def frozen_embeddings(self, split: str) -> np.ndarray:
@@ -107,13 +126,12 @@ class TrainContext:
             del model
         return self.frozen[split]
 
-    def predict(self, model: TextClassifier, split: str, progress: str | None = None) -> Any:
+    def predict(self, model: Classifier, split: str, progress: str | None = None) -> Any:
         """Predictions of ``model`` on a split (with a progress bar when ``progress`` is given)."""
         return predict(
             model,
-            self.tokenizer,
-            self.texts(split),
-            max_length=self.config.max_length,
+            self.processor,
+            self.inputs(split),
             batch_size=self.config.eval_batch_size,
             device=self.device,
             mixed_precision=self.config.mixed_precision,

@@ -179,12 +179,14 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def fingerprint_rows(frames: list[pd.DataFrame]) -> str:
-    """sha256 over the sorted, normalised (text, label) rows: independent of row order."""
+def fingerprint_rows(frames: list[pd.DataFrame], column: str = "text") -> str:
+    """sha256 over the sorted, normalised (input, label) rows: independent of row order.
+
+    The input is the text, or an image's content key (the sha256 of its bytes)."""
     rows = sorted(
         f"{normalize_text(t)}\t{normalize_text(lab)}"
         for frame in frames
-        for t, lab in zip(frame["text"], frame["label"], strict=True)
+        for t, lab in zip(frame[column], frame["label"], strict=True)
     )
     digest = hashlib.sha256()
     for row in rows:
@@ -221,47 +223,10 @@ def stratified_split(
     return train, val, test
 
 
-def count_overlap(train: pd.DataFrame, test: pd.DataFrame) -> int:
-    """Number of test rows whose normalised text also occurs in training data."""
-    seen = {normalize_text(t) for t in train["text"]}
-    return sum(normalize_text(t) in seen for t in test["text"])
-
-
-def prepare_splits(
-    data_path: Path,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    test_file: Path | None = None,
-    validation_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 42,
-) -> DatasetSplits:
-    """Load, validate and split a dataset; report duplicates and train/test overlap.
-
-    Args:
-        data_path: labelled training data (CSV, JSONL or Parquet).
-        text_column: name of the text column in the file(s).
-        label_column: name of the label column in the file(s).
-        test_file: held-out test data; without it a stratified test split is taken.
-        validation_fraction: share of each label kept for validation (early stopping).
-        test_fraction: share of each label kept for testing when no test file is given.
-        seed: seed of the split.
-
-    Raises:
-        DataError: the data cannot be used; the message says why and how to fix it.
-    """
-    data = load_dataset(data_path, text_column, label_column)
-    test = load_dataset(test_file, text_column, label_column) if test_file is not None else None
-    return split_frames(
-        data,
-        test,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        seed=seed,
-        source=str(data_path),
-        test_source=str(test_file) if test_file is not None else None,
-    )
+def count_overlap(train: pd.DataFrame, test: pd.DataFrame, column: str = "text") -> int:
+    """Number of test rows whose normalised input also occurs in training data."""
+    seen = {normalize_text(t) for t in train[column]}
+    return sum(normalize_text(t) in seen for t in test[column])
 
 
 FEW_ROWS_PER_LABEL = 30  # below this, carving validation and test rows out is worth a warning
@@ -294,11 +259,27 @@ def split_frames(
     seed: int = 42,
     source: str = "the data",
     test_source: str | None = None,
+    column: str = "text",
 ) -> DatasetSplits:
-    """Validate loaded frames (columns ``text``, ``label``) and split them; see prepare_splits."""
-    validate_texts(data, source)
+    """Validate loaded frames (columns ``column`` and ``label``) and split them.
+
+    Args:
+        data: labelled rows; the test split comes out of them when ``test`` is None.
+        test: held-out labelled rows (a test file), or None.
+        validation_fraction: share of each label kept for validation (early stopping).
+        test_fraction: share of each label kept for testing when there is no ``test``.
+        seed: seed of the split.
+        source: how to name the data in messages (its path).
+        test_source: how to name the test data (its path), when there is one.
+        column: the input column, ``text`` or ``image`` (content keys).
+
+    Raises:
+        DataError: the data cannot be used; the message says why and how to fix it.
+    """
+    if column == "text":
+        validate_texts(data, source)
     class_counts = validate_classes(data, source, min_examples=1 if test is not None else 2)
-    normalized = data["text"].map(normalize_text)
+    normalized = data[column].map(normalize_text)
     report = DataReport(
         rows=len(data),
         duplicate_rows=int(pd.DataFrame({"t": normalized, "l": data["label"]}).duplicated().sum()),
@@ -315,7 +296,7 @@ def split_frames(
         train, val, _ = stratified_split(data, (validation_fraction, 0.0), seed)
     else:
         train, val, test = stratified_split(data, (validation_fraction, test_fraction), seed)
-    report.train_test_overlap = count_overlap(train, test)
+    report.train_test_overlap = count_overlap(train, test, column)
     report.split_cost = describe_split_cost(class_counts, train, test_source is not None)
     for warning in report.warnings():
         logger.warning("%s: %s", source, warning)
@@ -325,14 +306,14 @@ def split_frames(
         validation=val,
         test=test,
         labels=sorted(class_counts),
-        fingerprint=fingerprint_rows(frames),
+        fingerprint=fingerprint_rows(frames, column),
         report=report,
         test_set={
             "source": "file" if test_source is not None else "split",
             "path": test_source if test_source is not None else source,
             "fraction": None if test_source is not None else test_fraction,
             "rows": len(test),
-            "fingerprint": fingerprint_rows([test]),
+            "fingerprint": fingerprint_rows([test], column),
         },
     )
 

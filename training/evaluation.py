@@ -31,6 +31,10 @@ class EvaluationResult:
     per_class: dict[str, ClassScores] = field(default_factory=dict)
     confusion: list[list[int]] = field(default_factory=list)  # rows: true, columns: predicted
     labels: list[str] = field(default_factory=list)
+    # Inspection: the share of rows of every other label predicted as the no-defect label
+    # (None when no ``normal_label`` is configured)
+    missed_defect_rate: float | None = None
+    normal_label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -52,8 +56,20 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     return float(ece)
 
 
-def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> EvaluationResult:
-    """Score predicted probabilities (n, labels) against true label indices (n,)."""
+def missed_defect_rate(y_true: np.ndarray, y_pred: np.ndarray, normal: int) -> float:
+    """Share of defective rows (true label not ``normal``) predicted as ``normal``."""
+    defective = y_true != normal
+    return float((y_pred[defective] == normal).mean()) if defective.any() else 0.0
+
+
+def evaluate_predictions(
+    y_true: np.ndarray, probs: np.ndarray, labels: list[str], normal_label: str | None = None
+) -> EvaluationResult:
+    """Score predicted probabilities (n, labels) against true label indices (n,).
+
+    Args:
+        normal_label: the no-defect label, for the missed-defect rate.
+    """
     y_pred = probs.argmax(axis=1)
     k = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -72,4 +88,8 @@ def evaluate_predictions(y_true: np.ndarray, probs: np.ndarray, labels: list[str
         per_class=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=k).tolist(),
         labels=list(labels),
+        missed_defect_rate=(
+            missed_defect_rate(y_true, y_pred, labels.index(normal_label)) if normal_label in labels else None
+        ),
+        normal_label=normal_label if normal_label in labels else None,
     )

@@ -1,6 +1,6 @@
 """Strategies on a frozen encoder: `baseline` (nearest class centroid) and `head` (linear probe).
 
-Both read embeddings computed once per run, and both end as an ordinary TextClassifier whose
+Both read embeddings computed once per run, and both end as an ordinary Classifier whose
 linear head holds the solution, so that every strategy is saved, served and exported alike.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from training.calibration import calibrate, fit_temperature, fold_temperature
 from training.context import StrategyResult, TrainContext
 from training.inference import softmax
-from training.model import TextClassifier
+from training.model import Classifier
 from training.probe import fit_linear_probe, fold_indices, install_probe, set_head
 
 
@@ -51,7 +51,7 @@ def train_baseline(ctx: TrainContext) -> StrategyResult:
 
 def _cross_validated(
     strategy: str,
-    model: TextClassifier,
+    model: Classifier,
     out_of_fold_logits: np.ndarray,
     y: np.ndarray,
     ctx: TrainContext,

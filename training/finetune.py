@@ -26,72 +26,53 @@ from torch.utils.data import DataLoader
 from training.calibration import calibrate
 from training.context import StrategyResult, TrainContext
 from training.inference import predict
-from training.model import TextClassifier, count_trainable
+from training.layers import find_attention_projections, find_encoder_layers
+from training.model import Classifier, count_trainable
 from training.probe import fit_linear_probe, fit_probe, install_probe, set_head
 
 logger = logging.getLogger(__name__)
 
-# Attention projection names across common encoder families (BERT, RoBERTa, DistilBERT, T5, ...).
-ATTENTION_PROJECTIONS = (
-    ("query", "key", "value"),
-    ("q_proj", "k_proj", "v_proj"),
-    ("q_lin", "k_lin", "v_lin"),
-    ("q", "k", "v"),
-)
 
-
-def find_encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (the ModuleList as long as num_hidden_layers)."""
-    depth = int(getattr(encoder.config, "num_hidden_layers", 0))
-    for module in encoder.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == depth:
-            return module
-    raise ValueError(f"Cannot find the {depth} transformer layers of {type(encoder).__name__}")
-
-
-def find_attention_projections(encoder: nn.Module) -> list[str]:
-    """Names of the attention query/key/value Linear layers, for LoRA's ``target_modules``."""
-    linear_names = {n.rsplit(".", 1)[-1] for n, m in encoder.named_modules() if isinstance(m, nn.Linear)}
-    for names in ATTENTION_PROJECTIONS:
-        if set(names) <= linear_names:
-            return list(names)
-    raise ValueError(f"No attention projections found among Linear layers {sorted(linear_names)}")
-
-
-def prepare_partial(model: TextClassifier, layers: int) -> None:
-    """Freeze the encoder except its top ``layers`` transformer layers."""
+def prepare_partial(model: Classifier, layers: int) -> None:
+    """Freeze the encoder except its top ``layers`` layers (transformer layers; for an
+    EfficientNet the head convolution counts as the top layer, then its blocks)."""
     model.encoder.requires_grad_(False)
-    for layer in find_encoder_layers(model.encoder)[-layers:]:
+    top = getattr(model.encoder, "top_layers", None)
+    for layer in top(layers) if top is not None else find_encoder_layers(model.encoder)[-layers:]:
         layer.requires_grad_(True)
 
 
-def prepare_lora(model: TextClassifier, r: int, alpha: int, dropout: float) -> None:
-    """Wrap the encoder with PEFT LoRA adapters on its attention projections."""
+def prepare_lora(model: Classifier, r: int, alpha: int, dropout: float) -> None:
+    """Wrap the encoder with PEFT LoRA adapters: on attention projections, or on an EfficientNet's
+    pointwise convolutions (see :data:`training.vision.EFFICIENTNET_LORA_TARGETS`)."""
     from peft import LoraConfig, get_peft_model
 
+    targets = getattr(model.encoder, "lora_targets", None)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=find_attention_projections(model.encoder),
+        target_modules=targets() if targets is not None else find_attention_projections(model.encoder),
     )
     with warnings.catch_warnings():  # peft calls a transformers API deprecated for v6
         warnings.simplefilter("ignore", category=FutureWarning)
         model.encoder = get_peft_model(model.encoder, config)
 
 
-def merge_lora(model: TextClassifier, ctx: TrainContext) -> float:
+def merge_lora(model: Classifier, ctx: TrainContext) -> float:
     """Merge LoRA adapters into the encoder weights; return max |logits merged - unmerged|."""
     split = "validation" if len(ctx.splits.validation) else "train"
-    sample = ctx.texts(split)[:64]
+    sample = ctx.inputs(split)[:64]
     before = _sample_logits(model, ctx, sample)
     model.encoder = model.encoder.merge_and_unload()
     after = _sample_logits(model, ctx, sample)
     return float(np.abs(before - after).max())
 
 
-def _sample_logits(model: TextClassifier, ctx: TrainContext, texts: list[str]) -> np.ndarray:
-    return predict(model, ctx.tokenizer, texts, max_length=ctx.config.max_length, mixed_precision="no").logits
+def _sample_logits(model: Classifier, ctx: TrainContext, inputs: list[Any]) -> np.ndarray:
+    return predict(
+        model, ctx.processor, inputs, batch_size=ctx.config.eval_batch_size, mixed_precision="no"
+    ).logits
 
 
 def class_weights(y: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -111,25 +92,16 @@ def resolve_mixed_precision(setting: str, device: torch.device) -> str:
 
 
 def _make_loader(ctx: TrainContext, seed: int) -> DataLoader:
-    texts, labels = ctx.texts("train"), ctx.label_ids("train")
-    tokenizer, max_length = ctx.tokenizer, ctx.config.max_length
+    inputs, labels = ctx.inputs("train"), ctx.label_ids("train")
+    processor, augment = ctx.processor, ctx.config.augment
+    views = np.random.default_rng(seed)  # the random views of augmented images
 
-    def collate(rows: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        batch = tokenizer(
-            [r[0] for r in rows],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        return {
-            "input_ids": batch["input_ids"],
-            "attention_mask": batch["attention_mask"],
-            "labels": torch.tensor([r[1] for r in rows]),
-        }
+    def collate(rows: list[tuple[Any, int]]) -> dict[str, Any]:
+        encoded = processor.encode([r[0] for r in rows], augment=augment, rng=views)
+        return {"inputs": encoded, "labels": torch.tensor([r[1] for r in rows])}
 
     generator = torch.Generator().manual_seed(seed)
-    rows = list(zip(texts, labels.tolist(), strict=True))
+    rows = list(zip(inputs, labels.tolist(), strict=True))
     return DataLoader(
         rows,  # type: ignore[arg-type]
         batch_size=ctx.config.batch_size,
@@ -140,7 +112,7 @@ def _make_loader(ctx: TrainContext, seed: int) -> DataLoader:
     )
 
 
-def _validation_f1(model: TextClassifier, ctx: TrainContext) -> float | None:
+def _validation_f1(model: Classifier, ctx: TrainContext) -> float | None:
     if not len(ctx.splits.validation):
         return None
     preds = ctx.predict(model, "validation").predicted
@@ -174,6 +146,19 @@ class EarlyStopping:
                     param.copy_(self.state[name])
 
 
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Keep every BatchNorm layer in inference mode: running statistics stay the pretrained ones.
+
+    Batches of 32 augmented images from a few hundred estimate the statistics far worse than the
+    pretraining did, and the statistics then differ between training and serving; the layers'
+    scale and shift still train where their block is unfrozen (the Keras transfer-learning
+    recipe). Text encoders have no BatchNorm: this does nothing to them.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def _make_loss(ctx: TrainContext, device: torch.device) -> nn.Module:
     weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
     if ctx.config.class_weighting == "none":
@@ -186,7 +171,7 @@ def _progress(disable: bool) -> Progress:
     return Progress(*columns, disable=disable, transient=False, console=Console(stderr=True))
 
 
-def run_training_loop(model: TextClassifier, ctx: TrainContext, strategy: str) -> list[dict[str, Any]]:
+def run_training_loop(model: Classifier, ctx: TrainContext, strategy: str) -> list[dict[str, Any]]:
     """Train the parameters that require grad; restore the best epoch; return per-epoch history."""
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -249,9 +234,10 @@ def _train_epoch(
     optimizer, scheduler = stepping
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
+    freeze_batch_norm(model)
     for batch in loader:
         with accelerator.accumulate(model):
-            loss = loss_fn(model(batch["input_ids"], batch["attention_mask"]).float(), batch["labels"])
+            loss = loss_fn(model(*batch["inputs"]).float(), batch["labels"])
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, 1.0)

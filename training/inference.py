@@ -1,4 +1,4 @@
-"""Batched inference: device choice, length-sorted batches, logits and embeddings."""
+"""Batched inference: device choice, batches in the processor's order, logits and embeddings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.model import TextClassifier
+from training.model import Classifier
+from training.processors import Processor
 
 
 def choose_device(preference: str = "auto") -> torch.device:
@@ -47,7 +48,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Predictions:
-    """Model outputs for a list of texts, in the order the texts were given."""
+    """Model outputs for a list of inputs, in the order the inputs were given."""
 
     logits: np.ndarray  # (n, labels) float32
     embeddings: np.ndarray  # (n, hidden) float32, what the head reads
@@ -63,36 +64,29 @@ class Predictions:
         return np.asarray(self.logits.argmax(axis=1))
 
 
-def iter_length_sorted_batches(
-    tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int
-) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Yield (original indices, tokenised batch), texts of similar length together to cut padding."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
+def iter_batches(
+    processor: Processor, inputs: Sequence[Any], batch_size: int
+) -> Iterator[tuple[np.ndarray, tuple[torch.Tensor, ...]]]:
+    """Yield (original indices, input tensors) per batch, in the processor's order (texts of
+    similar length together, to cut padding)."""
+    order = processor.order(inputs)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer(
-            [texts[i] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        yield idx, {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        yield idx, processor.encode([inputs[i] for i in idx])
 
 
 @torch.no_grad()
 def predict(
-    model: TextClassifier,
-    tokenizer: Any,
-    texts: Sequence[str],
+    model: Classifier,
+    processor: Processor,
+    inputs: Sequence[Any],
     *,
-    max_length: int = 128,
     batch_size: int = 128,
     device: torch.device | None = None,
     mixed_precision: str = "auto",
     progress: str | None = None,
 ) -> Predictions:
-    """Logits and embeddings for ``texts`` (model put in eval mode, outputs in float32).
+    """Logits and embeddings for ``inputs`` (model put in eval mode, outputs in float32).
 
     Args:
         progress: a description to show a rich progress bar under (None: no bar).
@@ -101,19 +95,19 @@ def predict(
     dtype = autocast_dtype(device, mixed_precision)
     model.eval()
     hidden = int(model.head.in_features)
-    logits = np.zeros((len(texts), model.head.out_features), dtype=np.float32)
-    embeddings = np.zeros((len(texts), hidden), dtype=np.float32)
-    batches: Iterable[tuple[np.ndarray, dict[str, torch.Tensor]]] = iter_length_sorted_batches(
-        tokenizer, texts, max_length, batch_size
+    logits = np.zeros((len(inputs), model.head.out_features), dtype=np.float32)
+    embeddings = np.zeros((len(inputs), hidden), dtype=np.float32)
+    batches: Iterable[tuple[np.ndarray, tuple[torch.Tensor, ...]]] = iter_batches(
+        processor, inputs, batch_size
     )
     if progress:
         from training.progress import track_progress
 
-        batches = track_progress(batches, progress, total=-(-len(texts) // batch_size), unit="batches")
+        batches = track_progress(batches, progress, total=-(-len(inputs) // batch_size), unit="batches")
     for idx, batch in batches:
         ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with ctx:
-            emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            emb = model.embed(*(tensor.to(device) for tensor in batch))
             out = model.classify(emb)
         logits[idx] = out.float().cpu().numpy()
         embeddings[idx] = emb.float().cpu().numpy()

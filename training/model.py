@@ -1,7 +1,8 @@
-"""The classifier: a pretrained encoder, mean pooling and a linear head, saved self-describingly.
+"""The classifier: a pretrained encoder, pooling and a linear head, saved self-describingly.
 
-all-MiniLM-L6-v2's BERT pooler was never trained, so the head reads *mean-pooled* token
+Texts: all-MiniLM-L6-v2's BERT pooler was never trained, so the head reads *mean-pooled* token
 embeddings (optionally L2-normalised, as sentence-transformers does) and the pooler is dropped.
+Images: the encoder (:class:`training.vision.ImageEncoder`) pools its own feature map.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from training.errors import ModelLoadError
+from training.processors import ImageProcessor, Processor, TextProcessor, read_preprocessing
+from training.vision import rebuild_image_encoder, save_image_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -44,30 +47,46 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-class TextClassifier(nn.Module):
-    """Encoder -> mean pooling -> (L2 normalisation) -> dropout -> linear head."""
+class Classifier(nn.Module):
+    """Encoder -> pooling -> (L2 normalisation) -> dropout -> linear head, for texts or images."""
 
-    def __init__(self, encoder: Any, num_labels: int, normalize: bool = True, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        encoder: Any,
+        num_labels: int,
+        normalize: bool = True,
+        dropout: float = 0.1,
+        modality: str = "text",
+    ) -> None:
         super().__init__()
-        self.encoder: Any = encoder  # a Hugging Face PreTrainedModel (or a PEFT wrapper of one)
+        # text: a Hugging Face PreTrainedModel; image: an ImageEncoder (either may be PEFT-wrapped)
+        self.encoder: Any = encoder
         self.normalize = normalize
-        hidden = int(self.encoder.config.hidden_size)
+        self.modality = modality
+        hidden = int(getattr(encoder, "hidden_size", 0) or encoder.config.hidden_size)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, num_labels)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Sentence embeddings (batch, hidden) that the head reads."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)
+    def embed(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Embeddings (batch, hidden) that the head reads, from the processor's tensors.
+
+        Texts: (input_ids, attention_mask); images: (pixel_values,).
+        """
+        if self.modality == "image":
+            pooled = self.encoder(inputs[0])
+        else:
+            input_ids, attention_mask = inputs
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = mean_pool(hidden, attention_mask)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def classify(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, labels) from sentence embeddings."""
+        """Logits (batch, labels) from embeddings."""
         return self.head(self.dropout(embeddings))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, labels) for a tokenised batch."""
-        return self.classify(self.embed(input_ids, attention_mask))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, labels) for a processed batch."""
+        return self.classify(self.embed(*inputs))
 
 
 def load_encoder(path_or_id: str) -> nn.Module:
@@ -96,38 +115,68 @@ def load_tokenizer(path_or_id: str) -> Any:
         raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
 
 
-def save_classifier(model: TextClassifier, tokenizer: Any, directory: Path) -> None:
-    """Write merged weights (safetensors), encoder config and tokenizer to ``directory``."""
+def save_classifier(model: Classifier, processor: Processor, directory: Path) -> None:
+    """Write merged weights (safetensors), the encoder's architecture and the processor."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    model.encoder.config.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    spec = {"num_labels": model.head.out_features, "normalize": model.normalize}
+    spec: dict[str, Any] = {
+        "num_labels": model.head.out_features,
+        "normalize": model.normalize,
+        "modality": model.modality,
+    }
+    if model.modality == "image":
+        save_image_encoder(model.encoder, directory)
+    else:
+        model.encoder.config.save_pretrained(directory)
+        spec["max_length"] = getattr(processor, "max_length", None)
+    processor.save(directory)
     (directory / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
 
 
-def load_classifier(directory: Path) -> tuple[TextClassifier, Any]:
-    """Load a classifier saved by :func:`save_classifier`; needs nothing but the directory.
+def load_classifier(directory: Path) -> tuple[Classifier, Processor]:
+    """Load a classifier saved by :func:`save_classifier`, and its processor; needs nothing else.
 
     Raises:
         ModelLoadError: a file is missing or the weights do not fit the saved config.
     """
-    from transformers import AutoConfig, AutoModel
-
     try:
         spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
-        config = AutoConfig.from_pretrained(directory)
-        try:
-            encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:
-            encoder = AutoModel.from_config(config)
-        model = TextClassifier(encoder, int(spec["num_labels"]), bool(spec["normalize"]))
+        modality = str(spec.get("modality", "text"))
+        processor = load_processor(directory)
+        encoder = (
+            rebuild_image_encoder(directory) if modality == "image" else _rebuild_text_encoder(directory)
+        )
+        model = Classifier(encoder, int(spec["num_labels"]), bool(spec["normalize"]), modality=modality)
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        tokenizer = load_tokenizer(str(directory))
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"Saved model in {directory} cannot be loaded: {exc}") from exc
-    return model.eval(), tokenizer
+    return model.eval(), processor
+
+
+def load_processor(directory: Path) -> Processor:
+    """The processor saved with a classifier (no weights are read).
+
+    Raises:
+        ModelLoadError: its files are missing or corrupt.
+    """
+    try:
+        spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        if spec.get("modality", "text") == "image":
+            return ImageProcessor(read_preprocessing(directory))
+        return TextProcessor(load_tokenizer(str(directory)), int(spec.get("max_length") or 128))
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"Saved processor in {directory} cannot be loaded: {exc}") from exc
+
+
+def _rebuild_text_encoder(directory: Path) -> Any:
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(directory)
+    try:
+        return AutoModel.from_config(config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(config)
 
 
 def count_trainable(model: nn.Module) -> int:

@@ -1,7 +1,10 @@
 """ONNX export of a registered version, checked against torch, optionally int8-quantised.
 
-The exported graph takes ``input_ids`` and ``attention_mask`` (batch and sequence axes dynamic)
-and returns ``logits`` and ``embeddings`` (what the head reads; the monitor uses them).
+The exported graph takes the processor's tensors (texts: ``input_ids`` and ``attention_mask``,
+batch and sequence axes dynamic; images: ``pixel_values``, batch axis dynamic) and returns
+``logits`` and ``embeddings`` (what the head reads; the monitor uses them). Preprocessing stays
+beside the graph, in the processor saved with the version, which training, the parity check and
+the service all run: so an input is preprocessed identically on every path.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.artifacts import ONNX_DIR, load_version_model, read_labels, read_split, write_json
+from training.artifacts import ONNX_DIR, load_version_model, read_labels, read_split, split_inputs, write_json
 from training.errors import ExportError
 from training.evaluation import evaluate_predictions
-from training.inference import iter_length_sorted_batches, predict, softmax
-from training.model import TextClassifier
+from training.inference import iter_batches, predict, softmax
+from training.model import Classifier
+from training.processors import Processor
 from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -40,26 +44,20 @@ OPSET = 17
 class _ExportWrapper(nn.Module):
     """Returns (logits, embeddings) as a tuple, which the exporter names as outputs."""
 
-    def __init__(self, model: TextClassifier) -> None:
+    def __init__(self, model: Classifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        embeddings = self.model.embed(input_ids, attention_mask)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embeddings = self.model.embed(*inputs)
         return self.model.classify(embeddings), embeddings
 
 
-def export_to_onnx(model: TextClassifier, tokenizer: Any, path: Path) -> None:
+def export_to_onnx(model: Classifier, processor: Processor, path: Path) -> None:
     """Write ``model`` as ONNX (TorchScript exporter: one self-contained file, dynamic axes)."""
     model = model.eval().cpu()
-    sample = tokenizer(
-        ["an example input", "a second, longer example input"], padding=True, return_tensors="pt"
-    )
-    args = (sample["input_ids"], sample["attention_mask"])
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"}}
-    axes |= {"logits": {0: "batch"}, "embeddings": {0: "batch"}}
+    args = processor.example()
+    axes = {**processor.dynamic_axes, "logits": {0: "batch"}, "embeddings": {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     # The tracer warns about Python branches in transformers' mask helpers; the sample batch
     # has padding, so the traced graph keeps the masked path that every batch needs.
@@ -70,7 +68,7 @@ def export_to_onnx(model: TextClassifier, tokenizer: Any, path: Path) -> None:
             _ExportWrapper(model),
             args,
             str(path),
-            input_names=["input_ids", "attention_mask"],
+            input_names=list(processor.input_names),
             output_names=["logits", "embeddings"],
             dynamic_axes=axes,
             opset_version=OPSET,
@@ -87,29 +85,26 @@ def onnx_session(path: Path, providers: list[str] | None = None) -> Any:
     return ort.InferenceSession(str(path), providers=[p for p in wanted if p in available])
 
 
-def onnx_logits(
-    session: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 64
-) -> np.ndarray:
-    """Logits (n, labels) of an ONNX session on ``texts``, in input order."""
-    return onnx_outputs(session, tokenizer, texts, max_length, ("logits",), batch_size)[0]
+def onnx_logits(session: Any, processor: Processor, inputs: list[Any], batch_size: int = 64) -> np.ndarray:
+    """Logits (n, labels) of an ONNX session on ``inputs``, in input order."""
+    return onnx_outputs(session, processor, inputs, ("logits",), batch_size)[0]
 
 
 def onnx_outputs(
     session: Any,
-    tokenizer: Any,
-    texts: list[str],
-    max_length: int,
+    processor: Processor,
+    inputs: list[Any],
     names: tuple[str, ...],
     batch_size: int = 64,
 ) -> list[np.ndarray]:
-    """The named outputs (``logits``, ``embeddings``) of an ONNX session on ``texts``, in input
+    """The named outputs (``logits``, ``embeddings``) of an ONNX session on ``inputs``, in input
     order, from one run per batch."""
     out: list[np.ndarray] = []
-    for idx, batch in iter_length_sorted_batches(tokenizer, texts, max_length, batch_size):
-        feeds = {k: v.numpy().astype(np.int64) for k, v in batch.items()}
+    for idx, batch in iter_batches(processor, inputs, batch_size):
+        feeds = {name: tensor.numpy() for name, tensor in zip(processor.input_names, batch, strict=True)}
         values = session.run(list(names), feeds)
         if not out:
-            out = [np.zeros((len(texts), v.shape[1]), dtype=np.float32) for v in values]
+            out = [np.zeros((len(inputs), v.shape[1]), dtype=np.float32) for v in values]
         for array, value in zip(out, values, strict=True):
             array[idx] = value
     return out or [np.zeros((0, 0), dtype=np.float32) for _ in names]
@@ -169,27 +164,26 @@ def export_version(
 def _export_locked(
     version: ModelVersion, quantize: bool, max_eval_rows: int, parity_tolerance: float = PARITY_TOLERANCE
 ) -> dict[str, Any]:
-    model, tokenizer = load_version_model(version)
-    max_length = int(version.manifest.get("max_length", 128))
+    model, processor = load_version_model(version)
     labels = read_labels(version)
     test = read_split(version, "test").head(max_eval_rows)
-    texts, y = list(test["text"]), np.array([labels.index(lab) for lab in test["label"]])
+    inputs, y = split_inputs(version, test), np.array([labels.index(lab) for lab in test["label"]])
     target = version.path / ONNX_DIR / ONNX_FILE
     # Written under another name and renamed once parity holds: a service that loads the version
     # meanwhile never reads a half-written or unchecked file.
     # A name of its own per process, so that nothing another process does can remove it.
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     start = time.perf_counter()
-    export_to_onnx(model, tokenizer, partial)
-    reference = predict(model, tokenizer, texts, max_length=max_length, mixed_precision="no").logits
-    exported = onnx_logits(onnx_session(partial, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
-    diff = float(np.abs(reference - exported).max()) if len(texts) else 0.0
+    export_to_onnx(model, processor, partial)
+    reference = predict(model, processor, inputs, mixed_precision="no").logits
+    exported = onnx_logits(onnx_session(partial, ["CPUExecutionProvider"]), processor, inputs)
+    diff = float(np.abs(reference - exported).max()) if len(inputs) else 0.0
     record: dict[str, Any] = {
         "file": f"{ONNX_DIR}/{ONNX_FILE}",
         "opset": OPSET,
         "parity_max_abs_diff": diff,
         "parity_tolerance": parity_tolerance,
-        "parity_rows": len(texts),
+        "parity_rows": len(inputs),
         "export_seconds": round(time.perf_counter() - start, 2),
         "accuracy": evaluate_predictions(y, softmax(exported), labels).accuracy,
     }
@@ -201,20 +195,17 @@ def _export_locked(
         )
     partial.replace(target)
     if quantize:
-        record["int8"] = quantize_version(
-            version, tokenizer, texts, y, labels, max_length, record["accuracy"]
-        )
+        record["int8"] = quantize_version(version, processor, inputs, y, labels, record["accuracy"])
     write_json(version.path / ONNX_DIR / EXPORT_RECORD, record)
     return record
 
 
 def quantize_version(
     version: ModelVersion,
-    tokenizer: Any,
-    texts: list[str],
+    processor: Processor,
+    inputs: list[Any],
     y: np.ndarray,
     labels: list[str],
-    max_length: int,
     fp32_accuracy: float,
 ) -> dict[str, Any]:
     """Dynamic int8 quantisation of the exported model; record its accuracy change on test data."""
@@ -230,7 +221,7 @@ def quantize_version(
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
     finally:
         root.setLevel(level)
-    logits = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
+    logits = onnx_logits(onnx_session(target, ["CPUExecutionProvider"]), processor, inputs)
     accuracy = evaluate_predictions(y, softmax(logits), labels).accuracy
     return {
         "file": f"{ONNX_DIR}/{QUANTIZED_FILE}",

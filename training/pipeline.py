@@ -23,10 +23,11 @@ from training.artifacts import (
 )
 from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
-from training.data import DatasetSplits, prepare_splits
+from training.data import DatasetSplits, split_frames
 from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult, evaluate_predictions
 from training.inference import Predictions, predict
+from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set
 from training.reference_profile import (
@@ -73,7 +74,8 @@ def train_model(
     """Train on ``data_path`` with ``config`` and register a new version.
 
     Args:
-        data_path: labelled data (CSV, JSONL or Parquet).
+        data_path: labelled data: texts in a CSV, JSONL or Parquet file; images in a folder of
+            class folders or listed in such a file (``image_column``).
         config: the training config (strategy, base model, hyperparameters).
         registry: where to register; defaults to ``$BENTOML_HOME``.
         promote: make the new version production (the first version of a model always is).
@@ -83,9 +85,14 @@ def train_model(
         DataError: the data is unusable. ConfigError / ModelLoadError: see their messages.
     """
     registry = registry or ModelRegistry()
-    splits = load_splits(data_path, config)
+    modality = create_modality(detect_modality(data_path, config), config, registry.home)
+    # The saved config names the modality and base model it ran with: a retrain reads them.
+    config = config.model_copy(
+        update={"modality": modality.name, "base_model": config.base_model or modality.default_base_model}
+    )
+    splits = load_splits(data_path, config, modality)
     seed_everything(config.seed)
-    ctx = TrainContext.create(config, splits)
+    ctx = TrainContext.create(config, splits, modality)
     ladder: list[dict[str, Any]] = []
     if config.strategy == "auto":
         outcome = run_ladder(ctx, console or Console())
@@ -97,12 +104,15 @@ def train_model(
     held_out = ctx.predict(result.model, "validation") if len(splits.validation) else None
     validation = None
     if held_out is not None:
-        validation = evaluate_predictions(ctx.label_ids("validation"), held_out.probabilities, splits.labels)
+        validation = evaluate_predictions(
+            ctx.label_ids("validation"), held_out.probabilities, splits.labels, config.normal_label
+        )
     open_set = fit_version_open_set(ctx, result, held_out)
     result.finalize()
     test = evaluate_split(result, ctx, "test")
     metadata = {
         "strategy": result.strategy,
+        "modality": modality.name,
         "base_model": config.base_model,
         "data_fingerprint": splits.fingerprint,
         "parent_version": config.parent_version or _production_version(registry, config.name),
@@ -126,26 +136,31 @@ def train_model(
     return TrainOutcome(version, test, validation, ladder, splits.report.warnings())
 
 
-def load_splits(data_path: Path, config: TrainingConfig) -> DatasetSplits:
-    """The train, validation and test splits ``config`` asks for, its ``oos_label`` checked.
+def load_splits(data_path: Path, config: TrainingConfig, modality: Modality) -> DatasetSplits:
+    """The train, validation and test splits ``config`` asks for, its ``oos_label`` and
+    ``normal_label`` checked.
 
     Raises:
-        DataError: the data is unusable, or ``oos_label`` is not one of its labels.
+        DataError: the data is unusable, or a configured label is not one of its labels.
     """
-    splits = prepare_splits(
-        data_path,
-        text_column=config.text_column,
-        label_column=config.label_column,
-        test_file=config.test_file,
+    data, test = modality.load_frames(data_path, config.test_file)
+    splits = split_frames(
+        data,
+        test,
         validation_fraction=0.0 if config.selection == "cv" else config.validation_fraction,
         test_fraction=config.test_fraction,
         seed=config.seed,
+        source=str(data_path),
+        test_source=str(config.test_file) if config.test_file is not None else None,
+        column=modality.column,
     )
-    if config.oos_label is not None and config.oos_label not in splits.labels:
-        raise DataError(
-            f"oos_label {config.oos_label!r} is not a label of the data; expected one of "
-            f"{splits.labels[:20]} or no oos_label."
-        )
+    for key in ("oos_label", "normal_label"):
+        label = getattr(config, key)
+        if label is not None and label not in splits.labels:
+            raise DataError(
+                f"{key} {label!r} is not a label of the data; expected one of {splits.labels[:20]} "
+                f"or no {key}."
+            )
     return splits
 
 
@@ -204,7 +219,7 @@ def write_version(
 ) -> dict[str, Any]:
     """Write every file of a version into ``directory``; return its manifest."""
     cfg, splits = ctx.config, ctx.splits
-    save_classifier(result.model.cpu(), ctx.tokenizer, directory / MODEL_DIR)
+    save_classifier(result.model.cpu(), ctx.processor, directory / MODEL_DIR)
     result.model.to(ctx.device)
     write_json(directory / LABELS_FILE, splits.labels)
     write_json(directory / CONFIG_FILE, cfg.model_dump(mode="json"))
@@ -257,11 +272,10 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
     sample = sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)
     predictions = predict(
         result.model,
-        ctx.tokenizer,
-        list(sample["text"]),
-        max_length=ctx.config.max_length,
+        ctx.processor,
+        ctx.modality.inputs(sample),
         batch_size=ctx.config.eval_batch_size,
         device=ctx.device,
         mixed_precision=ctx.config.mixed_precision,
     )
-    return build_reference_profile(sample, predictions, splits.labels)
+    return build_reference_profile(sample, predictions, splits.labels, ctx.modality.column)

@@ -18,7 +18,7 @@ from sklearn.metrics import log_loss
 from training.calibration import calibrate
 from training.context import LinearProbe, TrainContext
 from training.inference import softmax
-from training.model import TextClassifier
+from training.model import Classifier
 from training.progress import track_progress
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)  # inverse L2 strength on standardised embeddings
 
 
-def set_head(model: TextClassifier, weight: np.ndarray, bias: np.ndarray) -> None:
+def set_head(model: Classifier, weight: np.ndarray, bias: np.ndarray) -> None:
     """Copy a (labels, hidden) weight and (labels,) bias into the model's head."""
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
@@ -133,7 +133,7 @@ def fit_linear_probe(ctx: TrainContext) -> LinearProbe:
 
 
 def install_probe(
-    model: TextClassifier, probe: LinearProbe, ctx: TrainContext
+    model: Classifier, probe: LinearProbe, ctx: TrainContext
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
     """Put the probe fitted on training rows into the model's head, calibrated.
 

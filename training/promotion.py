@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.artifacts import ONNX_DIR, load_version_model, read_split
+from training.artifacts import ONNX_DIR, load_version_model, read_split, split_inputs
 from training.errors import ModelLoadError
 from training.inference import predict
 from training.registry import ModelRegistry, ModelVersion
@@ -28,20 +28,19 @@ def check_servable(version: ModelVersion) -> None:
     from training.onnx_export import ONNX_FILE, PARITY_TOLERANCE, onnx_logits, onnx_session
 
     try:
-        model, tokenizer = load_version_model(version)
-        texts = [str(t) for t in read_split(version, "test")["text"].head(SMOKE_TEXTS)] or ["hello"]
-        max_length = int(version.manifest.get("max_length", 128))
-        reference = predict(model, tokenizer, texts, max_length=max_length, mixed_precision="no").logits
+        model, processor = load_version_model(version)
+        inputs = split_inputs(version, read_split(version, "test").head(SMOKE_TEXTS))
+        reference = predict(model, processor, inputs, mixed_precision="no").logits
         export = version.path / ONNX_DIR / ONNX_FILE
         if not export.exists():
             return
-        exported = onnx_logits(onnx_session(export, ["CPUExecutionProvider"]), tokenizer, texts, max_length)
+        exported = onnx_logits(onnx_session(export, ["CPUExecutionProvider"]), processor, inputs)
     except Exception as exc:  # any failure to load or run is a reason not to serve it
         raise ModelLoadError(
             f"{version.tag} cannot be promoted: it does not load and answer as a service would "
             f"({type(exc).__name__}: {str(exc)[:300]}). Re-train or re-export it."
         ) from exc
-    diff = float(np.abs(reference - exported).max())
+    diff = float(np.abs(reference - exported).max()) if len(reference) else 0.0
     if diff > PARITY_TOLERANCE:
         raise ModelLoadError(
             f"{version.tag} cannot be promoted: its ONNX export answers differently from its weights "

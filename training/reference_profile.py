@@ -11,7 +11,8 @@ from training.errors import ModelLoadError
 from training.inference import Predictions
 
 PROFILE_FILE = "reference_profile.parquet"
-PROFILE_COLUMNS = ("text", "label", "predicted_label", "confidence", "probabilities", "embedding")
+PROFILE_COLUMNS = ("label", "predicted_label", "confidence", "probabilities", "embedding")
+INPUT_COLUMNS = ("text", "image")  # one of them: the texts, or the images' content keys
 
 
 def sample_reference_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
@@ -21,12 +22,15 @@ def sample_reference_rows(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataF
     return frame.sample(n=rows, random_state=seed).reset_index(drop=True)
 
 
-def build_reference_profile(frame: pd.DataFrame, predictions: Predictions, labels: list[str]) -> pd.DataFrame:
-    """One row per sampled text: text, true label, prediction, confidence, probabilities, embedding."""
+def build_reference_profile(
+    frame: pd.DataFrame, predictions: Predictions, labels: list[str], column: str = "text"
+) -> pd.DataFrame:
+    """One row per sampled input: the input (``column``), true label, prediction, confidence,
+    probabilities, embedding."""
     probs = predictions.probabilities.astype(np.float32)
     return pd.DataFrame(
         {
-            "text": frame["text"].to_numpy(),
+            column: frame[column].to_numpy(),
             "label": frame["label"].to_numpy(),
             "predicted_label": [labels[i] for i in probs.argmax(axis=1)],
             "confidence": probs.max(axis=1),
@@ -52,9 +56,11 @@ def read_reference_profile(path: Path) -> pd.DataFrame:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Reference profile {path} cannot be read: {exc}") from exc
     missing = [c for c in PROFILE_COLUMNS if c not in profile.columns]
+    if not set(INPUT_COLUMNS) & set(profile.columns):
+        missing.append(" or ".join(INPUT_COLUMNS))
     if missing:
         raise ModelLoadError(
-            f"Reference profile {path} lacks column(s) {missing}; expected {list(PROFILE_COLUMNS)}, "
-            f"found {list(profile.columns)}."
+            f"Reference profile {path} lacks column(s) {missing}; expected "
+            f"{[*PROFILE_COLUMNS, INPUT_COLUMNS]}, found {list(profile.columns)}."
         )
     return profile

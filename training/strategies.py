@@ -32,7 +32,9 @@ def run_strategy(name: str, ctx: TrainContext) -> StrategyResult:
 def evaluate_split(result: StrategyResult, ctx: TrainContext, split: str) -> EvaluationResult:
     """Metrics of a trained strategy on one split."""
     preds = ctx.predict(result.model, split)
-    return evaluate_predictions(ctx.label_ids(split), preds.probabilities, ctx.splits.labels)
+    return evaluate_predictions(
+        ctx.label_ids(split), preds.probabilities, ctx.splits.labels, ctx.config.normal_label
+    )
 
 
 @dataclass

@@ -1,0 +1,170 @@
+"""Every training strategy on the magnetic-tile defect images: 20 training images per class, and all.
+
+Run by hand (not in CI), e.g.::
+
+    python -m benchmarks.train_tiles --data ../shared/datasets/magnetic_tiles
+
+Each seed draws a stratified 70/30 split of all lighting conditions; the 30% is the test set of
+every strategy and budget of that seed, and validation (early stopping, calibration, the probe's
+C) comes out of the 70% only. ``per_class`` "20" trains on 20 images per class of the 70%.
+
+Writes ``benchmarks/results/train_tiles.json`` (one row per strategy, budget and seed: strategy,
+base_model, per_class, seed, accuracy, macro_f1, missed_defect_rate, train_seconds, peak_rss_mb,
+trainable_params) and ``train_tiles.md`` (medians over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from benchmarks.train_banking77 import PeakRss, describe_environment, sample_per_class
+from training.blobs import BlobStore
+from training.cli import parse_assignments
+from training.config import TrainingConfig
+from training.context import TrainContext
+from training.data import split_frames, stratified_split
+from training.image_data import load_image_dataset
+from training.modality import ImageModality
+from training.model import quiet_transformers
+from training.strategies import evaluate_split, run_strategy
+
+STRATEGIES = ("baseline", "head", "partial", "lora", "full")
+RESULTS = Path(__file__).resolve().parent / "results"
+NORMAL_LABEL = "free"  # the tiles' no-defect class
+
+
+def run_cell(
+    images: pd.DataFrame,
+    modality: ImageModality,
+    per_class: str,
+    seed: int,
+    strategy: str,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Train one strategy on one budget and seed; return its result row."""
+    pool, _, test = stratified_split(images, (0.0, 0.3), seed)
+    data = sample_per_class(pool, per_class if per_class == "all" else int(per_class), seed)
+    splits = split_frames(
+        data.reset_index(drop=True), test, validation_fraction=0.1, seed=seed, source="tiles", column="image"
+    )
+    config = TrainingConfig(
+        name="tiles", strategy=strategy, seed=seed, modality="image", normal_label=NORMAL_LABEL, **overrides
+    )
+    modality.config = config
+    torch.manual_seed(seed)
+    ctx = TrainContext.create(config, splits, modality)
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        result = run_strategy(strategy, ctx)
+        result.finalize()
+        seconds = time.perf_counter() - start
+    metrics = evaluate_split(result, ctx, "test")
+    return {
+        "strategy": strategy,
+        "base_model": ctx.base_model,
+        "per_class": per_class,
+        "seed": seed,
+        "accuracy": round(metrics.accuracy, 4),
+        "macro_f1": round(metrics.macro_f1, 4),
+        "missed_defect_rate": round(float(metrics.missed_defect_rate or 0.0), 4),
+        "train_seconds": round(seconds, 1),
+        "peak_rss_mb": rss.peak_mb,
+        "trainable_params": result.trainable_params,
+    }
+
+
+def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], test_rows: int) -> str:
+    """Medians over seeds, one line per strategy and budget."""
+    lines = [
+        f"# Magnetic tiles: strategies x budgets (test: 30% stratified split, {test_rows} images per "
+        "seed; medians over seeds)",
+        "",
+        f"Device: {env['device']}; torch {env['torch']}; {env['when']}. Missed-defect rate: defective "
+        f"test images predicted as `{NORMAL_LABEL}`.",
+        "",
+        "| strategy | base model | per class | seeds | accuracy | macro-F1 | missed defects | train s "
+        "| peak RSS MB | trainable |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = sorted(
+        {(r["per_class"], r["base_model"], r["strategy"]) for r in rows},
+        key=lambda k: (k[0], k[1], STRATEGIES.index(k[2])),
+    )
+    for per_class, base_model, strategy in keys:
+        cell = [
+            r
+            for r in rows
+            if (r["per_class"], r["base_model"], r["strategy"]) == (per_class, base_model, strategy)
+        ]
+        med = {
+            k: statistics.median(r[k] for r in cell)
+            for k in ("accuracy", "macro_f1", "missed_defect_rate", "train_seconds", "peak_rss_mb")
+        }
+        lines.append(
+            f"| {strategy} | {base_model} | {per_class} | {len(cell)} | {med['accuracy']:.4f} "
+            f"| {med['macro_f1']:.4f} | {med['missed_defect_rate']:.4f} | {med['train_seconds']:.1f} "
+            f"| {med['peak_rss_mb']:.0f} | {cell[0]['trainable_params']:,} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/magnetic_tiles"))
+    parser.add_argument("--budgets", default="20,all", help="comma-separated: integers or 'all'")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--base-model", default="efficientnet-lite0")
+    parser.add_argument("--max-images", type=int, default=None, help="the first N images per class (smoke)")
+    parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="train_tiles", help="results file stem")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run the grid, write JSON and markdown after every row, return the rows."""
+    logging.basicConfig(level=logging.WARNING)
+    quiet_transformers()
+    args = parse_args(argv)
+    overrides: dict[str, Any] = {"base_model": args.base_model, **parse_assignments(args.set)}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="refit-tiles-") as scratch:
+        store = BlobStore(Path(scratch))
+        images = load_image_dataset(args.data / "manifest.csv", store)
+        if args.max_images:
+            images = images.groupby("label", sort=True).head(args.max_images).reset_index(drop=True)
+        modality = ImageModality(TrainingConfig(modality="image"), store)
+        test_rows = 0
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for per_class in args.budgets.split(","):
+                for strategy in args.strategies.split(","):
+                    row = run_cell(images, modality, per_class, seed, strategy, overrides)
+                    test_rows = len(stratified_split(images, (0.0, 0.3), seed)[2])
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    write_results(rows, args.out, args.name, test_rows)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, name: str, test_rows: int) -> None:
+    """Write the JSON rows and the markdown table (after every row, so a cut-off run keeps its rows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment(), test_rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Labelled images: a folder of class folders or a CSV of paths, checked image by image.
+
+Every image is decoded once when loaded, so a bad file stops training before any model work with
+an error that names it; each is then stored by content hash (:mod:`training.blobs`), which is
+what a version's splits refer to and what the data fingerprint hashes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from training.blobs import BlobStore, hash_bytes
+from training.data import read_table
+from training.errors import DataError
+from training.images import SUFFIXES, ImageError, ImageLimits, decode_image
+from training.progress import track_progress
+
+logger = logging.getLogger(__name__)
+
+_LISTED = 5
+
+
+def list_image_folder(root: Path) -> pd.DataFrame:
+    """``root/<label>/<image>`` as a frame of ``path`` and ``label`` (hidden files skipped).
+
+    Raises:
+        DataError: no class folders, a file of another type, or images outside class folders.
+    """
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not folders or loose:
+        raise DataError(
+            f"{root} is not a folder of class folders: found {len(folders)} folder(s) and "
+            f"{len(loose)} image(s) directly inside ({', '.join(loose[:_LISTED])}). Expected "
+            f"{root}/<label>/<image>, one folder per label, or a CSV with path and label columns."
+        )
+    rows: list[tuple[str, str]] = []
+    other: list[tuple[str, str]] = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            (rows if path.suffix.lower() in SUFFIXES else other).append((str(path), folder.name))
+    if other:
+        shown = ", ".join(p for p, _ in other[:_LISTED])
+        raise DataError(
+            f"{len(other)} file(s) in {root} are not images of a supported type: {shown}. "
+            f"Expected suffixes {', '.join(SUFFIXES)}. Hint: move other files out of the class folders."
+        )
+    return pd.DataFrame(rows, columns=["path", "label"])
+
+
+def list_image_table(csv: Path, image_column: str, label_column: str) -> pd.DataFrame:
+    """A CSV (or JSONL/Parquet) of image paths relative to the file: ``path``, ``label`` and the
+    other columns as metadata.
+
+    Raises:
+        DataError: a missing column or empty labels.
+    """
+    table = read_table(csv)
+    missing = [c for c in (image_column, label_column) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"Column(s) {missing} not found in {csv}. Found columns: {list(table.columns)}. "
+            "Hint: set image_column / label_column (--set image_column=... / --label-column)."
+        )
+    metadata = table.drop(columns=[image_column, label_column]).astype(str)
+    frame = pd.DataFrame(
+        {
+            "path": [str((csv.parent / str(p)).resolve()) for p in table[image_column]],
+            "label": table[label_column].astype("string").fillna("").str.strip().astype(str),
+        }
+    )
+    unlabelled = frame.index[frame["label"].eq("")].tolist()
+    if unlabelled:
+        raise DataError(
+            f"{len(unlabelled)} row(s) without a label in {csv} (data rows "
+            f"{', '.join(str(i + 1) for i in unlabelled[:_LISTED])}). Expected a label in every row."
+        )
+    return pd.concat([frame, metadata.add_prefix("meta_")], axis=1)
+
+
+def load_image_dataset(
+    path: Path,
+    store: BlobStore,
+    *,
+    image_column: str = "path",
+    label_column: str = "label",
+    limits: ImageLimits | None = None,
+) -> pd.DataFrame:
+    """Load, check and store labelled images: a frame of ``image`` (content key), ``label``,
+    ``path`` and ``meta_*`` columns.
+
+    Raises:
+        DataError: a missing file, unreadable, truncated, too small or too large images, an
+            unsupported format, or the same image twice; the message names the files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        frame = list_image_folder(path)
+    elif path.is_file():
+        frame = list_image_table(path, image_column, label_column)
+    else:
+        raise DataError(f"Image data not found: {path}. Expected a folder of class folders or a CSV.")
+    if frame.empty:
+        raise DataError(f"No images found in {path}.")
+    frame.insert(0, "image", _store_images(frame["path"].tolist(), store, limits or ImageLimits()))
+    _reject_duplicates(frame, str(path))
+    return frame
+
+
+def _store_images(paths: list[str], store: BlobStore, limits: ImageLimits) -> list[str]:
+    """Decode every image (the whole check) and store its bytes; one error lists every bad file."""
+    keys, problems = [], []
+    for name in track_progress(paths, "checking images", total=len(paths), unit="images"):
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
+            keys.append("")
+            continue
+        try:
+            decode_image(data, name, limits)
+        except ImageError as exc:
+            problems.append(str(exc))
+        keys.append(store.put(data) if not problems else hash_bytes(data))
+    if problems:
+        listed = "\n  ".join(problems[:_LISTED])
+        more = f"\n  ... and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+        raise DataError(f"{len(problems)} of {len(paths)} image(s) cannot be used:\n  {listed}{more}")
+    return keys
+
+
+def _reject_duplicates(frame: pd.DataFrame, source: str) -> None:
+    repeated = frame[frame["image"].duplicated(keep=False)]
+    if repeated.empty:
+        return
+    groups = [" = ".join(group["path"]) for _, group in repeated.groupby("image", sort=False)]
+    raise DataError(
+        f"{len(groups)} image(s) occur more than once in {source} (same bytes): "
+        f"{'; '.join(groups[:_LISTED])}. Expected each image once, so that no image is both "
+        "trained and tested on. Hint: delete the copies."
+    )
+
+
+def reject_shared_images(data: pd.DataFrame, test: pd.DataFrame, source: str, test_source: str) -> None:
+    """Raise when a test image is also a training image (same bytes), naming both files."""
+    by_key = dict(zip(data["image"], data["path"], strict=True))
+    shared = [f"{p} = {by_key[k]}" for k, p in zip(test["image"], test["path"], strict=True) if k in by_key]
+    if shared:
+        raise DataError(
+            f"{len(shared)} test image(s) in {test_source} are also in {source} (same bytes): "
+            f"{'; '.join(shared[:_LISTED])}. Expected disjoint training and test images; a test "
+            "image the model trained on inflates every metric. Hint: remove them from one side."
+        )

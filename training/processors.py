@@ -1,0 +1,128 @@
+"""Processors turn a batch of raw inputs (texts, or image files and bytes) into model input tensors.
+
+One per modality, with one interface: the order to batch inputs in, the tensors of a batch, and
+how to save and reload it with the model. Everything that runs a model goes through one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from training.images import ImageLimits, Preprocessing, augment_image, decode_image, to_pixels
+
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+class Processor(Protocol):
+    """What a modality's inputs need to become a model's input tensors."""
+
+    input_names: tuple[str, ...]  # the model's (and the ONNX graph's) inputs, in order
+    dynamic_axes: dict[str, dict[int, str]]  # per input, the axes that vary between batches
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """A small batch to trace the model with (an export)."""
+        ...
+
+    def order(self, inputs: Sequence[Any]) -> np.ndarray:
+        """The order to batch ``inputs`` in (similar inputs together); a permutation of indices."""
+        ...
+
+    def encode(
+        self, inputs: Sequence[Any], augment: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The model's input tensors for a batch (a random training view when ``augment``)."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write what :func:`training.modality.load_saved_processor` reads back."""
+        ...
+
+
+class TextProcessor:
+    """A tokenizer with its maximum length: texts -> (input_ids, attention_mask)."""
+
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """Two texts of different lengths: the traced graph keeps the padded (masked) path."""
+        return self.encode(["an example input", "a second, longer example input"])
+
+    def order(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Texts of similar length together, to cut padding."""
+        return np.argsort([len(t) for t in inputs], kind="stable")
+
+    def encode(
+        self, inputs: Sequence[Any], augment: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Padded, truncated token ids and mask (texts are not augmented)."""
+        batch = self.tokenizer(
+            list(inputs), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return batch["input_ids"], batch["attention_mask"]
+
+    def save(self, directory: Path) -> None:
+        """Save the tokenizer."""
+        self.tokenizer.save_pretrained(directory)
+
+
+class ImageProcessor:
+    """Decode, check, convert and resize images: files or bytes -> pixel_values (n, 3, size, size)."""
+
+    input_names: tuple[str, ...] = ("pixel_values",)
+
+    def __init__(self, preprocessing: Preprocessing, limits: ImageLimits | None = None) -> None:
+        self.dynamic_axes = {"pixel_values": {0: "batch"}}
+        self.preprocessing = preprocessing
+        self.limits = limits or ImageLimits()
+
+    def example(self) -> tuple[torch.Tensor, ...]:
+        """Two mid-grey images."""
+        size = self.preprocessing.size
+        return (torch.zeros((2, 3, size, size), dtype=torch.float32),)
+
+    def order(self, inputs: Sequence[Any]) -> np.ndarray:
+        """Input order: every image becomes the same size."""
+        return np.arange(len(inputs))
+
+    def read(self, item: Any) -> Any:
+        """A decoded RGB image from a path or bytes."""
+        if isinstance(item, bytes | bytearray):
+            return decode_image(bytes(item), "image", self.limits)
+        return decode_image(Path(item).read_bytes(), str(item), self.limits)
+
+    def encode(
+        self, inputs: Sequence[Any], augment: bool = False, rng: np.random.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """Pixel values, float32; with ``augment`` each image is a random inspection-style view."""
+        images = [self.read(item) for item in inputs]
+        if augment:
+            rng = rng or np.random.default_rng()
+            images = [augment_image(image, rng) for image in images]
+        pixels = np.stack([to_pixels(image, self.preprocessing) for image in images])
+        return (torch.from_numpy(pixels),)
+
+    def save(self, directory: Path) -> None:
+        """Write the preprocessing (size, mean, std) as JSON."""
+        spec = {
+            "size": self.preprocessing.size,
+            "mean": self.preprocessing.mean,
+            "std": self.preprocessing.std,
+        }
+        (directory / PREPROCESSING_FILE).write_text(json.dumps(spec, indent=2), encoding="utf-8")
+
+
+def read_preprocessing(directory: Path) -> Preprocessing:
+    """The preprocessing an :class:`ImageProcessor` saved in ``directory``."""
+    spec = json.loads((directory / PREPROCESSING_FILE).read_text(encoding="utf-8"))
+    return Preprocessing(size=int(spec["size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]))

