@@ -46,6 +46,38 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer ViT (32 px images, 8 px patches, hidden 32), saved like a hub model."""
+    import json
+
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    directory = tmp_path_factory.mktemp("tiny-vit")
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    ViTModel(config).save_pretrained(directory)
+    processor = {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def surfaces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of class folders: 10 generated 40 px surfaces per label (free, scratch, spot, crack)."""
+    from demo.surfaces import write_surfaces
+
+    return write_surfaces(tmp_path_factory.mktemp("surfaces") / "images", per_class=10, size=40)
+
+
 @pytest.fixture
 def tiny_csv(tmp_path: Path) -> Path:
     """A CSV of tiny, keyword-separable support intents."""

@@ -99,8 +99,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any Pillow mode: 16/32-bit scaled to 8 bits, alpha composited on white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = array.max() or 1.0
-        image = Image.fromarray((array / top * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(to_8_bit(array, image.mode), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -108,6 +107,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
         return background
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def to_8_bit(array: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit, 32-bit or float image to 0-255 by the range its type can hold.
+
+    By the type's range, not the image's own maximum: a uniformly dark 16-bit frame stays dark.
+    Float images are taken as 0-1 when they fit it; 32-bit integer images as 16-bit when they
+    fit that (Pillow opens 16-bit PNGs as 32-bit).
+    """
+    top = array.max(initial=0.0)
+    if mode == "F":
+        scale = 255.0 if top <= 1.0 else 1.0
+    elif mode.startswith("I;16") or top <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / top
+    return np.asarray((array * scale).round().clip(0, 255), dtype=np.uint8)
 
 
 def to_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:

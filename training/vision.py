@@ -75,6 +75,19 @@ class ImageEncoder(nn.Module):
         # (batch, tokens, hidden) for transformers, (batch, channels, h, w) for CNNs
         return hidden.mean(dim=1) if hidden.dim() == 3 else hidden.mean(dim=(2, 3))
 
+    def train(self, mode: bool = True) -> ImageEncoder:
+        """Training mode for the parts that train; frozen blocks keep inference behaviour.
+
+        An EfficientNet block in training mode drops its residual branch at random (stochastic
+        depth) and a frozen one would do so too: noise that nothing learns to use.
+        """
+        super().train(mode)
+        if mode:
+            for block in getattr(self.backbone, "_blocks", []):
+                if not any(p.requires_grad for p in block.parameters()):
+                    block.eval()
+        return self
+
     def top_layers(self, count: int) -> list[nn.Module]:
         """The last ``count`` stages, counted from the output (for `partial`)."""
         if self.family == "efficientnet":

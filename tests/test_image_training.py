@@ -1,0 +1,183 @@
+"""Training on images: the CLI on a folder, every strategy on a tiny ViT, round trip, ONNX parity,
+and EfficientNet-Lite0's real weights (slow)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import run_cli
+from training.artifacts import load_version_model, read_metrics, read_split, split_inputs, version_images
+from training.blobs import BlobStore
+from training.config import TrainingConfig
+from training.context import TrainContext
+from training.modality import ImageModality
+from training.pipeline import load_splits
+from training.registry import ModelRegistry
+from training.strategies import evaluate_split, run_strategy
+
+
+@pytest.fixture
+def image_config(tiny_vision_model: Path) -> Callable[..., TrainingConfig]:
+    """A TrainingConfig for the tiny ViT with fast settings; keywords override."""
+
+    def build(**overrides: Any) -> TrainingConfig:
+        values: dict[str, Any] = {
+            "name": "surfaces",
+            "base_model": str(tiny_vision_model),
+            "modality": "image",
+            "strategy": "head",
+            "batch_size": 8,
+            "epochs": 12,
+            "early_stopping_patience": 12,
+            "learning_rate": 3e-3,
+            "validation_fraction": 0.2,
+            "test_fraction": 0.2,
+            "profile_rows": 20,
+            "normal_label": "free",
+            "augment": False,  # memorising needs the same view each epoch
+        }
+        return TrainingConfig(**{**values, **overrides})
+
+    return build
+
+
+def _context(config: TrainingConfig, data: Path, store: Path) -> TrainContext:
+    modality = ImageModality(config, BlobStore(store))
+    return TrainContext.create(config, load_splits(data, config, modality), modality)
+
+
+def test_refit_train_on_a_folder_registers_an_image_version(
+    surfaces: Path,
+    tiny_vision_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "bentoml"
+    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", "head"]
+    code, out = run_cli(
+        [*args, "--name", "surfaces", "--home", str(home), "--set", "normal_label=free"], capsys, monkeypatch
+    )
+    assert code == 0, out
+    assert "registered surfaces:" in out and "20% split of images, 8 rows" in out
+    version = ModelRegistry(home).get("surfaces:production")
+    assert version.manifest["modality"] == "image"
+    config = json.loads((version.path / "training_config.json").read_text())
+    assert config["modality"] == "image" and config["base_model"] == str(tiny_vision_model)
+    test = read_metrics(version)["test"]
+    assert test["normal_label"] == "free" and 0.0 <= test["missed_defect_rate"] <= 1.0
+    # The splits name images by content; the registry's store holds their bytes.
+    train = read_split(version, "train")
+    assert train["image"].str.startswith("sha256:").all()
+    assert version_images(version).path(train["image"].iloc[0]).is_file()
+    # Loading needs only the version: same answers as the profile recorded at training time.
+    model, processor = load_version_model(version)
+    from training.inference import predict
+    from training.reference_profile import read_reference_profile
+
+    profile = read_reference_profile(version.path / "reference_profile.parquet")
+    store = version_images(version)
+    again = predict(model, processor, [store.path(k) for k in profile["image"]])
+    np.testing.assert_allclose(again.probabilities, np.stack(profile["probabilities"]), atol=1e-5)
+    code, out = run_cli(["models", "show", "surfaces", "--home", str(home)], capsys, monkeypatch)
+    assert code == 0 and "image" in out
+
+
+@pytest.mark.parametrize(
+    ("strategy", "min_train_accuracy", "trainable"),
+    [
+        # A random tiny encoder's frozen features separate these shapes only in part.
+        ("head", 0.6, lambda n: n == 32 * 4 + 4),
+        ("partial", 0.9, lambda n: 0 < n < 20_000),
+        ("lora", 0.9, lambda n: 0 < n < 10_000),
+        ("full", 0.9, lambda n: n > 20_000),  # at 1e-3: the shared 3e-3 overshoots every weight
+    ],
+)
+def test_every_strategy_memorises_tiny_surfaces(
+    image_config: Callable[..., TrainingConfig],
+    surfaces: Path,
+    tmp_path: Path,
+    strategy: str,
+    min_train_accuracy: float,
+    trainable: Callable[[int], bool],
+) -> None:
+    rate = 1e-3 if strategy == "full" else 3e-3
+    config = image_config(strategy=strategy, partial_layers=1, learning_rate=rate)
+    ctx = _context(config, surfaces, tmp_path / "blobs")
+    result = run_strategy(strategy, ctx)
+    train = evaluate_split(result, ctx, "train")
+    assert train.accuracy >= min_train_accuracy, (strategy, train.accuracy)
+    assert trainable(result.trainable_params), result.trainable_params
+    assert not any("lora" in name for name, _ in result.model.named_parameters())
+
+
+def test_an_image_version_exports_to_onnx_with_parity_from_bytes(
+    image_config: Callable[..., TrainingConfig], surfaces: Path, tmp_path: Path
+) -> None:
+    from training.onnx_export import ONNX_FILE, export_version, onnx_logits, onnx_session
+    from training.pipeline import train_model
+
+    registry = ModelRegistry(tmp_path / "bentoml")
+    version = train_model(surfaces, image_config(), registry=registry).version
+    assert version is not None
+    record = export_version(version)
+    assert record["parity_max_abs_diff"] <= 1e-4 and record["parity_rows"] == 8
+    # From image bytes, as a request brings them, to probabilities: torch and ONNX agree.
+    model, processor = load_version_model(version)
+    images = [p.read_bytes() for p in split_inputs(version, read_split(version, "test"))]
+    session = onnx_session(version.path / "onnx" / ONNX_FILE, ["CPUExecutionProvider"])
+    from training.inference import predict
+
+    torch_logits = predict(model, processor, images).logits
+    np.testing.assert_allclose(onnx_logits(session, processor, images), torch_logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_fine_tunes_with_lora_on_pointwise_convolutions_only(
+    surfaces: Path, tmp_path: Path
+) -> None:
+    config = TrainingConfig(
+        name="surfaces",
+        modality="image",
+        strategy="lora",
+        image_size=64,
+        epochs=2,
+        batch_size=8,
+        validation_fraction=0.2,
+        test_fraction=0.2,
+    )
+    ctx = _context(config, surfaces, tmp_path / "blobs")
+    assert ctx.base_model == "efficientnet-lite0"
+    before = {k: v.clone() for k, v in ctx.fresh_model().state_dict().items()}
+    result = run_strategy("lora", ctx)
+    assert result.details["lora_merge_max_abs_diff"] < 1e-4
+    after = result.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k].cpu())}
+    assert any("_project_conv.weight" in k for k in changed)
+    assert not any("_depthwise_conv" in k or "_conv_stem" in k for k in changed)
+    # BatchNorm keeps its pretrained statistics while fine-tuning (see freeze_batch_norm).
+    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
+    assert evaluate_split(result, ctx, "train").accuracy >= 0.5
+
+
+@pytest.mark.slow
+def test_efficientnet_partial_trains_the_top_blocks_only(surfaces: Path, tmp_path: Path) -> None:
+    config = TrainingConfig(
+        name="surfaces", modality="image", strategy="partial", image_size=64, epochs=1, partial_layers=2
+    )
+    ctx = _context(config, surfaces, tmp_path / "blobs")
+    before = {k: v.clone() for k, v in ctx.fresh_model().state_dict().items()}
+    after = run_strategy("partial", ctx).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k].cpu())}
+    assert any(k.startswith("encoder.backbone._conv_head.") for k in changed)
+    assert any(k.startswith("encoder.backbone._blocks.15.") for k in changed)
+    assert not any(
+        k.startswith(("encoder.backbone._blocks.14.", "encoder.backbone._conv_stem")) for k in changed
+    )
