@@ -13,6 +13,7 @@ client's own CPU cost low, which matters when client and server share two cores.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -81,15 +82,23 @@ class TrafficStats:
 
 @dataclass(frozen=True)
 class Traffic:
-    """What to send: texts, and for feedback their true labels and which rows send them."""
+    """What to send: texts or images (bytes), and for feedback their true labels and which rows
+    send them."""
 
-    texts: Sequence[str]
+    inputs: Sequence[str | bytes]
     labels: Sequence[str] | None = None
     feedback: np.ndarray | None = None  # boolean mask over the rows
 
     def __post_init__(self) -> None:
         if self.feedback is not None and self.labels is None:
             raise ValueError("feedback needs the true labels")
+
+
+def request_body(item: str | bytes) -> dict[str, list[str]]:
+    """The /classify body for one text, or one image (base64)."""
+    if isinstance(item, bytes):
+        return {"images": [base64.b64encode(item).decode("ascii")]}
+    return {"texts": [item]}
 
 
 def choose_feedback(n: int, share: float, seed: int) -> np.ndarray:
@@ -127,9 +136,9 @@ def send_traffic(
     Returns:
         The counts, including every failure's message.
     """
-    if not repeat and duration_s is None and until is None and not traffic.texts:
+    if not repeat and duration_s is None and until is None and not traffic.inputs:
         return stats or TrafficStats()
-    if repeat and not traffic.texts:
+    if repeat and not traffic.inputs:
         raise ValueError("repeat needs at least one row")
     stats = stats or TrafficStats()
     run = _Run(url, traffic, rate, duration_s, repeat, until, on_answer, stats, headers or {})
@@ -154,7 +163,7 @@ class _Run:
     ) -> None:
         self.url, self.traffic, self.rate, self.duration_s = url, traffic, rate, duration_s
         self.until, self.on_answer, self.stats, self.headers = until, on_answer, stats, headers
-        self.order = _schedule(len(traffic.texts), repeat)
+        self.order = _schedule(len(traffic.inputs), repeat)
         self.start_time = 0.0
 
     async def start(self, concurrency: int) -> None:
@@ -185,10 +194,11 @@ class _Run:
             self._count(answer, failure)
 
     async def _send(self, session: Any, row: int) -> tuple[Answer, str | None]:
-        text = str(self.traffic.texts[row])
         start = time.perf_counter()
         try:
-            async with session.post("/classify", json={"texts": [text]}, headers=self.headers) as response:
+            async with session.post(
+                "/classify", json=request_body(self.traffic.inputs[row]), headers=self.headers
+            ) as response:
                 body = await response.read()
                 if response.status != 200:
                     return Answer(row, response.status), f"/classify {response.status}: {body[:200]!r}"
@@ -204,9 +214,12 @@ class _Run:
 
     async def _send_feedback(self, session: Any, row: int, item: dict[str, Any]) -> str | None:
         assert self.traffic.labels is not None  # Traffic checks it
-        # The text too: the prediction may still be in the service's log queue, not yet findable by id.
-        text, label = str(self.traffic.texts[row]), str(self.traffic.labels[row])
-        body = {"request_id": item["request_id"], "text": text, "label": label}
+        # A text goes too: the prediction may still be in the service's log queue, not yet findable
+        # by id (the service waits for the queue when only an image's request id can say it).
+        sent, label = self.traffic.inputs[row], str(self.traffic.labels[row])
+        body = {"request_id": item["request_id"], "label": label}
+        if isinstance(sent, str):
+            body["text"] = sent
         async with session.post("/feedback", json=body, headers=self.headers) as response:
             if response.status != 200:
                 return f"/feedback {response.status}: {(await response.read())[:200]!r}"

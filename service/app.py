@@ -1,6 +1,7 @@
 """The Refit BentoML service: the production version of one registered model, behind HTTP.
 
-POST /classify            adaptive batching (BentoML's batchable API); X-Model-Version pins a version
+POST /classify            adaptive batching (BentoML's batchable API); X-Model-Version pins a version;
+                          an image model takes base64 JSON or multipart uploads (service/guard.py)
 POST /feedback            the true label of a prediction, stored before it is acknowledged
 GET  /model               what is serving: version, stage, labels, metrics, lineage, backend
 GET  /livez /readyz /metrics   BentoML's, readiness waiting for a loaded, warmed model
@@ -8,6 +9,7 @@ GET  /livez /readyz /metrics   BentoML's, readiness waiting for a loaded, warmed
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import time
@@ -27,15 +29,22 @@ from service.bentoml_patches import (
     use_greedy_batching,
     use_json_media_type,
 )
-from service.guard import KEY_NAME, RequestGuard, WorkerStatus
+from service.guard import IMAGES_PATH, KEY_NAME, RequestGuard, WorkerStatus
 from service.heap import freeze_heap, release_free_memory
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
 from service.model_holder import ModelHolder
 from service.openapi import complete_openapi, error_responses
 from service.predictor import LoadedModel, load_model
-from service.schemas import FeedbackRequest, describe_validation_errors, feedback_request_type, text_list_type
+from service.schemas import (
+    FeedbackRequest,
+    describe_validation_errors,
+    feedback_request_type,
+    image_list_type,
+    text_list_type,
+)
 from service.settings import ServeSettings, load_serve_settings
+from training.blobs import BlobStore
 from training.errors import ModelLoadError, PinNotAllowedError, VersionLoadingError, VersionNotFoundError
 from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
@@ -46,17 +55,19 @@ logger = logging.getLogger(__name__)
 # so the settings must be read here; it is only environment variables and an optional file.
 SETTINGS = load_serve_settings(resolve_model=False)
 Texts = text_list_type(SETTINGS.max_texts, SETTINGS.max_chars)
+Images = image_list_type(SETTINGS.max_images)
 if TYPE_CHECKING:
     FeedbackBody = FeedbackRequest
 else:  # the text limits come from the settings
     FeedbackBody = feedback_request_type(SETTINGS.max_chars)
 
 # Matched as regular expressions anywhere in the URL by OpenTelemetry's ExcludeList.
-UNTRACED_ROUTES = ("/classify", "/feedback")
+UNTRACED_ROUTES = ("/classify", "/feedback")  # /classify_images too
 # Every path the service answers (tests/test_service_api.py checks it against the OpenAPI document):
 # BentoML's (the API, its docs and schema, probes, metrics), then FastAPI's routes and docs.
 SERVED_PATHS = (
-    *("/", "/classify", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz", "/healthz"),
+    *("/", "/classify", "/classify_images", "/docs.json", "/schema.json", "/metrics", "/livez", "/readyz"),
+    "/healthz",
     *("/classify_pinned", "/model", "/feedback", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"),
 )
 
@@ -67,9 +78,10 @@ api = FastAPI(title="Refit", description="Routes beside the batched /classify AP
 
 
 class ClassifyRequest(BaseModel):
-    """The /classify body."""
+    """The /classify body of a pinned request: texts, or (for an image model) base64 images."""
 
-    texts: Texts  # type: ignore[valid-type]
+    texts: Texts | None = None  # type: ignore[valid-type]
+    images: Images | None = None  # type: ignore[valid-type]
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -143,6 +155,8 @@ class RefitClassifier:
             on_written=self.metrics.log_written.inc,
             on_depth=self.metrics.log_queue_depth.set,
             on_reopened=self.metrics.log_reopened.inc,
+            images=BlobStore(self.settings.image_store_path),
+            images_max_bytes=int(self.settings.image_store_max_mb * 2**20),
         )
         self.holder = ModelHolder(
             self.registry,
@@ -168,6 +182,8 @@ class RefitClassifier:
         self.metrics.degraded.labels(self.settings.model).set(int(bool(reason)))
 
     def _load(self, version: ModelVersion) -> LoadedModel:
+        # The guard reads and checks requests by what the served model classifies.
+        WORKER_STATUS.modality = str(version.manifest.get("modality", "text"))
         return load_model(
             version,
             self.backend,
@@ -213,12 +229,26 @@ class RefitClassifier:
         """Classify texts: label, confidence, top-k, request id, truncation, model and version per text."""
         return self.predict(self.holder.current, texts)
 
-    def predict(self, model: LoadedModel, texts: list[str]) -> list[dict[str, Any]]:
-        """Run ``model`` on ``texts``, count them in the metrics and queue them for the inference log."""
+    # Internal: the guard checks image requests and sends them here as base64 (service/guard.py).
+    @bentoml.api(
+        route=IMAGES_PATH,
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def classify_images(self, images: Images) -> list[dict[str, Any]]:  # type: ignore[valid-type]
+        """Classify images (sent to /classify as base64 JSON or multipart files): label,
+        confidence, top-k, request id, model and version per image."""
+        encoded: list[str] = images
+        return self.predict(self.holder.current, [base64.b64decode(image) for image in encoded])
+
+    def predict(self, model: LoadedModel, inputs: list[Any]) -> list[dict[str, Any]]:
+        """Run ``model`` on ``inputs`` (texts or image bytes), count them in the metrics and queue
+        them for the inference log."""
         start = time.perf_counter()
-        predictions = model.classify(texts)
-        observe_predictions(self.metrics, model.version.name, texts, predictions)
-        self.log.submit(prediction_records(predictions, texts, (time.perf_counter() - start) * 1000))
+        predictions = model.classify(inputs)
+        observe_predictions(self.metrics, model.version.name, inputs, predictions)
+        self.log.submit(prediction_records(predictions, inputs, (time.perf_counter() - start) * 1000))
         return [p.to_response() for p in predictions]
 
     # Internal: the guard sends POST /classify with X-Model-Version here (see service/guard.py).
@@ -240,6 +270,11 @@ class RefitClassifier:
             return response
         except ModelLoadError as exc:
             return error(503, f"Version {x_model_version} cannot be served: {exc}")
+        if model.modality == "image":
+            encoded: list[str] = body.images or []
+            return self.predict(model, [base64.b64decode(image) for image in encoded])
+        if not body.texts:
+            return error(400, "Invalid request: texts: expected 1 or more texts to classify.")
         return self.predict(model, body.texts)
 
     @api.get("/model", responses=error_responses(401, 403, 429))
@@ -300,5 +335,8 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     keys_file=lambda: load_serve_settings(resolve_model=False).api_keys_path,
     status=WORKER_STATUS,
     edit_openapi=complete_openapi,
+    image_limits=SETTINGS.image_request_limits(),
+    max_image_body_bytes=SETTINGS.max_image_body_bytes,
 )
 use_json_media_type(RefitClassifier, "classify")
+use_json_media_type(RefitClassifier, "classify_images")

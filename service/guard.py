@@ -16,6 +16,10 @@
 - A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
   parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
   JSON.
+- While the worker serves an image model, /classify takes JSON with base64 images or a
+  multipart upload (up to ``max_image_body_bytes``); every image is checked in a thread
+  (``service/image_requests.py``) and a bad one gets a 4xx naming it; the rest goes on to the
+  batched image API as one JSON body. A text model answers the image API with a 404.
 """
 
 from __future__ import annotations
@@ -28,6 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from service.bentoml_patches import ORIGINAL_PATH
+from service.image_requests import (
+    ImageRequestError,
+    ImageRequestLimits,
+    UploadedImage,
+    check_images,
+    read_json_images,
+    read_multipart_images,
+    to_json_body,
+)
 from service.keys import KeyRing
 
 Scope = MutableMapping[str, Any]
@@ -38,9 +51,18 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLASSIFY_PATH = "/classify"
 PINNED_PATH = "/classify_pinned"
+IMAGES_PATH = "/classify_images"  # the batched image API; clients send images to /classify
 VERSION_HEADER = b"x-model-version"
-GUARDED_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, "/feedback"})
-ROUTE_SCOPES = {CLASSIFY_PATH: "predict", PINNED_PATH: "pin", "/feedback": "feedback", "/model": "predict"}
+GUARDED_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, IMAGES_PATH, "/feedback"})
+CLASSIFY_PATHS = frozenset({CLASSIFY_PATH, PINNED_PATH, IMAGES_PATH})
+ROUTE_SCOPES = {
+    CLASSIFY_PATH: "predict",
+    IMAGES_PATH: "predict",
+    PINNED_PATH: "pin",
+    "/feedback": "feedback",
+    "/model": "predict",
+}
+MULTIPART = "multipart/form-data"
 KEY_NAME = "refit.key"  # the authenticated key's name, in the scope, for the routes to record
 READY_PATH = "/readyz"
 DOCS_PATH = "/docs.json"
@@ -48,9 +70,11 @@ DOCS_PATH = "/docs.json"
 
 @dataclass
 class WorkerStatus:
-    """What the worker's service sets and the guard reads: why it is degraded, when it is."""
+    """What the worker's service sets and the guard reads: why it is degraded, when it is, and
+    what its model classifies."""
 
     degraded: str | None = None
+    modality: str = "text"
 
 
 async def send_json(
@@ -84,7 +108,9 @@ class RequestGuard:
         on_reject: Callable[[str], None] = lambda reason: None,
         keys_file: Callable[[], Path] | None = None,
         status: WorkerStatus | None = None,
-        edit_openapi: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        edit_openapi: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
+        image_limits: ImageRequestLimits | None = None,
+        max_image_body_bytes: int = 64_000_000,
     ) -> None:
         self.app = app
         self.status = status or WorkerStatus()
@@ -92,6 +118,8 @@ class RequestGuard:
         # Resolved when the app is built in the worker: the settings of the process that serves.
         self.keys = KeyRing(keys_file()) if keys_file is not None else None
         self.max_body_bytes = max_body_bytes
+        self.image_limits = image_limits or ImageRequestLimits()
+        self.max_image_body_bytes = max_image_body_bytes
         self.max_inflight = max_inflight
         self.retry_after = str(retry_after_s).encode()
         self.on_reject = on_reject
@@ -120,19 +148,31 @@ class RequestGuard:
         if scope["path"] not in GUARDED_PATHS:
             await self.app(scope, receive, send)
             return
+        if scope["path"] in CLASSIFY_PATHS and self.status.modality == "image":
+            await self._classify_images(scope, receive, send)
+            return
+        if scope["path"] == IMAGES_PATH:
+            error = f'This service classifies texts: send {{"texts": [...]}} to {CLASSIFY_PATH}.'
+            await send_json(send, 404, {"error": error}, [])
+            return
         content_type = _content_type(scope)
         if content_type not in ("", "application/json"):
             self.on_reject("unsupported_media_type")
             error = f"Unsupported Content-Type: expected application/json, found {content_type}."
             await send_json(send, 415, {"error": error}, [])
             return
-        body = await self._read_body(receive)
+        body = await self._read_body(receive, self.max_body_bytes)
         if body is None:
             self.on_reject("body_too_large")
             error = f"Request body too large: expected at most {self.max_body_bytes} bytes."
             await send_json(send, 413, {"error": error}, [])
             return
-        is_classify = scope["path"] in (CLASSIFY_PATH, PINNED_PATH)
+        await self._forward(scope, body, receive, send, is_classify=scope["path"] in CLASSIFY_PATHS)
+
+    async def _forward(
+        self, scope: Scope, body: bytes, receive: Receive, send: Send, is_classify: bool
+    ) -> None:
+        """Pass the request on with its read body, unless too many classify requests are in flight."""
         if is_classify and self.inflight >= self.max_inflight:
             self.on_reject("overloaded")
             error = (
@@ -145,6 +185,48 @@ class RequestGuard:
             await self.app(scope, _replay(body, receive), self._add_retry_after(send))
         finally:
             self.inflight -= is_classify
+
+    async def _classify_images(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Read, check and forward an image request; a 4xx names what is wrong with it."""
+        import anyio
+
+        content_type = _content_type(scope)
+        if content_type not in ("", "application/json", MULTIPART):
+            self.on_reject("unsupported_media_type")
+            error = (
+                f"Unsupported Content-Type: expected application/json (base64 images) or {MULTIPART} "
+                f"(image files), found {content_type}."
+            )
+            await send_json(send, 415, {"error": error}, [])
+            return
+        body = await self._read_body(receive, self.max_image_body_bytes)
+        if body is None:
+            self.on_reject("body_too_large")
+            error = f"Request body too large: expected at most {self.max_image_body_bytes} bytes."
+            await send_json(send, 413, {"error": error}, [])
+            return
+        limits = self.image_limits
+        try:
+            images: list[UploadedImage]
+            if content_type == MULTIPART:
+                from starlette.requests import Request
+
+                images = await read_multipart_images(Request(scope, _replay(body, receive)), limits)
+            else:
+                images = await anyio.to_thread.run_sync(read_json_images, body, limits)
+            await anyio.to_thread.run_sync(check_images, images, limits)
+        except ImageRequestError as exc:
+            self.on_reject("invalid_image")
+            await send_json(send, exc.status, {"error": str(exc)}, [])
+            return
+        canonical = to_json_body(images)
+        path = IMAGES_PATH if scope["path"] == CLASSIFY_PATH else scope["path"]
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")] + [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(canonical)).encode()),
+        ]
+        forwarded = {**scope, "path": path, "raw_path": path.encode(), "headers": headers}
+        await self._forward(forwarded, canonical, receive, send, is_classify=True)
 
     async def _send_edited_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """BentoML's OpenAPI document, edited, as a whole JSON response (other statuses unchanged)."""
@@ -165,7 +247,7 @@ class RequestGuard:
             await send(start)
             await send({"type": "http.response.body", "body": body})
             return
-        await send_json(send, 200, self.edit_openapi(json.loads(body)), [])
+        await send_json(send, 200, self.edit_openapi(json.loads(body), self.status.modality), [])
 
     async def _authorize(self, scope: Scope, needed: str, send: Send) -> Scope | None:
         """``scope`` with the key's name added, or None once a 401, 403 or 429 has been sent."""
@@ -192,8 +274,8 @@ class RequestGuard:
             return None
         return {**scope, KEY_NAME: key.name}
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole request body, or None as soon as it passes the limit."""
+    async def _read_body(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole request body, or None as soon as it passes ``limit`` bytes."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -202,7 +284,7 @@ class RequestGuard:
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body_bytes:
+            if size > limit:
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -28,6 +28,8 @@ from service.inference_log_db import (
     sqlite_file,
     utc_now,
 )
+from training.blobs import BlobStore
+from training.images import ImageError, decode_image, describe_image
 
 if TYPE_CHECKING:
     from service.predictor import Prediction
@@ -38,10 +40,17 @@ RETENTION_EVERY_S = 3600.0
 RETRY_AFTER_FAILURE_S = 1.0
 
 
+IMAGE_FIELD = "_image"  # a record's image bytes, until the writer has stored them
+
+
 def prediction_records(
-    predictions: list[Prediction], texts: list[str], latency_ms: float
+    predictions: list[Prediction], inputs: list[Any], latency_ms: float
 ) -> list[dict[str, Any]]:
-    """The ``predictions`` rows of one model call (the texts are stored: drift checks read them)."""
+    """The ``predictions`` rows of one model call (the inputs are stored: drift checks read them).
+
+    An image's row gets its content key and descriptors from the writer thread, which also
+    stores its bytes: none of that work is on the request's path.
+    """
     now = utc_now()
     return [
         {
@@ -49,15 +58,30 @@ def prediction_records(
             "created": now,
             "model": p.model,
             "version": p.version,
-            "text": text,
+            "input": None,
+            **({"text": "", IMAGE_FIELD: item} if isinstance(item, bytes) else {"text": item}),
             "label": p.label,
             "confidence": p.confidence,
             "probabilities": [round(float(x), 6) for x in p.probabilities],
             "latency_ms": latency_ms,
             "truncated": p.truncated,
         }
-        for p, text in zip(predictions, texts, strict=True)
+        for p, item in zip(predictions, inputs, strict=True)
     ]
+
+
+def store_images(batch: list[dict[str, Any]], store: BlobStore) -> None:
+    """Store the images of queued records and put their content keys and descriptors in the rows."""
+    for record in batch:
+        data = record.pop(IMAGE_FIELD, None)
+        if data is None:
+            continue
+        record["text"] = store.put(data)
+        try:
+            descriptors: dict[str, Any] = describe_image(decode_image(data, record["request_id"]))
+        except ImageError:  # checked before it was classified; kept as bytes only if not
+            descriptors = {}
+        record["input"] = {"bytes": len(data), **descriptors}
 
 
 class InferenceLogUnavailable(Exception):
@@ -79,8 +103,12 @@ class InferenceLog:
         on_written: Callable[[int], None] = lambda n: None,
         on_depth: Callable[[int], None] = lambda n: None,
         on_reopened: Callable[[], None] = lambda: None,
+        images: BlobStore | None = None,
+        images_max_bytes: int = 10_000_000_000,
     ) -> None:
         self.url = url
+        self.images = images  # where logged images go; None: texts only
+        self.images_max_bytes = images_max_bytes
         self.batch_size = batch_size
         self.flush_s = flush_ms / 1000
         self.retention = timedelta(days=retention_days)
@@ -191,11 +219,13 @@ class InferenceLog:
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         try:
+            if self.images is not None:
+                store_images(batch, self.images)
             with self.engine().begin() as conn:
                 conn.execute(insert(predictions), batch)
             self._on_written(len(batch))
             self.writes_failing = False
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             self.writes_failing = True
             self._drop(
                 len(batch), f"the log store failed: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
@@ -224,9 +254,22 @@ class InferenceLog:
                 removed += conn.execute(delete(feedback).where(feedback.c.created < cutoff)).rowcount
             if removed:
                 logger.info("retention: deleted %d log rows older than %s", removed, cutoff.isoformat())
+            if self.images is not None:
+                self._prune_images()
         except SQLAlchemyError as exc:
             logger.warning("retention skipped, the log store failed: %s", exc)
             self._reset_engine()
+
+    def _prune_images(self) -> None:
+        """Apply retention and the size cap to logged images; images with feedback stay."""
+        assert self.images is not None
+        with self.engine().connect() as conn:
+            labelled = [row[0] for row in conn.execute(select(feedback.c.text))]
+        removed = self.images.prune(
+            self.images_max_bytes, self.retention.total_seconds(), keep=(t for t in labelled if t)
+        )
+        if removed:
+            logger.info("retention: deleted %d logged images", removed)
 
     def find_prediction(self, request_id: str) -> dict[str, Any] | None:
         """The logged prediction with this request id (after writing what is queued), or None.

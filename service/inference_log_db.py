@@ -48,6 +48,9 @@ predictions = Table(
     Column("probabilities", JSON, nullable=False),  # list[float], in the version's label order
     Column("latency_ms", Float, nullable=False),
     Column("truncated", Boolean, nullable=False),
+    # Images: the text column holds the image's content key (its bytes are in the image store);
+    # this holds its size in bytes and the descriptors the drift check reads. None for texts.
+    Column("input", JSON, nullable=True),
 )
 
 feedback = Table(
@@ -64,7 +67,7 @@ feedback = Table(
     Column("source", String(200), nullable=True),  # the API key that sent it; None: no keys in use
 )
 # Columns added since a table was first created: `create_tables` adds them to an existing log.
-ADDED_COLUMNS = {"feedback": ("source",)}
+ADDED_COLUMNS = {"feedback": ("source",), "predictions": ("input",)}
 
 
 def utc_now() -> datetime:

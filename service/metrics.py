@@ -11,7 +11,7 @@ import functools
 from collections import Counter as Tally
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -143,16 +143,18 @@ def initialise_series(metrics: ServiceMetrics, model: str) -> None:
 
 
 def observe_predictions(
-    metrics: ServiceMetrics, model: str, texts: Sequence[str], predictions: Sequence[Prediction]
+    metrics: ServiceMetrics, model: str, inputs: Sequence[Any], predictions: Sequence[Prediction]
 ) -> None:
-    """Count one model call: batch size, labels, confidences, lengths, out-of-scope and truncated texts."""
-    metrics.batch_texts.labels(model).observe(len(texts))
+    """Count one model call: batch size, labels, confidences, text lengths, out-of-scope and
+    truncated texts."""
+    metrics.batch_texts.labels(model).observe(len(inputs))
     for label, count in Tally(p.label for p in predictions).items():
         metrics.predictions.labels(model, label).inc(count)
     confidence, chars = metrics.confidence.labels(model), metrics.input_chars.labels(model)
-    for p, text in zip(predictions, texts, strict=True):
+    for p, item in zip(predictions, inputs, strict=True):
         confidence.observe(p.confidence)
-        chars.observe(len(text))
+        if isinstance(item, str):
+            chars.observe(len(item))
     out_of_scope = sum(p.in_scope is False for p in predictions)
     if out_of_scope:
         metrics.out_of_scope.labels(model).inc(out_of_scope)

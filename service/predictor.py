@@ -1,4 +1,4 @@
-"""One loaded, warmed model version and how it turns texts into predictions."""
+"""One loaded, warmed model version and how it turns inputs (texts, images) into predictions."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from service.backends import Backend, encode_texts, load_backend
-from training.artifacts import load_version_tokenizer, read_labels, read_metrics
+from service.backends import Backend, encode_inputs, load_backend
+from training.artifacts import load_version_processor, read_labels, read_metrics
 from training.errors import ModelLoadError
 from training.inference import softmax
 from training.open_set import OpenSet, load_open_set
+from training.processors import Processor, TextProcessor
 from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -22,9 +23,25 @@ logger = logging.getLogger(__name__)
 WARMUP_TEXTS = ["warm up the model", "a second, somewhat longer text to warm up with padding"]
 
 
+def warmup_inputs(processor: Processor) -> list[Any]:
+    """Two inputs of the processor's kind: texts of two lengths, or two small PNG images."""
+    if isinstance(processor, TextProcessor):
+        return list(WARMUP_TEXTS)
+    import io
+
+    from PIL import Image
+
+    images = []
+    for shade in (64, 192):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), (shade, shade, shade)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
 @dataclass
 class Prediction:
-    """The answer for one text."""
+    """The answer for one input."""
 
     request_id: str
     label: str
@@ -63,9 +80,8 @@ class LoadedModel:
 
     version: ModelVersion
     backend: Backend
-    tokenizer: Any
+    processor: Processor
     labels: list[str]
-    max_length: int
     metrics: dict[str, Any]
     top_k: int = 3
     chunk_size: int = 64
@@ -73,17 +89,23 @@ class LoadedModel:
     abstain: bool = False  # answer label null when an input is out of scope
     loaded_at: float = field(default_factory=time.time)
 
-    def classify(self, texts: list[str]) -> list[Prediction]:
-        """Predictions for ``texts`` in order; texts of similar length share a model call."""
-        if not texts:
+    @property
+    def modality(self) -> str:
+        """``text`` or ``image``, as the version recorded it."""
+        return str(self.version.manifest.get("modality", "text"))
+
+    def classify(self, inputs: list[Any]) -> list[Prediction]:
+        """Predictions for ``inputs`` (texts, or checked image bytes) in order; texts of similar
+        length share a model call."""
+        if not inputs:
             return []
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        scores = np.full(len(texts), np.nan, dtype=np.float32)
-        truncated = np.zeros(len(texts), dtype=bool)
+        order = self.processor.order(inputs)
+        probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
+        scores = np.full(len(inputs), np.nan, dtype=np.float32)
+        truncated = np.zeros(len(inputs), dtype=bool)
         for start in range(0, len(order), self.chunk_size):
             idx = order[start : start + self.chunk_size]
-            encoded = encode_texts(self.tokenizer, [texts[i] for i in idx], self.max_length)
+            encoded = encode_inputs(self.processor, [inputs[i] for i in idx])
             logits, embeddings = self.backend.run(encoded)
             probs[idx] = softmax(logits)
             if self.open_set is not None:
@@ -127,7 +149,7 @@ class LoadedModel:
     def warm_up(self) -> None:
         """Run two small batches so the first request does not pay for lazy initialisation."""
         for _ in range(2):
-            self.classify(WARMUP_TEXTS)
+            self.classify(warmup_inputs(self.processor))
 
     def describe(self) -> dict[str, Any]:
         """What GET /model returns."""
@@ -147,7 +169,9 @@ class LoadedModel:
             },
             "backend": self.backend.name,
             "device": self.backend.device,
-            "max_length": self.max_length,
+            "modality": self.modality,
+            "max_length": getattr(self.processor, "max_length", None),
+            "image_size": getattr(getattr(self.processor, "preprocessing", None), "size", None),
             "open_set": None
             if self.open_set is None
             else {
@@ -186,9 +210,8 @@ def load_model(
         loaded = LoadedModel(
             version=version,
             backend=load_backend(version, backend, device, threads),
-            tokenizer=load_version_tokenizer(version),
+            processor=load_version_processor(version),
             labels=read_labels(version),
-            max_length=int(version.manifest.get("max_length", 128)),
             metrics=read_metrics(version),
             top_k=top_k,
             # Small length-sorted chunks waste little on padding, which is what costs on a CPU

@@ -71,6 +71,14 @@ def text_list_type(max_texts: int, max_chars: int) -> Any:
     ]
 
 
+def image_list_type(max_images: int) -> Any:
+    """The type of ``images``: 1 to ``max_images`` base64 strings (checked by the guard first)."""
+    return Annotated[
+        list[Annotated[str, Field(min_length=1, json_schema_extra={"contentEncoding": "base64"})]],
+        Field(min_length=1, max_length=max_images, description=f"1 to {max_images} base64-encoded images"),
+    ]
+
+
 class FeedbackRequest(BaseModel):
     """The true label of an earlier prediction (by request id) or of a text."""
 

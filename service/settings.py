@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from service.image_requests import ImageRequestLimits
+from training.images import ImageLimits
 from training.shared_settings import ServedModelSettings, load_settings
 
 CONFIG_ENV = "REFIT_SERVE_CONFIG"
@@ -37,6 +39,18 @@ class ServeSettings(ServedModelSettings):
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut
     max_body_bytes: int = Field(1_000_000, ge=1024)  # request bodies over this get a 413
+    # Image models: images per request, bytes per image and per request body, pixels per image
+    # and the least side; beyond them a 4xx names the image (see service/image_requests.py).
+    max_images: int = Field(16, ge=1)
+    max_image_bytes: int = Field(10_000_000, ge=1024)
+    max_image_body_bytes: int = Field(64_000_000, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    min_image_side: int = Field(32, ge=1)
+    # Where the images of logged predictions are kept (content-addressed, beside the log): feedback
+    # on an image needs the image to retrain. None: an `images` folder beside a SQLite log, or
+    # <registry home>/refit/logged-images for a database server.
+    image_store: Path | None = None
+    image_store_max_mb: float = Field(10_000.0, gt=0)  # the oldest images go first beyond it
     max_inflight: int = Field(512, ge=1)  # /classify requests in flight before a 503 + Retry-After
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503 for overload
     top_k: int = Field(3, ge=1)  # labels with probabilities in each answer
@@ -88,17 +102,33 @@ class ServeSettings(ServedModelSettings):
         return self.api_keys_file or self.home / "refit" / "api-keys.json"
 
     @property
+    def image_store_path(self) -> Path:
+        """The folder of logged images."""
+        if self.image_store is not None:
+            return self.image_store
+        from service.inference_log_db import sqlite_file
+
+        log_file = sqlite_file(self.resolved_log_url)
+        return log_file.parent / "images" if log_file is not None else self.home / "refit" / "logged-images"
+
+    def image_request_limits(self) -> ImageRequestLimits:
+        """What one image request may carry."""
+        image = ImageLimits(min_side=self.min_image_side, max_pixels=self.max_image_pixels)
+        return ImageRequestLimits(self.max_images, self.max_image_bytes, image)
+
+    @property
     def scheme(self) -> str:
         """``https`` with a certificate, else ``http``."""
         return "https" if self.ssl_certfile else "http"
 
     @model_validator(mode="after")
     def _check_batching(self) -> ServeSettings:
-        if self.max_texts > self.max_batch_size:
-            raise ValueError(
-                f"max_texts ({self.max_texts}) must not exceed max_batch_size ({self.max_batch_size}): "
-                "one request's texts always go to the model in one batch"
-            )
+        for key in ("max_texts", "max_images"):
+            if getattr(self, key) > self.max_batch_size:
+                raise ValueError(
+                    f"{key} ({getattr(self, key)}) must not exceed max_batch_size ({self.max_batch_size}): "
+                    "one request's inputs always go to the model in one batch"
+                )
         return self
 
     @property

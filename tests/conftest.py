@@ -78,6 +78,30 @@ def surfaces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_surfaces(tmp_path_factory.mktemp("surfaces") / "images", per_class=10, size=40)
 
 
+@pytest.fixture(scope="session")
+def image_home_template(
+    tmp_path_factory: pytest.TempPathFactory, surfaces: Path, tiny_vision_model: Path
+) -> Path:
+    """A registry with one image version (`surfaces`, head on the tiny ViT), exported to ONNX."""
+    from training.config import TrainingConfig
+    from training.onnx_export import export_version
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    home = tmp_path_factory.mktemp("image-served") / "bentoml"
+    config = TrainingConfig(
+        name="surfaces",
+        base_model=str(tiny_vision_model),
+        strategy="head",
+        profile_rows=20,
+        normal_label="free",
+    )
+    version = train_model(surfaces, config, registry=ModelRegistry(home)).version
+    assert version is not None
+    export_version(version)
+    return home
+
+
 @pytest.fixture
 def tiny_csv(tmp_path: Path) -> Path:
     """A CSV of tiny, keyword-separable support intents."""

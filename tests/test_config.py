@@ -12,7 +12,8 @@ from training.errors import ConfigError
 
 def test_defaults() -> None:
     cfg = load_training_config()
-    assert cfg.strategy == "auto" and cfg.base_model == "minilm"
+    assert cfg.strategy == "auto" and cfg.modality == "auto"
+    assert cfg.base_model is None  # the modality's default: minilm for texts, efficientnet-lite0 for images
 
 
 @pytest.mark.parametrize(

@@ -106,7 +106,7 @@ def test_truncation_is_detected_per_text(tiny_base_model: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     encoded = encode_texts(tokenizer, ["reset my password", "parcel " * 30, "refund"], max_length=8)
     assert encoded.truncated.tolist() == [False, True, False]
-    assert encoded.input_ids.shape == (3, 8) and encoded.attention_mask[0].sum() == 5
+    assert encoded.arrays["input_ids"].shape == (3, 8) and encoded.arrays["attention_mask"][0].sum() == 5
 
 
 def test_pinned_versions_load_lazily_into_a_small_lru(served_home: Path) -> None:

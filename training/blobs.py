@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from training.registry import default_home
@@ -58,6 +60,30 @@ class BlobStore:
             FileNotFoundError: no blob with that key.
         """
         return self.path(key).read_bytes()
+
+    def prune(self, max_bytes: int, older_than_s: float | None = None, keep: Iterable[str] = ()) -> int:
+        """Delete blobs older than ``older_than_s`` seconds, then the oldest until the store holds at
+        most ``max_bytes``; never a key of ``keep``. Returns how many were deleted."""
+        kept = {key.removeprefix(PREFIX) for key in keep}
+        entries = []
+        for path in self.root.glob("??/*"):
+            if path.name.startswith(".") or path.name in kept:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in entries)
+        cutoff = time.time() - older_than_s if older_than_s is not None else None
+        removed = 0
+        for mtime, size, path in sorted(entries):
+            if total <= max_bytes and (cutoff is None or mtime >= cutoff):
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+        return removed
 
 
 def registry_images(home: Path | None = None) -> BlobStore:

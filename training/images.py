@@ -20,7 +20,15 @@ SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageError(DataError):
-    """An image cannot be used; the message names the image and the problem."""
+    """An image cannot be used; the message names the image and the problem.
+
+    ``reason`` is one of ``not_an_image``, ``unsupported_format``, ``corrupt``, ``too_small``,
+    ``too_many_pixels`` (the service maps it to an HTTP status).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -66,11 +74,13 @@ def decode_image(data: bytes, source: str, limits: ImageLimits | None = None) ->
     except UnidentifiedImageError as exc:
         raise ImageError(
             f"{source} is not an image Refit can read ({len(data):,} bytes, starting {data[:8]!r}). "
-            f"Expected one of {', '.join(FORMATS)}."
+            f"Expected one of {', '.join(FORMATS)}.",
+            "not_an_image",
         ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
-            f"{source} is truncated or corrupt: {exc}. Expected a complete image file; re-export it."
+            f"{source} is truncated or corrupt: {exc}. Expected a complete image file; re-export it.",
+            "corrupt",
         ) from exc
     return to_rgb(ImageOps.exif_transpose(image))
 
@@ -78,20 +88,24 @@ def decode_image(data: bytes, source: str, limits: ImageLimits | None = None) ->
 def _check_header(image: Image.Image, source: str, limits: ImageLimits) -> None:
     fmt = getattr(image, "format", None)
     if fmt not in FORMATS:
-        raise ImageError(f"{source} is a {fmt} image; expected one of {', '.join(FORMATS)}.")
+        raise ImageError(
+            f"{source} is a {fmt} image; expected one of {', '.join(FORMATS)}.", "unsupported_format"
+        )
     width, height = getattr(image, "size", (0, 0))
     if width * height > limits.max_pixels:
         raise _too_many_pixels(source, limits, f"{width}x{height}")
     if min(width, height) < limits.min_side:
         raise ImageError(
-            f"{source} is {width}x{height} pixels; expected at least {limits.min_side} pixels a side."
+            f"{source} is {width}x{height} pixels; expected at least {limits.min_side} pixels a side.",
+            "too_small",
         )
 
 
 def _too_many_pixels(source: str, limits: ImageLimits, found: str) -> ImageError:
     return ImageError(
         f"{source} has too many pixels ({found}); expected at most {limits.max_pixels:,} "
-        "(a decompression bomb guard). Hint: downscale the image, or raise max_image_pixels."
+        "(a decompression bomb guard). Hint: downscale the image, or raise max_image_pixels.",
+        "too_many_pixels",
     )
 
 
@@ -136,22 +150,51 @@ def to_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
     return np.ascontiguousarray(((array - mean) / std).transpose(2, 0, 1))
 
 
+DESCRIPTOR_SIDE = 128  # descriptors are computed at one size, so images of any size compare
+
+
+def describe_image(image: Image.Image) -> dict[str, float]:
+    """What the drift check reads of an image: brightness, contrast, sharpness, saturation and size.
+
+    Brightness and contrast are the mean and standard deviation of the grey levels (0-1);
+    sharpness the variance of the Laplacian of the grey image at 128x128 (a blur or a dirty lens
+    lowers it); saturation the mean HSV saturation (0-1).
+    """
+    width, height = image.size
+    grey = np.asarray(image.convert("L").resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE)), dtype=np.float32) / 255.0
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
+    hsv = np.asarray(image.resize((DESCRIPTOR_SIDE, DESCRIPTOR_SIDE)).convert("HSV"), dtype=np.float32)
+    return {
+        "brightness": float(grey.mean()),
+        "contrast": float(grey.std()),
+        "sharpness": float(laplacian.var()),
+        "saturation": float(hsv[..., 1].mean() / 255.0),
+        "width": float(width),
+        "height": float(height),
+        "aspect_ratio": float(width / height),
+    }
+
+
 def augment_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A random view of an inspection image: flips, a small rotation and crop, brightness and contrast.
 
-    Defects have no preferred orientation, so both flips are fair; rotation stays within 10 degrees
-    and the crop keeps at least 85% of each side so that an edge defect is rarely cut away.
+    Defects have no preferred orientation, so both flips are fair. The rotation (within 10
+    degrees) turns a mirror-padded copy and cuts the original frame back out, and the crop keeps
+    at least 90% of each side: black corners, or an edge cut away, would look like the broken
+    edge that is itself a defect class in inspection data.
     """
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    image = image.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BILINEAR, expand=False)
     width, height = image.size
-    scale = rng.uniform(0.85, 1.0, size=2)
+    pad_x, pad_y = width // 5, height // 5
+    padded = Image.fromarray(np.pad(np.asarray(image), ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect"))
+    turned = padded.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BILINEAR)
+    scale = rng.uniform(0.9, 1.0, size=2)
     crop_w, crop_h = max(1, int(width * scale[0])), max(1, int(height * scale[1]))
-    left = int(rng.integers(0, width - crop_w + 1))
-    top = int(rng.integers(0, height - crop_h + 1))
-    image = image.crop((left, top, left + crop_w, top + crop_h))
+    left = pad_x + int(rng.integers(0, width - crop_w + 1))
+    top = pad_y + int(rng.integers(0, height - crop_h + 1))
+    image = turned.crop((left, top, left + crop_w, top + crop_h))
     image = ImageEnhance.Brightness(image).enhance(float(rng.uniform(0.8, 1.2)))
     return ImageEnhance.Contrast(image).enhance(float(rng.uniform(0.8, 1.2)))

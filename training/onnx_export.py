@@ -37,7 +37,20 @@ logger = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 QUANTIZED_FILE = "model.int8.onnx"
 EXPORT_RECORD = "export.json"
-PARITY_TOLERANCE = 1e-4
+PARITY_TOLERANCE = 1e-4  # of the largest |logit| (at least 1): float32 rounding grows with the scale
+
+
+def parity_gap(reference: np.ndarray, exported: np.ndarray) -> float:
+    """max |torch - ONNX logit| over the larger of 1 and the largest |torch logit|.
+
+    A head calibrated on a few confident rows can have logits in the hundreds, where float32
+    kernels that add in another order differ by 1e-3 although the answers agree to 1e-6.
+    """
+    if not len(reference):
+        return 0.0
+    return float(np.abs(reference - exported).max() / max(1.0, float(np.abs(reference).max())))
+
+
 OPSET = 17
 
 
@@ -178,20 +191,22 @@ def _export_locked(
     reference = predict(model, processor, inputs, mixed_precision="no").logits
     exported = onnx_logits(onnx_session(partial, ["CPUExecutionProvider"]), processor, inputs)
     diff = float(np.abs(reference - exported).max()) if len(inputs) else 0.0
+    gap = parity_gap(reference, exported)
     record: dict[str, Any] = {
         "file": f"{ONNX_DIR}/{ONNX_FILE}",
         "opset": OPSET,
         "parity_max_abs_diff": diff,
+        "parity_relative_diff": gap,
         "parity_tolerance": parity_tolerance,
         "parity_rows": len(inputs),
         "export_seconds": round(time.perf_counter() - start, 2),
         "accuracy": evaluate_predictions(y, softmax(exported), labels).accuracy,
     }
-    if diff > parity_tolerance:
+    if gap > parity_tolerance:
         partial.unlink(missing_ok=True)
         raise ExportError(
             f"ONNX export of {version.tag} does not match torch: max |logit diff| = {diff:.2e}, "
-            f"expected <= {parity_tolerance:.0e}. The ONNX file was not kept."
+            f"{gap:.2e} of the logits' scale, expected <= {parity_tolerance:.0e}. The ONNX file was not kept."
         )
     partial.replace(target)
     if quantize:

@@ -9,8 +9,6 @@ test texts, with torch and, when it has one, with its ONNX export (whose logits 
 
 from __future__ import annotations
 
-import numpy as np
-
 from training.artifacts import ONNX_DIR, load_version_model, read_split, split_inputs
 from training.errors import ModelLoadError
 from training.inference import predict
@@ -25,7 +23,7 @@ def check_servable(version: ModelVersion) -> None:
     Raises:
         ModelLoadError: something does not load, or the export's answers differ from torch's.
     """
-    from training.onnx_export import ONNX_FILE, PARITY_TOLERANCE, onnx_logits, onnx_session
+    from training.onnx_export import ONNX_FILE, PARITY_TOLERANCE, onnx_logits, onnx_session, parity_gap
 
     try:
         model, processor = load_version_model(version)
@@ -40,11 +38,11 @@ def check_servable(version: ModelVersion) -> None:
             f"{version.tag} cannot be promoted: it does not load and answer as a service would "
             f"({type(exc).__name__}: {str(exc)[:300]}). Re-train or re-export it."
         ) from exc
-    diff = float(np.abs(reference - exported).max()) if len(reference) else 0.0
-    if diff > PARITY_TOLERANCE:
+    gap = parity_gap(reference, exported)
+    if gap > PARITY_TOLERANCE:
         raise ModelLoadError(
             f"{version.tag} cannot be promoted: its ONNX export answers differently from its weights "
-            f"(max |logit diff| {diff:.2e}, expected <= {PARITY_TOLERANCE:.0e}). "
+            f"(max |logit diff| {gap:.2e} of the logits' scale, expected <= {PARITY_TOLERANCE:.0e}). "
             f"Re-export it: `refit models export {version.tag}`."
         )
 

@@ -1,0 +1,172 @@
+"""An image model behind the service, in-process: base64 and multipart requests, every bad-image
+class by its status and message, the inference log's image store, feedback on an image."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import SERVICE_LIMITS
+
+
+@pytest.fixture
+def image_client(
+    image_home_template: Path, tmp_path: Path, service_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The service over a private copy of the image registry, in-process, started and ready."""
+    import shutil
+
+    from starlette.testclient import TestClient
+
+    home = tmp_path / "bentoml"
+    shutil.copytree(image_home_template, home)
+    env = {
+        **SERVICE_LIMITS,
+        "REFIT_SERVE_MODEL": "surfaces",
+        "REFIT_SERVE_REGISTRY_HOME": str(home),
+        "REFIT_SERVE_LOG_FLUSH_MS": "20",
+        "REFIT_SERVE_FREEZE_HEAP": "false",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with TestClient(service_app) as client:
+        client.home = home  # type: ignore[attr-defined]
+        yield client
+
+
+def _png(side: int = 48, shade: int = 120, noisy: bool = False) -> bytes:
+    if noisy:
+        array = np.random.default_rng(side).integers(0, 255, (side, side, 3), dtype=np.uint8)
+        image = Image.fromarray(array)
+    else:
+        image = Image.new("RGB", (side, side), (shade, shade, shade))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_base64_and_multipart_requests_get_the_same_answers(image_client: Any, surfaces: Path) -> None:
+    files = sorted((surfaces / "scratch").iterdir())[:2]
+    images = [f.read_bytes() for f in files]
+    by_json = image_client.post("/classify", json={"images": [_b64(i) for i in images]})
+    assert by_json.status_code == 200, by_json.text
+    upload = [("images", (f.name, f.read_bytes(), "image/png")) for f in files]
+    by_form = image_client.post("/classify", files=upload)
+    assert by_form.status_code == 200, by_form.text
+    answers, again = by_json.json(), by_form.json()
+    assert len(answers) == 2
+    assert set(answers[0]) >= {"request_id", "label", "confidence", "top_k", "truncated", "model", "version"}
+    assert answers[0]["truncated"] is False and answers[0]["model"] == "surfaces"
+    assert [a["label"] for a in answers] == [a["label"] for a in again]
+    np.testing.assert_allclose(
+        [a["confidence"] for a in answers], [a["confidence"] for a in again], atol=1e-5
+    )
+    info = image_client.get("/model").json()
+    assert info["modality"] == "image" and info["image_size"] == 32
+
+
+@pytest.mark.parametrize(
+    ("images", "status", "message"),
+    [
+        ([b"just some text"], 422, r"image 1 is not an image Refit can read \(14 bytes"),
+        ([_png(noisy=True), _png(noisy=True)[:500]], 422, r"image 2 is truncated or corrupt"),
+        ([_png(side=8)], 422, r"image 1 is 8x8 pixels; expected at least 32 pixels a side"),
+        ([b"GIF89a" + _png()[6:]], 422, r"image 1 is (not an image|truncated)"),
+        ([_png()] * 17, 413, r"Too many images: 17 in one request, expected at most 16"),
+    ],
+    ids=["not-an-image", "truncated", "too-small", "fake-gif", "too-many"],
+)
+def test_a_bad_image_gets_a_4xx_naming_it(
+    image_client: Any, images: list[bytes], status: int, message: str
+) -> None:
+    import re
+
+    response = image_client.post("/classify", json={"images": [_b64(i) for i in images]})
+    assert response.status_code == status, response.text
+    assert re.search(message, response.json()["error"]), response.json()
+    assert image_client.post("/classify", json={"images": [_b64(_png())]}).status_code == 200
+
+
+def test_unsupported_formats_bombs_and_big_files_are_named(image_client: Any) -> None:
+    gif = io.BytesIO()
+    Image.new("RGB", (40, 40)).save(gif, format="GIF")
+    response = image_client.post("/classify", files=[("images", ("anim.gif", gif.getvalue(), "image/gif"))])
+    assert response.status_code == 415
+    assert (
+        response.json()["error"]
+        == "image 1 (anim.gif) is a GIF image; expected one of JPEG, PNG, BMP, TIFF, WEBP."
+    )
+    bomb = io.BytesIO()
+    Image.new("L", (7000, 6000)).save(bomb, format="PNG")  # 42 M pixels in a few KB
+    response = image_client.post("/classify", files=[("images", ("bomb.png", bomb.getvalue(), "image/png"))])
+    assert response.status_code == 413
+    assert "image 1 (bomb.png) has too many pixels (7000x6000); expected at most 40,000,000" in response.text
+    big = _png(side=1900, noisy=True)  # 10.8 MB as PNG
+    response = image_client.post("/classify", files=[("images", ("big.png", big, "image/png"))])
+    assert response.status_code == 413
+    assert f"image 1 (big.png) is {len(big):,} bytes; expected at most 10,000,000" in response.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"json": {"texts": ["hello"]}}, 400, r"This service classifies images: expected \{\"images\""),
+        ({"json": {"images": ["not base64!"]}}, 400, r"image 1 is not valid base64"),
+        ({"json": {"images": []}}, 400, r"No images: expected 1 to 16 images"),
+        (
+            {"content": b"<xml/>", "headers": {"content-type": "application/xml"}},
+            415,
+            r"expected application/json",
+        ),
+        ({"files": {"note": (None, "no files")}}, 400, r"No image files in the multipart body"),
+    ],
+    ids=["texts", "bad-base64", "empty", "xml", "form-without-files"],
+)
+def test_a_malformed_image_request_is_a_4xx(
+    image_client: Any, kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    import re
+
+    response = image_client.post("/classify", **kwargs)
+    assert response.status_code == status, response.text
+    assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_the_log_keeps_each_image_and_feedback_finds_it(image_client: Any, surfaces: Path) -> None:
+    image = next((surfaces / "spot").iterdir()).read_bytes()
+    answer = image_client.post("/classify", json={"images": [_b64(image)]}).json()[0]
+    response = image_client.post("/feedback", json={"request_id": answer["request_id"], "label": "spot"})
+    assert response.status_code == 200, response.text
+    database = image_client.home / "refit" / "inference.db"
+    with sqlite3.connect(database) as conn:
+        key, meta = conn.execute(
+            "SELECT text, input FROM predictions WHERE request_id = ?", (answer["request_id"],)
+        ).fetchone()
+        (labelled,) = conn.execute(
+            "SELECT text FROM feedback WHERE request_id = ?", (answer["request_id"],)
+        ).fetchone()
+    assert key.startswith("sha256:") and labelled == key
+    stored = database.parent / "images" / key[7:9] / key[7:]
+    assert stored.read_bytes() == image
+    descriptors = json.loads(meta)
+    assert descriptors["bytes"] == len(image) and descriptors["width"] == 40.0
+    assert set(descriptors) >= {"brightness", "contrast", "sharpness", "saturation", "aspect_ratio"}
+
+
+def test_the_image_api_of_a_text_model_is_a_404(client: Any) -> None:
+    response = client.post("/classify_images", json={"images": [_b64(_png())]})
+    assert response.status_code == 404
+    assert "This service classifies texts" in response.json()["error"]
