@@ -189,7 +189,8 @@ def augment_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     width, height = image.size
     pad_x, pad_y = width // 5, height // 5
-    padded = Image.fromarray(np.pad(np.asarray(image), ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect"))
+    mirrored = np.pad(np.asarray(image), ((pad_y, pad_y), (pad_x, pad_x), (0, 0)), mode="reflect")
+    padded = Image.fromarray(mirrored)
     turned = padded.rotate(float(rng.uniform(-10, 10)), resample=Image.Resampling.BILINEAR)
     scale = rng.uniform(0.9, 1.0, size=2)
     crop_w, crop_h = max(1, int(width * scale[0])), max(1, int(height * scale[1]))
