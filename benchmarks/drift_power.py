@@ -177,7 +177,8 @@ def window_features(
     texts = [t for emb, rows in parts for t in (emb["texts"][i] for i in rows)]
     probabilities = np.concatenate([emb["probabilities"][rows] for emb, rows in parts])
     embeddings = np.concatenate([emb["embeddings"][rows] for emb, rows in parts])
-    return build_features(reference.space, texts, probabilities, embeddings), texts, probabilities
+    rows = pd.DataFrame({"text": texts})
+    return build_features(reference.space, rows, probabilities, embeddings), texts, probabilities
 
 
 def time_check_end_to_end(
@@ -188,7 +189,7 @@ def time_check_end_to_end(
     The probabilities are what the served model logged with each prediction.
     """
     start = time.perf_counter()
-    current, distances = reference.live_features(texts, probabilities)
+    current, distances = reference.live_features(pd.DataFrame({"text": texts}), texts, probabilities)
     result, _ = detect_drift(reference.features, current, alpha=alpha, min_window=1)
     note = assess_estimate(distances, reference.novelty_threshold, alpha)[2]
     context = ReportContext("banking67", reference.version.version, None, None, 0, note, 0.0)

@@ -38,10 +38,13 @@ def train_candidate(
     timeout_s: float,
     workdir: Path,
     export: bool = True,
+    test: pd.DataFrame | None = None,
 ) -> str:
     """Run `refit train` on ``data`` in a child process; returns the new version.
 
     With ``export``, the child also exports the version to ONNX when production has an export.
+    ``test``: production's test split as ``text`` and ``label`` rows (for an image version,
+    ``text`` holds the image files); by default read from production.
 
     Raises:
         RuntimeError: the child failed, timed out, or registered nothing.
@@ -54,8 +57,10 @@ def train_candidate(
     # metrics compare with production's, and none of the (few) feedback rows of a new intent is
     # spent on a second test split.
     data_path, config_path, test_path = (workdir / n for n in ("retrain.csv", "retrain.yaml", "test.csv"))
-    read_split(production, "test").to_csv(test_path, index=False)
+    (read_split(production, "test") if test is None else test).to_csv(test_path, index=False)
     config.update(parent_version=production.version, test_file=str(test_path))
+    if config.get("modality") == "image":  # the tables list image files in their `text` column
+        config["image_column"] = "text"
     config["strategy"] = strategy or production.manifest.get("strategy", config.get("strategy"))
     data.to_csv(data_path, index=False)
     config_path.write_text(

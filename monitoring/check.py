@@ -24,6 +24,8 @@ from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from monitoring.retention import prune_reports
 from monitoring.settings import MonitorSettings
+from training.artifacts import version_modality
+from training.blobs import BlobStore
 from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,13 @@ class DriftChecker:
         self.engine = engine
         self.registry = registry or ModelRegistry(settings.home)
         self._reference: Reference | None = None
+
+    def _inputs(self, reference: Reference, window: pd.DataFrame) -> list[Any]:
+        """What the version's model reads for each window row: the text, or the logged image file."""
+        if version_modality(reference.version) == "image":
+            store = BlobStore(self.settings.image_store_path)
+            return [store.path(key) for key in window["text"]]
+        return list(window["text"])
 
     def reference(self, version: str) -> Reference:
         """The reference of ``version``, built once.
@@ -106,7 +115,7 @@ class DriftChecker:
             outcome = CheckOutcome(result, version, None, None, 0, None, production=production)
             return self._finish(outcome, start)
         probabilities = np.asarray(window["probabilities"].tolist(), dtype=np.float32)
-        current, distances = reference.live_features(list(window["text"]), probabilities)
+        current, distances = reference.live_features(window, self._inputs(reference, window), probabilities)
         current["estimated_correct"] = reference.estimate_correct(current["confidence"])
         current["observed_correct"] = self._observed(window)
         baseline = reference.features.assign(

@@ -3,18 +3,22 @@
 - prediction features: predicted label, top probability, entropy (black-box shift detection on
   the model's own outputs is the strongest published detector at small samples);
 - embedding features: the sentence embedding projected on a PCA fitted on the reference;
-- text descriptors: length in characters and words, share of words the tokenizer splits into
-  several pieces or maps to unknown, digit, non-ASCII and uppercase shares.
+- input descriptors: for texts, length in characters and words, share of words the tokenizer
+  splits into several pieces or maps to unknown, digit, non-ASCII and uppercase shares; for
+  images, brightness, contrast, sharpness, saturation, width, height and aspect ratio
+  (``training.images.describe_image``, computed when the image was profiled or logged).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+
+from training.images import IMAGE_DESCRIPTORS
 
 PREDICTION_COLUMNS = ("predicted_label", "confidence", "entropy")
 TEXT_COLUMNS = (
@@ -29,12 +33,45 @@ TEXT_COLUMNS = (
 CATEGORICAL_COLUMNS = ("predicted_label",)
 
 
+class InputDescriptors(Protocol):
+    """A modality's descriptors of its inputs, the drift check's view of the inputs themselves."""
+
+    columns: tuple[str, ...]
+
+    def describe(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """One row of descriptors per row of a profile or a log window."""
+        ...
+
+
+@dataclass
+class TextDescriptors:
+    """Computed from the texts with the model's own tokenizer (no downloads)."""
+
+    tokenizer: Any
+    columns: tuple[str, ...] = TEXT_COLUMNS
+
+    def describe(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Descriptors of the ``text`` column."""
+        return text_descriptors(list(rows["text"]), self.tokenizer)
+
+
+@dataclass
+class ImageDescriptors:
+    """Read from the rows: computed from each image when it was profiled or logged."""
+
+    columns: tuple[str, ...] = IMAGE_DESCRIPTORS
+
+    def describe(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The descriptor columns (NaN where a row lacks them)."""
+        return rows.reindex(columns=list(self.columns)).astype(float).reset_index(drop=True)
+
+
 @dataclass
 class FeatureSpace:
-    """What turns raw outputs into features: label names, the tokenizer and the reference PCA."""
+    """What turns raw outputs into features: label names, input descriptors and the reference PCA."""
 
     labels: list[str]
-    tokenizer: Any
+    descriptors: InputDescriptors
     mean: np.ndarray  # (hidden,) reference embedding mean
     components: np.ndarray  # (k, hidden) principal axes of the reference embeddings
 
@@ -49,19 +86,19 @@ class FeatureSpace:
         return (
             [c for c in PREDICTION_COLUMNS if c not in CATEGORICAL_COLUMNS]
             + self.embedding_columns
-            + list(TEXT_COLUMNS)
+            + list(self.descriptors.columns)
         )
 
 
 def fit_feature_space(
-    labels: list[str], tokenizer: Any, reference_embeddings: np.ndarray, components: int
+    labels: list[str], descriptors: InputDescriptors, reference_embeddings: np.ndarray, components: int
 ) -> FeatureSpace:
     """Fit the PCA of the embedding features on the reference embeddings (rows, hidden)."""
     from sklearn.decomposition import PCA
 
     # The full solver is exact and deterministic (the randomized one differs from run to run).
     pca = PCA(min(components, *reference_embeddings.shape), svd_solver="full").fit(reference_embeddings)
-    return FeatureSpace(labels=labels, tokenizer=tokenizer, mean=pca.mean_, components=pca.components_)
+    return FeatureSpace(labels=labels, descriptors=descriptors, mean=pca.mean_, components=pca.components_)
 
 
 def prediction_features(probabilities: np.ndarray, labels: list[str]) -> pd.DataFrame:
@@ -109,13 +146,13 @@ def text_descriptors(texts: Sequence[str], tokenizer: Any) -> pd.DataFrame:
 
 
 def build_features(
-    space: FeatureSpace, texts: Sequence[str], probabilities: np.ndarray, embeddings: np.ndarray
+    space: FeatureSpace, rows: pd.DataFrame, probabilities: np.ndarray, embeddings: np.ndarray
 ) -> pd.DataFrame:
-    """All features of a set of predictions, one row each."""
+    """All features of a set of predictions (``rows``: the profile's or the log window's), one row each."""
     projected = (embeddings - space.mean) @ space.components.T
     frames = [
         prediction_features(probabilities, space.labels),
         pd.DataFrame(projected, columns=space.embedding_columns),
-        text_descriptors(texts, space.tokenizer),
+        space.descriptors.describe(rows),
     ]
     return pd.concat(frames, axis=1)

@@ -140,15 +140,26 @@ def read_window(
         predictions.c.text,
         predictions.c.label,
         predictions.c.probabilities,
+        predictions.c.input,
     ).where(and_(predictions.c.model == model, predictions.c.version == version))
     if minutes is not None:
         query = query.where(predictions.c.created >= utc_now() - timedelta(minutes=minutes))
     query = query.order_by(predictions.c.id.desc()).limit(size)
     with engine.connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(query)]
-    frame = pd.DataFrame(rows, columns=["request_id", "created", "text", "label", "probabilities"])
+    columns = ["request_id", "created", "text", "label", "probabilities", "input"]
+    frame = pd.DataFrame(rows, columns=columns)
     frame["probabilities"] = [json.loads(p) if isinstance(p, str) else p for p in frame["probabilities"]]
+    # An image's descriptors, logged beside its prediction, become columns (none for texts).
+    described = pd.DataFrame([_as_dict(value) for value in frame.pop("input")], index=frame.index)
+    frame = pd.concat([frame, described], axis=1)
     return frame.iloc[::-1].reset_index(drop=True)
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        value = json.loads(value)
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def read_serving_version(engine: Engine, model: str, recent: int = 100) -> str | None:

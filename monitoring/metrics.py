@@ -56,7 +56,7 @@ class MonitorMetrics:
         )
         self.novelty_share = Gauge(
             "refit_window_novelty_share",
-            "Share of the last window farther from every reference text than 99% of reference texts.",
+            "Share of the last window farther from every reference input than 99% of reference inputs.",
             ["model"],
             registry=r,
         )

@@ -19,13 +19,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.features import FeatureSpace, build_features, fit_feature_space
+from monitoring.features import (
+    FeatureSpace,
+    ImageDescriptors,
+    InputDescriptors,
+    TextDescriptors,
+    build_features,
+    fit_feature_space,
+)
 from training.artifacts import (
     ONNX_DIR,
     load_version_processor,
     load_version_profile,
     load_version_tokenizer,
     read_labels,
+    version_modality,
 )
 from training.novelty import nearest_distance
 from training.processors import Processor
@@ -66,9 +74,9 @@ class Encoder:
         predictions = predict(self._model, self.processor, texts)
         return [getattr(predictions, n) for n in names]
 
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Sentence embeddings (n, hidden) of ``texts``, as the reference's were computed."""
-        return self.outputs(texts, ("embeddings",))[0]
+    def embed(self, inputs: list[Any]) -> np.ndarray:
+        """Embeddings (n, hidden) of ``inputs``, as the reference's were computed."""
+        return self.outputs(inputs, ("embeddings",))[0]
 
 
 @dataclass
@@ -83,11 +91,14 @@ class Reference:
     embeddings: np.ndarray  # (rows, hidden) reference embeddings, for novelty
     novelty_threshold: float  # cosine distance to the nearest reference row; above it: novel
 
-    def live_features(self, texts: list[str], probabilities: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-        """Features of logged predictions (their probabilities, re-computed embeddings), and the
-        embeddings' novelty: each text's distance to the nearest reference text."""
-        embeddings = self.encoder.embed(texts)
-        features = build_features(self.space, texts, probabilities, embeddings)
+    def live_features(
+        self, rows: pd.DataFrame, inputs: list[Any], probabilities: np.ndarray
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Features of logged predictions (``rows`` of the window; ``inputs`` what the model reads
+        for them: texts, or the logged image files) and the embeddings' novelty: each input's
+        distance to the nearest reference input."""
+        embeddings = self.encoder.embed(inputs)
+        features = build_features(self.space, rows, probabilities, embeddings)
         return features, nearest_distance(embeddings, self.embeddings)
 
     def estimate_correct(self, confidence: Any) -> np.ndarray:
@@ -115,7 +126,7 @@ def load_reference(
     Raises:
         ModelLoadError: the profile or the model is missing or corrupt.
     """
-    tokenizer = load_version_tokenizer(version)
+    descriptors = input_descriptors(version)
     labels = read_labels(version)
     cache = (
         cache_dir / f"{version.name}-{version.version}-pca{components}-rows{rows}-v{CACHE_FORMAT}"
@@ -124,12 +135,12 @@ def load_reference(
     )
     cached = _read_cache(cache) if cache else None
     if cached is None:
-        cached = _derive(version, labels, tokenizer, components, rows)
+        cached = _derive(version, labels, descriptors, components, rows)
         if cache:
             _write_cache(cache, cached)
     features, arrays = cached
     space = FeatureSpace(
-        labels=labels, tokenizer=tokenizer, mean=arrays["mean"], components=arrays["components"]
+        labels=labels, descriptors=descriptors, mean=arrays["mean"], components=arrays["components"]
     )
     return Reference(
         version=version,
@@ -142,16 +153,23 @@ def load_reference(
     )
 
 
+def input_descriptors(version: ModelVersion) -> InputDescriptors:
+    """The descriptors of the version's inputs: computed from texts, or read from image rows."""
+    if version_modality(version) == "image":
+        return ImageDescriptors()
+    return TextDescriptors(load_version_tokenizer(version))
+
+
 def _derive(
-    version: ModelVersion, labels: list[str], tokenizer: Any, components: int, rows: int
+    version: ModelVersion, labels: list[str], descriptors: InputDescriptors, components: int, rows: int
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     profile = load_version_profile(version)
     if len(profile) > rows:
         profile = profile.sample(n=rows, random_state=0).reset_index(drop=True)
     embeddings = np.stack(profile["embedding"].to_numpy()).astype(np.float32)
     probabilities = np.stack(profile["probabilities"].to_numpy()).astype(np.float32)
-    space = fit_feature_space(labels, tokenizer, embeddings, components)
-    features = build_features(space, list(profile["text"]), probabilities, embeddings)
+    space = fit_feature_space(labels, descriptors, embeddings, components)
+    features = build_features(space, profile, probabilities, embeddings)
     correct = (profile["predicted_label"] == profile["label"]).to_numpy(dtype=float)
     calibration = fit_calibration(features["confidence"].to_numpy(), correct)
     familiar = (
@@ -215,8 +233,8 @@ def assess_estimate(distances: np.ndarray, threshold: float, alpha: float) -> tu
     p_value = binomtest(novel, total, expected, alternative="greater").pvalue
     trusted = not (p_value < alpha and share >= 0.05)
     found = (
-        f"{novel} of {total} texts ({share:.1%}) are farther from every reference text "
-        "than 99% of reference texts"
+        f"{novel} of {total} inputs ({share:.1%}) are farther from every reference input "
+        "than 99% of reference inputs"
     )
     if trusted:
         return (

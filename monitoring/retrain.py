@@ -26,7 +26,8 @@ from monitoring.feedback import RetrainData, labelled_rows, merge_feedback, spli
 from monitoring.gate import GateDecision, GateNumbers, judge_candidate, refit_passes
 from monitoring.screening import Screened, ScreenRules, cap_sources, screen_feedback, sources_of
 from monitoring.settings import MonitorSettings
-from training.artifacts import load_version_model, read_labels, read_split
+from training.artifacts import load_version_model, read_labels, read_split, version_images, version_modality
+from training.blobs import BlobStore
 from training.errors import ModelLoadError
 from training.inference import predict
 from training.promotion import promote_checked
@@ -95,7 +96,8 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     if labelled < settings.min_feedback:
         reason = f"{labelled} feedback labels; at least {settings.min_feedback} needed"
         return RetrainResult("skipped", reason, production.version)
-    original = pd.concat([read_split(production, s) for s in ("train", "validation")], ignore_index=True)
+    original = pd.concat([read_rows(production, s) for s in ("train", "validation")], ignore_index=True)
+    feedback = logged_inputs(production, feedback, settings)
     trusted, capped = trust_feedback(production, original, feedback, settings)
     if len(trusted.kept) < settings.min_feedback:
         reason = (
@@ -118,7 +120,7 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     except RuntimeError as exc:
         logger.error("retrain of %s failed; production untouched: %s", production.tag, exc)
         return RetrainResult("failed", str(exc)[:2000], production.version)
-    test = read_split(production, "test")
+    test = read_rows(production, "test")
     numbers = measure_gate(production, candidate, test, data, settings)
     numbers.quarantined, numbers.capped = trusted.findings, capped
     decision = judge_candidate(numbers)
@@ -140,6 +142,31 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     return RetrainResult(
         decision.outcome, decision.reason, production.version, candidate.version, decision.numbers
     )
+
+
+def read_rows(version: ModelVersion, split: str) -> pd.DataFrame:
+    """A split of ``version`` as ``text`` and ``label`` rows; for an image version ``text`` is the
+    stored image's file, which is what its model, the screen and the gate read."""
+    frame = read_split(version, split)
+    if version_modality(version) == "image":
+        store = version_images(version)
+        frame = frame.assign(text=[str(store.path(key)) for key in frame["image"]])
+    return frame[["text", "label"]]
+
+
+def logged_inputs(version: ModelVersion, feedback: pd.DataFrame, settings: MonitorSettings) -> pd.DataFrame:
+    """Feedback whose ``text`` is what the model reads: for an image version, the logged image's
+    file (rows whose image is no longer stored are dropped, with a warning)."""
+    if version_modality(version) != "image" or feedback.empty:
+        return feedback
+    store = BlobStore(settings.image_store_path)
+    files = [store.path(key) if str(key).startswith("sha256:") else None for key in feedback["text"]]
+    kept = np.array([f is not None and f.is_file() for f in files], dtype=bool)
+    if not kept.all():
+        logger.warning(
+            "%d image feedback rows dropped: their images are not in %s", (~kept).sum(), store.root
+        )
+    return feedback.assign(text=[str(f) for f in files])[kept].reset_index(drop=True)
 
 
 def ship(
@@ -183,6 +210,7 @@ def _train(
             timeout_s=settings.retrain_timeout_s,
             workdir=Path(workdir),
             export=export,
+            test=read_rows(production, "test"),
         )
     return registry.get(f"{production.name}:{version}")
 

@@ -46,10 +46,6 @@ class ServeSettings(ServedModelSettings):
     max_image_body_bytes: int = Field(64_000_000, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
     min_image_side: int = Field(32, ge=1)
-    # Where the images of logged predictions are kept (content-addressed, beside the log): feedback
-    # on an image needs the image to retrain. None: an `images` folder beside a SQLite log, or
-    # <registry home>/refit/logged-images for a database server.
-    image_store: Path | None = None
     image_store_max_mb: float = Field(10_000.0, gt=0)  # the oldest images go first beyond it
     max_inflight: int = Field(512, ge=1)  # /classify requests in flight before a 503 + Retry-After
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of a 503 for overload
@@ -100,16 +96,6 @@ class ServeSettings(ServedModelSettings):
     def api_keys_path(self) -> Path:
         """The API keys file the service reads."""
         return self.api_keys_file or self.home / "refit" / "api-keys.json"
-
-    @property
-    def image_store_path(self) -> Path:
-        """The folder of logged images."""
-        if self.image_store is not None:
-            return self.image_store
-        from service.inference_log_db import sqlite_file
-
-        log_file = sqlite_file(self.resolved_log_url)
-        return log_file.parent / "images" if log_file is not None else self.home / "refit" / "logged-images"
 
     def image_request_limits(self) -> ImageRequestLimits:
         """What one image request may carry."""

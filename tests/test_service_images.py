@@ -170,3 +170,58 @@ def test_the_image_api_of_a_text_model_is_a_404(client: Any) -> None:
     response = client.post("/classify_images", json={"images": [_b64(_png())]})
     assert response.status_code == 404
     assert "This service classifies texts" in response.json()["error"]
+
+
+def test_refit_drift_checks_an_image_model_on_image_descriptors(
+    image_client: Any,
+    surfaces: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from demo.surfaces import write_surfaces
+    from tests.helpers import run_cli
+
+    # Traffic under a much darker light than training's: brightness must be the drifted feature.
+    dark = write_surfaces(tmp_path / "dark", per_class=6, seed=7, size=40, lighting=-0.9)
+    images = [_b64(p.read_bytes()) for p in sorted(dark.rglob("*.png"))]
+    for start in range(0, len(images), 8):
+        assert image_client.post("/classify", json={"images": images[start : start + 8]}).status_code == 200
+    image_client.get("/model")  # the log is flushed within its 20 ms
+    config = tmp_path / "monitor.yaml"
+    config.write_text("min_window: 10\nmetrics_port: 0\n")
+    home = str(image_client.home)
+    code, out = run_cli(
+        ["drift", "--model", "surfaces", "--home", home, "--config", str(config)], capsys, monkeypatch
+    )
+    assert code == 0, out
+    assert "window 24" in out and "brightness" in out, out
+
+
+@pytest.mark.slow  # `refit retrain` trains its candidate in a child `refit train`
+def test_refit_retrain_trains_an_image_candidate_on_image_feedback(
+    image_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from demo.surfaces import write_surfaces
+    from tests.helpers import run_cli
+    from training.registry import ModelRegistry
+
+    dark = write_surfaces(tmp_path / "dark", per_class=4, seed=11, size=40, lighting=-0.6)
+    for path in sorted(dark.rglob("*.png")):
+        answer = image_client.post(
+            "/classify", files=[("images", (path.name, path.read_bytes(), "image/png"))]
+        )
+        request_id = answer.json()[0]["request_id"]
+        stored = image_client.post("/feedback", json={"request_id": request_id, "label": path.parent.name})
+        assert stored.status_code == 200, stored.text
+    config = tmp_path / "monitor.yaml"
+    config.write_text("min_feedback: 10\nmetrics_port: 0\n")
+    home = image_client.home
+    args = ["retrain", "--model", "surfaces", "--home", str(home), "--config", str(config)]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    assert "failed" not in out, out
+    versions = ModelRegistry(home).versions("surfaces")
+    assert len(versions) == 2
+    candidate = versions[-1]
+    assert candidate.manifest["modality"] == "image" and candidate.manifest["rows"]["train"] > 30

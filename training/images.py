@@ -151,6 +151,7 @@ def to_pixels(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
 
 
 DESCRIPTOR_SIDE = 128  # descriptors are computed at one size, so images of any size compare
+IMAGE_DESCRIPTORS = ("brightness", "contrast", "sharpness", "saturation", "width", "height", "aspect_ratio")
 
 
 def describe_image(image: Image.Image) -> dict[str, float]:

@@ -26,6 +26,7 @@ from training.context import StrategyResult, TrainContext
 from training.data import DatasetSplits, split_frames
 from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult, evaluate_predictions
+from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
 from training.inference import Predictions, predict
 from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
@@ -278,4 +279,10 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
         device=ctx.device,
         mixed_precision=ctx.config.mixed_precision,
     )
-    return build_reference_profile(sample, predictions, splits.labels, ctx.modality.column)
+    profile = build_reference_profile(sample, predictions, splits.labels, ctx.modality.column)
+    if ctx.modality.name == "image":  # what the drift check compares live images' descriptors with
+        described = [
+            describe_image(decode_image(p.read_bytes(), str(p))) for p in ctx.modality.inputs(sample)
+        ]
+        profile = pd.concat([profile, pd.DataFrame(described, columns=list(IMAGE_DESCRIPTORS))], axis=1)
+    return profile

@@ -137,6 +137,10 @@ class ServedModelSettings(StageSettings):
     model: str = "refit-classifier"  # registry model name; when not set, the registry's only model
     registry_home: Path | None = None  # BentoML home holding the registry; None: $BENTOML_HOME
     log_url: str | None = None  # SQLAlchemy URL of the inference log; None: SQLite in registry home
+    # Where the images of logged predictions are kept (content-addressed, beside the log): feedback
+    # on an image needs the image to retrain. None: an `images` folder beside a SQLite log, or
+    # <registry home>/refit/logged-images for a database server.
+    image_store: Path | None = None
 
     @property
     def home(self) -> Path:
@@ -147,6 +151,18 @@ class ServedModelSettings(StageSettings):
     def resolved_log_url(self) -> str:
         """The inference log's SQLAlchemy URL (a SQLite file in the registry home by default)."""
         return self.log_url or f"sqlite:///{self.home / 'refit' / 'inference.db'}"
+
+    @property
+    def image_store_path(self) -> Path:
+        """The folder of logged images."""
+        if self.image_store is not None:
+            return self.image_store
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.resolved_log_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(str(url.database)).parent / "images"
+        return self.home / "refit" / "logged-images"
 
     def with_default_model(self) -> Self:
         """These settings, naming the registry's only model when no model was given.
