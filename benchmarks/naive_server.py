@@ -1,11 +1,13 @@
 """What a user writes by hand: FastAPI + uvicorn calling the model once per request.
 
 Run with ``REFIT_NAIVE_MODEL_DIR=<version>/model uvicorn benchmarks.naive_server:app``. The model
-is the same saved classifier the Refit service serves, run by torch on each request's texts.
+is the same saved classifier the Refit service serves, run by torch on each request's texts, or
+on its base64 images decoded and preprocessed as the model was trained (its saved processor).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -22,14 +24,14 @@ state: dict[str, Any] = {}
 
 
 class Body(BaseModel):
-    texts: list[str]
+    texts: list[str] | None = None
+    images: list[str] | None = None
 
 
 @app.on_event("startup")
 def load() -> None:
     directory = Path(os.environ["REFIT_NAIVE_MODEL_DIR"])
-    state["model"], processor = load_classifier(directory)
-    state["tokenizer"] = processor.tokenizer  # type: ignore[attr-defined]
+    state["model"], state["processor"] = load_classifier(directory)
     # What anyone would write on a GPU machine: the model on the GPU, fp32, one request at a time.
     state["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     state["model"].to(state["device"])
@@ -43,10 +45,14 @@ def ready() -> dict[str, bool]:
 
 @app.post("/classify")
 def classify(body: Body) -> list[dict[str, Any]]:
-    batch = state["tokenizer"](body.texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
-    batch = batch.to(state["device"])
+    if body.images is not None:
+        inputs = state["processor"].encode([base64.b64decode(image) for image in body.images])
+    else:
+        tokenizer = state["processor"].tokenizer
+        batch = tokenizer(body.texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        inputs = (batch["input_ids"], batch["attention_mask"])
     with torch.no_grad():
-        probs = torch.softmax(state["model"](batch["input_ids"], batch["attention_mask"]), dim=-1)
+        probs = torch.softmax(state["model"](*(t.to(state["device"]) for t in inputs)), dim=-1)
     best = probs.argmax(dim=-1)
     return [
         {"label": state["labels"][int(i)], "confidence": float(p[i])}

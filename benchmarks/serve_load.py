@@ -4,9 +4,12 @@ Measured in interleaved rounds (round r: the in-process limit, then each server 
 concurrency), so machine noise hits each system alike; each cell is the median over rounds.
 
     python -m benchmarks.serve_load --data ../shared/datasets/banking77
+    python -m benchmarks.serve_load --modality image --data ../shared/datasets/magnetic_tiles
 
 Writes ``benchmarks/results/serve_load.json`` (rows: system, concurrency, rps, p50_ms, p95_ms,
-p99_ms, mean_batch, errors, rss_mb) and ``serve_load.md``.
+p99_ms, mean_batch, errors, rss_mb) and ``serve_load.md``; with ``--modality image``,
+``serve_images.json`` and ``.md`` in the same format: one tile image per request (base64 JSON)
+from the 30% test split, served by EfficientNet-Lite0 (`head`) trained on the other 70%.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from demo.processes import LoopbackProcess, free_port, start_process, start_serv
 from demo.traffic import Traffic, send_traffic
 from service.predictor import load_model
 from training.config import TrainingConfig
+from training.data import stratified_split
 from training.model import quiet_transformers
 from training.onnx_export import export_version
 from training.pipeline import train_model
@@ -48,10 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/banking77"))
+    parser.add_argument("--modality", choices=("text", "image"), default="text")
+    parser.add_argument("--data", type=Path, default=None, help="BANKING77, or the magnetic tiles for images")
     parser.add_argument("--home", type=Path, default=Path("benchmarks/.serve-home"), help="registry home")
-    parser.add_argument("--model", default="banking77", help="registry model name (trained if absent)")
-    parser.add_argument("--base-model", default="minilm")
+    parser.add_argument("--model", default=None, help="registry model name (trained if absent)")
+    parser.add_argument("--base-model", default=None, help="default: the modality's")
     parser.add_argument("--strategy", default="head", help="serving cost is the same for every strategy")
     parser.add_argument("--concurrency", default="1,8,32,64")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per cell and round")
@@ -61,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-latency-ms", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--name", default="serve_load")
+    parser.add_argument("--name", default=None, help="results file stem (serve_load or serve_images)")
     parser.add_argument(
         "--together",
         action="store_true",
@@ -77,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.variants = parse_variants(args.variant)
+    image = args.modality == "image"
+    args.data = args.data or Path("../shared/datasets/" + ("magnetic_tiles" if image else "banking77"))
+    args.model = args.model or ("tiles" if image else "banking77")
+    args.name = args.name or ("serve_images" if image else "serve_load")
     return args
 
 
@@ -92,14 +101,28 @@ def parse_variants(specs: list[str]) -> dict[str, dict[str, str]]:
     return variants
 
 
+def load_requests(args: argparse.Namespace) -> tuple[pd.DataFrame, list[Any]]:
+    """The rows to train on and the inputs to send: BANKING77's train and test texts, or the
+    tiles' 70% split (paths, labels) and the bytes of the other 30%."""
+    if args.modality == "text":
+        train, test = load_banking77(args.data)
+        return train, list(test["text"])
+    manifest = pd.read_csv(args.data / "manifest.csv")
+    manifest["path"] = [str((args.data / p).resolve()) for p in manifest["path"]]
+    train, _, test = stratified_split(manifest, (0.0, 0.3), seed=0)
+    return train[["path", "label"]], [Path(p).read_bytes() for p in test["path"]]
+
+
 def ensure_model(args: argparse.Namespace, train: pd.DataFrame) -> ModelVersion:
-    """The production version of ``args.model``, trained on BANKING77 and exported if missing."""
+    """The production version of ``args.model``, trained on ``train`` and exported if missing."""
     registry = ModelRegistry(args.home)
     if not registry.versions(args.model):
-        data = args.home / "banking77-train.csv"
+        data = args.home / f"{args.model}-train.csv"
         data.parent.mkdir(parents=True, exist_ok=True)
         train.to_csv(data, index=False)
-        config = TrainingConfig(name=args.model, base_model=args.base_model, strategy=args.strategy)
+        config = TrainingConfig(
+            name=args.model, base_model=args.base_model, strategy=args.strategy, modality=args.modality
+        )
         train_model(data, config, registry=registry, console=console)
     version = registry.get(f"{args.model}:production")
     if not (version.path / "onnx" / "model.onnx").is_file():
@@ -314,9 +337,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
     args = parse_args(argv)
-    train, test = load_banking77(args.data)
+    train, texts = load_requests(args)
     version = ensure_model(args, train)
-    texts = list(test["text"])
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     cells, rss = run_rounds(version, args, texts, concurrencies)
     rows = pick_limit(summarise(cells, rss))

@@ -1,0 +1,80 @@
+"""Smoke runs of the image benchmarks on generated surfaces and the tiny ViT: the results formats
+other tools read, kept from rotting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # benchmarks train models and start servers
+
+
+@pytest.fixture
+def tiles_like(surfaces: Path, tmp_path: Path) -> Path:
+    """A folder shaped like ../shared/datasets/magnetic_tiles: manifest.csv (path, label, lighting)
+    with `free` as the no-defect class."""
+    rows = [
+        {"path": str(p), "label": p.parent.name, "lighting": f"exp{1 + i % 6}"}
+        for i, p in enumerate(sorted(surfaces.rglob("*.png")))
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    return tmp_path
+
+
+def test_train_tiles_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: Path) -> None:
+    from benchmarks import train_tiles
+
+    rows = train_tiles.main(
+        [
+            "--data", str(tiles_like),
+            "--base-model", str(tiny_vision_model),
+            "--budgets", "3,all",
+            "--seeds", "0",
+            "--strategies", "head,lora",
+            "--set", "epochs=1",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "train_tiles.json").read_text())
+    assert saved == rows and len(rows) == 4
+    assert set(rows[0]) == {
+        "strategy", "base_model", "per_class", "seed", "accuracy", "macro_f1", "missed_defect_rate",
+        "train_seconds", "peak_rss_mb", "trainable_params",
+    }  # fmt: skip
+    assert {r["per_class"] for r in rows} == {"3", "all"}
+    assert all(0.0 <= r["missed_defect_rate"] <= 1.0 for r in rows)
+    assert "| lora |" in (tmp_path / "train_tiles.md").read_text()
+
+
+def test_serve_load_image_smoke(tiles_like: Path, image_home_template: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks import serve_load
+
+    home = tmp_path / "bentoml"
+    shutil.copytree(image_home_template, home)
+    rows = serve_load.main(
+        [
+            "--modality", "image",
+            "--data", str(tiles_like),
+            "--home", str(home),
+            "--model", "surfaces",
+            "--systems", "refit-onnx,naive",
+            "--concurrency", "1,4",
+            "--duration", "0.5",
+            "--rounds", "1",
+            "--limit-batches", "1,4",
+            "--limit-texts", "8",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "serve_images.json").read_text())
+    assert saved == rows
+    keys = {"system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb"}
+    assert all(set(row) == keys for row in rows)
+    assert {row["system"] for row in rows} == {"limit", "refit-onnx", "naive"}
+    served = [row for row in rows if row["system"] != "limit"]
+    assert all(row["rps"] > 0 and row["errors"] == 0 for row in served)
