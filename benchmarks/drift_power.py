@@ -12,6 +12,9 @@ the training label mix so that scenario `none` has no drift at all:
 
     python -m benchmarks.drift_power --data ../shared/datasets/banking77 --trials 100
 
+With ``--modality image`` the same cells on the magnetic tiles (see ``benchmarks/drift_images.py``)
+go to ``drift_power_images.json``; Evidently's default then runs on the image descriptors.
+
 Writes ``benchmarks/results/drift_power.json`` (rows: detector, scenario, window, rate, trials,
 seconds_per_check, and for Refit seconds_end_to_end) and ``drift_power.md``. Refit's
 seconds_per_check is the tests alone (`detect_drift` on features); seconds_end_to_end is what a
@@ -28,6 +31,7 @@ import logging
 import statistics
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +40,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from benchmarks.arguments import banking77_parser
+from benchmarks.drift_images import (
+    IMAGE_SCENARIOS,
+    image_window_features,
+    prepare_images,
+    sample_image_window,
+)
 from benchmarks.train_banking77 import load_banking77
 from monitoring.drift import detect_drift
 from monitoring.features import build_features
@@ -43,6 +53,7 @@ from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from training.artifacts import load_version_profile
 from training.config import TrainingConfig
+from training.images import IMAGE_DESCRIPTORS
 from training.inference import softmax
 from training.model import quiet_transformers
 from training.pipeline import train_model
@@ -54,8 +65,9 @@ console = Console()
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = banking77_parser(__doc__, "benchmarks/.drift-home", "drift_power")
-    parser.add_argument("--windows", default="50,100,200,500,1000")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--modality", choices=("text", "image"), default="text")
+    parser.add_argument("--windows", default=None, help="default 50,100,200,500,1000 (images: to 500)")
+    parser.add_argument("--scenarios", default=None, help="default: every scenario of the modality")
     parser.add_argument("--trials", type=int, default=100, help="windows per cell for Refit's check")
     parser.add_argument(
         "--baseline-trials", type=int, default=100, help="windows per cell for Evidently's default"
@@ -75,7 +87,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="keep the cells of an earlier run's JSON that this run does not measure (fill in missing cells)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    image = args.modality == "image"
+    if image:
+        defaults = parser.parse_args([])
+        if args.data == defaults.data:
+            args.data = Path("../shared/datasets/magnetic_tiles")
+        if args.base_model == defaults.base_model:
+            args.base_model = None  # the image default, EfficientNet-Lite0
+        if args.name == defaults.name:
+            args.name = "drift_power_images"
+    args.windows = args.windows or ("50,100,200,500" if image else "50,100,200,500,1000")
+    args.scenarios = args.scenarios or ",".join(IMAGE_SCENARIOS if image else SCENARIOS)
+    return args
 
 
 def add_typos(text: str, rng: np.random.Generator, rate: float = 0.08) -> str:
@@ -182,14 +206,15 @@ def window_features(
 
 
 def time_check_end_to_end(
-    reference: Reference, texts: list[str], probabilities: np.ndarray, alpha: float
+    reference: Reference, rows: pd.DataFrame, inputs: list[Any], probabilities: np.ndarray, alpha: float
 ) -> float:
-    """Seconds of the check a user waits for: embed the texts, features, novelty, tests, report.
+    """Seconds of the check a user waits for: embed the inputs, features, novelty, tests, report.
 
-    The probabilities are what the served model logged with each prediction.
+    The probabilities (and an image's descriptors, in ``rows``) are what the service logged with
+    each prediction.
     """
     start = time.perf_counter()
-    current, distances = reference.live_features(pd.DataFrame({"text": texts}), texts, probabilities)
+    current, distances = reference.live_features(rows, inputs, probabilities)
     result, _ = detect_drift(reference.features, current, alpha=alpha, min_window=1)
     note = assess_estimate(distances, reference.novelty_threshold, alpha)[2]
     context = ReportContext("banking67", reference.version.version, None, None, 0, note, 0.0)
@@ -197,15 +222,19 @@ def time_check_end_to_end(
     return time.perf_counter() - start
 
 
-def evidently_default(reference_texts: list[str], texts: list[str]) -> bool:
-    """Evidently's DataDriftPreset with its defaults on the raw text column: dataset drift?"""
+def evidently_default(reference: pd.DataFrame, current: pd.DataFrame) -> bool:
+    """Evidently's DataDriftPreset with its defaults on the raw text column (or on the image
+    descriptors): dataset drift?"""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(text_columns=["text"])
+    texts = [c for c in ("text",) if c in current.columns]
+    definition = DataDefinition(
+        text_columns=texts, numerical_columns=[c for c in current.columns if c not in texts]
+    )
     snapshot = Report([DataDriftPreset()]).run(
-        Dataset.from_pandas(pd.DataFrame({"text": texts}), data_definition=definition),
-        Dataset.from_pandas(pd.DataFrame({"text": reference_texts}), data_definition=definition),
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
     )
     for metric in snapshot.dict()["metrics"]:
         if "DriftedColumnsCount" in metric["metric_name"]:
@@ -219,8 +248,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
     args = parse_args(argv)
-    reference, pool = prepare(args)
-    reference_texts = list(load_version_profile(reference.version)["text"])
+    image = args.modality == "image"
+    reference, pool = prepare_images(args) if image else prepare(args)
+    profile = load_version_profile(reference.version)
+    reference_rows = profile[list(IMAGE_DESCRIPTORS)] if image else profile[["text"]]
     rng = np.random.default_rng(args.seed + 1)
     windows = [int(w) for w in args.windows.split(",")]
     scenarios = args.scenarios.split(",")
@@ -236,17 +267,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             progress.update(task, description=f"{detector} {scenario} {window}")
             hits, seconds, end_to_end = 0, [], []
             for trial in range(trials):
-                source, idx = sample_window(scenario, window, pool, rng)
-                features, texts, probabilities = window_features(reference, pool, source, idx, rng)
+                if image:
+                    source, idx = sample_image_window(scenario, window, pool, rng)
+                    features, inputs, probabilities, described = image_window_features(
+                        reference, pool, source, idx
+                    )
+                else:
+                    source, idx = sample_window(scenario, window, pool, rng)
+                    features, inputs, probabilities = window_features(reference, pool, source, idx, rng)
+                    described = pd.DataFrame({"text": inputs})
                 start = time.perf_counter()
                 if detector == "refit":
                     result, _ = detect_drift(reference.features, features, alpha=args.alpha, min_window=1)
                     drifted = result.drifted
                 else:
-                    drifted = evidently_default(reference_texts, texts)
+                    drifted = evidently_default(reference_rows, described)
                 seconds.append(time.perf_counter() - start)
                 if detector == "refit" and trial < args.e2e_trials:
-                    end_to_end.append(time_check_end_to_end(reference, texts, probabilities, args.alpha))
+                    end_to_end.append(
+                        time_check_end_to_end(reference, described, inputs, probabilities, args.alpha)
+                    )
                 hits += drifted
             if trials:
                 row = {
@@ -275,7 +315,7 @@ def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     """Earlier rows with this run's cells replaced or added, in the order a full run writes them."""
     key = lambda r: (r["detector"], r["scenario"], r["window"])  # noqa: E731
     cells = {key(r): r for r in earlier} | {key(r): r for r in new}
-    order = {name: i for i, name in enumerate(SCENARIOS)}
+    order = {name: i for i, name in enumerate((*SCENARIOS, *IMAGE_SCENARIOS))}
     return sorted(
         cells.values(), key=lambda r: (order.get(r["scenario"], 99), r["window"], r["detector"] != "refit")
     )
@@ -286,12 +326,16 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     windows = sorted({r["window"] for r in rows})
+    image = args.modality == "image"
+    data, inputs = (
+        ("the magnetic tiles", "image descriptors") if image else ("BANKING77", "the raw text column")
+    )
     lines = [
-        "# Drift detection on BANKING77: detection rate (false-alarm rate for `none`)",
+        f"# Drift detection on {data}: detection rate (false-alarm rate for `none`)",
         "",
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; alpha {args.alpha} (Refit: Bonferroni over its "
-        "features); `refit` = two-sample tests on prediction, embedding and text features; "
-        "`evidently-default` = DataDriftPreset on the raw text column. Trials per cell in the JSON.",
+        f"features); `refit` = two-sample tests on prediction, embedding and {'image' if image else 'text'} "
+        f"features; `evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
         "",
         "| detector | scenario | "
         + " | ".join(f"w={w}" for w in windows)

@@ -78,3 +78,29 @@ def test_serve_load_image_smoke(tiles_like: Path, image_home_template: Path, tmp
     assert {row["system"] for row in rows} == {"limit", "refit-onnx", "naive"}
     served = [row for row in rows if row["system"] != "limit"]
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in served)
+
+
+def test_drift_power_image_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: Path) -> None:
+    from benchmarks import drift_power
+
+    rows = drift_power.main(
+        [
+            "--modality", "image",
+            "--data", str(tiles_like),
+            "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_vision_model),
+            "--windows", "10",
+            "--scenarios", "none,lighting,blur,defect_rate",
+            "--trials", "3", "--none-trials", "3", "--baseline-trials", "1", "--e2e-trials", "1",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "drift_power_images.json").read_text())
+    assert saved == rows
+    assert {(r["detector"], r["scenario"]) for r in rows} >= {
+        ("refit", "lighting"),
+        ("evidently-default", "none"),
+    }
+    assert all(0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] >= 0 for r in rows)
+    assert any("seconds_end_to_end" in r for r in rows)
+    assert "magnetic tiles" in (tmp_path / "drift_power_images.md").read_text()
