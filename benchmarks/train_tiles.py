@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], help="config override KEY=VALUE")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="train_tiles", help="results file stem")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep an earlier run's rows that this run does not redo"
+    )
     return parser.parse_args(argv)
 
 
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     overrides: dict[str, Any] = {"base_model": args.base_model, **parse_assignments(args.set)}
     rows: list[dict[str, Any]] = []
+    earlier = read_earlier(args.out / f"{args.name}.json") if args.merge else []
     with tempfile.TemporaryDirectory(prefix="refit-tiles-") as scratch:
         store = BlobStore(Path(scratch))
         images = load_image_dataset(args.data / "manifest.csv", store)
@@ -155,8 +159,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     test_rows = len(stratified_split(images, (0.0, 0.3), seed)[2])
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-                    write_results(rows, args.out, args.name, test_rows)
+                    write_results(merge_rows(earlier, rows), args.out, args.name, test_rows)
     return rows
+
+
+def read_earlier(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier run, if there is one."""
+    return list(json.loads(path.read_text())) if path.is_file() else []
+
+
+def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier rows with this run's cells (strategy, base model, budget, seed) replaced or added."""
+    key = lambda r: (r["strategy"], r["base_model"], r["per_class"], r["seed"])  # noqa: E731
+    return list(({key(r): r for r in earlier} | {key(r): r for r in new}).values())
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, name: str, test_rows: int) -> None:

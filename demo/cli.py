@@ -17,11 +17,20 @@ def demo(
     keep: Annotated[
         bool, typer.Option(help="Leave the service, monitor and UI running until Ctrl-C.")
     ] = False,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images",
+            help="Visual inspection instead of support tickets: generated surfaces with scratches, "
+            "spots and cracks; a darker light and a new defect type as the drift.",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on generated data: train, serve, drift, retrain, promote, swap; exit 0 if it closed."""
+    from demo.kinds import IMAGE_DEMO, TEXT_DEMO
     from demo.loop import run_loop_demo
 
-    code = run_loop_demo(out, console, keep=keep)
+    code = run_loop_demo(out, console, keep=keep, kind=IMAGE_DEMO if images else TEXT_DEMO)
     if code:
         raise SystemExit(code)
 

@@ -1,9 +1,10 @@
 """`refit demo` (`make demo`): the whole loop on generated data, on loopback, in a few minutes.
 
 Train v1 -> serve it -> replay in-distribution traffic with some feedback -> replay drifted
-traffic (new intents, typos) -> the monitor process sees the drift, retrains, the gate promotes
-v2 -> the service swaps while the traffic goes on -> summary -> everything stopped. Exits 0 only
-if the loop closed: a version promoted by the monitor answered requests and no request failed.
+traffic (new intents and typos; with `--images`, a darker light and a new defect type) -> the
+monitor process sees the drift, retrains, the gate promotes v2 -> the service swaps while the
+traffic goes on -> summary -> everything stopped. Exits 0 only if the loop closed: a version
+promoted by the monitor answered requests and no request failed.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from demo.data import NEW_INTENTS
+from demo.kinds import TEXT_DEMO, DemoKind
 from demo.processes import LoopbackProcess, start_evidently_ui, start_monitor, start_service
 from demo.summary import DemoOutcome, render_summary
 from demo.traffic import Traffic, TrafficStats, choose_feedback, send_traffic
-from demo.training import DEMO_MODEL, DemoVersion, train_demo_version
+from demo.training import DemoVersion, train_demo_version
 from monitoring.history import create_monitor_tables, read_checks, read_retrains
 from monitoring.settings import MonitorSettings
 from service.inference_log_db import create_log_engine
@@ -84,22 +85,22 @@ def demo_paths(home: Path) -> MonitorSettings:
     return MonitorSettings.model_construct(registry_home=home)
 
 
-def service_env(home: Path) -> dict[str, str]:
-    """``REFIT_SERVE_*`` for the demo's service: feedback may name the intents about to appear."""
+def service_env(home: Path, kind: DemoKind = TEXT_DEMO) -> dict[str, str]:
+    """``REFIT_SERVE_*`` for the demo's service: feedback may name the labels about to appear."""
     return {
         "BENTOML_HOME": str(home),
-        "REFIT_SERVE_MODEL": DEMO_MODEL,
+        "REFIT_SERVE_MODEL": kind.model,
         "REFIT_SERVE_REGISTRY_HOME": str(home),
         "REFIT_SERVE_LOG_URL": demo_paths(home).resolved_log_url,
-        "REFIT_SERVE_FEEDBACK_EXTRA_LABELS": json.dumps(sorted(NEW_INTENTS)),
+        "REFIT_SERVE_FEEDBACK_EXTRA_LABELS": json.dumps(list(kind.new_labels)),
     }
 
 
-def monitor_env(home: Path, plan: DemoPlan) -> dict[str, str]:
+def monitor_env(home: Path, plan: DemoPlan, kind: DemoKind = TEXT_DEMO) -> dict[str, str]:
     """``REFIT_MONITOR_*`` for the demo's monitor: mode retrain, a check every few seconds."""
     return {
         "BENTOML_HOME": str(home),
-        "REFIT_MONITOR_MODEL": DEMO_MODEL,
+        "REFIT_MONITOR_MODEL": kind.model,
         "REFIT_MONITOR_REGISTRY_HOME": str(home),
         "REFIT_MONITOR_LOG_URL": demo_paths(home).resolved_log_url,
         "REFIT_MONITOR_WORKSPACE": str(demo_paths(home).workspace_path),
@@ -111,29 +112,25 @@ def monitor_env(home: Path, plan: DemoPlan) -> dict[str, str]:
         "REFIT_MONITOR_PERSIST_CHECKS": "2",
         "REFIT_MONITOR_COOLDOWN_S": "3600",  # one retrain per demo
         "REFIT_MONITOR_RETRAIN_TIMEOUT_S": "300",
+        **kind.monitor,
     }
-
-
-def drifted_traffic(paths: dict[str, Path], seed: int) -> pd.DataFrame:
-    """New intents and heavy typos, shuffled together."""
-    frames = [pd.read_csv(paths["drift_new_intents"]), pd.read_csv(paths["drift_typos"])]
-    return pd.concat(frames).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
 class LoopWatcher:
     """Reads the monitor's tables while traffic flows, for the progress line and the summary."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, model: str) -> None:
         self.engine = create_log_engine(demo_paths(home).resolved_log_url)
+        self.model = model
         create_monitor_tables(self.engine)
 
     def checks(self) -> list[dict[str, Any]]:
         """The checks so far, oldest first."""
-        return list(reversed(read_checks(self.engine, DEMO_MODEL, limit=1000)))
+        return list(reversed(read_checks(self.engine, self.model, limit=1000)))
 
     def retrains(self) -> list[dict[str, Any]]:
         """The retrain decisions so far, oldest first."""
-        return list(reversed(read_retrains(self.engine, DEMO_MODEL, limit=1000)))
+        return list(reversed(read_retrains(self.engine, self.model, limit=1000)))
 
     def describe(self) -> str:
         """'checks: ok ok drift drift | retrain: promoted' for the progress bar."""
@@ -172,7 +169,7 @@ def run_traffic(
         try:
             stats = send_traffic(
                 url,
-                Traffic(list(rows["text"]), list(rows["label"]), labelled),
+                Traffic(list(rows["input"]), list(rows["label"]), labelled),
                 rate=plan.rate,
                 concurrency=plan.concurrency,
                 stats=stats,
@@ -211,6 +208,7 @@ def loop_demo(
     console: Console,
     plan: DemoPlan | None = None,
     on_started: Callable[[LoopbackProcess, LoopbackProcess], None] | None = None,
+    kind: DemoKind = TEXT_DEMO,
 ) -> Iterator[DemoRun]:
     """Run the whole loop under ``out``; yield while its processes still run; stop them on exit.
 
@@ -220,24 +218,25 @@ def loop_demo(
         plan: pace and monitor settings.
         on_started: called with the service and the monitor once both are ready, before any
             traffic (to point a Prometheus at them, say).
+        kind: the text demo or the image demo.
     """
     plan = plan or DemoPlan()
     start = time.monotonic()
     prepare_directory(out)
-    trained = train_demo_version(out, console, steps="1/6 2/6")
+    trained = train_demo_version(out, console, steps="1/6 2/6", kind=kind)
     home = trained.registry.home
     headers = demo_key(home)  # before the service starts: it never serves without a key
     processes: list[LoopbackProcess] = []
     try:
         with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
-            server, monitor, ui = start_processes(out, home, plan, processes)
+            server, monitor, ui = start_processes(out, home, plan, processes, kind)
             console.print(
                 f"    service {server.url} (v1 {trained.version.version}); "
                 f"monitor metrics {monitor.url}/metrics"
             )
             if on_started is not None:
                 on_started(server, monitor)
-        outcome = run_phases(out, console, trained, server.url, plan, headers)
+        outcome = run_phases(out, console, trained, server.url, plan, headers, kind)
         outcome.urls = {
             "service API docs": f"{server.url}/",
             "service metrics": f"{server.url}/metrics",
@@ -262,21 +261,27 @@ def demo_key(home: Path) -> dict[str, str]:
 
 
 def run_phases(
-    out: Path, console: Console, trained: DemoVersion, url: str, plan: DemoPlan, headers: dict[str, str]
+    out: Path,
+    console: Console,
+    trained: DemoVersion,
+    url: str,
+    plan: DemoPlan,
+    headers: dict[str, str],
+    kind: DemoKind = TEXT_DEMO,
 ) -> DemoOutcome:
     """Calm traffic, then drifted traffic until v2 has answered ``plan.after_swap`` requests.
 
     The outcome's ``urls`` and ``seconds`` are left for the caller, who started the processes.
     """
     home, v1 = trained.registry.home, trained.version.version
-    watcher = LoopWatcher(home)
+    watcher = LoopWatcher(home, kind.model)
     with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
-        calm_rows = pd.read_csv(trained.paths["traffic"])
+        calm_rows = kind.rows(trained.paths["traffic"])
         calm = run_traffic(console, url, calm_rows, plan, watcher, "calm   ", headers=headers)
         wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
     onset = time.monotonic()
-    with step(console, "5/6 drifted traffic (new intents, typos) until v2 serves"):
-        drift_rows = drifted_traffic(trained.paths, plan.seed)
+    with step(console, f"5/6 drifted traffic ({kind.drift}) until v2 serves"):
+        drift_rows = kind.drifted_rows(trained.paths, plan.seed)
 
         def closed(stats: TrafficStats) -> bool:
             new = stats.answered_by_others(v1)
@@ -288,6 +293,7 @@ def run_phases(
     return DemoOutcome.collect(
         out=out,
         registry=trained.registry,
+        model=kind.model,
         first=v1,
         calm=calm,
         drifted=drifted,
@@ -301,16 +307,16 @@ def run_phases(
 
 
 def start_processes(
-    out: Path, home: Path, plan: DemoPlan, started: list[LoopbackProcess]
+    out: Path, home: Path, plan: DemoPlan, started: list[LoopbackProcess], kind: DemoKind = TEXT_DEMO
 ) -> tuple[LoopbackProcess, LoopbackProcess, LoopbackProcess]:
     """Start the service, the monitor and the Evidently UI, each ready before the next starts.
 
     Each is appended to ``started`` as soon as it runs, so the caller stops it whatever happens next.
     """
-    server = start_service(service_env(home), out / "logs" / "service.log")
+    server = start_service(service_env(home, kind), out / "logs" / "service.log")
     started.append(server)
     server.wait_ready()
-    monitor = start_monitor(monitor_env(home, plan), out / "logs" / "monitor.log")
+    monitor = start_monitor(monitor_env(home, plan, kind), out / "logs" / "monitor.log")
     started.append(monitor)
     monitor.wait_ready()
     ui = start_evidently_ui(demo_paths(home).workspace_path, out / "logs" / "evidently-ui.log")
@@ -319,7 +325,9 @@ def start_processes(
     return server, monitor, ui
 
 
-def run_loop_demo(out: Path, console: Console, plan: DemoPlan | None = None, keep: bool = False) -> int:
+def run_loop_demo(
+    out: Path, console: Console, plan: DemoPlan | None = None, keep: bool = False, kind: DemoKind = TEXT_DEMO
+) -> int:
     """`refit demo`: the loop, then stop everything; returns 0 only if the loop closed.
 
     Args:
@@ -327,8 +335,9 @@ def run_loop_demo(out: Path, console: Console, plan: DemoPlan | None = None, kee
         console: where progress and the summary go.
         plan: pace and monitor settings.
         keep: leave the service, monitor and Evidently UI running until Ctrl-C.
+        kind: the text demo, or the image demo (`refit demo --images`).
     """
-    with loop_demo(out, console, plan) as run:
+    with loop_demo(out, console, plan, kind=kind) as run:
         if keep:
             console.print("[bold]still running; press Ctrl-C to stop[/]")
             _wait_for_interrupt()

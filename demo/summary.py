@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from demo.traffic import TrafficStats
-from demo.training import DEMO_MODEL
 from training.console import render_versions
 from training.registry import ModelRegistry
 
@@ -40,6 +39,7 @@ class DemoOutcome:
         *,
         out: Path,
         registry: ModelRegistry,
+        model: str,
         first: str,
         calm: TrafficStats,
         drifted: TrafficStats,
@@ -51,13 +51,13 @@ class DemoOutcome:
         seconds: float,
     ) -> DemoOutcome:
         """Read the registry's state and judge whether the loop closed."""
-        production = registry.get(f"{DEMO_MODEL}:production").version
+        production = registry.get(f"{model}:production").version
         onset_wall = datetime.fromtimestamp(time.time() - (time.monotonic() - onset), tz=UTC)
         outcome = cls(
             out=out,
             first=first,
             production=production,
-            versions=registry.versions(DEMO_MODEL),
+            versions=registry.versions(model),
             checks=checks,
             retrains=retrains,
             phases={"in-distribution": calm, "drifted": drifted},

@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 LABELS = ("free", "scratch", "spot", "crack")
+NEW_DEFECT = "stain"  # appears only in the image demo's drifted traffic
 
 
 def draw_surface(label: str, rng: np.random.Generator, size: int = 64, lighting: float = 0.0) -> Image.Image:
@@ -46,9 +48,43 @@ def draw_surface(label: str, rng: np.random.Generator, size: int = 64, lighting:
             point = point + rng.uniform(-size * 0.02, size * 0.12, size=2)
             path.append(tuple(np.clip(point, 0, size - 1)))
         draw.line(path, fill=dark, width=max(1, size // 40))
+    elif label == NEW_DEFECT:  # a wide, soft, lighter blotch
+        cx, cy = rng.uniform(size * 0.3, size * 0.7, size=2)
+        r = rng.uniform(size * 0.18, size * 0.3)
+        blotch = Image.new("L", image.size, 0)
+        ImageDraw.Draw(blotch).ellipse([cx - r, cy - r * 0.6, cx + r, cy + r * 0.6], fill=70)
+        image = Image.composite(
+            Image.new("L", image.size, int(min(255, level + 60))),
+            image,
+            blotch.filter(ImageFilter.GaussianBlur(3)),
+        )
     elif label not in LABELS:
-        raise ValueError(f"Unknown surface label {label!r}; expected one of {LABELS}")
+        raise ValueError(f"Unknown surface label {label!r}; expected one of {(*LABELS, NEW_DEFECT)}")
     return image.convert("RGB")
+
+
+def write_surface_data(
+    directory: Path, seed: int = 7, per_class: int = 170, size: int = 96
+) -> dict[str, Path]:
+    """The image demo's data: a training folder, calm traffic, and drifted traffic (a darker light
+    and the new defect type) as CSV files of image paths and labels.
+
+    Returns:
+        ``train`` (a folder of class folders), ``traffic`` and ``drift`` (CSV files).
+    """
+    train = write_surfaces(directory / "train", per_class, seed, size=size)
+    paths: dict[str, Path] = {"train": train}
+    plans = {
+        # Calm traffic long enough for checks to pass on it before the drift (25 requests/s).
+        "traffic": (LABELS, 0.0, per_class, seed + 1),
+        "drift": ((*LABELS, NEW_DEFECT), -0.6, per_class // 2, seed + 2),
+    }
+    for name, (labels, lighting, count, part_seed) in plans.items():
+        folder = write_surfaces(directory / name, count, part_seed, labels, size, lighting)
+        rows = [{"path": str(p), "label": p.parent.name} for p in sorted(folder.rglob("*.png"))]
+        paths[name] = directory / f"{name}.csv"
+        pd.DataFrame(rows).sample(frac=1.0, random_state=part_seed).to_csv(paths[name], index=False)
+    return paths
 
 
 def write_surfaces(

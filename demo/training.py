@@ -12,14 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from demo.data import write_demo_data
+from demo.kinds import TEXT_DEMO, DemoKind
 from training.config import TrainingConfig
 from training.console import render_versions, step
 from training.onnx_export import export_version
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
 
-DEMO_MODEL = "support-tickets"
+DEMO_MODEL = TEXT_DEMO.model
 
 
 @dataclass
@@ -31,13 +31,16 @@ class DemoVersion:
     registry: ModelRegistry
 
 
-def train_demo_version(out: Path, console: Console, steps: str = "1/2 2/2") -> DemoVersion:
-    """Generate the demo data under ``out/data`` and train a production version of ``support-tickets``.
+def train_demo_version(
+    out: Path, console: Console, steps: str = "1/2 2/2", kind: DemoKind = TEXT_DEMO
+) -> DemoVersion:
+    """Generate the demo data under ``out/data`` and train a production version of the demo's model.
 
     Args:
         out: the demo's working directory (the registry is ``out/bentoml``).
         console: where progress goes.
         steps: the step numbers shown for the two steps (data, training + export).
+        kind: the text demo (support tickets) or the image demo (surface inspection).
 
     Returns:
         The files written and the registered, ONNX-exported version.
@@ -45,12 +48,10 @@ def train_demo_version(out: Path, console: Console, steps: str = "1/2 2/2") -> D
     data_step, train_step = steps.split()
     registry = ModelRegistry(out / "bentoml")
     with step(console, f"{data_step} generating demo data"):
-        paths = write_demo_data(out / "data")
-        console.print(f"    {len(paths)} files in {out / 'data'}")
-    with step(
-        console, f"{train_step} training v1 (auto ladder: baseline -> head -> lora -> full), ONNX export"
-    ):
-        config = TrainingConfig(name=DEMO_MODEL, strategy="auto")
+        paths = kind.write_data(out / "data")
+        console.print(f"    {len(paths)} data sets in {out / 'data'}")
+    with step(console, f"{train_step} training v1 ({kind.training_step}), ONNX export"):
+        config = TrainingConfig(name=kind.model, **kind.training)
         outcome = train_model(paths["train"], config, registry=registry, console=console)
         version = outcome.version
         assert version is not None  # the demo runs in one process
@@ -58,11 +59,9 @@ def train_demo_version(out: Path, console: Console, steps: str = "1/2 2/2") -> D
             f"    registered {version.tag} ({version.manifest['strategy']}, {version.stage}): "
             f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}"
         )
-        record = export_version(version, quantize=True)
-        console.print(
-            f"    ONNX parity max |diff| {record['parity_max_abs_diff']:.1e}; int8 accuracy change "
-            f"{record['int8']['accuracy_change']:+.4f}"
-        )
+        record = export_version(version, quantize=kind.name == "text")
+        int8 = f"; int8 accuracy change {record['int8']['accuracy_change']:+.4f}" if "int8" in record else ""
+        console.print(f"    ONNX parity max |diff| {record['parity_max_abs_diff']:.1e}{int8}")
     return DemoVersion(paths=paths, version=version, registry=registry)
 
 

@@ -307,16 +307,23 @@ class RefitClassifier:
                 f"{body.label}` (no restart needed) or set REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
                 allowed_labels=allowed,
             )
+        text = body.text
+        if current.modality == "image":  # an image's label needs the logged image: by request_id
+            if not body.request_id:
+                return error(
+                    422,
+                    "This model classifies images: send the request_id of the prediction with the "
+                    "label (the service keeps the image); a text cannot stand for an image.",
+                )
+            text = None
         try:
             source = request.scope.get(KEY_NAME)  # the API key's name, when keys are in use
-            record = self.log.feedback_record(
-                self.settings.model, body.label, body.request_id, body.text, source
-            )
+            record = self.log.feedback_record(self.settings.model, body.label, body.request_id, text, source)
             if record is None:
                 return error(
                     404,
                     f"Unknown request_id {body.request_id!r}: no logged prediction has it. "
-                    "Send the text with the label instead.",
+                    + ("" if current.modality == "image" else "Send the text with the label instead."),
                 )
             feedback_id = self.log.record_feedback(record)
         except InferenceLogUnavailable as exc:

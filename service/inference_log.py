@@ -271,23 +271,35 @@ class InferenceLog:
         if removed:
             logger.info("retention: deleted %d logged images", removed)
 
-    def find_prediction(self, request_id: str) -> dict[str, Any] | None:
+    def find_prediction(self, request_id: str, wait_s: float = 2.0) -> dict[str, Any] | None:
         """The logged prediction with this request id (after writing what is queued), or None.
+
+        Another worker of the service may have answered the request: its writer commits within
+        its flush interval, so an id not found at once is looked up again for up to ``wait_s``.
 
         Raises:
             InferenceLogUnavailable: the store cannot be read.
         """
         flushed = self.flush(timeout=2.0)
+        deadline = time.monotonic() + wait_s
+        while True:
+            row = self._select_prediction(request_id)
+            if row is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if row is None and (self.writes_failing or not flushed):
+            # The prediction may wait in the queue, or have been dropped, while the store takes no
+            # writes: that is an outage to retry after, not an unknown id.
+            raise InferenceLogUnavailable("the inference log is not taking writes now")
+        return row
+
+    def _select_prediction(self, request_id: str) -> dict[str, Any] | None:
         try:
             with self.engine().connect() as conn:
                 row = conn.execute(select(predictions).where(predictions.c.request_id == request_id)).first()
         except SQLAlchemyError as exc:
             self._reset_engine()
             raise InferenceLogUnavailable(f"the inference log cannot be read: {type(exc).__name__}") from exc
-        if row is None and (self.writes_failing or not flushed):
-            # The prediction may wait in the queue, or have been dropped, while the store takes no
-            # writes: that is an outage to retry after, not an unknown id.
-            raise InferenceLogUnavailable("the inference log is not taking writes now")
         return dict(row._mapping) if row is not None else None
 
     def record_feedback(self, record: dict[str, Any]) -> int:
@@ -316,7 +328,8 @@ class InferenceLog:
         """
         record = {"created": utc_now(), "model": model, "label": label, "request_id": request_id}
         record["source"] = source
-        found = self.find_prediction(request_id) if request_id else None
+        # With the text at hand there is no need to wait for another worker's writer.
+        found = self.find_prediction(request_id, wait_s=0.0 if text else 2.0) if request_id else None
         if found is not None:
             return {
                 **record,

@@ -1,0 +1,38 @@
+"""`refit demo --images` as the README shows it: the image loop in a child process, exit 0 only
+if it closed (a darker light and a new defect type detected, retrained, promoted, served)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # the whole image loop: training, three processes, minutes
+
+
+def test_refit_demo_images_closes_the_loop(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    refit = str(Path(sys.executable).with_name("refit"))
+    env = {**os.environ, "BENTOML_HOME": str(out / "bentoml"), "COLUMNS": "140"}
+    with (tmp_path / "demo.log").open("w") as log:
+        result = subprocess.run(
+            [refit, "demo", "--images", "--out", str(out)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        )
+    output = (tmp_path / "demo.log").read_text(errors="replace")
+    assert result.returncode == 0, output[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["closed"] and summary["production_version"] != summary["first_version"]
+    assert sum(phase["failed"] for phase in summary["traffic"].values()) == 0
+    statuses = [c["status"] for c in summary["checks"]]
+    assert statuses.index("ok") < statuses.index("drift"), statuses
+    by_version = summary["traffic"]["drifted"]["accuracy_by_version"]
+    assert by_version[summary["production_version"]] > by_version[summary["first_version"]]
+    assert "surface-inspection" in output and "a darker light, a new defect type" in output
