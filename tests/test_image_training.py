@@ -73,6 +73,10 @@ def test_refit_train_on_a_folder_registers_an_image_version(
     assert config["modality"] == "image" and config["base_model"] == str(tiny_vision_model)
     test = read_metrics(version)["test"]
     assert test["normal_label"] == "free" and 0.0 <= test["missed_defect_rate"] <= 1.0
+    report = (version.path / "report.html").read_text()
+    assert "missed-defect rate" in report
+    if test["accuracy"] < 1.0:  # the worst confusions, with thumbnails of their test images
+        assert "Worst confusions" in report and 'src="data:image/png;base64,' in report
     # The splits name images by content; the registry's store holds their bytes.
     train = read_split(version, "train")
     assert train["image"].str.startswith("sha256:").all()

@@ -176,6 +176,17 @@ def describe_image(image: Image.Image) -> dict[str, float]:
     }
 
 
+def thumbnail_uri(data: bytes, side: int = 96) -> str:
+    """A small PNG of an image as a ``data:`` URI, for self-contained HTML reports."""
+    import base64
+
+    image = decode_image(data, "thumbnail")
+    image.thumbnail((side, side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def augment_image(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A random view of an inspection image: flips, a small rotation and crop, brightness and contrast.
 

@@ -38,7 +38,7 @@ from training.reference_profile import (
     write_reference_profile,
 )
 from training.registry import ModelRegistry, ModelVersion
-from training.report import render_html, render_markdown
+from training.report import render_html, render_markdown, worst_confusions
 from training.strategies import evaluate_split, run_ladder, run_strategy
 
 MIN_HELD_OUT = 200  # held-out rows needed to build the reference profile from them
@@ -257,7 +257,12 @@ def write_version(
     summary["train seconds"] = manifest["train_seconds"]
     title = f"{cfg.name} ({result.strategy})"
     (directory / "report.md").write_text(render_markdown(title, summary, test, ladder), encoding="utf-8")
-    (directory / "report.html").write_text(render_html(title, summary, test, ladder), encoding="utf-8")
+    examples = None
+    if ctx.modality.name == "image":
+        predicted = ctx.predict(result.model, "test").predicted
+        examples = worst_confusions(ctx.label_ids("test"), predicted, splits.labels, ctx.inputs("test"))
+    report = render_html(title, summary, test, ladder, examples)
+    (directory / "report.html").write_text(report, encoding="utf-8")
     return manifest
 
 
