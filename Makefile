@@ -36,13 +36,13 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --dist loadfile
 
 test: lint typecheck pytest
 
 # The inner loop: unit tests on tiny in-process models, no servers, processes or real weights.
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow and not gpu"
+	$(VENV)/bin/pytest -q -n auto --dist loadfile -m "not slow and not gpu"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .pytest_cache .ruff_cache

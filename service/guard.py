@@ -161,11 +161,8 @@ class RequestGuard:
             error = f"Unsupported Content-Type: expected application/json, found {content_type}."
             await send_json(send, 415, {"error": error}, [])
             return
-        body = await self._read_body(receive, self.max_body_bytes)
+        body = await self._read_limited(receive, send, self.max_body_bytes)
         if body is None:
-            self.on_reject("body_too_large")
-            error = f"Request body too large: expected at most {self.max_body_bytes} bytes."
-            await send_json(send, 413, {"error": error}, [])
             return
         await self._forward(scope, body, receive, send, is_classify=scope["path"] in CLASSIFY_PATHS)
 
@@ -199,11 +196,8 @@ class RequestGuard:
             )
             await send_json(send, 415, {"error": error}, [])
             return
-        body = await self._read_body(receive, self.max_image_body_bytes)
+        body = await self._read_limited(receive, send, self.max_image_body_bytes)
         if body is None:
-            self.on_reject("body_too_large")
-            error = f"Request body too large: expected at most {self.max_image_body_bytes} bytes."
-            await send_json(send, 413, {"error": error}, [])
             return
         limits = self.image_limits
         try:
@@ -273,6 +267,15 @@ class RequestGuard:
             await send_json(send, 429, {"error": error}, [(b"retry-after", str(math.ceil(wait)).encode())])
             return None
         return {**scope, KEY_NAME: key.name}
+
+    async def _read_limited(self, receive: Receive, send: Send, limit: int) -> bytes | None:
+        """The whole body, or None once a 413 has been sent for a body over ``limit`` bytes."""
+        body = await self._read_body(receive, limit)
+        if body is None:
+            self.on_reject("body_too_large")
+            error = f"Request body too large: expected at most {limit} bytes."
+            await send_json(send, 413, {"error": error}, [])
+        return body
 
     async def _read_body(self, receive: Receive, limit: int) -> bytes | None:
         """The whole request body, or None as soon as it passes ``limit`` bytes."""

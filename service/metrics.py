@@ -114,6 +114,7 @@ def service_metrics() -> ServiceMetrics:
 
 REJECT_REASONS = (
     "body_too_large",
+    "invalid_image",
     "overloaded",
     "unsupported_media_type",
     "unauthenticated",

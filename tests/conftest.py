@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SERVICE_LIMITS, TINY_INTENTS, build_service_app, tiny_rows
+from tests.helpers import SERVICE_LIMITS, TINY_INTENTS, build_service_app, service_env, tiny_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -182,13 +182,7 @@ def served_home(served_home_template: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def serve_env(served_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment for a service replica over ``served_home`` (limits as in SERVICE_LIMITS)."""
-    env = {
-        **SERVICE_LIMITS,
-        "REFIT_SERVE_MODEL": "tiny",
-        "REFIT_SERVE_REGISTRY_HOME": str(served_home),
-        "REFIT_SERVE_SWAP_POLL_S": "0.2",
-        "REFIT_SERVE_LOG_FLUSH_MS": "20",
-    }
+    env = service_env("tiny", served_home, swap_poll_s="0.2", log_flush_ms="20")
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

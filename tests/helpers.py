@@ -20,6 +20,14 @@ SERVICE_LIMITS = {
     "REFIT_SERVE_WORKERS": "1",
 }
 
+
+def service_env(model: str, home: Any, **extra: str) -> dict[str, str]:
+    """``REFIT_SERVE_*`` of a test replica serving ``model`` from the registry at ``home``, with
+    the limits of SERVICE_LIMITS; ``extra`` as further REFIT_SERVE_* settings (lower case keys)."""
+    env = {**SERVICE_LIMITS, "REFIT_SERVE_MODEL": model, "REFIT_SERVE_REGISTRY_HOME": str(home)}
+    return env | {f"REFIT_SERVE_{key.upper()}": value for key, value in extra.items()}
+
+
 # Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
 TINY_INTENTS = {
     "refund": [
@@ -58,8 +66,11 @@ def run_cli(
 ) -> tuple[int, str]:
     """Run `refit ARGS` as the console script does; (exit code, output with whitespace collapsed)."""
     from training.cli import main
+    from training.console import console
 
     monkeypatch.setenv("COLUMNS", "250")
+    # The console was sized when first imported, perhaps before any test set COLUMNS.
+    monkeypatch.setattr(console, "width", 250)
     monkeypatch.setattr(sys, "argv", ["refit", *args])
     try:
         main()

@@ -165,8 +165,8 @@ def test_unknown_paths_get_one_metric_label_and_the_patch_can_be_undone() -> Non
 
     from service.bentoml_patches import UNKNOWN_PATH, bound_metric_paths, metric_path, restore_metric_paths
 
+    restore_metric_paths()  # a service app built earlier in this process may have patched it
     original = RunnerTrafficMetricsMiddleware.__call__
-    restore_metric_paths()
     try:
         bound_metric_paths({"/classify", "/model"}, prefixes=("/static_content/",))
         bound_metric_paths({"/feedback"})  # idempotent, and adds paths

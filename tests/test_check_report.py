@@ -108,7 +108,7 @@ def test_the_estimate_is_untrusted_when_the_window_holds_many_novel_texts(
     verdict, share, note = assess_estimate(distances, threshold=0.5, alpha=0.05)
     assert verdict is trusted and share == pytest.approx(novel / total)
     assert note.startswith("NOT TRUSTED") is (not trusted)
-    assert f"{novel} of {total} texts" in note
+    assert f"{novel} of {total} inputs" in note
 
 
 def test_progress_off_a_terminal_is_plain_lines() -> None:

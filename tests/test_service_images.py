@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import SERVICE_LIMITS
+from tests.helpers import service_env
 
 
 @pytest.fixture
@@ -29,14 +29,7 @@ def image_client(
 
     home = tmp_path / "bentoml"
     shutil.copytree(image_home_template, home)
-    env = {
-        **SERVICE_LIMITS,
-        "REFIT_SERVE_MODEL": "surfaces",
-        "REFIT_SERVE_REGISTRY_HOME": str(home),
-        "REFIT_SERVE_LOG_FLUSH_MS": "20",
-        "REFIT_SERVE_FREEZE_HEAP": "false",
-    }
-    for key, value in env.items():
+    for key, value in service_env("surfaces", home, log_flush_ms="20", freeze_heap="false").items():
         monkeypatch.setenv(key, value)
     with TestClient(service_app) as client:
         client.home = home  # type: ignore[attr-defined]

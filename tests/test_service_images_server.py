@@ -15,7 +15,7 @@ import pytest
 
 from demo.processes import start_service
 from demo.traffic import Traffic, TrafficStats, send_traffic
-from tests.helpers import SERVICE_LIMITS
+from tests.helpers import service_env
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -39,14 +39,7 @@ def image_server(
         name="surfaces", base_model=str(tiny_vision_model), strategy="baseline", profile_rows=20
     )
     v2 = train_model(surfaces, config, registry=registry).version
-    env = {
-        **SERVICE_LIMITS,
-        "BENTOML_HOME": str(home),
-        "REFIT_SERVE_MODEL": "surfaces",
-        "REFIT_SERVE_REGISTRY_HOME": str(home),
-        "REFIT_SERVE_SWAP_POLL_S": "0.5",
-        "REFIT_SERVE_THREADS": "1",
-    }
+    env = {"BENTOML_HOME": str(home), **service_env("surfaces", home, swap_poll_s="0.5", threads="1")}
     service = start_service(env, root / "server.log")
     try:
         service.wait_ready()

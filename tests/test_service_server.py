@@ -13,7 +13,7 @@ import pytest
 
 from demo.processes import start_service
 from demo.traffic import Traffic, TrafficStats, send_traffic
-from tests.helpers import SERVICE_LIMITS, metric_value, tiny_rows
+from tests.helpers import metric_value, service_env, tiny_rows
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -36,14 +36,7 @@ def server(
         name="tiny", base_model=str(tiny_base_model), strategy="baseline", max_length=16, profile_rows=20
     )
     v3 = train_model(data, config, registry=registry).version
-    env = {
-        **SERVICE_LIMITS,
-        "BENTOML_HOME": str(home),
-        "REFIT_SERVE_MODEL": "tiny",
-        "REFIT_SERVE_REGISTRY_HOME": str(home),
-        "REFIT_SERVE_SWAP_POLL_S": "0.5",
-        "REFIT_SERVE_THREADS": "1",
-    }
+    env = {"BENTOML_HOME": str(home), **service_env("tiny", home, swap_poll_s="0.5", threads="1")}
     service = start_service(env, root / "server.log")
     try:
         service.wait_ready()
