@@ -139,11 +139,29 @@ class DriftChecker:
             estimate_note=note,
             production=production,
         )
-        self._write_report(outcome, baseline, current, start)
+        self._write_report(outcome, baseline, current, start, self._thumbnails(reference, result, window))
         return self._finish(outcome, start)
 
+    def _thumbnails(
+        self, reference: Reference, result: DriftResult, window: pd.DataFrame
+    ) -> dict[str, dict[str, list[str]]]:
+        """For an image version, images at the extremes of the drifted descriptors."""
+        drifted = [c.column for c in result.columns if c.drifted]
+        if version_modality(reference.version) != "image" or not drifted:
+            return {}
+        from monitoring.thumbnails import extreme_thumbnails
+        from training.artifacts import load_version_profile, version_images
+
+        stores = (version_images(reference.version), BlobStore(self.settings.image_store_path))
+        return extreme_thumbnails(drifted, load_version_profile(reference.version), window, stores)
+
     def _write_report(
-        self, outcome: CheckOutcome, baseline: pd.DataFrame, current: pd.DataFrame, start: float
+        self,
+        outcome: CheckOutcome,
+        baseline: pd.DataFrame,
+        current: pd.DataFrame,
+        start: float,
+        thumbnails: dict[str, dict[str, list[str]]],
     ) -> None:
         """The check's HTML report (Evidently's own beside it when asked for), then retention."""
         assert outcome.report is not None and outcome.version is not None
@@ -155,6 +173,7 @@ class DriftChecker:
             labelled=outcome.labelled,
             estimate_note=outcome.estimate_note,
             seconds=time.perf_counter() - start,
+            thumbnails=thumbnails,
         )
         outcome.report.parent.mkdir(parents=True, exist_ok=True)
         page = render_report(outcome.result, baseline, current, context)

@@ -8,7 +8,7 @@ so Evidently's interactive HTML (about 4 MB each) is only written beside it on r
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ class ReportContext:
     labelled: int
     estimate_note: str  # whether the label-free estimate can be trusted on this window, and why
     seconds: float  # the whole check: window, features, tests
+    # Images: per drifted descriptor, thumbnails (data URIs) of "reference" and "window" images at
+    # its extremes, in the direction the window moved
+    thumbnails: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 def render_report(
@@ -74,7 +77,7 @@ def render_report(
         f"{rows}</table>"
         f"<h2>Distributions: <span style='color:{REFERENCE_COLOUR}'>reference</span> and "
         f"<span style='color:{WINDOW_COLOUR}'>window</span></h2><div class='plots'>{plots}</div>"
-        "</body></html>"
+        f"{_thumbnails(context)}</body></html>"
     )
 
 
@@ -85,6 +88,18 @@ STYLE = (
     ".summary th{width:12em}.plots{display:flex;flex-wrap:wrap;gap:1em}"
     "figure{margin:0}figcaption{font-size:.85em}"
 )
+
+
+def _thumbnails(context: ReportContext) -> str:
+    if not context.thumbnails:
+        return ""
+    parts = ["<h2>Images at the extremes of the drifted descriptors</h2>"]
+    for column, sides in context.thumbnails.items():
+        parts.append(f"<h3>{html.escape(column)}</h3>")
+        for side, uris in sides.items():
+            images = "".join(f"<img src='{uri}' alt='{side}' style='margin:2px'>" for uri in uris)
+            parts.append(f"<p>{side}: {images or 'none stored'}</p>")
+    return "".join(parts)
 
 
 def _accuracy(context: ReportContext) -> str:

@@ -189,6 +189,10 @@ def test_refit_drift_checks_an_image_model_on_image_descriptors(
     )
     assert code == 0, out
     assert "window 24" in out and "brightness" in out, out
+    [report] = (image_client.home / "refit" / "reports").glob("surfaces-drift-*.html")
+    page = report.read_text()
+    assert "Images at the extremes of the drifted descriptors" in page and "<h3>brightness</h3>" in page
+    assert page.count("data:image/png;base64,") >= 2  # reference and window images
 
 
 @pytest.mark.slow  # `refit retrain` trains its candidate in a child `refit train`
