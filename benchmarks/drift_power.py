@@ -315,7 +315,7 @@ def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     """Earlier rows with this run's cells replaced or added, in the order a full run writes them."""
     key = lambda r: (r["detector"], r["scenario"], r["window"])  # noqa: E731
     cells = {key(r): r for r in earlier} | {key(r): r for r in new}
-    order = {name: i for i, name in enumerate((*SCENARIOS, *IMAGE_SCENARIOS))}
+    order = {name: i for i, name in enumerate(dict.fromkeys((*SCENARIOS, *IMAGE_SCENARIOS)))}
     return sorted(
         cells.values(), key=lambda r: (order.get(r["scenario"], 99), r["window"], r["detector"] != "refit")
     )

@@ -64,9 +64,9 @@ IMAGE_DEMO = DemoKind(
     write_data=write_surface_data,
     drift_files=("drift",),
     new_labels=(NEW_DEFECT,),
-    # The surfaces are drawn at 96 px: the model reads them as they are (EfficientNet-Lite0 is
-    # trained at 224; its features still tell these defects apart, and the demo keeps its minutes).
-    training={"strategy": "head", "image_size": 96, "normal_label": "free"},
+    # The surfaces are drawn at 64 px and read as they are (EfficientNet-Lite0 is trained at 224;
+    # its features still tell these defects apart, and the demo keeps to a few CPU minutes).
+    training={"strategy": "head", "image_size": 64, "normal_label": "free"},
     drift="a darker light, a new defect type",
     training_step="EfficientNet-Lite0 features + linear head",
     # One candidate, not a second training with the gate rows: the image demo keeps to its minutes.
