@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 METRIC = re.compile(r"\b((?:refit|bentoml)_[a-zA-Z0-9_:]+)")
 
-pytestmark = pytest.mark.slow  # the whole demo loop: training, three processes, minutes
+pytestmark = [pytest.mark.slow, pytest.mark.demo]  # the whole demo loop: training, three processes, minutes
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # the whole image loop: training, three processes, minutes
+pytestmark = [pytest.mark.slow, pytest.mark.demo]  # the whole image loop: training, three processes, minutes
 
 
 def test_refit_demo_images_closes_the_loop(tmp_path: Path) -> None:
