@@ -1,4 +1,4 @@
-"""Serving load benchmark: the in-process limit, Refit (torch, ONNX) and a hand-written server.
+"""Serving load benchmark: the in-process limit, Refit (torch, ONNX, int8 ONNX) and a naive server.
 
 Measured in interleaved rounds (round r: the in-process limit, then each server alone at every
 concurrency), so machine noise hits each system alike; each cell is the median over rounds.
@@ -40,7 +40,7 @@ from service.predictor import load_model
 from training.config import TrainingConfig
 from training.data import stratified_split
 from training.model import quiet_transformers
-from training.onnx_export import export_version
+from training.onnx_export import export_version, read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
 
@@ -125,8 +125,10 @@ def ensure_model(args: argparse.Namespace, train: pd.DataFrame) -> ModelVersion:
         )
         train_model(data, config, registry=registry, console=console)
     version = registry.get(f"{args.model}:production")
-    if not (version.path / "onnx" / "model.onnx").is_file():
-        export_version(version)
+    int8 = "onnx-int8" in backends_for(benchmark_device())
+    record = read_export_record(version)
+    if record is None or (int8 and "int8" not in record):
+        export_version(version, quantize=int8)
     return version
 
 
@@ -184,12 +186,14 @@ def machine_accelerator() -> str:
 
 
 def backends_for(device: str) -> tuple[str, ...]:
-    """The backends that run on ``device``: ONNX on CUDA only with onnxruntime's CUDA provider."""
+    """The backends that run on ``device``: ONNX on CUDA only with onnxruntime's CUDA provider,
+    int8 ONNX on CPU only (its int8 kernels are CPU kernels)."""
     import onnxruntime
 
-    if device == "cuda" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        return ("torch",)
-    return ("torch", "onnx")
+    if device == "cuda":
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        return ("torch", "onnx") if cuda else ("torch",)
+    return ("torch", "onnx", "onnx-int8")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -213,7 +217,7 @@ def system_names(only: str = "", variants: dict[str, dict[str, str]] | None = No
 
 
 def start_system(name: str, version: ModelVersion, args: argparse.Namespace, logs: Path) -> LoopbackProcess:
-    """Start one server (not yet ready): ``refit-torch``, ``refit-onnx`` or ``naive``."""
+    """Start one server (not yet ready): ``refit-torch``, ``refit-onnx``, ``refit-onnx-int8`` or ``naive``."""
     if name == "naive":
         return start_naive(version, logs / "naive.log")
     name, _, label = name.partition(":")
@@ -342,13 +346,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     cells, rss = run_rounds(version, args, texts, concurrencies)
     rows = pick_limit(summarise(cells, rss))
-    targets = check_targets(rows)
+    targets = check_targets(rows, "images" if args.modality == "image" else "texts")
     env = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {machine_accelerator()}",
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "rounds": args.rounds,
         "layout": "all servers up together" if args.together else "one server up at a time",
         "duration": args.duration,
+        "inputs": "images" if args.modality == "image" else "texts",
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")

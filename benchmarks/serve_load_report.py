@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-SYSTEMS = ("refit-torch", "refit-onnx", "naive")
+SYSTEMS = ("refit-torch", "refit-onnx", "refit-onnx-int8", "naive")
 
 
 def summarise(
@@ -23,9 +23,9 @@ def summarise(
     return rows
 
 
-def check_targets(rows: list[dict[str, Any]]) -> list[str]:
+def check_targets(rows: list[dict[str, Any]], inputs: str = "texts") -> list[str]:
     """The serving targets (3x the naive server, 60% of the in-process limit, p99), each with its
-    measured ratio and whether it was met."""
+    measured ratio and whether it was met; ``inputs`` names what a request carries."""
     cell = {(r["system"], r["concurrency"]): r for r in rows}
     limit = max(r["rps"] for r in rows if r["system"] == "limit")
     lines = []
@@ -47,15 +47,17 @@ def check_targets(rows: list[dict[str, Any]]) -> list[str]:
             verdict = _met(ratio <= 3)
             lines.append(
                 f"{best} p99 at concurrency 8 / single-request p50: {ratio:.2f}x (target <= 3x): {verdict}"
-                + latency_bound(rows, 8, cell[(best, 1)]["p50_ms"])
+                + latency_bound(rows, 8, cell[(best, 1)]["p50_ms"], inputs)
             )
     return lines
 
 
-def latency_bound(rows: list[dict[str, Any]], concurrency: int, single_p50_ms: float) -> str:
+def latency_bound(
+    rows: list[dict[str, Any]], concurrency: int, single_p50_ms: float, inputs: str = "texts"
+) -> str:
     """Little's law's floor on the latency at ``concurrency`` clients, as a clause for the report.
 
-    The mean latency is at least concurrency / (the best in-process texts/s at batches up to that
+    The mean latency is at least concurrency / (the best in-process inputs/s at batches up to that
     size), and p99 lies above the mean: no server on this machine can do better.
     """
     best = max(
@@ -66,7 +68,7 @@ def latency_bound(rows: list[dict[str, Any]], concurrency: int, single_p50_ms: f
     floor_ms = concurrency / best * 1000
     return (
         f" (lower bound on this machine, Little's law: mean latency >= {concurrency} / {best:.0f} "
-        f"texts/s = {floor_ms:.1f} ms = {floor_ms / single_p50_ms:.1f}x the single-request p50)"
+        f"{inputs}/s = {floor_ms:.1f} ms = {floor_ms / single_p50_ms:.1f}x the single-request p50)"
     )
 
 
@@ -77,12 +79,13 @@ def _met(ok: bool) -> str:
 def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[str, Any]) -> str:
     """The results table and the target checks."""
     keys = ("system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb")
+    inputs = env.get("inputs", "texts")
     lines = [
-        "# Serving load: one text per request, closed-loop clients",
+        f"# Serving load: one {inputs[:-1]} per request, closed-loop clients",
         "",
         f"{env['machine']}; {env['when']}; {env['layout']}; {env['rounds']} interleaved rounds of "
         f"{env['duration']} s per cell (the in-process limit too), medians. `limit` rows: the best "
-        "in-process backend, concurrency = batch size, rps = texts/s.",
+        f"in-process backend, concurrency = batch size, rps = {inputs}/s.",
         "",
         "| " + " | ".join(keys) + " |",
         "| " + " | ".join("---" for _ in keys) + " |",

@@ -197,7 +197,13 @@ class RefitClassifier:
     def _load_pinned(self, version: ModelVersion) -> LoadedModel:
         # A version without an ONNX export is served by torch: exporting it would write into the
         # registry on behalf of whoever sent the request.
-        if self.backend == "onnx" and read_export_record(version) is None:
+        record = read_export_record(version)
+        if self.backend == "onnx-int8" and record is not None and "int8" not in record:
+            return load_model(
+                version, "onnx", self.device, self.threads, self.settings.top_k, self.settings.chunk_size,
+                abstain=self.settings.abstain,
+            )  # fmt: skip
+        if self.backend in ("onnx", "onnx-int8") and record is None:
             return load_model(
                 version, "torch", self.device, self.threads, self.settings.top_k, self.settings.chunk_size,
                 abstain=self.settings.abstain,
@@ -344,6 +350,7 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     edit_openapi=complete_openapi,
     image_limits=SETTINGS.image_request_limits(),
     max_image_body_bytes=SETTINGS.max_image_body_bytes,
+    max_latency_ms=SETTINGS.max_latency_ms,
 )
 use_json_media_type(RefitClassifier, "classify")
 use_json_media_type(RefitClassifier, "classify_images")

@@ -201,6 +201,13 @@ def load_backend(version: ModelVersion, backend: str, device: str, threads: int)
         from training.onnx_export import ensure_export
 
         return OnnxBackend(ensure_export(version), device, threads)
+    if backend == "onnx-int8":
+        from training.onnx_export import QUANTIZED_FILE, ensure_int8_export
+
+        path = ensure_int8_export(version)
+        onnx = OnnxBackend(path, device, threads)
+        onnx.name = "onnx-int8" if path.name == QUANTIZED_FILE else "onnx"
+        return onnx
     model, _ = load_version_model(version)
     if threads and device == "cpu":
         import torch

@@ -18,8 +18,9 @@ silently serving with the old behaviour.
 2. **Client errors logged as one line** (``log_client_errors_briefly``). BentoML logs every request
    it rejects, a 4xx included, as an ERROR with the exception's traceback, and a pydantic
    traceback quotes the input: a client's text landed in the log (1.9 KB per 40-byte request).
-   A filter on BentoML's logger turns a client error into one INFO line without the input; a
-   server error keeps its traceback.
+   A filter on BentoML's logger turns a client error into one INFO line without the input; so is
+   a request the dispatcher sheds under load (a ``ServiceUnavailable`` traceback per shed request
+   buried the log); a server error keeps its traceback.
 3. **Bounded metric labels** (``bound_metric_paths``). BentoML labels its HTTP metrics with the
    request path, so every unknown URL a scanner tries adds series to ``/metrics`` (300 random
    paths took it from 108 KB to 1.18 MB). Paths no route serves share one label, ``/{unknown}``;
@@ -94,7 +95,7 @@ BENTOML_ERROR_MESSAGE = "Exception on %s [%s]"  # log_exception's format: path, 
 
 
 class ClientErrorFilter(logging.Filter):
-    """Rewrites BentoML's ERROR record of a rejected request into one INFO line without the input."""
+    """Rewrites BentoML's ERROR record of a rejected or shed request into one INFO line without the input."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg != BENTOML_ERROR_MESSAGE or not record.exc_info or not record.args:
@@ -118,12 +119,15 @@ class ClientErrorFilter(logging.Filter):
 
 
 def client_error_status(exc: BaseException | None) -> int | None:
-    """The 4xx status BentoML answers ``exc`` with, or None for a server error."""
-    from bentoml.exceptions import BentoMLException
+    """The 4xx status BentoML answers ``exc`` with (503 for a request shed under load), or None for
+    a server error."""
+    from bentoml.exceptions import BentoMLException, ServiceUnavailable
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
         return 400
+    if isinstance(exc, ServiceUnavailable):
+        return 503
     if isinstance(exc, BentoMLException):
         status = int(exc.error_code.value)
         return status if status < 500 else None

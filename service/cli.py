@@ -41,7 +41,7 @@ def serve(
     home: Annotated[Path | None, typer.Option(help="Registry home (BentoML home).")] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    backend: Annotated[str | None, typer.Option(help="auto, torch or onnx.")] = None,
+    backend: Annotated[str | None, typer.Option(help="auto, torch, onnx or onnx-int8.")] = None,
     workers: Annotated[
         int | None,
         typer.Option(

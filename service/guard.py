@@ -2,7 +2,9 @@
 
 - A body over ``max_body_bytes`` gets a 413 before any of it is parsed.
 - More than ``max_inflight`` classify requests at once get a 503 with ``Retry-After``; so does
-  every other 503 (BentoML's dispatcher sheds load with a bare 503 when its queue is too long).
+  every other 503. BentoML's dispatcher sheds a request whose batch would miss
+  ``max_latency_ms`` with a 503 that says "An unexpected error has occurred": the guard rewrites
+  that body to say the worker is overloaded and counts it as an ``overloaded`` rejection.
 - A classify request with an ``X-Model-Version`` header goes to the pinned route: pinned
   requests skip adaptive batching, because one batch runs one model version.
 - With API keys (``service/keys.py``), a route that needs a scope answers 401 without a valid
@@ -62,6 +64,8 @@ ROUTE_SCOPES = {
     "/feedback": "feedback",
     "/model": "predict",
 }
+# BentoML's answer to any server-side exception, the dispatcher's ServiceUnavailable included.
+SHED_BODY = b"An unexpected error has occurred"
 MULTIPART = "multipart/form-data"
 KEY_NAME = "refit.key"  # the authenticated key's name, in the scope, for the routes to record
 READY_PATH = "/readyz"
@@ -111,6 +115,7 @@ class RequestGuard:
         edit_openapi: Callable[[dict[str, Any], str], dict[str, Any]] | None = None,
         image_limits: ImageRequestLimits | None = None,
         max_image_body_bytes: int = 64_000_000,
+        max_latency_ms: int = 1000,
     ) -> None:
         self.app = app
         self.status = status or WorkerStatus()
@@ -122,6 +127,10 @@ class RequestGuard:
         self.max_image_body_bytes = max_image_body_bytes
         self.max_inflight = max_inflight
         self.retry_after = str(retry_after_s).encode()
+        self.shed_error = (
+            f"Overloaded: the batching queue cannot answer within max_latency_ms ({max_latency_ms} ms); "
+            f"retry after {retry_after_s} s, or serve with more workers or a faster backend (ONNX)."
+        )
         self.on_reject = on_reject
         self.inflight = 0
 
@@ -295,14 +304,39 @@ class RequestGuard:
         return b"".join(chunks)
 
     def _add_retry_after(self, send: Send) -> Send:
+        """``send`` with ``Retry-After`` on every 503, and a clear body on BentoML's shedding 503."""
+        held: list[Message] = []
+
         async def wrapped(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == 503:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"retry-after" for k, _ in headers):
-                    message = {**message, "headers": [*headers, (b"retry-after", self.retry_after)]}
+                    headers.append((b"retry-after", self.retry_after))
+                held.append({**message, "headers": headers})
+                return
+            if held and message["type"] == "http.response.body":
+                held.append(message)
+                if message.get("more_body", False):
+                    return
+                await self._send_503(held, send)
+                held.clear()
+                return
             await send(message)
 
         return wrapped
+
+    async def _send_503(self, messages: list[Message], send: Send) -> None:
+        """Send a held 503; BentoML's body for a shed request is replaced by what happened."""
+        body = b"".join(m.get("body", b"") for m in messages[1:])
+        if SHED_BODY not in body:
+            for message in messages:
+                await send(message)
+            return
+        self.on_reject("overloaded")
+        payload = json.dumps({"error": self.shed_error}).encode()
+        headers = [(k, v) for k, v in messages[0]["headers"] if k.lower() != b"content-length"]
+        await send({**messages[0], "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 def _header(scope: Scope, name: bytes) -> str:

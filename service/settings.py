@@ -25,7 +25,9 @@ class ServeSettings(ServedModelSettings):
 
     model_config = SettingsConfigDict(env_prefix="REFIT_SERVE_", extra="forbid")
 
-    backend: Literal["auto", "torch", "onnx"] = "auto"  # auto: onnx on CPU, torch on CUDA
+    # auto: onnx on CPU, torch on CUDA; onnx-int8: the int8 export (`refit models export
+    # --quantize`, made at load if missing), float ONNX where int8 lost more than 1 point
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present
     gpus: int = Field(0, ge=0)  # GPUs to ask BentoML for (resources={"gpu": n}); one worker each
     # worker processes; None: one per GPU of `gpus`, one on CUDA without `gpus`, one per core

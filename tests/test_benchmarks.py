@@ -133,7 +133,22 @@ def test_drift_power_smoke(small_banking: Path, tiny_base_model: Path, tmp_path:
 
     # --merge replaces the cells it measures and keeps the rest: re-run one scenario.
     # (One window size: Evidently's default check of raw text takes seconds per cell.)
-    again = drift_power.main([*common, "--windows", "20", "--scenarios", "typos", "--trials", "3", "--merge"])
+    again = drift_power.main(
+        [
+            *common,
+            "--windows",
+            "20",
+            "--scenarios",
+            "typos",
+            "--trials",
+            "3",
+            "--merge",
+            "--baseline-trials",
+            "0",
+            "--e2e-trials",
+            "0",
+        ]  # the Refit cell alone is re-measured
+    )
     merged = json.loads((tmp_path / "drift_power.json").read_text())
     assert len(merged) == len(rows)
     cell = {(r["detector"], r["scenario"], r["window"]): r for r in merged}

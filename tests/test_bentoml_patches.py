@@ -190,3 +190,27 @@ def test_a_changed_metrics_middleware_is_refused(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(RunnerTrafficMetricsMiddleware, "__call__", changed)
     with pytest.raises(BentoMLPatchError, match=r"expected RunnerTrafficMetricsMiddleware.__call__"):
         bound_metric_paths({"/classify"})
+
+
+def test_a_request_shed_under_load_is_one_info_line(
+    brief_client_errors: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bentoml.exceptions import ServiceUnavailable
+
+    with caplog.at_level("INFO"):
+        log_rejected_request(ServiceUnavailable("process is overloaded"))
+    [record] = [r for r in caplog.records if r.name == "bentoml._internal.server.http_app"]
+    assert record.levelname == "INFO" and record.exc_info is None
+    assert record.getMessage() == "POST /classify: 503 ServiceUnavailable (the input is not logged)"
+
+
+def test_bentoml_still_answers_a_shed_request_with_the_body_the_guard_rewrites() -> None:
+    import inspect
+
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    from service.guard import SHED_BODY
+
+    source = inspect.getsource(ServiceAppFactory)
+    assert 'raise ServiceUnavailable("process is overloaded")' in source  # the dispatcher's fallback
+    assert SHED_BODY.decode() in inspect.getsource(ServiceAppFactory.api_endpoint_wrapper)

@@ -48,7 +48,8 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 0 and "baseline" in out and "not exported" in out
 
     code, out = cli("models", "export", "tickets", "--quantize")
-    assert code == 0 and "parity max |diff|" in out and "int8: accuracy" in out
+    assert code == 0 and "parity max |diff|" in out and "on the test split (" in out
+    assert "int8 (dynamic): accuracy" in out
 
     code, out = cli("models", "promote", "tickets:latest")
     assert code == 0 and "is now production" in out

@@ -131,8 +131,14 @@ def test_an_image_version_exports_to_onnx_with_parity_from_bytes(
     registry = ModelRegistry(tmp_path / "bentoml")
     version = train_model(surfaces, image_config(), registry=registry).version
     assert version is not None
-    record = export_version(version)
+    record = export_version(version, quantize=True)
     assert record["parity_relative_diff"] <= 1e-4 and record["parity_rows"] == 8
+    # int8 calibrated on the training images, kept only within 1 point of float's accuracy.
+    int8 = record["int8"]
+    assert int8["method"].startswith("static")
+    assert int8["calibration_rows"] == len(read_split(version, "train"))
+    assert int8["kept"] == (int8["accuracy_change"] >= -0.01)
+    assert (version.path / "onnx" / "model.int8.onnx").is_file() == int8["kept"]
     # From image bytes, as a request brings them, to probabilities: torch and ONNX agree.
     model, processor = load_version_model(version)
     images = [p.read_bytes() for p in split_inputs(version, read_split(version, "test"))]
@@ -189,3 +195,25 @@ def test_efficientnet_partial_trains_the_top_blocks_only(surfaces: Path, tmp_pat
     assert not any(
         k.startswith(("encoder.backbone._blocks.14.", "encoder.backbone._conv_stem")) for k in changed
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("base_model", "side"), [("efficientnet-lite1", 240), ("efficientnet-lite2", 260)])
+def test_the_larger_efficientnet_lite_models_train_at_their_own_input_size(
+    base_model: str,
+    side: int,
+    surfaces: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "bentoml"
+    args = ["train", str(surfaces), "--base-model", base_model, "--strategy", "head", "--name", "lite"]
+    code, out = run_cli([*args, "--home", str(home)], capsys, monkeypatch)
+    assert code == 0, out
+    version = ModelRegistry(home).get("lite:production")
+    assert version.manifest["base_model"] == base_model
+    model, processor = load_version_model(version)
+    (pixels,) = processor.encode(split_inputs(version, read_split(version, "test"))[:2])
+    assert tuple(pixels.shape) == (2, 3, side, side)  # the package's input size, not Lite0's 224
+    assert model.encoder.name == base_model and model.encoder.hidden_size == 1280

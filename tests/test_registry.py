@@ -61,7 +61,7 @@ def test_reference_profile_holds_embeddings_and_probabilities(
 ) -> None:
     first, _ = two_versions
     profile = load_version_profile(first)
-    assert len(profile) == 20  # profile_rows caps the sample (training rows: under 200 held out)
+    assert len(profile) == 20  # profile_rows caps the sample (training rows: under 30 held out)
     assert len(profile["embedding"].iloc[0]) == 32
     probs = np.stack(profile["probabilities"].to_numpy())
     assert probs.shape == (20, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)

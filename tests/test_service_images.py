@@ -222,3 +222,26 @@ def test_refit_retrain_trains_an_image_candidate_on_image_feedback(
     assert len(versions) == 2
     candidate = versions[-1]
     assert candidate.manifest["modality"] == "image" and candidate.manifest["rows"]["train"] > 30
+
+
+def test_the_int8_backend_serves_a_calibrated_int8_model_or_the_float_one(
+    image_home_template: Path, tmp_path: Path, surfaces: Path
+) -> None:
+    import shutil
+
+    from service.predictor import load_model
+    from training.onnx_export import read_export_record
+    from training.registry import ModelRegistry
+
+    home = tmp_path / "bentoml"
+    shutil.copytree(image_home_template, home)
+    version = ModelRegistry(home).get("surfaces:production")
+    assert "int8" not in (read_export_record(version) or {})
+    int8_model = load_model(version, "onnx-int8", "cpu", 1, 3)  # quantised at load: none was made
+    int8 = (read_export_record(version) or {})["int8"]
+    assert int8["method"].startswith("static") and int8["calibration_rows"] > 0
+    assert int8_model.backend.name == ("onnx-int8" if int8["kept"] else "onnx")
+    images = [p.read_bytes() for p in sorted(surfaces.rglob("*.png"))[:12]]
+    float_labels = [p.label for p in load_model(version, "onnx", "cpu", 1, 3).classify(images)]
+    agreed = np.mean([p.label == q for p, q in zip(int8_model.classify(images), float_labels, strict=True)])
+    assert agreed >= (0.75 if int8["kept"] else 1.0)

@@ -72,6 +72,32 @@ def test_every_503_gets_retry_after_and_big_bodies_a_413() -> None:
     assert other_path.status_code == 200
 
 
+async def shedding_app(scope: Any, receive: Any, send: Any) -> None:
+    """Answers as BentoML does when its dispatcher sheds a request (ServiceUnavailable)."""
+    await receive()
+    body = b'{"error":"An unexpected error has occurred, please check the server log."}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_a_request_shed_by_the_batching_queue_is_told_why() -> None:
+    rejected: list[str] = []
+    guard = RequestGuard(shedding_app, retry_after_s=2, on_reject=rejected.append, max_latency_ms=750)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=guard)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await client.post("/classify", json={"texts": ["x"]})
+
+    response = asyncio.run(call())
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    error = response.json()["error"]
+    assert error.startswith("Overloaded: the batching queue cannot answer within max_latency_ms (750 ms)")
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert rejected == ["overloaded"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -187,7 +187,13 @@ def rollback_model(name: Annotated[str, typer.Argument()], home: HomeOption = No
 @models_app.command("export")
 def export_model(
     ref: Annotated[str, typer.Argument(help="NAME[:VERSION|:STAGE]")],
-    quantize: Annotated[bool, typer.Option(help="Also write a dynamic int8 model.")] = False,
+    quantize: Annotated[
+        bool,
+        typer.Option(
+            help="Also write an int8 model: dynamic for text, static with calibration on training "
+            "images for images; not kept if it loses more than 1 point of accuracy."
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Export a version to ONNX and check logits parity against torch."""
@@ -197,13 +203,15 @@ def export_model(
     record = export_version(version, quantize=quantize)
     console.print(
         f"[green]exported[/] {version.tag}: parity max |diff| {record['parity_max_abs_diff']:.2e} "
-        f"(tolerance {record['parity_tolerance']:.0e}), accuracy {record['accuracy']:.4f}"
+        f"(tolerance {record['parity_tolerance']:.0e}), accuracy {record['accuracy']:.4f} "
+        f"on the test split ({record['parity_rows']} rows)"
     )
     if "int8" in record:
         q = record["int8"]
+        kept = "kept" if q["kept"] else "[red]not kept[/]: it loses more than 1 point"
         console.print(
-            f"int8: accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), "
-            f"{q['size_mb']} MB vs {q['fp32_size_mb']} MB"
+            f"int8 ({q['method']}): accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}) "
+            f"on the same rows, {q['size_mb']} MB vs {q['fp32_size_mb']} MB; {kept}"
         )
 
 

@@ -41,7 +41,10 @@ from training.registry import ModelRegistry, ModelVersion
 from training.report import render_html, render_markdown, worst_confusions
 from training.strategies import evaluate_split, run_ladder, run_strategy
 
-MIN_HELD_OUT = 200  # held-out rows needed to build the reference profile from them
+# Held-out rows needed to build the reference profile from them. Few held-out rows only cost the
+# check power; training rows cost it its false-alarm rate (a head on 420 tile images was 0.97
+# confident on its training rows and 0.88 on unseen ones: 96% false alarms at 50 images).
+MIN_HELD_OUT = 30
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +278,12 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
     """
     held_out = pd.concat([splits.validation, splits.test], ignore_index=True)
     source = held_out if len(held_out) >= MIN_HELD_OUT else splits.train
+    if source is splits.train:
+        logger.warning(
+            "%d held-out rows (< %d): the drift reference profile is built from training rows, on "
+            "which the model is overconfident; confidence and entropy may read as drifted on live traffic",
+            len(held_out), MIN_HELD_OUT,
+        )  # fmt: skip
     sample = sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)
     predictions = predict(
         result.model,
