@@ -11,7 +11,9 @@ Scenarios (``IMAGE_SCENARIOS``), each window drawn with the training label mix u
     noise        unseen exp1-exp3 images with Gaussian pixel noise, sigma 8 grey levels
     defect_rate  unseen exp1-exp3 images with the share of defective tiles tripled
 
-Every image of every scenario is embedded and described once; a window is a resample.
+Every image of every scenario is embedded and described once; a window is a resample. The model
+is exported to ONNX first, as the service does when it loads it, so that the end-to-end timing
+embeds a window's images the way `refit drift` does in production.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from training.config import TrainingConfig
 from training.data import stratified_split
 from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
 from training.inference import softmax
+from training.onnx_export import export_version, read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
@@ -75,7 +78,10 @@ def prepare_images(args: argparse.Namespace) -> tuple[Reference, dict[str, Any]]
             name=MODEL, strategy="head", base_model=args.base_model, seed=args.seed, normal_label=NORMAL_LABEL
         )
         train_model(data, config, registry=registry, console=console)
-    reference = load_reference(registry.get(f"{MODEL}:production"))
+    version = registry.get(f"{MODEL}:production")
+    if read_export_record(version) is None:
+        export_version(version)  # as the service does on first load: the check then embeds with ONNX
+    reference = load_reference(version)
     shifted = manifest[manifest["lighting"].isin(SHIFTED_LIGHTING)].reset_index(drop=True)
     rng = np.random.default_rng(args.seed)
     originals = [Path(p).read_bytes() for p in unseen["path"]]
@@ -120,15 +126,19 @@ def label_mix_weights(training_labels: pd.Series, labels: np.ndarray) -> np.ndar
 def sample_image_window(
     scenario: str, size: int, pool: dict[str, Any], rng: np.random.Generator
 ) -> tuple[str, np.ndarray]:
-    """(which image set, row indices) of one window."""
+    """(which image set, distinct row indices) of one window.
+
+    A window larger than half its pool is drawn with replacement and then holds each image once,
+    as Refit's check counts it: the same image twice is not a second observation.
+    """
     if scenario == "lighting":
         n = len(pool["lighting"]["inputs"])
         shifted_mix = label_mix_weights(pool["mix"], pool["lighting"]["labels"])
-        return "lighting", rng.choice(n, size=size, replace=size > n, p=shifted_mix)
+        return "lighting", np.unique(rng.choice(n, size=size, replace=size > n // 2, p=shifted_mix))
     weights = pool["defect_weights"] if scenario == "defect_rate" else pool["weights"]
     source = scenario if scenario in ("darken", "blur", "noise") else "clean"
     n = len(weights)
-    return source, rng.choice(n, size=size, replace=size > n // 2, p=weights)
+    return source, np.unique(rng.choice(n, size=size, replace=size > n // 2, p=weights))
 
 
 def image_window_features(

@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     windows = [int(w) for w in args.windows.split(",")]
     scenarios = args.scenarios.split(",")
     rows: list[dict[str, Any]] = []
+    distinct: dict[tuple[str, int], list[int]] = {}  # images per window after duplicates collapse
     earlier = read_earlier(args) if args.merge else []
     cells = [(d, s, w) for s in scenarios for w in windows for d in ("refit", "evidently-default")]
     with Progress(console=console, transient=True) as progress:
@@ -269,6 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for trial in range(trials):
                 if image:
                     source, idx = sample_image_window(scenario, window, pool, rng)
+                    distinct.setdefault((scenario, window), []).append(len(idx))
                     features, inputs, probabilities, described = image_window_features(
                         reference, pool, source, idx
                     )
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 if end_to_end:
                     row["seconds_end_to_end"] = round(statistics.median(end_to_end), 3)
                 rows.append(row)
-                write_results(merge_rows(earlier, rows), args)
+                write_results(merge_rows(earlier, rows), args, distinct_note(distinct))
             progress.advance(task)
     return rows
 
@@ -321,7 +323,19 @@ def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     )
 
 
-def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def distinct_note(distinct: dict[tuple[str, int], list[int]]) -> str:
+    """A markdown line: the median distinct images of each image window that held fewer than its size."""
+    cut = {k: statistics.median(v) for k, v in distinct.items() if statistics.median(v) < k[1]}
+    if not cut:
+        return ""
+    cells = ", ".join(f"{s} w={w}: {n:.0f}" for (s, w), n in sorted(cut.items(), key=lambda kv: kv[0][1]))
+    return (
+        "Windows larger than half their pool of unseen images are drawn with replacement and, as "
+        f"Refit's check does, count each image once; median distinct images per window: {cells}."
+    )
+
+
+def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: str = "") -> None:
     """JSON rows and a markdown table (rate per window size, side by side per scenario)."""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -337,6 +351,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"features); `refit` = two-sample tests on prediction, embedding and {'image' if image else 'text'} "
         f"features; `evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
         "",
+        *([note, ""] if note else []),
         "| detector | scenario | "
         + " | ".join(f"w={w}" for w in windows)
         + " | s/check, tests (largest w) | s/check, end to end (largest w) |",

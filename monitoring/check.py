@@ -110,6 +110,11 @@ class DriftChecker:
             self.settings.window_size,
             minutes or self.settings.window_minutes,
         )
+        if version_modality(reference.version) == "image":
+            # The same image bytes again (a retry, a re-inspection) are one observation: counted
+            # twice, they make the two-sample tests over-confident (drift_power_images measured
+            # 12% false alarms at windows of 200 resampled from 267 tiles).
+            window = window.drop_duplicates("text", keep="last").reset_index(drop=True)
         if len(window) < self.settings.min_window:
             result, _ = detect_drift(reference.features, window, min_window=self.settings.min_window)
             outcome = CheckOutcome(result, version, None, None, 0, None, production=production)

@@ -180,6 +180,8 @@ def test_refit_drift_checks_an_image_model_on_image_descriptors(
     images = [_b64(p.read_bytes()) for p in sorted(dark.rglob("*.png"))]
     for start in range(0, len(images), 8):
         assert image_client.post("/classify", json={"images": images[start : start + 8]}).status_code == 200
+    # The same image sent again is one observation of the window, not two.
+    assert image_client.post("/classify", json={"images": images[:4]}).status_code == 200
     image_client.get("/model")  # the log is flushed within its 20 ms
     config = tmp_path / "monitor.yaml"
     config.write_text("min_window: 10\nmetrics_port: 0\n")
