@@ -10,7 +10,9 @@ C) comes out of the 70% only. ``per_class`` "20" trains on 20 images per class o
 
 Writes ``benchmarks/results/train_tiles.json`` (one row per strategy, budget and seed: strategy,
 base_model, per_class, seed, accuracy, macro_f1, missed_defect_rate, train_seconds, peak_rss_mb,
-trainable_params) and ``train_tiles.md`` (medians over seeds).
+trainable_params) and ``train_tiles.md`` (medians over seeds). With ``--set
+max_missed_defect_rate=0.02`` each model gets the inspection operating point `refit train` gives it
+(``training/operating_point.py``); write such runs under their own ``--name``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from training.data import split_frames, stratified_split
 from training.image_data import load_image_dataset
 from training.modality import ImageModality
 from training.model import quiet_transformers
+from training.operating_point import apply_operating_point, choose_configured_operating_point
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
@@ -66,7 +69,12 @@ def run_cell(
     with PeakRss() as rss:
         start = time.perf_counter()
         result = run_strategy(strategy, ctx)
+        # As `refit train` does: the operating point (if configured) on the selected model's
+        # validation predictions, then the refit, then the shift.
+        held_out = ctx.predict(result.model, "validation") if len(splits.validation) else None
+        point = choose_configured_operating_point(ctx, held_out)
         result.finalize()
+        apply_operating_point(result, ctx, point)
         seconds = time.perf_counter() - start
     metrics = evaluate_split(result, ctx, "test")
     return {

@@ -59,9 +59,13 @@ def train_demo_version(
             f"    registered {version.tag} ({version.manifest['strategy']}, {version.stage}): "
             f"test accuracy {outcome.test.accuracy:.4f}, macro-F1 {outcome.test.macro_f1:.4f}"
         )
-        record = export_version(version, quantize=kind.name == "text")
-        int8 = f"; int8 accuracy change {record['int8']['accuracy_change']:+.4f}" if "int8" in record else ""
-        console.print(f"    ONNX parity max |diff| {record['parity_max_abs_diff']:.1e}{int8}")
+        record = export_version(version, quantize=True)
+        q = record["int8"]
+        kept = "kept" if q["kept"] else "not kept: over 1 point"
+        console.print(
+            f"    ONNX parity max |diff| {record['parity_max_abs_diff']:.1e}; int8 ({q['method']}) "
+            f"accuracy change {q['accuracy_change']:+.4f} on the test split ({kept})"
+        )
     return DemoVersion(paths=paths, version=version, registry=registry)
 
 

@@ -108,6 +108,17 @@ def train(
         f"ECE {outcome.test.ece:.4f} on the test set ({describe_test_set(v.manifest.get('test_set'))})"
         f"\nreport: {v.path / 'report.html'}"
     )
+    if outcome.test.missed_defect_rate is not None:
+        console.print(f"missed-defect rate {outcome.test.missed_defect_rate:.4f} on the same test set")
+    point = v.manifest.get("details", {}).get("operating_point")
+    if point:
+        console.print(
+            f"operating point: the {point['normal_label']!r} logit lowered by {point['logit_shift']:.3f}, "
+            f"chosen on {point['rows']} validation rows ({point['defective_rows']} defective): missed "
+            f"defects {point['missed_before']:.4f} -> {point['missed_after']:.4f} (target <= "
+            f"{point['max_missed_defect_rate']}), accuracy {point['accuracy_before']:.4f} -> "
+            f"{point['accuracy_after']:.4f}"
+        )
     if export_onnx:
         from training.onnx_export import export_version
 

@@ -44,6 +44,9 @@ class TrainingConfig(StageSettings):
     augment: bool = True  # images: random flips, small rotations and crops, brightness/contrast
     # images: the no-defect label; the missed-defect rate is the share of other images predicted as it
     normal_label: str | None = None
+    # with normal_label: lower the normal class's logit until at most this share of the defective
+    # validation images is predicted normal (training/operating_point.py); None: plain argmax
+    max_missed_defect_rate: float | None = Field(None, ge=0.0, le=1.0)
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
     # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows
@@ -92,6 +95,20 @@ class TrainingConfig(StageSettings):
                 f"selection 'cv' covers the strategies {list(CV_STRATEGIES)}; found {tuned} (fine-tuning "
                 "stops early on a validation split). Use selection 'holdout', or a ladder of "
                 "baseline and head: --set auto_ladder=baseline,head"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_operating_point(self) -> TrainingConfig:
+        if self.max_missed_defect_rate is not None and self.normal_label is None:
+            raise ValueError(
+                "max_missed_defect_rate needs normal_label (the no-defect class); found none. "
+                "Set both, e.g. --set normal_label=free --set max_missed_defect_rate=0.02"
+            )
+        if self.max_missed_defect_rate is not None and self.selection == "cv":
+            raise ValueError(
+                "max_missed_defect_rate is chosen on the validation split; selection 'cv' carves none. "
+                "Use selection 'holdout'."
             )
         return self
 

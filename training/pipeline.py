@@ -31,6 +31,7 @@ from training.inference import Predictions, predict
 from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set
+from training.operating_point import apply_operating_point, choose_configured_operating_point
 from training.reference_profile import (
     PROFILE_FILE,
     build_reference_profile,
@@ -112,7 +113,9 @@ def train_model(
             ctx.label_ids("validation"), held_out.probabilities, splits.labels, config.normal_label
         )
     open_set = fit_version_open_set(ctx, result, held_out)
+    point = choose_configured_operating_point(ctx, held_out)
     result.finalize()
+    apply_operating_point(result, ctx, point)
     test = evaluate_split(result, ctx, "test")
     metadata = {
         "strategy": result.strategy,
