@@ -60,6 +60,7 @@ def test_refit_train_sets_the_operating_point_on_validation_rows(
     assert "operating point: the 'free' logit lowered by" in out and "missed-defect rate" in out
     version = ModelRegistry(home).get("surfaces:production")
     point = version.manifest["details"]["operating_point"]
+    assert "operating point" in (version.path / "report.html").read_text()
     assert point["missed_after"] == 0.0 and point["max_missed_defect_rate"] == 0.0
     # The shift lives in the saved model: its own validation predictions miss no defect.
     model, processor = load_version_model(version)

@@ -112,13 +112,9 @@ def train(
         console.print(f"missed-defect rate {outcome.test.missed_defect_rate:.4f} on the same test set")
     point = v.manifest.get("details", {}).get("operating_point")
     if point:
-        console.print(
-            f"operating point: the {point['normal_label']!r} logit lowered by {point['logit_shift']:.3f}, "
-            f"chosen on {point['rows']} validation rows ({point['defective_rows']} defective): missed "
-            f"defects {point['missed_before']:.4f} -> {point['missed_after']:.4f} (target <= "
-            f"{point['max_missed_defect_rate']}), accuracy {point['accuracy_before']:.4f} -> "
-            f"{point['accuracy_after']:.4f}"
-        )
+        from training.operating_point import describe_operating_point
+
+        console.print(f"operating point: {describe_operating_point(point)}")
     if export_onnx:
         from training.onnx_export import export_version
 

@@ -129,3 +129,14 @@ def apply_operating_point(result: StrategyResult, ctx: TrainContext, point: Oper
         return
     fold_normal_shift(result.model, ctx.splits.labels.index(point.normal_label), point.logit_shift)
     result.details["operating_point"] = point.to_dict()
+
+
+def describe_operating_point(point: dict[str, Any]) -> str:
+    """One line for people: the shift, the rows it was chosen on, and what it did there."""
+    return (
+        f"the {point['normal_label']!r} logit lowered by {point['logit_shift']:.3f}, chosen on "
+        f"{point['rows']} validation rows ({point['defective_rows']} defective): missed defects "
+        f"{point['missed_before']:.4f} -> {point['missed_after']:.4f} (target <= "
+        f"{point['max_missed_defect_rate']}), accuracy {point['accuracy_before']:.4f} -> "
+        f"{point['accuracy_after']:.4f}"
+    )

@@ -31,7 +31,11 @@ from training.inference import Predictions, predict
 from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set
-from training.operating_point import apply_operating_point, choose_configured_operating_point
+from training.operating_point import (
+    apply_operating_point,
+    choose_configured_operating_point,
+    describe_operating_point,
+)
 from training.reference_profile import (
     PROFILE_FILE,
     build_reference_profile,
@@ -261,6 +265,9 @@ def write_version(
     summary = {k: manifest[k] for k in ("strategy", "base_model", "data_fingerprint", "parent_version")}
     summary["trainable params"] = f"{result.trainable_params:,}"
     summary["train seconds"] = manifest["train_seconds"]
+    point = result.details.get("operating_point")
+    if point:
+        summary["operating point"] = describe_operating_point(point)
     title = f"{cfg.name} ({result.strategy})"
     (directory / "report.md").write_text(render_markdown(title, summary, test, ladder), encoding="utf-8")
     examples = None
