@@ -94,7 +94,13 @@ def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path)
     assert all(set(row) == keys for row in rows)
     systems = {(row["system"], row["concurrency"]) for row in rows}
     assert systems >= {("limit", 1), ("limit", 8), ("refit-onnx", 4), ("refit-torch", 1), ("naive", 4)}
-    assert {row["system"] for row in rows} == {"limit", "refit-onnx", "refit-torch", "naive"}
+    assert {row["system"] for row in rows} == {
+        "limit",
+        "refit-onnx",
+        "refit-onnx-int8",
+        "refit-torch",
+        "naive",
+    }
     served = [row for row in rows if row["system"] != "limit"]
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in served)
     assert "## Targets" in (tmp_path / "serve_load.md").read_text()
