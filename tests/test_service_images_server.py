@@ -39,7 +39,10 @@ def image_server(
         name="surfaces", base_model=str(tiny_vision_model), strategy="baseline", profile_rows=20
     )
     v2 = train_model(surfaces, config, registry=registry).version
-    env = {"BENTOML_HOME": str(home), **service_env("surfaces", home, swap_poll_s="0.5", threads="1")}
+    # A latency SLO far above a CPU image batch's: this server is about swaps, not load shedding
+    # (tests/test_service_units.py), and at 100 ms a busy CI machine shed a request of the swap test.
+    settings = {"swap_poll_s": "0.5", "threads": "1", "max_latency_ms": "5000"}
+    env = {"BENTOML_HOME": str(home), **service_env("surfaces", home, **settings)}
     service = start_service(env, root / "server.log")
     try:
         service.wait_ready()

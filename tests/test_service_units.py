@@ -263,9 +263,8 @@ def test_refit_serve_refuses_bad_options_before_starting_anything(
 
     code, out = run_cli(["serve", "--backend", "tensorrt"], capsys, monkeypatch)
     assert code == 2
-    assert (
-        "backend [REFIT_SERVE_BACKEND]: Input should be 'auto', 'torch' or 'onnx' (found 'tensorrt')" in out
-    )
+    expected = "Input should be 'auto', 'torch', 'onnx' or 'onnx-int8' (found 'tensorrt')"
+    assert f"backend [REFIT_SERVE_BACKEND]: {expected}" in out
 
 
 def create_tables_in_child(url: str, start: Any, results: Any) -> None:
