@@ -296,6 +296,7 @@ def quantize_version(
 
 def quantize_statically(source: Path, target: Path, processor: Processor, calibration: list[Any]) -> None:
     """Static int8 quantisation of ``source`` to ``target``, activation ranges from ``calibration``."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -308,8 +309,6 @@ def quantize_statically(source: Path, target: Path, processor: Processor, calibr
             if batch is None:
                 return None
             return {name: t.numpy() for name, t in zip(processor.input_names, batch[1], strict=True)}
-
-    import onnx
 
     prepared = target.with_name(f"{target.name}.{os.getpid()}.prep.onnx")
     try:
