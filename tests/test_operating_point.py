@@ -62,6 +62,7 @@ def test_refit_train_sets_the_operating_point_on_validation_rows(
     point = version.manifest["details"]["operating_point"]
     assert "operating point" in (version.path / "report.html").read_text()
     assert point["missed_after"] == 0.0 and point["max_missed_defect_rate"] == 0.0
+    assert point["missed_before"] > 0 and point["logit_shift"] > 0  # the tiny ViT does miss defects
     # The shift lives in the saved model: its own validation predictions miss no defect.
     model, processor = load_version_model(version)
     from training.inference import predict
@@ -71,6 +72,20 @@ def test_refit_train_sets_the_operating_point_on_validation_rows(
     predicted = predict(model, processor, split_inputs(version, validation)).probabilities.argmax(axis=1)
     defective = (validation["label"] != "free").to_numpy()
     assert not (predicted[defective] == labels.index("free")).any()
+    # The same training without the operating point differs only in the normal class's bias.
+    plain_args = [*args, "--name", "plain", "--home", str(home), *sets[:2], *sets[4:]]
+    code, out = run_cli(plain_args, capsys, monkeypatch)
+    assert code == 0, out
+    plain, _ = load_version_model(ModelRegistry(home).get("plain:production"))
+    free = labels.index("free")
+    shift = np.zeros(len(labels), dtype=np.float32)
+    shift[free] = point["logit_shift"]
+    np.testing.assert_allclose(
+        model.head.bias.detach().numpy(), plain.head.bias.detach().numpy() - shift, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.head.weight.detach().numpy(), plain.head.weight.detach().numpy(), atol=1e-6
+    )
 
 
 def test_an_operating_point_without_a_normal_label_is_refused(
