@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.backends import resolve_backend, worker_device
+from service.backends import limit_numpy_threads, resolve_backend, worker_device
 from service.bentoml_patches import (
     bound_metric_paths,
     log_client_errors_briefly,
@@ -145,6 +145,7 @@ class RefitClassifier:
         self.backend, device = resolve_backend(self.settings.backend, self.settings.device)
         self.device = worker_device(device)
         self.threads = self.settings.threads or max(1, (os.cpu_count() or 1) // self.settings.worker_count)
+        limit_numpy_threads(self.threads)
         self.log = InferenceLog(
             self.settings.resolved_log_url,
             queue_size=self.settings.log_queue_size,

@@ -33,7 +33,7 @@ class ServeSettings(ServedModelSettings):
     # worker processes; None: one per GPU of `gpus`, one on CUDA without `gpus`, one per core
     # on CPU (at most 4)
     workers: int | None = Field(None, ge=1)
-    threads: int = Field(0, ge=0)  # intra-op threads per worker; 0: the cores / workers
+    threads: int = Field(0, ge=0)  # threads per worker (the model's, numpy's BLAS); 0: cores / workers
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
     batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/bentoml_patches.py

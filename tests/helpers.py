@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -98,3 +100,23 @@ def build_service_app(service_class: Any) -> Any:
         if any(name.startswith("bentoml_") for name in REGISTRY._collector_to_names[collector]):
             REGISTRY.unregister(collector)
     return service_class.to_asgi()
+
+
+def wait_for_logged_predictions(home: Path, count: int, timeout_s: float = 15.0) -> None:
+    """Block until the inference log under ``home`` holds ``count`` predictions (its writer
+    thread flushes on its own schedule, later still on a loaded machine)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{home / 'refit' / 'inference.db'}")
+    deadline = time.monotonic() + timeout_s
+    found = 0
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                found = conn.execute(text("SELECT COUNT(*) FROM predictions")).scalar_one()
+            if found >= count:
+                return
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{found} predictions logged after {timeout_s} s; expected {count}")

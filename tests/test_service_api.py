@@ -488,3 +488,23 @@ def test_what_schemathesis_found_is_answered_as_documented(client: Any) -> None:
     # A body that does not parse gets the same {"error": ...} shape as every other 400.
     broken = client.post("/feedback", content=b"\xff", headers={"Content-Type": "application/json"})
     assert broken.status_code == 400 and "do not parse as JSON" in broken.json()["error"], broken.text
+
+
+def test_the_worker_caps_numpy_blas_at_its_share_of_the_cores(
+    service_app: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from starlette.testclient import TestClient
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    monkeypatch.setenv("REFIT_SERVE_FREEZE_HEAP", "false")
+    monkeypatch.setenv("REFIT_SERVE_THREADS", "1")
+    try:
+        with TestClient(service_app) as client:
+            assert client.post("/classify", json={"texts": ["reset my password"]}).status_code == 200
+            assert blas_threads() == {1}
+    finally:
+        threadpool_limits(limits=max(before), user_api="blas")
