@@ -71,6 +71,23 @@ def tiny_vision_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-stage ResNet with BatchNorm (32 px images, 16 channels), saved like a hub model."""
+    import json
+
+    import torch
+    from transformers import ResNetConfig, ResNetModel
+
+    directory = tmp_path_factory.mktemp("tiny-resnet")
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(directory)
+    processor = {"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor), encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
 def surfaces(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of class folders: 10 generated 40 px surfaces per label (free, scratch, spot, crack)."""
     from demo.surfaces import write_surfaces

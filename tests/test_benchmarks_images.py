@@ -49,6 +49,29 @@ def test_train_tiles_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: 
     assert "| lora |" in (tmp_path / "train_tiles.md").read_text()
 
 
+def test_adaptation_smoke(tiles_like: Path, tiny_cnn: Path, tmp_path: Path) -> None:
+    from benchmarks import adaptation
+
+    rows = adaptation.main(
+        [
+            "--data", str(tiles_like),
+            "--base-model", str(tiny_cnn),
+            "--shifts", "exp12->exp56",
+            "--seeds", "0",
+            "--methods", "bn-adapt;tent:adapt_epochs=1",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "adaptation.json").read_text()) == rows and len(rows) == 2
+    assert set(rows[0]) == {
+        "modality", "shift", "method", "seed", "target_labels", "accuracy_source_only", "accuracy_adapted",
+        "accuracy_oracle", "macro_f1_source_only", "macro_f1_adapted", "macro_f1_oracle", "seconds",
+    }  # fmt: skip
+    assert [r["method"] for r in rows] == ["bn-adapt", "tent:adapt_epochs=1"]
+    assert all(r["modality"] == "image" and r["target_labels"] == 0 for r in rows)
+    assert "| tent:adapt_epochs=1 |" in (tmp_path / "adaptation.md").read_text()
+
+
 def test_serve_load_image_smoke(tiles_like: Path, image_home_template: Path, tmp_path: Path) -> None:
     import shutil
 

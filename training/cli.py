@@ -52,7 +52,10 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
 @app.command()
 def train(
     data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL or Parquet.")],
-    strategy: Annotated[str | None, typer.Option(help="baseline|head|partial|lora|full|auto")] = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="baseline|head|partial|lora|full|auto, or bn-adapt|tent|self-train (target_file)"),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Registry model name.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML config file.")] = None,
     base_model: Annotated[

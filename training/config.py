@@ -14,8 +14,11 @@ from pydantic_settings import SettingsConfigDict
 
 from training.shared_settings import StageSettings, load_settings
 
-Strategy = Literal["baseline", "head", "partial", "lora", "full", "auto"]
-STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full", "auto")
+Strategy = Literal["baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "auto"]
+LADDER_STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full")
+# Trained on the labelled data (`adapt_base`), then adapted to unlabelled `target_file` inputs.
+ADAPTATION_STRATEGIES: tuple[str, ...] = ("bn-adapt", "tent", "self-train")
+STRATEGIES: tuple[str, ...] = (*LADDER_STRATEGIES, *ADAPTATION_STRATEGIES, "auto")
 FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
 CV_STRATEGIES: tuple[str, ...] = ("baseline", "head")  # the ones `selection: cv` can choose among
 
@@ -34,7 +37,8 @@ class TrainingConfig(StageSettings):
     base_model: str | None = None
     # auto: images for a folder of class folders or a table with `image_column` and no `text_column`
     modality: Literal["auto", "text", "image"] = "auto"
-    strategy: Strategy = "auto"  # baseline, head, partial, lora, full, or auto (the ladder)
+    # baseline, head, partial, lora, full, auto (the ladder), or an adaptation: bn-adapt, tent, self-train
+    strategy: Strategy = "auto"
     text_column: str = "text"  # column of the input texts in the data file(s)
     label_column: str = "label"  # column of the labels
     image_column: str = "path"  # images listed in a table: column of paths relative to the table
@@ -48,6 +52,16 @@ class TrainingConfig(StageSettings):
     # validation images is predicted normal (training/operating_point.py); None: plain argmax
     max_missed_defect_rate: float | None = Field(None, ge=0.0, le=1.0)
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
+    # adaptation strategies: unlabelled inputs of the domain to adapt to (a table with the input
+    # column, or a folder of images)
+    target_file: Path | None = None
+    target_window: str | None = None  # which inference-log window target_file holds (lineage)
+    adapt_base: Literal["head", "partial", "lora", "full"] = "head"  # trained on the labelled data first
+    bn_layers: Literal["stem", "early", "all"] = "stem"  # BatchNorm layers whose statistics adapt
+    bn_mix: float = Field(1.0, ge=0.0, le=1.0)  # the target's share of an adapted layer's statistics
+    adapt_epochs: int = Field(3, ge=1)  # tent: passes over the target inputs
+    adapt_learning_rate: float = Field(1e-3, gt=0)  # tent: Adam on the BatchNorm scales and shifts
+    pseudo_label_threshold: float = Field(0.9, gt=0.0, le=1.0)  # self-train: the least confidence kept
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
     # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows
     # (no validation split is carved: for a few rows per label; baseline and head only)
@@ -114,10 +128,25 @@ class TrainingConfig(StageSettings):
 
     @model_validator(mode="after")
     def _check_ladder(self) -> TrainingConfig:
-        bad = [s for s in self.auto_ladder if s not in STRATEGIES or s == "auto"]
+        bad = [s for s in self.auto_ladder if s not in LADDER_STRATEGIES]
         if bad or not self.auto_ladder:
             raise ValueError(
-                f"auto_ladder must be a non-empty list of {list(STRATEGIES[:-1])}; found {bad or '[]'}"
+                f"auto_ladder must be a non-empty list of {list(LADDER_STRATEGIES)}; found {bad or '[]'}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_target(self) -> TrainingConfig:
+        adapting = self.strategy in ADAPTATION_STRATEGIES
+        if adapting and self.target_file is None:
+            raise ValueError(
+                f"strategy {self.strategy!r} adapts to unlabelled inputs of the target domain; found "
+                "no target_file. Pass --set target_file=<table or folder of images>"
+            )
+        if not adapting and self.target_file is not None:
+            raise ValueError(
+                f"target_file is read by the adaptation strategies {list(ADAPTATION_STRATEGIES)}; "
+                f"strategy {self.strategy!r} would ignore it. Choose one of them or drop target_file."
             )
         return self
 

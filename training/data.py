@@ -133,8 +133,28 @@ def load_dataset(path: Path, text_column: str = "text", label_column: str = "lab
     return frame.astype({"text": str, "label": str}).reset_index(drop=True)
 
 
+def load_unlabelled_texts(path: Path, text_column: str = "text") -> pd.DataFrame:
+    """Load and validate unlabelled texts (a domain to adapt to) into a frame with column ``text``.
+
+    Raises:
+        DataError: a missing column, no rows, or empty texts; the message lists what was found.
+    """
+    raw = read_table(Path(path))
+    if text_column not in raw.columns:
+        raise DataError(
+            f"Column {text_column!r} not found in {path}. Found columns: {list(raw.columns)}. "
+            "Hint: set text_column (--set text_column=...)."
+        )
+    if raw.empty:
+        raise DataError(f"No texts in {path}: expected one or more rows to adapt to.")
+    frame = pd.DataFrame({"text": raw[text_column].astype("string").fillna("")})
+    validate_texts(frame, path)
+    return frame.astype({"text": str}).reset_index(drop=True)
+
+
 def validate_texts(frame: pd.DataFrame, source: Path | str) -> None:
-    """Reject empty texts and empty labels, naming the first offending data rows (1-based)."""
+    """Reject empty texts and empty labels (where there is a label column), naming the first
+    offending data rows (1-based)."""
     empty = np.flatnonzero(frame["text"].str.strip().eq("").to_numpy())
     if len(empty):
         raise DataError(
@@ -142,7 +162,8 @@ def validate_texts(frame: pd.DataFrame, source: Path | str) -> None:
             "1-based, header excluded). Expected non-empty text in every row. "
             "Hint: drop or fill these rows."
         )
-    unlabelled = np.flatnonzero(frame["label"].eq("").to_numpy())
+    labels = frame["label"] if "label" in frame else pd.Series([], dtype=str)
+    unlabelled = np.flatnonzero(labels.eq("").to_numpy())
     if len(unlabelled):
         raise DataError(
             f"{len(unlabelled)} row(s) without a label in {source} (data rows {_row_list(unlabelled)}). "

@@ -112,6 +112,37 @@ def load_image_dataset(
     return frame
 
 
+def load_unlabelled_images(
+    path: Path, store: BlobStore, *, image_column: str = "path", limits: ImageLimits | None = None
+) -> pd.DataFrame:
+    """Load, check and store unlabelled images (a domain to adapt to): a folder of images (in
+    any subfolders) or a table of paths relative to it; a frame of ``image`` and ``path``, each
+    image once (traffic repeats images; a repeat is not another observation of the domain).
+
+    Raises:
+        DataError: no images, a missing column or file, or an image that cannot be used.
+    """
+    path = Path(path)
+    if path.is_dir():
+        paths = [str(p) for p in sorted(path.rglob("*"))
+                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES]  # fmt: skip
+    elif path.is_file():
+        table = read_table(path)
+        if image_column not in table.columns:
+            raise DataError(
+                f"Column {image_column!r} not found in {path}. Found columns: {list(table.columns)}. "
+                "Hint: set image_column (--set image_column=...)."
+            )
+        paths = [str((path.parent / str(p)).resolve()) for p in table[image_column]]
+    else:
+        raise DataError(f"Images not found: {path}. Expected a folder of images or a CSV of paths.")
+    if not paths:
+        raise DataError(f"No images found in {path}; expected files ending {', '.join(SUFFIXES)}.")
+    frame = pd.DataFrame({"path": paths})
+    frame.insert(0, "image", _store_images(paths, store, limits or ImageLimits()))
+    return frame.drop_duplicates("image").reset_index(drop=True)
+
+
 def _store_images(paths: list[str], store: BlobStore, limits: ImageLimits) -> list[str]:
     """Decode every image (the whole check) and store its bytes; one error lists every bad file."""
     keys, problems = [], []

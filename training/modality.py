@@ -17,7 +17,7 @@ from torch import nn
 
 from training.blobs import BlobStore
 from training.config import TrainingConfig
-from training.data import load_dataset, read_table
+from training.data import load_dataset, load_unlabelled_texts, read_table
 from training.images import ImageLimits
 from training.processors import ImageProcessor, Processor, TextProcessor
 
@@ -31,6 +31,10 @@ class Modality(Protocol):
 
     def load_frames(self, data: Path, test: Path | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """Labelled data (columns ``column``, ``label``, ...) and the optional test data, checked."""
+        ...
+
+    def load_unlabelled(self, data: Path) -> pd.DataFrame:
+        """Unlabelled inputs of a domain to adapt to (column ``column``), checked."""
         ...
 
     def inputs(self, frame: pd.DataFrame) -> list[Any]:
@@ -60,6 +64,10 @@ class TextModality:
         cfg = self.config
         held_out = load_dataset(test, cfg.text_column, cfg.label_column) if test is not None else None
         return load_dataset(data, cfg.text_column, cfg.label_column), held_out
+
+    def load_unlabelled(self, data: Path) -> pd.DataFrame:
+        """Texts from the configured column."""
+        return load_unlabelled_texts(data, self.config.text_column)
 
     def inputs(self, frame: pd.DataFrame) -> list[Any]:
         """The texts."""
@@ -110,6 +118,13 @@ class ImageModality:
         held_out = load(test)
         reject_shared_images(frame, held_out, str(data), str(test))
         return frame, held_out
+
+    def load_unlabelled(self, data: Path) -> pd.DataFrame:
+        """Images checked one by one and stored by content, each once."""
+        from training.image_data import load_unlabelled_images
+
+        column = self.config.image_column
+        return load_unlabelled_images(data, self.store, image_column=column, limits=self.limits)
 
     def inputs(self, frame: pd.DataFrame) -> list[Any]:
         """Paths of the stored images (the bytes the content keys name)."""

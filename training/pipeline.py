@@ -131,6 +131,9 @@ def train_model(
         "test_macro_f1": round(test.macro_f1, 4),
         "test_set_fingerprint": splits.test_set.get("fingerprint"),
     }
+    adaptation = result.details.get("adaptation")
+    if adaptation:  # lineage: the parent above, and what this version adapted to
+        metadata["adaptation"] = {k: adaptation[k] for k in ("method", "base_strategy", "target")}
 
     def write(directory: Path) -> dict[str, Any]:
         manifest = write_version(directory, ctx, result, test, validation, ladder, metadata)

@@ -9,7 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from training.config import FINETUNE_STRATEGIES
+from training.adaptation import adapt_model
+from training.config import ADAPTATION_STRATEGIES, FINETUNE_STRATEGIES
 from training.context import StrategyResult, TrainContext
 from training.evaluation import EvaluationResult, evaluate_predictions
 from training.feature_extraction import train_baseline, train_head
@@ -26,7 +27,11 @@ def run_strategy(name: str, ctx: TrainContext) -> StrategyResult:
         return train_head(ctx)
     if name in FINETUNE_STRATEGIES:
         return train_finetuned(ctx, name)
-    raise ValueError(f"Unknown strategy {name!r}; expected baseline, head, partial, lora or full")
+    if name in ADAPTATION_STRATEGIES:
+        return adapt_model(name, ctx, run_strategy(ctx.config.adapt_base, ctx), run_strategy)
+    raise ValueError(
+        f"Unknown strategy {name!r}; expected baseline, head, partial, lora, full, bn-adapt or tent"
+    )
 
 
 def evaluate_split(result: StrategyResult, ctx: TrainContext, split: str) -> EvaluationResult:

@@ -1,0 +1,185 @@
+"""Domain adaptation strategies on a tiny real CNN with BatchNorm (a 2-stage ResNet, 32 px)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import run_cli
+
+
+@pytest.fixture(scope="session")
+def dark_surfaces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Unlabelled surfaces under a much darker light than the `surfaces` fixture's (a folder of images)."""
+    from demo.surfaces import write_surfaces
+
+    root = tmp_path_factory.mktemp("dark") / "images"
+    return write_surfaces(root, per_class=6, seed=5, size=40, lighting=-0.8)
+
+
+def _source_model(tiny_cnn: Path, surfaces: Path) -> Any:
+    """A `head` classifier on the tiny CNN trained on the surfaces, with its processor."""
+    from training.config import TrainingConfig
+    from training.context import TrainContext
+    from training.data import split_frames
+    from training.modality import create_modality
+    from training.strategies import run_strategy
+
+    config = TrainingConfig(base_model=str(tiny_cnn), strategy="head", modality="image")
+    modality = create_modality("image", config, surfaces.parent / "home")
+    data, _ = modality.load_frames(surfaces, None)
+    splits = split_frames(
+        data, None, validation_fraction=0.1, test_fraction=0.2, seed=0, source="s", column="image"
+    )
+    ctx = TrainContext.create(config, splits, modality)
+    return run_strategy("head", ctx).model, ctx.processor, modality
+
+
+def test_bn_adapt_moves_the_statistics_toward_the_target_and_only_the_chosen_layers(
+    tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
+) -> None:
+    from training.batch_norm_adaptation import (
+        adapt_batch_norm,
+        batch_norm_modules,
+        estimate_target_statistics,
+    )
+
+    model, processor, modality = _source_model(tiny_cnn, surfaces)
+    target = modality.inputs(modality.load_unlabelled(dark_surfaces))
+    layers = batch_norm_modules(model)
+    assert len(layers) >= 4
+    before = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in layers}
+    measured = estimate_target_statistics(model, processor, target, "all")
+    for name, m in layers:  # estimating leaves the model as it was
+        assert torch.equal(m.running_mean, before[name][0]) and torch.equal(m.running_var, before[name][1])
+
+    details = adapt_batch_norm(model, processor, target, layers="stem", mix=0.5)
+    assert details["adapted_layers"] == 1 and details["target_inputs"] == len(target) == 24
+    stem, stem_module = layers[0]
+    source_mean, target_mean = before[stem][0], measured[stem][0]
+    assert not torch.allclose(source_mean, target_mean)
+    # Halfway from the source's statistics to the target's, and every other layer untouched.
+    torch.testing.assert_close(stem_module.running_mean, 0.5 * source_mean + 0.5 * target_mean)
+    for name, m in layers[1:]:
+        assert torch.equal(m.running_mean, before[name][0])
+
+
+def test_tent_lowers_the_entropy_of_the_answers_on_the_target_and_trains_only_batch_norm(
+    tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
+) -> None:
+    from training.entropy_adaptation import measure_information, minimise_entropy
+
+    model, processor, modality = _source_model(tiny_cnn, surfaces)
+    target = modality.inputs(modality.load_unlabelled(dark_surfaces))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "normalization" not in n}
+    before, _ = measure_information(model, processor, target)
+    details = minimise_entropy(model, processor, target, epochs=5, learning_rate=1e-2, batch_size=8)
+    assert details["entropy_before"] == pytest.approx(before, abs=1e-4)
+    assert details["entropy_after"] < before
+    assert details["objective_after"] < details["objective_before"]
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
+
+
+def test_bn_adapt_refuses_a_model_without_batch_norm(tiny_vision_model: Path, surfaces: Path) -> None:
+    from training.batch_norm_adaptation import adapt_batch_norm
+
+    model, processor, modality = _source_model(tiny_vision_model, surfaces)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        adapt_batch_norm(model, processor, modality.inputs(modality.load_unlabelled(surfaces)))
+
+
+def test_refit_train_adapts_with_tent_and_records_the_lineage(
+    tiny_cnn: Path,
+    surfaces: Path,
+    dark_surfaces: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.registry import ModelRegistry
+
+    home = tmp_path / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    base = ["train", str(surfaces), "--name", "tiles", "--base-model", str(tiny_cnn)]
+    code, out = run_cli([*base, "--strategy", "head"], capsys, monkeypatch)
+    assert code == 0, out
+    args = [*base, "--strategy", "tent", "--set", f"target_file={dark_surfaces}", "--set", "target_window=w1"]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    source, adapted = ModelRegistry(home).versions("tiles")
+    lineage = adapted.manifest["adaptation"]
+    assert adapted.manifest["strategy"] == "tent" and adapted.manifest["parent_version"] == source.version
+    assert lineage["method"] == "tent" and lineage["base_strategy"] == "head"
+    assert lineage["target"]["inputs"] == 24 and lineage["target"]["window"] == "w1"
+    assert lineage["target"]["fingerprint"].startswith("sha256:")
+    entropy = adapted.manifest["details"]["adaptation"]["entropy"]
+    assert entropy["objective_after"] < entropy["objective_before"]
+    # The adapted version is a version like any other: it loads and answers.
+    from training.artifacts import load_version_model
+    from training.inference import predict
+
+    model, processor = load_version_model(adapted)
+    probabilities = predict(model, processor, sorted(dark_surfaces.rglob("*.png"))[:4]).probabilities
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_an_adaptation_strategy_without_target_inputs_is_a_clear_error(
+    surfaces: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    code, out = run_cli(["train", str(surfaces), "--strategy", "bn-adapt"], capsys, monkeypatch)
+    assert code != 0 and "target_file" in out
+
+
+def test_self_train_learns_the_target_inputs_it_is_sure_of_and_only_those(
+    tiny_vision_model: Path, surfaces: Path, dark_surfaces: Path
+) -> None:
+    from training.self_training import pseudo_label
+
+    model, processor, modality = _source_model(tiny_vision_model, surfaces)
+    target = modality.load_unlabelled(dark_surfaces)
+    inputs = modality.inputs(target)
+    labels = ["crack", "free", "scratch", "spot"]
+    rows, info = pseudo_label(model, processor, target, inputs, labels, 0.0, augments=True)
+    assert info["pseudo_labelled"] == len(rows) == info["confident"] - info["overturned_by_a_view"]
+    assert sum(info["per_label"].values()) == len(rows) and set(rows["label"]) <= set(labels)
+    none, strict = pseudo_label(model, processor, target, inputs, labels, 1.0, augments=False)
+    assert len(none) == strict["pseudo_labelled"] <= strict["confident"]
+
+
+def test_refit_train_self_trains_a_text_model_on_unlabelled_target_texts(
+    tiny_base_model: Path,
+    tiny_csv: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pandas as pd
+
+    from training.registry import ModelRegistry
+
+    home = tmp_path / "bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    # The same intents as typed on a phone: lower case, "pls", no punctuation.
+    source = pd.read_csv(tiny_csv)
+    target = tmp_path / "target.csv"
+    pd.DataFrame({"text": [f"{t.lower()} pls" for t in source["text"]]}).to_csv(target, index=False)
+    args = [
+        "train", str(tiny_csv), "--name", "tiny", "--base-model", str(tiny_base_model),
+        "--strategy", "self-train", "--set", f"target_file={target}", "--set", "pseudo_label_threshold=0.3",
+        "--set", "max_length=16",
+    ]  # fmt: skip
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    [version] = ModelRegistry(home).versions("tiny")
+    pseudo = version.manifest["details"]["adaptation"]["pseudo_labels"]
+    assert version.manifest["adaptation"]["target"]["inputs"] == len(source)
+    assert 0 < pseudo["pseudo_labelled"] <= len(source) and pseudo["overturned_by_a_view"] == 0
+    # The saved training split is the labelled source: pseudo labels never pass for real ones.
+    assert version.manifest["rows"]["train"] < len(source)

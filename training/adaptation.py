@@ -1,0 +1,116 @@
+"""Domain adaptation strategies: a model trained on the labelled data, adapted to unlabelled inputs.
+
+``bn-adapt`` re-estimates BatchNorm statistics on the target inputs
+(:mod:`training.batch_norm_adaptation`); ``tent`` does that, then trains the BatchNorm scales
+and shifts to answer the target confidently and diversely (:mod:`training.entropy_adaptation`);
+``self-train`` trains the base strategy again with the target inputs the model is sure of
+(:mod:`training.self_training`). Each starts from the ``adapt_base`` strategy trained on the
+labelled (source) data, and records what it adapted to, so that a version's lineage reads
+source -> adapted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from training.batch_norm_adaptation import adapt_batch_norm
+from training.config import ADAPTATION_STRATEGIES
+from training.context import StrategyResult, TrainContext
+from training.entropy_adaptation import minimise_entropy
+from training.errors import DataError
+from training.self_training import pseudo_label, with_pseudo_labels
+
+
+def load_target(ctx: TrainContext) -> pd.DataFrame:
+    """The configured ``target_file``'s inputs, checked (images stored by content).
+
+    Raises:
+        DataError: the file is missing or unusable.
+    """
+    path = ctx.config.target_file
+    if path is None:
+        raise DataError("No target_file: adaptation needs unlabelled inputs of the target domain.")
+    return ctx.modality.load_unlabelled(path)
+
+
+def describe_target(ctx: TrainContext, target: pd.DataFrame) -> dict[str, Any]:
+    """What a version adapted to: the file, the inference-log window, how many inputs, their
+    fingerprint."""
+    rows = sorted(str(value) for value in target[ctx.modality.column])
+    described = {
+        "source": str(ctx.config.target_file),
+        "inputs": len(target),
+        "fingerprint": "sha256:" + hashlib.sha256("\n".join(rows).encode("utf-8")).hexdigest(),
+    }
+    if ctx.config.target_window:
+        described["window"] = ctx.config.target_window
+    return described
+
+
+def adapt_model(
+    name: str, ctx: TrainContext, base: StrategyResult, train: Callable[[str, TrainContext], StrategyResult]
+) -> StrategyResult:
+    """Adapt ``base`` (trained on the labelled data) to the target inputs with strategy ``name``;
+    ``train`` runs a strategy (self-train trains ``adapt_base`` again with it).
+
+    Raises:
+        ValueError: an unknown strategy, or one that needs what the model lacks (BatchNorm).
+        DataError: the target inputs are unusable.
+    """
+    if name not in ADAPTATION_STRATEGIES:
+        raise ValueError(
+            f"Unknown adaptation strategy {name!r}; expected one of {list(ADAPTATION_STRATEGIES)}"
+        )
+    cfg = ctx.config
+    target = load_target(ctx)
+    inputs = ctx.modality.inputs(target)
+    start = time.perf_counter()
+    model = base.model
+    adaptation: dict[str, Any] = {
+        "method": name,
+        "base_strategy": base.strategy,
+        "target": describe_target(ctx, target),
+    }
+    details: dict[str, Any] = {"adaptation": adaptation, "base": base.details}
+    refit_head, trainable = base.refit_head, 0
+    if name == "self-train":
+        augments = ctx.modality.name == "image" and cfg.augment
+        rows, adaptation["pseudo_labels"] = pseudo_label(
+            model, ctx.processor, target, inputs, ctx.splits.labels, cfg.pseudo_label_threshold, augments,
+            cfg.seed,
+        )  # fmt: skip
+        retrained = train(cfg.adapt_base, with_pseudo_labels(ctx, rows))
+        model, refit_head = retrained.model, retrained.refit_head
+        details["retrained"] = retrained.details
+    else:
+        adaptation["batch_norm"] = adapt_batch_norm(
+            model, ctx.processor, inputs, cfg.bn_layers, cfg.bn_mix, cfg.batch_size
+        )
+    if name == "tent":
+        entropy = minimise_entropy(
+            model,
+            ctx.processor,
+            inputs,
+            epochs=cfg.adapt_epochs,
+            learning_rate=cfg.adapt_learning_rate,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+        adaptation["entropy"] = entropy
+        trainable = int(entropy["trainable_params"])
+    adaptation["seconds"] = round(time.perf_counter() - start, 2)
+    return StrategyResult(
+        name,
+        model.eval(),
+        base.train_seconds + time.perf_counter() - start,
+        base.trainable_params + trainable,
+        details,
+        # bn-adapt and tent keep the base's refitted head (fitted on the source rows' features:
+        # they change the encoder's normalisation only); self-train's is its own.
+        refit_head,
+    )
