@@ -49,7 +49,7 @@ from training.strategies import evaluate_split, run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SHIFTS = {"exp1->exp6": (("exp1",), ("exp6",)), "exp12->exp56": (("exp1", "exp2"), ("exp5", "exp6"))}
-METHODS = ("bn-adapt", "bn-adapt:bn_layers=early", "bn-adapt:bn_layers=all", "tent", "self-train")
+METHODS = ("bn-adapt", "bn-adapt:bn_mix=0.5", "bn-adapt:bn_layers=all", "tent", "self-train")
 
 
 def parse_method(method: str) -> tuple[str, dict[str, Any]]:

@@ -39,45 +39,71 @@ def _source_model(tiny_cnn: Path, surfaces: Path) -> Any:
     return run_strategy("head", ctx).model, ctx.processor, modality
 
 
-def test_bn_adapt_moves_the_statistics_toward_the_target_and_only_the_chosen_layers(
+def _stem_output(model: Any, processor: Any, inputs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the first BatchNorm layer's output on ``inputs`` (eval mode)."""
+    from training.batch_norm_adaptation import batch_norm_modules
+
+    outputs: list[torch.Tensor] = []
+    handle = batch_norm_modules(model)[0][1].register_forward_hook(lambda m, i, o: outputs.append(o))
+    model.eval()
+    with torch.no_grad():
+        model(*processor.encode(inputs))
+    handle.remove()
+    out = torch.cat(outputs).transpose(0, 1).flatten(1)
+    return out.mean(dim=1), out.std(dim=1)
+
+
+def test_bn_adapt_makes_the_target_normalise_as_the_source_did_in_the_chosen_layers_only(
     tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
 ) -> None:
-    from training.batch_norm_adaptation import (
-        adapt_batch_norm,
-        batch_norm_modules,
-        estimate_target_statistics,
-    )
+    from training.batch_norm_adaptation import adapt_batch_norm, batch_norm_modules, estimate_statistics
 
     model, processor, modality = _source_model(tiny_cnn, surfaces)
+    source = modality.inputs(modality.load_unlabelled(surfaces))
     target = modality.inputs(modality.load_unlabelled(dark_surfaces))
     layers = batch_norm_modules(model)
     assert len(layers) >= 4
     before = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in layers}
-    measured = estimate_target_statistics(model, processor, target, "all")
+    estimate_statistics(model, processor, target, "all")
     for name, m in layers:  # estimating leaves the model as it was
         assert torch.equal(m.running_mean, before[name][0]) and torch.equal(m.running_var, before[name][1])
+    source_out = _stem_output(model, processor, source)
+    target_out = _stem_output(model, processor, target)
+    gap = (target_out[0] - source_out[0]).abs().mean()
 
-    details = adapt_batch_norm(model, processor, target, layers="stem", mix=0.5)
+    details = adapt_batch_norm(model, processor, target, source, layers="stem")
     assert details["adapted_layers"] == 1 and details["target_inputs"] == len(target) == 24
-    stem, stem_module = layers[0]
-    source_mean, target_mean = before[stem][0], measured[stem][0]
-    assert not torch.allclose(source_mean, target_mean)
-    # Halfway from the source's statistics to the target's, and every other layer untouched.
-    torch.testing.assert_close(stem_module.running_mean, 0.5 * source_mean + 0.5 * target_mean)
+    adapted = _stem_output(model, processor, target)
+    # The darker target now comes out of the stem as the source did before, channel by channel.
+    assert (adapted[0] - source_out[0]).abs().mean() < 0.05 * gap
+    torch.testing.assert_close(adapted[1], source_out[1], rtol=0.05, atol=1e-3)
     for name, m in layers[1:]:
         assert torch.equal(m.running_mean, before[name][0])
+
+
+def test_bn_adapt_to_the_source_itself_changes_nothing(tiny_cnn: Path, surfaces: Path) -> None:
+    from training.batch_norm_adaptation import adapt_batch_norm, batch_norm_modules
+
+    model, processor, modality = _source_model(tiny_cnn, surfaces)
+    source = modality.inputs(modality.load_unlabelled(surfaces))
+    before = {name: (m.running_mean.clone(), m.running_var.clone()) for name, m in batch_norm_modules(model)}
+    adapt_batch_norm(model, processor, source, source, layers="all")
+    for name, m in batch_norm_modules(model):
+        torch.testing.assert_close(m.running_mean, before[name][0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(m.running_var, before[name][1], rtol=1e-4, atol=1e-4)
 
 
 def test_tent_lowers_the_entropy_of_the_answers_on_the_target_and_trains_only_batch_norm(
     tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
 ) -> None:
-    from training.entropy_adaptation import measure_information, minimise_entropy
+    from training.entropy_adaptation import label_prior, measure_information, minimise_entropy
 
     model, processor, modality = _source_model(tiny_cnn, surfaces)
     target = modality.inputs(modality.load_unlabelled(dark_surfaces))
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "normalization" not in n}
-    before, _ = measure_information(model, processor, target)
-    details = minimise_entropy(model, processor, target, epochs=5, learning_rate=1e-2, batch_size=8)
+    prior = label_prior(np.array([0, 1, 2, 3]), 4)
+    before, _ = measure_information(model, processor, target, prior)
+    details = minimise_entropy(model, processor, target, prior, epochs=5, learning_rate=1e-2, batch_size=8)
     assert details["entropy_before"] == pytest.approx(before, abs=1e-4)
     assert details["entropy_after"] < before
     assert details["objective_after"] < details["objective_before"]
@@ -91,7 +117,8 @@ def test_bn_adapt_refuses_a_model_without_batch_norm(tiny_vision_model: Path, su
 
     model, processor, modality = _source_model(tiny_vision_model, surfaces)
     with pytest.raises(ValueError, match="no BatchNorm"):
-        adapt_batch_norm(model, processor, modality.inputs(modality.load_unlabelled(surfaces)))
+        inputs = modality.inputs(modality.load_unlabelled(surfaces))
+        adapt_batch_norm(model, processor, inputs, inputs)
 
 
 def test_refit_train_adapts_with_tent_and_records_the_lineage(

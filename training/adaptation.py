@@ -1,8 +1,9 @@
 """Domain adaptation strategies: a model trained on the labelled data, adapted to unlabelled inputs.
 
-``bn-adapt`` re-estimates BatchNorm statistics on the target inputs
+``bn-adapt`` matches BatchNorm statistics to the target inputs
 (:mod:`training.batch_norm_adaptation`); ``tent`` does that, then trains the BatchNorm scales
-and shifts to answer the target confidently and diversely (:mod:`training.entropy_adaptation`);
+and shifts to answer the target confidently in the training label mix
+(:mod:`training.entropy_adaptation`);
 ``self-train`` trains the base strategy again with the target inputs the model is sure of
 (:mod:`training.self_training`). Each starts from the ``adapt_base`` strategy trained on the
 labelled (source) data, and records what it adapted to, so that a version's lineage reads
@@ -16,12 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from training.batch_norm_adaptation import adapt_batch_norm
 from training.config import ADAPTATION_STRATEGIES
 from training.context import StrategyResult, TrainContext
-from training.entropy_adaptation import minimise_entropy
+from training.entropy_adaptation import label_prior, minimise_entropy
 from training.errors import DataError
 from training.self_training import pseudo_label, with_pseudo_labels
 
@@ -36,6 +38,14 @@ def load_target(ctx: TrainContext) -> pd.DataFrame:
     if path is None:
         raise DataError("No target_file: adaptation needs unlabelled inputs of the target domain.")
     return ctx.modality.load_unlabelled(path)
+
+
+def source_sample(ctx: TrainContext, size: int) -> list[Any]:
+    """Up to ``size`` (at least 64) training inputs, drawn with the run's seed: what the source
+    domain looks like to the model."""
+    inputs = ctx.inputs("train")
+    keep = np.random.default_rng(ctx.config.seed).permutation(len(inputs))[: max(size, 64)]
+    return [inputs[i] for i in sorted(keep)]
 
 
 def describe_target(ctx: TrainContext, target: pd.DataFrame) -> dict[str, Any]:
@@ -89,13 +99,15 @@ def adapt_model(
         details["retrained"] = retrained.details
     else:
         adaptation["batch_norm"] = adapt_batch_norm(
-            model, ctx.processor, inputs, cfg.bn_layers, cfg.bn_mix, cfg.batch_size
-        )
+            model, ctx.processor, inputs, source_sample(ctx, len(inputs)), cfg.bn_layers, cfg.bn_mix,
+            cfg.batch_size,
+        )  # fmt: skip
     if name == "tent":
         entropy = minimise_entropy(
             model,
             ctx.processor,
             inputs,
+            label_prior(ctx.label_ids("train"), len(ctx.splits.labels)),
             epochs=cfg.adapt_epochs,
             learning_rate=cfg.adapt_learning_rate,
             batch_size=cfg.batch_size,

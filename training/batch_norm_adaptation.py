@@ -1,14 +1,17 @@
-"""BatchNorm statistics re-estimated on unlabelled target inputs, mixed with the source's.
+"""BatchNorm statistics matched to unlabelled target inputs, so the target looks like the source.
 
 A change of lighting is, to a first order, an affine change of the pixel values. The first
-convolution passes it on channel by channel, and the BatchNorm after it undoes it exactly when it
-normalises with the target's statistics. Deeper layers' statistics also move with what the
-target images show (another mix of defects, another tile), so re-estimating every layer (plain
-AdaBN) lets content shifts through as if they were lighting: on the magnetic tiles that lowered
-macro-F1 from 0.904 to 0.815. Which layers adapt, and how much of the target's statistics each
-takes (``mix``, as in Schneider et al. 2020, "Improving robustness against common corruptions by
-covariate shift adaptation"), are therefore settings, with defaults measured by
-``benchmarks/adaptation.py``.
+convolution passes it on channel by channel, and the BatchNorm after it can undo it. Plain
+AdaBN normalises with the target's own statistics, which is right only for a network trained
+on the source domain's statistics; a transferred network keeps its pretraining's (ImageNet's:
+Refit freezes BatchNorm while fine-tuning), and its head learnt the source images as *they*
+look under those. So each adapted layer here normalises the target so that it comes out as the
+source does: with source statistics (mu_s, s_s) and target statistics (mu_t, s_t) measured at
+the layer, and the layer's own (mu, s), the layer takes s' = s * s_t / s_s and
+mu' = mu_t - (mu_s - mu) * s_t / s_s. Identical source and target leave it unchanged. Deeper
+layers also move with what the target images show (another mix of defects), so which layers
+adapt, and how much (``mix``, the share of the matched statistics, as in Schneider et al. 2020),
+are settings with defaults measured by ``benchmarks/adaptation.py``.
 """
 
 from __future__ import annotations
@@ -67,54 +70,83 @@ def _batches(
 
 
 @torch.no_grad()
-def estimate_target_statistics(
+def estimate_statistics(
     model: nn.Module,
     processor: Processor,
     inputs: Sequence[Any],
     layers: str,
     batch_size: int = 32,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-channel mean and variance of the target inputs at each selected BatchNorm layer.
+    """Per-channel mean and variance of ``inputs`` at each selected BatchNorm layer's input, over
+    every input and position (not an average of batch averages: a short last batch counts for
+    what it holds).
 
-    The selected layers normalise with their batch's statistics while the target passes (AdaBN),
-    every other layer with its source statistics; the model's own statistics are unchanged after.
+    The selected layers normalise with their batch's statistics while the inputs pass (AdaBN),
+    every other layer with its own; the model's statistics are unchanged after.
     """
     selected = select_batch_norm(model, layers)
-    saved = {name: ([t.clone() for t in _statistics(m)], m.momentum) for name, m in selected}
+    saved = {name: [t.clone() for t in _statistics(m)] for name, m in selected}
+    sums: dict[str, list[torch.Tensor | float]] = {name: [0.0, 0.0, 0.0] for name, _ in selected}
+
+    def accumulate(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].double().transpose(0, 1).flatten(1)  # (channels, values)
+            total = sums[name]
+            total[0], total[1], total[2] = (
+                total[0] + x.sum(1),
+                total[1] + (x * x).sum(1),
+                total[2] + x.shape[1],
+            )
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(accumulate(name)) for name, m in selected]
     was_training = model.training
     model.eval()
     for _, module in selected:
-        module.reset_running_stats()
-        module.momentum = None  # a cumulative average over every target batch
         module.train()
     device = next(model.parameters()).device
     try:
         for batch in _batches(processor, inputs, batch_size):
             model(*(t.to(device) for t in batch))
-        return {name: (_statistics(m)[0].clone(), _statistics(m)[1].clone()) for name, m in selected}
     finally:
+        for handle in handles:
+            handle.remove()
         for name, module in selected:
-            values, momentum = saved[name]
-            for current, value in zip(_statistics(module), values, strict=True):
+            for current, value in zip(_statistics(module), saved[name], strict=True):
                 current.copy_(value)
-            module.momentum = momentum
         model.train(was_training)
+    out = {}
+    for name, module in selected:
+        total, squares, count = sums[name]
+        mean = torch.as_tensor(total) / float(count)
+        var = torch.as_tensor(squares) / float(count) - mean * mean
+        dtype = _statistics(module)[0].dtype
+        out[name] = (mean.to(dtype), var.clamp(min=0).to(dtype))
+    return out
 
 
 @torch.no_grad()
-def mix_statistics(
-    model: nn.Module, target: dict[str, tuple[torch.Tensor, torch.Tensor]], mix: float
+def match_statistics(
+    model: nn.Module,
+    source: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    target: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    mix: float,
 ) -> dict[str, float]:
-    """Set each layer's statistics to ``(1 - mix) * source + mix * target``; return, per layer, how
-    far its mean moved (in source standard deviations, averaged over channels)."""
+    """Set each layer's statistics so the target normalises as the source did (module docstring),
+    ``mix`` of the way; return, per layer, how far its mean moved (in its standard deviations,
+    averaged over channels)."""
     modules = dict(batch_norm_modules(model))
     moved: dict[str, float] = {}
-    for name, (mean, var) in target.items():
-        source_mean, source_var, _ = _statistics(modules[name])
-        new_mean = (1 - mix) * source_mean + mix * mean
-        moved[name] = float(((new_mean - source_mean).abs() / source_var.sqrt().clamp(min=1e-6)).mean())
-        source_mean.copy_(new_mean)
-        source_var.copy_((1 - mix) * source_var + mix * var)
+    for name, (target_mean, target_var) in target.items():
+        mean, var, _ = _statistics(modules[name])
+        source_mean, source_var = source[name]
+        scale = (target_var / source_var.clamp(min=1e-12)).sqrt()
+        matched_mean = target_mean - (source_mean - mean) * scale
+        new_mean = (1 - mix) * mean + mix * matched_mean
+        moved[name] = float(((new_mean - mean).abs() / var.sqrt().clamp(min=1e-6)).mean())
+        var.copy_((1 - mix) * var + mix * var * scale**2)
+        mean.copy_(new_mean)
     return moved
 
 
@@ -122,15 +154,17 @@ def adapt_batch_norm(
     model: nn.Module,
     processor: Processor,
     inputs: Sequence[Any],
+    source_inputs: Sequence[Any],
     layers: str = "stem",
     mix: float = 1.0,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Re-estimate the selected BatchNorm layers' statistics on ``inputs`` and mix them in.
+    """Match the selected BatchNorm layers' statistics to the target ``inputs``, given inputs
+    of the source domain the model was trained on.
 
     Returns:
-        What was done, for the version's manifest: layers, mix, the number of layers and inputs,
-        and the mean shift of the statistics (in source standard deviations).
+        What was done, for the version's manifest: layers, mix, the number of layers, target
+        and source inputs, and the mean shift of the statistics (in their standard deviations).
 
     Raises:
         ValueError: the model has no BatchNorm layer (a transformer: nothing to re-estimate).
@@ -140,12 +174,14 @@ def adapt_batch_norm(
             "The model has no BatchNorm layer, so there are no statistics to re-estimate; use "
             "another adaptation strategy (tent also needs BatchNorm; self-train works for any model)."
         )
-    target = estimate_target_statistics(model, processor, inputs, layers, batch_size)
-    moved = mix_statistics(model, target, mix)
+    source = estimate_statistics(model, processor, source_inputs, layers, batch_size)
+    target = estimate_statistics(model, processor, inputs, layers, batch_size)
+    moved = match_statistics(model, source, target, mix)
     return {
         "layers": layers,
         "mix": mix,
         "adapted_layers": len(moved),
         "target_inputs": len(inputs),
+        "source_inputs": len(source_inputs),
         "mean_shift_in_source_std": round(sum(moved.values()) / max(len(moved), 1), 4),
     }

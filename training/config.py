@@ -60,7 +60,7 @@ class TrainingConfig(StageSettings):
     bn_layers: Literal["stem", "early", "all"] = "stem"  # BatchNorm layers whose statistics adapt
     bn_mix: float = Field(1.0, ge=0.0, le=1.0)  # the target's share of an adapted layer's statistics
     adapt_epochs: int = Field(3, ge=1)  # tent: passes over the target inputs
-    adapt_learning_rate: float = Field(1e-3, gt=0)  # tent: Adam on the BatchNorm scales and shifts
+    adapt_learning_rate: float = Field(1e-4, gt=0)  # tent: Adam on the BatchNorm scales and shifts
     pseudo_label_threshold: float = Field(0.9, gt=0.0, le=1.0)  # self-train: the least confidence kept
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
     # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows
