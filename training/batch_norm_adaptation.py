@@ -17,14 +17,13 @@ are settings with defaults measured by ``benchmarks/adaptation.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from training.processors import Processor
 
-BatchNormLayers = Literal["stem", "early", "all"]
 BATCH_NORM_LAYERS: tuple[str, ...] = ("stem", "early", "all")
 
 
@@ -183,5 +182,5 @@ def adapt_batch_norm(
         "adapted_layers": len(moved),
         "target_inputs": len(inputs),
         "source_inputs": len(source_inputs),
-        "mean_shift_in_source_std": round(sum(moved.values()) / max(len(moved), 1), 4),
+        "mean_shift_in_std": round(sum(moved.values()) / max(len(moved), 1), 4),
     }
