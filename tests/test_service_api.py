@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import metric_value, run_cli
+from tests.helpers import metric_value, run_cli, wait_for_logged_predictions
 from training.registry import ModelRegistry
 
 
@@ -391,6 +391,7 @@ def test_a_log_file_removed_under_the_service_is_opened_again(client: Any, serve
     assert (
         client.post("/feedback", json={"text": "reset my password", "label": "password"}).status_code == 200
     )
+    wait_for_logged_predictions(served_home, 1)  # written before the removal, not after it
     for path in database.parent.glob("inference.db*"):  # deleted by an operator or a clean-up job
         path.unlink()
     feedback = client.post("/feedback", json={"text": "track my parcel", "label": "shipping"})
