@@ -1,23 +1,35 @@
-"""Domain adaptation without target labels: how much of the source-only -> oracle gap each method closes.
+"""Domain adaptation without target labels: how much of the source-only -> oracle gap each method
+closes, and whether the adaptation gate would let it ship.
 
 Run by hand (not in CI), e.g.::
 
     python -m benchmarks.adaptation --data ../shared/datasets/magnetic_tiles
+    python -m benchmarks.adaptation --modality text --data ../shared/datasets/banking77
 
 Images: the magnetic tiles, trained on dark lighting conditions and deployed on bright ones
-(shifts ``exp1->exp6`` and ``exp12->exp56``). Per seed, the target images are split in half
-(stratified): one half is the unlabelled adaptation set, the other the evaluation set of every
-model of that seed. Source-only = the base strategy on the source images; oracle = the same
+(shifts ``exp1->exp6`` and ``exp12->exp56``). Texts: BANKING77, trained on clean texts of the
+training file (``--per-label`` per intent) and deployed on its test file changed by the shift:
+``typos`` (character noise: a typo in about one word in six) or ``chat`` (an in-app chat
+channel: lower case, no punctuation, chat abbreviations). Per seed, the target inputs are split
+in half (stratified): one half is the unlabelled adaptation set, the other the evaluation set of
+every model of that seed. Source-only = the base strategy on the source; oracle = the same
 strategy on the source plus the labelled adaptation half; each method adapts the source-only
 model to the unlabelled half (``training/adaptation.py``, the code `refit train --strategy ...`
-runs). Validation rows (early stopping, the probe's C, calibration) come from the source only.
+runs). With ``target_labels`` = 5, five labelled adaptation inputs per label join the source
+before training and adaptation (adaptation plus a handful of labels). A stratified 15% of the
+source is held out as the "original test split" of the gate; validation rows (early stopping, the
+probe's C, calibration) come from the rest of the source only.
+
+The gate is the monitor's (:func:`monitoring.gate.judge_adaptation`, default tolerances): test
+accuracy on the source's held-out split, and the label-free checks on the adaptation half.
 
 Writes ``benchmarks/results/adaptation.json`` (rows: modality, shift, method, seed, target_labels,
 accuracy_source_only, accuracy_adapted, accuracy_oracle, macro_f1_source_only, macro_f1_adapted,
-macro_f1_oracle, seconds) and ``adaptation.md`` (medians over seeds, and the share of the
-macro-F1 gap each method recovers). ``seconds`` is the method's own cost (the adaptation, not
-the base training it starts from). A method is ``strategy`` or ``strategy:KEY=VALUE,...`` (a
-config override, e.g. ``bn-adapt:bn_layers=all`` is plain AdaBN).
+macro_f1_oracle, seconds, and gate: "promoted" or "refused: why") and ``adaptation.md`` (medians
+over seeds, the share of the macro-F1 gap each method recovers, how often the gate lets it ship).
+``seconds`` is the method's own cost (the adaptation, not the base training it starts from). A
+method is ``strategy`` or ``strategy:KEY=VALUE,...`` (a config override, e.g.
+``bn-adapt:bn_layers=all`` is plain AdaBN).
 """
 
 from __future__ import annotations
@@ -26,16 +38,22 @@ import argparse
 import copy
 import json
 import logging
+import re
 import statistics
 import tempfile
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.train_banking77 import describe_environment
+from benchmarks.train_banking77 import describe_environment, load_banking77
+from monitoring.gate import GateNumbers, judge_adaptation, measure_window
+from monitoring.settings import MonitorSettings
 from training.adaptation import adapt_model
 from training.blobs import BlobStore
 from training.cli import parse_assignments
@@ -43,13 +61,35 @@ from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
 from training.data import split_frames, stratified_split
 from training.image_data import load_image_dataset
-from training.modality import ImageModality
+from training.inference import predict
+from training.modality import ImageModality, Modality, TextModality
 from training.model import quiet_transformers
 from training.strategies import evaluate_split, run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_SHIFTS = {"exp1->exp6": (("exp1",), ("exp6",)), "exp12->exp56": (("exp1", "exp2"), ("exp5", "exp6"))}
-METHODS = ("bn-adapt", "bn-adapt:bn_mix=0.5", "bn-adapt:bn_layers=all", "tent", "self-train")
+TEXT_SHIFTS = ("typos", "chat")
+METHODS = {
+    "image": ("bn-adapt", "bn-adapt:bn_mix=0.5", "bn-adapt:bn_layers=all", "tent", "self-train"),
+    "text": ("self-train", "tapt"),
+}
+SOURCE_TEST = 0.15  # of the source, held out as the gate's original test split
+TYPO_RATE = 1 / 6  # words with one typo: chat and mobile support messages, not a worst case
+CHAT_WORDS = {
+    "you": "u", "your": "ur", "are": "r", "please": "pls", "thanks": "thx", "thank": "thx",
+    "account": "acct", "because": "bc", "money": "$", "transfer": "xfer", "received": "got",
+    "what": "wat", "why": "y", "to": "2", "for": "4", "before": "b4", "know": "kno",
+}  # fmt: skip
+
+
+@dataclass
+class Cell:
+    """One shift and seed: labelled source rows, the target's two halves, the gate's source test."""
+
+    source: pd.DataFrame
+    adaptation: pd.DataFrame  # labelled; the methods see only its inputs
+    evaluation: pd.DataFrame
+    source_test: pd.DataFrame
 
 
 def parse_method(method: str) -> tuple[str, dict[str, Any]]:
@@ -58,55 +98,132 @@ def parse_method(method: str) -> tuple[str, dict[str, Any]]:
     return strategy, parse_assignments([item for item in spec.split(",") if item])
 
 
-def image_cells(
-    images: pd.DataFrame, shift: str, seed: int
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The source images, the target's unlabelled (adaptation) half and its evaluation half."""
-    source_lights, target_lights = IMAGE_SHIFTS[shift]
-    source = images[images["meta_lighting"].isin(source_lights)].reset_index(drop=True)
-    target = images[images["meta_lighting"].isin(target_lights)].reset_index(drop=True)
+def make_cell(source: pd.DataFrame, target: pd.DataFrame, seed: int) -> Cell:
+    """Halve the target (stratified) and hold out the source's test split."""
     adaptation, _, evaluation = stratified_split(target, (0.0, 0.5), seed)
-    return source, adaptation.reset_index(drop=True), evaluation.reset_index(drop=True)
+    source, _, source_test = stratified_split(source, (0.0, SOURCE_TEST), seed)
+    return Cell(*(f.reset_index(drop=True) for f in (source, adaptation, evaluation, source_test)))
+
+
+def image_cell(images: pd.DataFrame, shift: str, seed: int) -> Cell:
+    """The tiles under the source lights, and under the target lights."""
+    source_lights, target_lights = IMAGE_SHIFTS[shift]
+    source = images[images["meta_lighting"].isin(source_lights)]
+    return make_cell(source, images[images["meta_lighting"].isin(target_lights)], seed)
+
+
+def add_typos(text: str, rng: np.random.Generator) -> str:
+    """One edit (swap, drop, double, or a neighbouring letter) in about TYPO_RATE of the words."""
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        if len(word) < 3 or rng.random() >= TYPO_RATE:
+            continue
+        at = int(rng.integers(1, len(word) - 1))
+        edit = int(rng.integers(4))
+        if edit == 0:
+            word = word[: at - 1] + word[at] + word[at - 1] + word[at + 1 :]
+        elif edit == 1:
+            word = word[:at] + word[at + 1 :]
+        elif edit == 2:
+            word = word[:at] + word[at] + word[at:]
+        else:
+            word = word[:at] + "qwertyuiopasdfghjklzxcvbnm"[int(rng.integers(26))] + word[at + 1 :]
+        words[i] = word
+    return " ".join(words)
+
+
+def to_chat(text: str) -> str:
+    """The same request typed into an in-app chat: lower case, no punctuation, abbreviations."""
+    words = re.sub(r"[^\w\s$']", " ", text.lower()).split()
+    return " ".join(CHAT_WORDS.get(word, word) for word in words)
+
+
+def text_cell(train: pd.DataFrame, test: pd.DataFrame, shift: str, seed: int, per_label: int) -> Cell:
+    """``per_label`` clean training texts per intent; the test texts changed by ``shift``."""
+    rng = np.random.default_rng(seed)
+    source = train.groupby("label", sort=True).sample(n=per_label, random_state=seed, replace=False)
+    shifted = [add_typos(t, rng) if shift == "typos" else to_chat(t) for t in test["text"]]
+    return make_cell(source, test.assign(text=shifted), seed)
 
 
 def train_base(
-    data: pd.DataFrame, evaluation: pd.DataFrame, modality: ImageModality, config: TrainingConfig
+    data: pd.DataFrame, evaluation: pd.DataFrame, modality: Modality, config: TrainingConfig
 ) -> tuple[TrainContext, StrategyResult]:
     """The base strategy on ``data`` (validation carved from it), scored on ``evaluation``."""
     splits = split_frames(data, evaluation, validation_fraction=0.1, seed=config.seed, source="source",
-                          column="image")  # fmt: skip
+                          column=modality.column)  # fmt: skip
     modality.config = config
     torch.manual_seed(config.seed)
     ctx = TrainContext.create(config, splits, modality)
     return ctx, run_strategy(config.adapt_base, ctx)
 
 
-def score(result: StrategyResult, ctx: TrainContext) -> tuple[float, float]:
-    """Accuracy and macro-F1 on the evaluation half, after the refit (a copy: the result stays)."""
+def finalized(result: StrategyResult) -> StrategyResult:
+    """A copy with the refitted head installed (the result itself stays adaptable)."""
     final = copy.deepcopy(result)
     final.finalize()
-    metrics = evaluate_split(final, ctx, "test")
+    return final
+
+
+def score(result: StrategyResult, ctx: TrainContext) -> tuple[float, float]:
+    """Accuracy and macro-F1 on the evaluation half, after the refit."""
+    metrics = evaluate_split(finalized(result), ctx, "test")
     return round(metrics.accuracy, 4), round(metrics.macro_f1, 4)
 
 
+def judge(
+    source_only: StrategyResult, adapted: StrategyResult, ctx: TrainContext, cell: Cell, window: list[Any]
+) -> str:
+    """The monitor's adaptation gate on the two models: "promoted" or "refused: why"."""
+    defaults = MonitorSettings()
+    labels = ctx.splits.labels
+    test_inputs, truth = ctx.modality.inputs(cell.source_test), cell.source_test["label"].to_numpy()
+
+    def outputs(result: StrategyResult) -> tuple[float, tuple[np.ndarray, list[str]]]:
+        model = finalized(result).model
+        tested = predict(model, ctx.processor, test_inputs, device=ctx.device).probabilities
+        accuracy = float(np.mean(np.asarray(labels, dtype=object)[tested.argmax(axis=1)] == truth))
+        return accuracy, (predict(model, ctx.processor, window, device=ctx.device).probabilities, labels)
+
+    prior = {k: v / len(ctx.splits.train) for k, v in Counter(ctx.splits.train["label"]).items()}
+    (before, production), (after, candidate) = outputs(source_only), outputs(adapted)
+    numbers = GateNumbers(
+        production_test_accuracy=before,
+        candidate_test_accuracy=after,
+        production_feedback_accuracy=float("nan"),
+        candidate_feedback_accuracy=float("nan"),
+        feedback_train_rows=0,
+        feedback_gate_rows=0,
+        tolerance=defaults.adapt_tolerance,
+        window=measure_window(production, candidate, prior, defaults.adapt_max_mix_growth),
+    )
+    decision = judge_adaptation(numbers)
+    return "promoted" if decision.promoted else f"refused: {decision.reason}"
+
+
 def run_seed(
-    images: pd.DataFrame,
-    modality: ImageModality,
+    cell: Cell,
+    modality: Modality,
     shift: str,
     seed: int,
     methods: list[str],
-    base: str,
+    target_labels: int,
     scratch: Path,
-    base_model: str | None = None,
+    base_config: TrainingConfig,
 ) -> list[dict[str, Any]]:
-    """Source-only, oracle and every method for one shift and seed."""
-    source, adaptation, evaluation = image_cells(images, shift, seed)
-    target_file = scratch / f"target-{shift.replace('>', '')}-{seed}.csv"
-    pd.DataFrame({"path": modality.inputs(adaptation)}).to_csv(target_file, index=False)
-    config = TrainingConfig(name="tiles", modality="image", seed=seed, adapt_base=base, base_model=base_model)
-    ctx, source_only = train_base(source, evaluation, modality, config)
-    oracle_ctx, oracle = train_base(pd.concat([source, adaptation], ignore_index=True), evaluation, modality,
-                                    config)  # fmt: skip
+    """Source-only, oracle and every method for one shift, seed and label budget."""
+    handful = cell.adaptation.groupby("label", sort=True).head(target_labels)
+    unlabelled = cell.adaptation.drop(index=handful.index)
+    source = pd.concat([cell.source, handful], ignore_index=True)
+    target_file = (
+        scratch / f"target-{modality.name}-{re.sub(r'[^a-z0-9]', '', shift)}-{seed}-{target_labels}.csv"
+    )
+    window = modality.inputs(unlabelled)
+    pd.DataFrame({"path" if modality.name == "image" else "text": window}).to_csv(target_file, index=False)
+    config = base_config.model_copy(update={"seed": seed})
+    ctx, source_only = train_base(source, cell.evaluation, modality, config)
+    oracle_ctx, oracle = train_base(pd.concat([source, unlabelled], ignore_index=True), cell.evaluation,
+                                    modality, config)  # fmt: skip
     accuracy_source, f1_source = score(source_only, ctx)
     accuracy_oracle, f1_oracle = score(oracle, oracle_ctx)
     rows = []
@@ -121,11 +238,11 @@ def run_seed(
         accuracy, f1 = score(adapted, ctx)
         rows.append(
             {
-                "modality": "image",
+                "modality": modality.name,
                 "shift": shift,
                 "method": method,
                 "seed": seed,
-                "target_labels": 0,
+                "target_labels": target_labels,
                 "accuracy_source_only": accuracy_source,
                 "accuracy_adapted": accuracy,
                 "accuracy_oracle": accuracy_oracle,
@@ -133,6 +250,7 @@ def run_seed(
                 "macro_f1_adapted": f1,
                 "macro_f1_oracle": f1_oracle,
                 "seconds": round(seconds, 1),
+                "gate": judge(source_only, adapted, ctx, cell, window),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -153,11 +271,12 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], sizes: dict
         f"Device: {env['device']}; torch {env['torch']}; {env['when']}. Evaluation sets: "
         + "; ".join(f"{shift}: {size}" for shift, size in sizes.items())
         + ". Recovered: (adapted - source-only) / (oracle - source-only) in macro-F1; seconds: the "
-        "method's own cost on this machine.",
+        "method's own cost on this machine; gate ships: the seeds whose adaptation the monitor's "
+        "gate would promote (the others' reasons are in the JSON).",
         "",
         "| modality | shift | method | target labels | seeds | macro-F1 source-only | adapted | oracle "
-        "| recovered | accuracy source-only | adapted | oracle | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| recovered | accuracy source-only | adapted | oracle | seconds | gate ships |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = sorted({(r["modality"], r["shift"], r["method"], r["target_labels"]) for r in rows}, key=str)
     for key in keys:
@@ -171,7 +290,8 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], sizes: dict
             f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {len(cell)} | {med['macro_f1_source_only']:.4f} "
             f"| {med['macro_f1_adapted']:.4f} | {med['macro_f1_oracle']:.4f} | {share} "
             f"| {med['accuracy_source_only']:.4f} | {med['accuracy_adapted']:.4f} "
-            f"| {med['accuracy_oracle']:.4f} | {seconds:.1f} |"
+            f"| {med['accuracy_oracle']:.4f} | {seconds:.1f} "
+            f"| {sum(r.get('gate') == 'promoted' for r in cell)}/{len(cell)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -180,43 +300,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/magnetic_tiles"))
-    parser.add_argument("--shifts", default=",".join(IMAGE_SHIFTS))
+    parser.add_argument("--modality", choices=("image", "text"), default="image")
+    parser.add_argument("--data", type=Path, default=None, help="default: the modality's shared dataset")
+    parser.add_argument("--shifts", default=None, help="comma-separated; default: the modality's")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--target-labels", default="0", help="comma-separated label budgets per label: 0,5")
     parser.add_argument(
-        "--methods", default=";".join(METHODS), help="semicolon-separated: strategy or strategy:KEY=VALUE,..."
+        "--methods", default=None, help="semicolon-separated: strategy or strategy:KEY=VALUE,..."
     )
     parser.add_argument("--base", default="head", help="the strategy trained on the source")
-    parser.add_argument("--base-model", default=None, help="default: EfficientNet-Lite0")
+    parser.add_argument("--base-model", default=None, help="default: EfficientNet-Lite0 / all-MiniLM-L6-v2")
+    parser.add_argument("--per-label", type=int, default=20, help="texts: clean source texts per intent")
     parser.add_argument("--max-images", type=int, default=None, help="the first N images per class (smoke)")
+    parser.add_argument("--set", action="append", default=[], help="training setting KEY=VALUE (repeatable)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="adaptation", help="results file stem")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the file's rows of other cells (a run of other methods)"
+    )
     return parser.parse_args(argv)
 
 
+def load_cells(args: argparse.Namespace, scratch: Path) -> tuple[Modality, dict[str, list[Cell]]]:
+    """The modality and, per shift, one cell per seed."""
+    seeds = [int(s) for s in args.seeds.split(",")]
+    config = TrainingConfig(modality=args.modality)
+    if args.modality == "text":
+        train, test = load_banking77(args.data or Path("../shared/datasets/banking77"))
+        shifts = args.shifts.split(",") if args.shifts else list(TEXT_SHIFTS)
+        cells = {shift: [text_cell(train, test, shift, s, args.per_label) for s in seeds] for shift in shifts}
+        return TextModality(config), cells
+    store = BlobStore(scratch / "images")
+    images = load_image_dataset(
+        (args.data or Path("../shared/datasets/magnetic_tiles")) / "manifest.csv", store
+    )
+    if args.max_images:
+        images = images.groupby(["label", "meta_lighting"], sort=True).head(args.max_images)
+        images = images.reset_index(drop=True)
+    shifts = args.shifts.split(",") if args.shifts else list(IMAGE_SHIFTS)
+    return ImageModality(config, store), {
+        shift: [image_cell(images, shift, s) for s in seeds] for shift in shifts
+    }
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    """Run every shift, seed and method; write JSON and markdown after each seed."""
+    """Run every shift, seed, label budget and method; write JSON and markdown after each seed."""
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
     args = parse_args(argv)
-    methods = [m for m in args.methods.split(";") if m]
+    methods = [m for m in (args.methods or ";".join(METHODS[args.modality])).split(";") if m]
+    base_config = TrainingConfig.model_validate(
+        {"name": "adaptation", "modality": args.modality, "adapt_base": args.base,
+         "base_model": args.base_model, **parse_assignments(args.set)}
+    )  # fmt: skip
     rows: list[dict[str, Any]] = []
-    sizes: dict[str, str] = {}
+    kept = read_kept_rows(args.out / f"{args.name}.json") if args.append else []
+    # The evaluation sets' sizes, kept beside the rows (whose format is fixed) for the markdown.
+    sizes_file = args.out / f"{args.name}.sizes.json"
+    sizes: dict[str, str] = json.loads(sizes_file.read_text()) if args.append and sizes_file.is_file() else {}
     with tempfile.TemporaryDirectory(prefix="refit-adaptation-") as scratch:
-        store = BlobStore(Path(scratch) / "images")
-        images = load_image_dataset(args.data / "manifest.csv", store)
-        if args.max_images:
-            images = images.groupby(["label", "meta_lighting"], sort=True).head(args.max_images)
-            images = images.reset_index(drop=True)
-        modality = ImageModality(TrainingConfig(modality="image"), store)
-        for shift in args.shifts.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
-                sizes[shift] = f"{len(image_cells(images, shift, seed)[2])} images (half of the target)"
-                rows += run_seed(
-                    images, modality, shift, seed, methods, args.base, Path(scratch), args.base_model
-                )
-                write_results(rows, args.out, args.name, sizes)
+        modality, cells = load_cells(args, Path(scratch))
+        for shift, by_seed in cells.items():
+            for seed, cell in zip((int(s) for s in args.seeds.split(",")), by_seed, strict=True):
+                sizes[shift] = f"{len(cell.evaluation)} {args.modality}s (half of the target)"
+                for labels in (int(n) for n in args.target_labels.split(",")):
+                    rows += run_seed(cell, modality, shift, seed, methods, labels, Path(scratch), base_config)
+                    write_results(merge_rows(kept, rows), args.out, args.name, sizes)
+                    sizes_file.write_text(json.dumps(sizes, indent=2) + "\n")
     return rows
+
+
+def cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a row: modality, shift, method, seed, label budget."""
+    return row["modality"], row["shift"], row["method"], row["seed"], row["target_labels"]
+
+
+def read_kept_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of an earlier run, if its file exists."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def merge_rows(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``kept`` rows the new ``rows`` do not measure again, then the new rows."""
+    new = {cell_key(r) for r in rows}
+    return [r for r in kept if cell_key(r) not in new] + rows
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, name: str, sizes: dict[str, str]) -> None:

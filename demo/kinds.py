@@ -56,6 +56,8 @@ TEXT_DEMO = DemoKind(
     training={"strategy": "auto"},
     drift="new intents, typos",
     training_step="auto ladder: baseline -> head -> lora -> full",
+    # New intents need labels: an adaptation to their texts could only pseudo-label them as old ones.
+    monitor={"REFIT_MONITOR_ADAPT_STRATEGY": "off"},
 )
 
 IMAGE_DEMO = DemoKind(
@@ -73,5 +75,13 @@ IMAGE_DEMO = DemoKind(
     # The test split has 136 images, one of them 0.74 points: at the default tolerance (0.01) a
     # candidate that fixed the darker light lost the loop for 2 old test images of 136 (0.985 vs
     # 1.000) in one run of five. 0.025 refuses a candidate that loses 4.
-    monitor={"REFIT_MONITOR_REFIT_WITH_GATE_ROWS": "false", "REFIT_MONITOR_GATE_TOLERANCE": "0.025"},
+    # A new defect type needs labels, which the feedback brings; and the darker light alone costs
+    # EfficientNet-Lite0's features nothing on these surfaces (v1 answered 99.7% of them right), so
+    # there is nothing for an adaptation to recover here: monitoring/adaptation.py has its own test
+    # and benchmark.
+    monitor={
+        "REFIT_MONITOR_REFIT_WITH_GATE_ROWS": "false",
+        "REFIT_MONITOR_GATE_TOLERANCE": "0.025",
+        "REFIT_MONITOR_ADAPT_STRATEGY": "off",
+    },
 )

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from demo.traffic import TrafficStats
+from monitoring.monitor import ADAPT_TRIGGER
 from training.console import render_versions
 from training.registry import ModelRegistry
 
@@ -112,7 +113,7 @@ class DemoOutcome:
                 {k: c[k] for k in ("checked_at", "version", "status", "share", "report")} for c in self.checks
             ],
             "retrains": [
-                {k: r[k] for k in ("outcome", "reason", "candidate_version", "numbers")}
+                {k: r[k] for k in ("trigger", "outcome", "reason", "candidate_version", "numbers")}
                 for r in self.retrains
             ],
             "urls": self.urls,
@@ -130,9 +131,10 @@ def render_summary(outcome: DemoOutcome, console: Console) -> None:
         )
         shipped = r["numbers"].get("shipped_version")
         refit = f" (shipped as its refit {shipped})" if shipped and shipped != r["candidate_version"] else ""
+        adapted = r["trigger"].endswith(ADAPT_TRIGGER)
         console.print(
-            f"retrain ({r['trigger']}): [bold]{r['outcome']}[/] {r['candidate_version'] or ''}{refit}: "
-            f"{r['reason']}"
+            f"{'adaptation' if adapted else 'retrain'} ({r['trigger'].removesuffix(ADAPT_TRIGGER)}): "
+            f"[bold]{r['outcome']}[/] {r['candidate_version'] or ''}{refit}: {r['reason']}"
         )
         if numbers:
             console.print(f"    {numbers}")

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from training.artifacts import CONFIG_FILE, read_json, read_split
+from training.config import ADAPTATION_STRATEGIES
 from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
 
@@ -39,12 +40,14 @@ def train_candidate(
     workdir: Path,
     export: bool = True,
     test: pd.DataFrame | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
     """Run `refit train` on ``data`` in a child process; returns the new version.
 
     With ``export``, the child also exports the version to ONNX when production has an export.
     ``test``: production's test split as ``text`` and ``label`` rows (for an image version,
-    ``text`` holds the image files); by default read from production.
+    ``text`` holds the image files); by default read from production. ``overrides``: config
+    values that replace production's (an adaptation's target file, its base strategy).
 
     Raises:
         RuntimeError: the child failed, timed out, or registered nothing.
@@ -59,9 +62,17 @@ def train_candidate(
     data_path, config_path, test_path = (workdir / n for n in ("retrain.csv", "retrain.yaml", "test.csv"))
     (read_split(production, "test") if test is None else test).to_csv(test_path, index=False)
     config.update(parent_version=production.version, test_file=str(test_path))
-    if config.get("modality") == "image":  # the tables list image files in their `text` column
+    # The tables written here hold `text` (for images: the image files) and `label` columns,
+    # whatever the columns of production's own data were called.
+    config.update(text_column="text", label_column="label")
+    if config.get("modality") == "image":
         config["image_column"] = "text"
     config["strategy"] = strategy or production.manifest.get("strategy", config.get("strategy"))
+    if config["strategy"] in ADAPTATION_STRATEGIES and not (overrides or {}).get("target_file"):
+        # Labels of the new domain replace an adaptation to it (whose target inputs were a window
+        # long gone): production's base strategy is trained on them.
+        config.update(strategy=config.get("adapt_base") or "head", target_file=None, target_window=None)
+    config.update(overrides or {})
     data.to_csv(data_path, index=False)
     config_path.write_text(
         yaml.safe_dump({k: v for k, v in config.items() if v is not None}), encoding="utf-8"

@@ -99,15 +99,41 @@ def retrain(
         raise SystemExit(1)
 
 
+def adapt(
+    since: Annotated[str | None, typer.Option(help="Window: predictions of the last 30m / 2h / 1d.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Train and judge the adaptation; promote nothing.")
+    ] = False,
+    strategy: Annotated[
+        str | None, typer.Option(help="bn-adapt, tent, self-train, dann or tapt (default: by modality).")
+    ] = None,
+    model: ModelOption = None,
+    home: HomeOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Adapt production to the latest window of live inputs, without labels, through the gate."""
+    from monitoring.monitor import Monitor
+
+    logging.getLogger("monitoring.candidate").setLevel(logging.INFO)  # the child's progress lines
+    settings = _settings(config, model, home, adapt_strategy=strategy)
+    minutes = parse_duration(since) if since else None
+    result = Monitor(settings).adapt("manual", minutes=minutes, promote=not dry_run)
+    console.print(f"adapt: [bold]{result.outcome}[/] ({result.reason})")
+    for key, value in (result.numbers.to_json() if result.numbers else {}).items():
+        console.print(f"  {key}: {value}")
+    if result.outcome == "failed":
+        raise SystemExit(1)
+
+
 def monitor(
     model: ModelOption = None,
     home: HomeOption = None,
     config: ConfigOption = None,
     interval: Annotated[float | None, typer.Option(help="Seconds between checks.")] = None,
-    mode: Annotated[str | None, typer.Option(help="alert or retrain.")] = None,
+    mode: Annotated[str | None, typer.Option(help="alert (report) or retrain (act).")] = None,
     port: Annotated[int | None, typer.Option(help="Port of the Prometheus metrics.")] = None,
 ) -> None:
-    """Check for drift on a schedule, export metrics, and retrain when drift persists (mode retrain)."""
+    """Check for drift on a schedule, export metrics, and retrain (or adapt) when drift persists."""
     from monitoring.scheduler import run_monitor
 
     # The monitor's own log says what each check found and what a retrain is doing.
@@ -125,3 +151,4 @@ def register(app: typer.Typer) -> None:
     app.command()(monitor)
     app.command()(drift)
     app.command()(retrain)
+    app.command()(adapt)

@@ -6,13 +6,86 @@ drops by no more than the tolerance, and (3) no source's held-out feedback (one 
 with enough rows to measure) loses more than the per-source tolerance: a candidate that learnt one
 source's labels at the cost of the others' is not an improvement. A refit (the approved config
 trained again with the gate rows added) ships only if it passes rule (1) too.
+
+An adaptation (trained without labels on a window of live inputs) is judged by
+:func:`judge_adaptation`: the test split within its own tolerance, the few feedback labels there
+are, and two label-free checks on the window it adapted to.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+
+VANISHED_SHARE = 0.25  # of a label's expected answers on the window, below which it has vanished
+
+
+@dataclass
+class WindowNumbers:
+    """Label-free numbers of production and an adapted candidate on the window it adapted to."""
+
+    rows: int
+    # Mean top probability: both models are temperature-scaled on held-out labelled rows, so this
+    # is each one's own estimate of its accuracy on the window.
+    production_confidence: float
+    candidate_confidence: float
+    # Total variation distance between the predicted-label mix on the window and the training
+    # label mix: a model collapsing onto a few labels moves far from it.
+    production_mix_distance: float
+    candidate_mix_distance: float
+    max_mix_growth: float  # the largest growth of that distance allowed
+    # Labels the candidate (almost) stops answering that production still answers: a collapse of
+    # the rare labels (the defects), too small a share of the window to move the distance much.
+    vanished: list[str] = field(default_factory=list)
+
+
+def label_mix_distance(probabilities: np.ndarray, labels: Sequence[str], prior: Mapping[str, float]) -> float:
+    """Total variation distance between the mix of predicted labels and the ``prior`` mix."""
+    predicted = np.asarray(labels, dtype=object)[np.asarray(probabilities).argmax(axis=1)]
+    names = set(prior) | set(labels)
+    shares = {name: float(np.mean(predicted == name)) if len(predicted) else 0.0 for name in names}
+    return 0.5 * sum(abs(shares[name] - prior.get(name, 0.0)) for name in names)
+
+
+def vanished_labels(
+    production: tuple[np.ndarray, Sequence[str]],
+    candidate: tuple[np.ndarray, Sequence[str]],
+    prior: Mapping[str, float],
+) -> list[str]:
+    """Training labels the candidate answers for fewer than a quarter of the window inputs the
+    training mix expects, while production answers at least that many."""
+    counts = [
+        Counter(np.asarray(labels, dtype=object)[np.asarray(p).argmax(axis=1)])
+        for p, labels in (production, candidate)
+    ]
+    rows = len(production[0])
+    floor = {label: VANISHED_SHARE * share * rows for label, share in prior.items()}
+    return sorted(
+        label for label in prior if counts[1][label] < floor[label] <= counts[0][label] and floor[label] > 0
+    )
+
+
+def measure_window(
+    production: tuple[np.ndarray, Sequence[str]],
+    candidate: tuple[np.ndarray, Sequence[str]],
+    prior: Mapping[str, float],
+    max_mix_growth: float,
+) -> WindowNumbers:
+    """Both versions' label-free numbers from their (probabilities, labels) on the same window."""
+    return WindowNumbers(
+        rows=len(production[0]),
+        production_confidence=round(float(np.max(production[0], axis=1).mean()), 4),
+        candidate_confidence=round(float(np.max(candidate[0], axis=1).mean()), 4),
+        production_mix_distance=round(label_mix_distance(*production, prior), 4),
+        candidate_mix_distance=round(label_mix_distance(*candidate, prior), 4),
+        max_mix_growth=max_mix_growth,
+        vanished=vanished_labels(production, candidate, prior),
+    )
 
 
 @dataclass
@@ -38,10 +111,15 @@ class GateNumbers:
     refit_error: str | None = None
     shipped_version: str | None = None
     train_seconds: float | None = None
+    window: WindowNumbers | None = None  # an adaptation's label-free numbers
+    adaptation: str | None = None  # the adaptation strategy, when the candidate is one
 
     def to_json(self) -> dict[str, Any]:
         """The numbers as JSON values: NaN becomes null, optional fields left unset are left out."""
-        optional = {"refit_version", "refit_test_accuracy", "refit_error", "shipped_version", "train_seconds"}
+        optional = {
+            "refit_version", "refit_test_accuracy", "refit_error", "shipped_version", "train_seconds",
+            "window", "adaptation",
+        }  # fmt: skip
         values = {k: v for k, v in asdict(self).items() if k not in optional or v is not None}
         return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
@@ -82,6 +160,62 @@ def judge_candidate(numbers: GateNumbers) -> GateDecision:
                 numbers,
             )
     return GateDecision(True, f"feedback accuracy {gain:+.4f}, test accuracy change {-drop:+.4f}", numbers)
+
+
+def judge_adaptation(numbers: GateNumbers) -> GateDecision:
+    """Promote an adaptation unless one check says it made things worse.
+
+    In order: accuracy on production's test split drops more than the tolerance; the held-out
+    feedback labels (when there are any) are answered worse; the predicted-label mix on the window
+    moves further from the training mix than production's by more than ``max_mix_growth``, or a
+    label production answers vanishes from the candidate's answers (a collapse onto few labels);
+    the estimated accuracy on the window (mean calibrated confidence) falls by more than the
+    tolerance.
+    """
+    window = numbers.window
+    assert window is not None, "an adaptation is judged on its window"
+    drop = numbers.production_test_accuracy - numbers.candidate_test_accuracy
+    if drop > numbers.tolerance:
+        return GateDecision(
+            False, f"test accuracy dropped {drop:.4f} (> tolerance {numbers.tolerance})", numbers
+        )
+    loss = numbers.production_feedback_accuracy - numbers.candidate_feedback_accuracy
+    if loss > 0:  # NaN (no labels) compares false
+        return GateDecision(
+            False, f"feedback accuracy fell {loss:.4f} on {numbers.feedback_gate_rows} labels", numbers
+        )
+    growth = window.candidate_mix_distance - window.production_mix_distance
+    if growth > window.max_mix_growth:
+        return GateDecision(
+            False,
+            f"predicted labels collapsed: the window's label mix is {window.candidate_mix_distance:.3f} "
+            f"from the training mix (production {window.production_mix_distance:.3f}; "
+            f"allowed growth {window.max_mix_growth})",
+            numbers,
+        )
+    if window.vanished:
+        return GateDecision(
+            False,
+            f"predicted labels collapsed: {', '.join(window.vanished)} (almost) no longer answered on "
+            f"the window, though production answers them and the training mix expects them",
+            numbers,
+        )
+    fall = window.production_confidence - window.candidate_confidence
+    if fall > numbers.tolerance:
+        return GateDecision(
+            False,
+            f"estimated accuracy on the window fell {fall:.4f} "
+            f"({window.production_confidence:.4f} -> {window.candidate_confidence:.4f})",
+            numbers,
+        )
+    return GateDecision(
+        True,
+        f"label-free checks passed on {window.rows} window inputs: estimated accuracy "
+        f"{window.production_confidence:.4f} -> {window.candidate_confidence:.4f}, label-mix distance "
+        f"{window.production_mix_distance:.3f} -> {window.candidate_mix_distance:.3f}; test accuracy "
+        f"change {-drop:+.4f}",
+        numbers,
+    )
 
 
 def refit_passes(numbers: GateNumbers) -> bool:

@@ -60,10 +60,10 @@ retrain_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("model", String(200), nullable=False),
-    Column("trigger", String(32), nullable=False),  # drift, manual
+    Column("trigger", String(32), nullable=False),  # drift, manual; "drift (adapt)", "manual (adapt)"
     Column("production_version", String(64), nullable=True),
     Column("candidate_version", String(64), nullable=True),
-    Column("outcome", String(32), nullable=False),  # promoted, rejected, failed, skipped
+    Column("outcome", String(32), nullable=False),  # promoted, rejected, reported, failed, skipped
     Column("reason", Text, nullable=False),
     Column("numbers", JSON, nullable=False),  # the gate's accuracies
 )

@@ -89,7 +89,7 @@ class MonitorMetrics:
         """Create the counter series of ``model`` at zero, so rates and alerts see 0, not nothing."""
         for status in ("ok", "drift", "insufficient_data", "skipped"):
             self.checks.labels(model, status)
-        for outcome in ("promoted", "rejected", "failed", "skipped"):
+        for outcome in ("promoted", "rejected", "reported", "failed", "skipped"):
             self.retrains.labels(model, outcome)
         self.retrain_running.labels(model).set(0)
         self.quarantined.labels(model).set(0)

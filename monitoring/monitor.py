@@ -11,12 +11,16 @@ from datetime import UTC, datetime
 import pandas as pd
 from sqlalchemy import Engine
 
+from monitoring.adaptation import adapt
 from monitoring.check import CheckOutcome, DriftChecker
+from monitoring.drift import ACCURACY_COLUMNS
+from monitoring.features import PREDICTION_COLUMNS
 from monitoring.history import (
     create_monitor_tables,
     read_checks,
     read_feedback,
     read_retrains,
+    read_window,
     record_retrain,
 )
 from monitoring.metrics import MonitorMetrics
@@ -31,6 +35,8 @@ from training.errors import ModelLoadError, VersionNotFoundError
 from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
+
+ADAPT_TRIGGER = " (adapt)"  # the audit table's trigger of an adaptation ends with this
 
 # (registry, feedback rows, settings) -> what the retrain did; tests pass a recording one.
 Retrainer = Callable[[ModelRegistry, pd.DataFrame, MonitorSettings], RetrainResult]
@@ -81,10 +87,57 @@ class Monitor:
         if not act or outcome.result.status == "insufficient_data":
             return MonitorRun(outcome, None, None)
         decision = self.decide(outcome.version)
-        retrain = self.retrain("drift") if decision.action == "retrain" else None
-        if decision.action == "alert":
+        if decision.action != "none":
             logger.warning("drift alert for %s: %s", model, decision.reason)
-        return MonitorRun(outcome, decision, retrain)
+        acted = self.act(decision, outcome) if decision.action in ("retrain", "report") else None
+        return MonitorRun(outcome, decision, acted)
+
+    def act(self, decision: Decision, outcome: CheckOutcome) -> RetrainResult | None:
+        """Retrain on labels when the drifted window holds ``min_feedback`` of them. With fewer,
+        and drift in the inputs themselves (descriptors, embeddings), adapt to them without labels
+        (unless adaptation is off); in alert mode, only report what adapting would do.
+
+        Only labels of the window's predictions count: labels of the traffic before the drift
+        (the image demo's calm phase brought 189) say nothing about the new domain.
+        """
+        labelled = outcome.labelled
+        enough = labelled >= self.settings.min_feedback
+        inputs = input_drift(outcome)
+        can_adapt = self.settings.adapt_strategy != "off" and bool(inputs)
+        if decision.action == "retrain" and (enough or not can_adapt):
+            return self.retrain("drift")
+        if enough or not can_adapt:  # alert mode: the alert is the report
+            return None
+        last = self.last_run(adaptation=True)
+        if last is not None and (datetime.now(UTC) - last).total_seconds() < self.settings.cooldown_s:
+            logger.info("%s: adapted at %s; not again within the cooldown", self.settings.model, last)
+            return None
+        why = (
+            f"{labelled} feedback labels on the window (< min_feedback {self.settings.min_feedback}) "
+            f"and drifted inputs ({', '.join(inputs)})"
+        )
+        logger.info("%s: %s: adapting to the window without labels", self.settings.model, why)
+        return self.adapt("drift", promote=decision.action == "retrain", why=why)
+
+    def adapt(
+        self, trigger: str, minutes: float | None = None, promote: bool = True, why: str = ""
+    ) -> RetrainResult:
+        """Adapt production to the latest window of its inputs through the gate now (or only
+        report the gate's verdict), and record it in the audit table and metrics; ``why`` (the
+        monitor's reason to adapt rather than retrain) leads the recorded reason."""
+        started = datetime.now(UTC)
+        s = self.settings
+        production = self.registry.get(f"{s.model}:production").version
+        window = read_window(self.engine, s.model, production, s.window_size, minutes or s.window_minutes)
+        logger.info("adaptation of %s started (%s, %d window rows)", s.model, trigger, len(window))
+        self.metrics.retrain_running.labels(s.model).set(1)
+        try:
+            result = adapt(self.registry, window, self.trusted_feedback()[0], s, promote=promote)
+        finally:
+            self.metrics.retrain_running.labels(s.model).set(0)
+        if why:
+            result.reason = f"{why}: {result.reason}"
+        return self.record(started, f"{trigger}{ADAPT_TRIGGER}", result)
 
     def publish(self, outcome: CheckOutcome) -> None:
         """Metrics and the Evidently workspace for a check."""
@@ -127,11 +180,7 @@ class Monitor:
 
     def decide(self, version: str | None) -> Decision:
         """The policy applied to this model's history."""
-        # A retrain skipped for lack of feedback trained nothing: it starts no cooldown.
-        retrains = [
-            r for r in read_retrains(self.engine, self.settings.model, limit=20) if r["outcome"] != "skipped"
-        ]
-        last = _aware(retrains[0]["started_at"]) if retrains else None
+        last = self.last_run(adaptation=False)
         return decide(
             read_checks(self.engine, self.settings.model),
             version,
@@ -141,6 +190,14 @@ class Monitor:
             last_retrain=last,
             now=datetime.now(UTC),
         )
+
+    def last_run(self, adaptation: bool) -> datetime | None:
+        """When the latest retrain on labels (or adaptation) that trained something started."""
+        # A run skipped (too few labels, or inputs) trained nothing: it starts no cooldown.
+        for run in read_retrains(self.engine, self.settings.model, limit=50):
+            if run["outcome"] != "skipped" and run["trigger"].endswith(ADAPT_TRIGGER) == adaptation:
+                return _aware(run["started_at"])
+        return None
 
     def retrain(self, trigger: str) -> RetrainResult:
         """Retrain through the gate now, and record the decision in the audit table and metrics."""
@@ -156,6 +213,11 @@ class Monitor:
         if result.numbers is not None:
             result.numbers.quarantined = {**held, **result.numbers.quarantined}
             self.metrics.quarantined.labels(s.model).set(sum(result.numbers.quarantined.values()))
+        return self.record(started, trigger, result)
+
+    def record(self, started: datetime, trigger: str, result: RetrainResult) -> RetrainResult:
+        """Record a retrain's or an adaptation's decision in the audit table and the metrics."""
+        s = self.settings
         record_retrain(
             self.engine,
             {
@@ -171,7 +233,7 @@ class Monitor:
             },
         )
         self.metrics.retrains.labels(s.model, result.outcome).inc()
-        logger.info("retrain of %s: %s (%s)", s.model, result.outcome, result.reason)
+        logger.info("%s of %s: %s (%s)", trigger, s.model, result.outcome, result.reason)
         return result
 
     def trusted_feedback(self) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -185,6 +247,13 @@ class Monitor:
                 held[f"source {source}: quarantined by an operator ({reason})"] = int(mine.sum())
             rows, sources = rows[~mine], sources[~mine]
         return rows.reset_index(drop=True), held
+
+
+def input_drift(outcome: CheckOutcome) -> list[str]:
+    """The drifted features that describe the inputs themselves, not the model's answers: a shift
+    of the answers alone (another label mix) is not a new domain to adapt to."""
+    answers = {*PREDICTION_COLUMNS, *ACCURACY_COLUMNS}
+    return [c.column for c in outcome.result.columns if c.drifted and c.column not in answers]
 
 
 def _aware(value: datetime) -> datetime:

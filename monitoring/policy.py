@@ -12,7 +12,7 @@ from typing import Any
 class Decision:
     """The policy's verdict and why."""
 
-    action: str  # "none", "alert", "retrain"
+    action: str  # "none", "alert", "report" (alert mode: judge an adaptation, promote nothing), "retrain"
     reason: str
     streak: int  # consecutive drifted checks of the production version
 
@@ -46,18 +46,18 @@ def decide(
         version: the production version the checks are about.
         persist_checks: drifted checks in a row needed before acting.
         cooldown_s: seconds after the last retrain during which no new one starts.
-        mode: "alert" (never retrain) or "retrain".
+        mode: "alert" (never promote: "report" what adapting would do) or "retrain".
         last_retrain: when the last retrain started (None: never).
     """
     streak = drift_streak(checks, version)
     if streak < persist_checks:
         return Decision("none", f"{streak} drifted check(s) in a row; acting at {persist_checks}", streak)
-    if mode == "alert":
-        return Decision("alert", f"drift persisted for {streak} checks; mode is alert", streak)
     if last_retrain is not None:
         elapsed = (now - last_retrain).total_seconds()
         if elapsed < cooldown_s:
             return Decision(
                 "alert", f"cooldown: last retrain {elapsed:.0f} s ago (< {cooldown_s:.0f} s)", streak
             )
+    if mode == "alert":
+        return Decision("report", f"drift persisted for {streak} checks; mode is alert", streak)
     return Decision("retrain", f"drift persisted for {streak} checks", streak)

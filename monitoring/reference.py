@@ -42,7 +42,7 @@ from training.registry import ModelVersion
 logger = logging.getLogger(__name__)
 
 NOVELTY_QUANTILE = 0.99  # reference rows (leave-one-out) closer than this count as familiar
-CACHE_FORMAT = 1  # bump when what is cached changes
+CACHE_FORMAT = 2  # bump when what is cached changes
 
 
 class Encoder:
@@ -164,14 +164,19 @@ def _derive(
     version: ModelVersion, labels: list[str], descriptors: InputDescriptors, components: int, rows: int
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     profile = load_version_profile(version)
+    # An adapted version's profile holds the (unlabelled) target inputs it adapted to: the domain
+    # it serves, so that is the baseline; its calibration still needs the labelled rows.
+    labelled = profile[profile["label"].notna()].reset_index(drop=True)
+    domain = profile[profile["label"].isna()].reset_index(drop=True)
+    profile = domain if len(domain) else labelled
     if len(profile) > rows:
         profile = profile.sample(n=rows, random_state=0).reset_index(drop=True)
     embeddings = np.stack(profile["embedding"].to_numpy()).astype(np.float32)
     probabilities = np.stack(profile["probabilities"].to_numpy()).astype(np.float32)
     space = fit_feature_space(labels, descriptors, embeddings, components)
     features = build_features(space, profile, probabilities, embeddings)
-    correct = (profile["predicted_label"] == profile["label"]).to_numpy(dtype=float)
-    calibration = fit_calibration(features["confidence"].to_numpy(), correct)
+    correct = (labelled["predicted_label"] == labelled["label"]).to_numpy(dtype=float)
+    calibration = fit_calibration(np.asarray(labelled["confidence"], dtype=np.float64), correct)
     familiar = (
         nearest_distance(embeddings, embeddings, exclude_self=True) if len(embeddings) > 1 else np.zeros(1)
     )

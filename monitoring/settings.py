@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -47,6 +47,16 @@ class MonitorSettings(ServedModelSettings):
     # Ship an approved candidate retrained with the gate rows added (one more training run): on
     # BANKING77's new intents, 4-6 labels each, the held-out 30% were worth 2-3 points of accuracy.
     refit_with_gate_rows: bool = True
+    # Drift in the inputs, fewer than min_feedback labels on the window: adapt to its inputs
+    # instead, without labels (None: self-train, measured best on the tiles; off: never).
+    adapt_strategy: Literal["bn-adapt", "tent", "self-train", "dann", "tapt", "off"] | None = None
+    # Training settings of the adaptation candidate over production's, e.g. {bn_layers: early}
+    adapt_settings: dict[str, Any] = Field(default_factory=dict)
+    # Allowed drop of an adaptation's accuracy on the original test split and of its estimate on
+    # the window: it serves a new domain, and on the tiles the old one's test split (34 images)
+    # moved 1-3 images under adaptations that gained up to 0.13 macro-F1 on the new one.
+    adapt_tolerance: float = Field(0.05, ge=0)
+    adapt_max_mix_growth: float = Field(0.2, gt=0, le=1)  # allowed move of the predicted-label mix
     workspace: Path | None = None  # Evidently workspace; None: <registry home>/refit/evidently
     reports_dir: Path | None = None  # HTML report per check; None: <registry home>/refit/reports
     evidently_html: bool = False  # also write Evidently's interactive report (about 4 MB per check)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,23 @@ TINY_INTENTS = {
         "parcel never arrived",
     ],
 }
+
+
+@contextlib.contextmanager
+def serve_registry_copy(
+    template: Path, tmp_path: Path, model: str, service_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The service over a private copy of the registry at ``template``, in-process, started and
+    ready; the client's ``home`` is the copy."""
+    from starlette.testclient import TestClient
+
+    home = tmp_path / "bentoml"
+    shutil.copytree(template, home)
+    for key, value in service_env(model, home, log_flush_ms="20", freeze_heap="false").items():
+        monkeypatch.setenv(key, value)
+    with TestClient(service_app) as client:
+        client.home = home
+        yield client
 
 
 def tiny_rows(copies: int = 3) -> pd.DataFrame:

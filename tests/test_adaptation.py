@@ -180,33 +180,159 @@ def test_self_train_learns_the_target_inputs_it_is_sure_of_and_only_those(
     assert len(none) == strict["pseudo_labelled"] <= strict["confident"]
 
 
+def _train_adapted_text_model(
+    strategy: str, texts: list[str], csv: Path, base_model: Path, settings: list[str], run: Any
+) -> Any:
+    """`refit train` of ``csv`` with an adaptation ``strategy`` whose target is ``texts``; the version."""
+    import pandas as pd
+
+    from training.registry import ModelRegistry
+
+    target = csv.parent / "target.csv"
+    pd.DataFrame({"text": texts}).to_csv(target, index=False)
+    args = [
+        "train", str(csv), "--name", "tiny", "--base-model", str(base_model), "--strategy", strategy,
+        "--set", f"target_file={target}", "--set", "max_length=16", *settings,
+    ]  # fmt: skip
+    code, out = run(args)
+    assert code == 0, out
+    [version] = ModelRegistry(csv.parent / "bentoml").versions("tiny")
+    return version
+
+
 def test_refit_train_self_trains_a_text_model_on_unlabelled_target_texts(
     tiny_base_model: Path,
     tiny_csv: Path,
-    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import pandas as pd
 
-    from training.registry import ModelRegistry
-
-    home = tmp_path / "bentoml"
-    monkeypatch.setenv("BENTOML_HOME", str(home))
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
     # The same intents as typed on a phone: lower case, "pls", no punctuation.
     source = pd.read_csv(tiny_csv)
-    target = tmp_path / "target.csv"
-    pd.DataFrame({"text": [f"{t.lower()} pls" for t in source["text"]]}).to_csv(target, index=False)
-    args = [
-        "train", str(tiny_csv), "--name", "tiny", "--base-model", str(tiny_base_model),
-        "--strategy", "self-train", "--set", f"target_file={target}", "--set", "pseudo_label_threshold=0.3",
-        "--set", "max_length=16",
-    ]  # fmt: skip
-    code, out = run_cli(args, capsys, monkeypatch)
-    assert code == 0, out
-    [version] = ModelRegistry(home).versions("tiny")
+    version = _train_adapted_text_model(
+        "self-train", [f"{t.lower()} pls" for t in source["text"]], tiny_csv, tiny_base_model,
+        ["--set", "pseudo_label_threshold=0.3"], lambda args: run_cli(args, capsys, monkeypatch),
+    )  # fmt: skip
     pseudo = version.manifest["details"]["adaptation"]["pseudo_labels"]
     assert version.manifest["adaptation"]["target"]["inputs"] == len(source)
     assert 0 < pseudo["pseudo_labelled"] <= len(source) and pseudo["overturned_by_a_view"] == 0
     # The saved training split is the labelled source: pseudo labels never pass for real ones.
     assert version.manifest["rows"]["train"] < len(source)
+
+
+def test_tapt_lowers_the_masked_language_model_loss_on_the_target_texts(
+    tiny_base_model: Path, tmp_path: Path
+) -> None:
+    from training.language_adaptation import continue_pretraining
+    from training.model import load_encoder, load_tokenizer
+
+    # Texts of the target channel, in the tiny vocabulary: repeated, so a few epochs learn them.
+    target = ["parcel delivery late today", "reset my password now", "refund the invoice please"] * 12
+    out = tmp_path / "pretrained"
+    numbers = continue_pretraining(
+        str(tiny_base_model), target, out, epochs=10, learning_rate=1e-3, batch_size=8
+    )
+    assert numbers["mlm_head_initialised"] and numbers["texts"] == 36
+    # The same masking before and after: the loss falls for what pretraining did alone.
+    assert numbers["mlm_loss_after"] < 0.8 * numbers["mlm_loss_before"], numbers
+    encoder = load_encoder(str(out))  # a base model like any other, with its tokenizer
+    assert load_tokenizer(str(out)).mask_token == "[MASK]"
+    original = load_encoder(str(tiny_base_model))
+    moved = [not torch.equal(a, b) for a, b in zip(encoder.parameters(), original.parameters(), strict=True)]
+    assert all(moved), "every encoder weight was trained"
+
+
+def test_refit_train_tapt_pretrains_on_the_target_then_trains_the_head(
+    tiny_base_model: Path,
+    tiny_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pandas as pd
+
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
+    source = pd.read_csv(tiny_csv)
+    version = _train_adapted_text_model(
+        "tapt", [f"{t} please" for t in source["text"]], tiny_csv, tiny_base_model, [],
+        lambda args: run_cli(args, capsys, monkeypatch),
+    )  # fmt: skip
+    assert version.manifest["strategy"] == "tapt" and version.manifest["base_model"] == str(tiny_base_model)
+    lineage = version.manifest["adaptation"]
+    assert lineage["method"] == "tapt" and lineage["base_strategy"] == "head"
+    assert lineage["target"]["inputs"] == len(source)
+    mlm = version.manifest["details"]["adaptation"]["mlm"]
+    assert mlm["texts"] == len(source) and mlm["mlm_loss_after"] < mlm["mlm_loss_before"], mlm
+    # The version carries the pretrained encoder: it loads and answers without the temporary one.
+    from training.artifacts import load_version_model, read_labels
+    from training.inference import predict
+
+    model, processor = load_version_model(version)
+    answer = predict(model, processor, ["reset my password please"]).probabilities.argmax(axis=1)[0]
+    assert read_labels(version)[answer] in set(source["label"])
+
+
+def test_tapt_is_for_texts(tiny_cnn: Path, surfaces: Path, dark_surfaces: Path) -> None:
+    from training.adaptation import adapt_model
+    from training.config import TrainingConfig
+    from training.context import TrainContext
+    from training.data import split_frames
+    from training.modality import create_modality
+    from training.strategies import run_strategy
+
+    config = TrainingConfig(
+        base_model=str(tiny_cnn), strategy="tapt", modality="image", target_file=dark_surfaces
+    )
+    modality = create_modality("image", config, surfaces.parent / "home")
+    data, _ = modality.load_frames(surfaces, None)
+    splits = split_frames(data, None, seed=0, source="s", column="image")
+    with pytest.raises(ValueError, match="tapt continues a text encoder"):
+        adapt_model("tapt", TrainContext.create(config, splits, modality), None, run_strategy)
+
+
+def test_dann_pulls_the_domains_features_together_and_keeps_the_frozen_layers(
+    tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
+) -> None:
+    from training.adversarial_adaptation import align_domains
+
+    model, processor, modality = _source_model(tiny_cnn, surfaces)
+    frame, _ = modality.load_frames(surfaces, None)
+    source = modality.inputs(frame)
+    labels = np.array([sorted(set(frame["label"])).index(label) for label in frame["label"]])
+    target = modality.inputs(modality.load_unlabelled(dark_surfaces))
+    stem = {n: p.detach().clone() for n, p in model.named_parameters() if "embedder" in n}
+    assert stem, "the tiny ResNet's stem is named embedder"
+    details = align_domains(
+        model, processor, source, labels, target, layers=1, epochs=8, learning_rate=1e-2, batch_size=8
+    )
+    assert details["domain_gap_after"] < details["domain_gap_before"], details
+    assert 0 < details["trainable_params"] < sum(p.numel() for p in model.parameters())
+    for name, param in model.named_parameters():  # below the top layer nothing moved
+        if name in stem:
+            assert torch.equal(param, stem[name]), name
+    assert all(p.requires_grad for p in model.parameters())  # as a saved model expects
+
+
+def test_refit_train_dann_records_the_alignment(
+    tiny_cnn: Path,
+    surfaces: Path,
+    dark_surfaces: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.registry import ModelRegistry
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    args = [
+        "train", str(surfaces), "--name", "tiles", "--base-model", str(tiny_cnn), "--strategy", "dann",
+        "--set", f"target_file={dark_surfaces}", "--set", "adapt_epochs=2",
+    ]  # fmt: skip
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    [version] = ModelRegistry(tmp_path / "bentoml").versions("tiles")
+    assert version.manifest["adaptation"]["method"] == "dann"
+    adversarial = version.manifest["details"]["adaptation"]["adversarial"]
+    assert adversarial["epochs"] == 2 and adversarial["temperature"] > 0
+    assert 0.0 <= adversarial["domain_accuracy_last_epoch"] <= 1.0

@@ -263,3 +263,53 @@ def test_poisoning_attacks_label_the_attackers_way() -> None:
     assert all(flips["label"].to_numpy() != truth)
     planted = poisoning.attack_rows("trigger_backdoor", 0.2, setup, seed=0)
     assert set(planted["label"]) == {"a_intent"} and planted["text"].str.endswith(poisoning.TRIGGER).all()
+
+
+def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import adaptation
+
+    (tmp_path / "out").mkdir()
+    earlier = {
+        "modality": "image", "shift": "exp1->exp6", "method": "bn-adapt", "seed": 0, "target_labels": 0,
+        "accuracy_source_only": 0.5, "accuracy_adapted": 0.5, "accuracy_oracle": 0.5,
+        "macro_f1_source_only": 0.5, "macro_f1_adapted": 0.5, "macro_f1_oracle": 0.5, "seconds": 1.0,
+        "gate": "promoted",
+    }  # fmt: skip
+    (tmp_path / "out" / "adaptation.json").write_text(json.dumps([earlier]))
+    rows = adaptation.main(
+        [
+            "--modality", "text",
+            "--data", str(small_banking),
+            "--base-model", str(tiny_base_model),
+            "--per-label", "4",
+            "--seeds", "0",
+            "--methods", "self-train:pseudo_label_threshold=0.2;tapt:adapt_epochs=1",
+            "--set", "max_length=16",
+            "--append",
+            "--out", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    assert [(r["shift"], r["method"]) for r in rows] == [
+        (shift, method)
+        for shift in ("typos", "chat")
+        for method in ("self-train:pseudo_label_threshold=0.2", "tapt:adapt_epochs=1")
+    ]
+    assert all(r["modality"] == "text" and r["target_labels"] == 0 and r["seconds"] > 0 for r in rows)
+    assert all(r["gate"] == "promoted" or r["gate"].startswith("refused: ") for r in rows)
+    saved = json.loads((tmp_path / "out" / "adaptation.json").read_text())
+    assert saved == [earlier, *rows]  # --append keeps the rows of other cells
+    table = (tmp_path / "out" / "adaptation.md").read_text()
+    assert "| text | typos | tapt:adapt_epochs=1 | 0 | 1 |" in table and "| image | exp1->exp6 |" in table
+
+
+def test_the_text_shifts_change_texts_as_a_ticket_channel_would() -> None:
+    import numpy as np
+
+    from benchmarks.adaptation import add_typos, to_chat
+
+    text = "Why hasn't my transfer arrived yet? I sent money to your account yesterday."
+    assert to_chat(text) == "y hasn't my xfer arrived yet i sent $ 2 ur acct yesterday"
+    noisy = [add_typos(text, np.random.default_rng(seed)) for seed in range(200)]
+    changed = np.mean([a != b for t in noisy for a, b in zip(t.split(), text.split(), strict=True)])
+    assert 0.08 < changed < 0.2  # about one word in six (the short ones never)
+    assert all(len(t.split()) == len(text.split()) for t in noisy)

@@ -59,17 +59,21 @@ def test_adaptation_smoke(tiles_like: Path, tiny_cnn: Path, tmp_path: Path) -> N
             "--shifts", "exp12->exp56",
             "--seeds", "0",
             "--methods", "bn-adapt;tent:adapt_epochs=1",
+            "--target-labels", "0,1",
             "--out", str(tmp_path),
         ]
     )  # fmt: skip
-    assert json.loads((tmp_path / "adaptation.json").read_text()) == rows and len(rows) == 2
+    assert json.loads((tmp_path / "adaptation.json").read_text()) == rows and len(rows) == 4
     assert set(rows[0]) == {
         "modality", "shift", "method", "seed", "target_labels", "accuracy_source_only", "accuracy_adapted",
-        "accuracy_oracle", "macro_f1_source_only", "macro_f1_adapted", "macro_f1_oracle", "seconds",
+        "accuracy_oracle", "macro_f1_source_only", "macro_f1_adapted", "macro_f1_oracle", "seconds", "gate",
     }  # fmt: skip
-    assert [r["method"] for r in rows] == ["bn-adapt", "tent:adapt_epochs=1"]
-    assert all(r["modality"] == "image" and r["target_labels"] == 0 for r in rows)
-    assert "| tent:adapt_epochs=1 |" in (tmp_path / "adaptation.md").read_text()
+    assert [r["method"] for r in rows] == ["bn-adapt", "tent:adapt_epochs=1"] * 2
+    assert [r["target_labels"] for r in rows] == [0, 0, 1, 1]
+    assert all(r["modality"] == "image" for r in rows)
+    assert all(r["gate"] == "promoted" or r["gate"].startswith("refused: ") for r in rows)
+    table = (tmp_path / "adaptation.md").read_text()
+    assert "| tent:adapt_epochs=1 |" in table and "gate ships" in table
 
 
 def test_serve_load_image_smoke(tiles_like: Path, image_home_template: Path, tmp_path: Path) -> None:

@@ -152,7 +152,8 @@ def test_persistent_drift_triggers_exactly_one_retrain(
         return RetrainResult("rejected", "recorded by the test", demo_home["version"])
 
     monitor = Monitor(
-        settings_for(home, mode="retrain", persist_checks=2, cooldown_s=3600), retrainer=recording_retrainer
+        settings_for(home, mode="retrain", persist_checks=2, cooldown_s=3600, adapt_strategy="off"),
+        retrainer=recording_retrainer,
     )
     drifted = traffic(demo_home, "drift_new_intents")
     send(list(drifted["text"]))
@@ -381,7 +382,10 @@ def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: P
     ) -> RetrainResult:
         return RetrainResult("skipped", "not enough feedback", demo_home["version"])
 
-    monitor = Monitor(settings_for(home, mode="retrain", persist_checks=1), retrainer=skipping_retrainer)
+    monitor = Monitor(
+        settings_for(home, mode="retrain", persist_checks=1, adapt_strategy="off"),
+        retrainer=skipping_retrainer,
+    )
     send(list(traffic(demo_home, "drift_new_intents")["text"]))
     wait_logged(monitor, 200)
     assert [monitor.run().decision.action for _ in range(2)] == ["retrain", "retrain"]

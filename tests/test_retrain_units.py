@@ -111,7 +111,9 @@ def test_policy_ignores_small_windows_and_other_versions() -> None:
     assert decide(checks, "v2", last_retrain=None, **common).action == "retrain"
     assert decide(checks, "v2", last_retrain=now - timedelta(seconds=10), **common).action == "alert"
     assert decide(checks, "v1", last_retrain=None, **common).action == "none"
-    assert decide(checks, "v2", last_retrain=None, **{**common, "mode": "alert"}).action == "alert"
+    assert decide(checks, "v2", last_retrain=None, **{**common, "mode": "alert"}).action == "report"
+    in_cooldown = {**common, "mode": "alert", "last_retrain": now - timedelta(seconds=10)}
+    assert decide(checks, "v2", **in_cooldown).action == "alert"
 
 
 def test_new_labels_with_too_few_examples_wait_for_more_feedback() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import service_env
+from tests.helpers import serve_registry_copy
 
 
 @pytest.fixture
@@ -23,16 +23,7 @@ def image_client(
     image_home_template: Path, tmp_path: Path, service_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Any]:
     """The service over a private copy of the image registry, in-process, started and ready."""
-    import shutil
-
-    from starlette.testclient import TestClient
-
-    home = tmp_path / "bentoml"
-    shutil.copytree(image_home_template, home)
-    for key, value in service_env("surfaces", home, log_flush_ms="20", freeze_heap="false").items():
-        monkeypatch.setenv(key, value)
-    with TestClient(service_app) as client:
-        client.home = home  # type: ignore[attr-defined]
+    with serve_registry_copy(image_home_template, tmp_path, "surfaces", service_app, monkeypatch) as client:
         yield client
 
 

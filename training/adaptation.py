@@ -5,26 +5,36 @@
 and shifts to answer the target confidently in the training label mix
 (:mod:`training.entropy_adaptation`);
 ``self-train`` trains the base strategy again with the target inputs the model is sure of
-(:mod:`training.self_training`). Each starts from the ``adapt_base`` strategy trained on the
-labelled (source) data, and records what it adapted to, so that a version's lineage reads
-source -> adapted.
+(:mod:`training.self_training`); ``dann`` fine-tunes the top of the encoder until a domain
+classifier cannot tell source from target features (:mod:`training.adversarial_adaptation`).
+Each starts from the ``adapt_base`` strategy trained on the labelled (source) data.
+``tapt`` (texts) continues the encoder's masked-language-model
+pretraining on the target texts first, then trains ``adapt_base`` on it
+(:mod:`training.language_adaptation`). Each records what it adapted to, so that a version's
+lineage reads source -> adapted.
 """
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from training.adversarial_adaptation import align_domains
 from training.batch_norm_adaptation import adapt_batch_norm
 from training.config import ADAPTATION_STRATEGIES
 from training.context import StrategyResult, TrainContext
 from training.entropy_adaptation import label_prior, minimise_entropy
 from training.errors import DataError
+from training.finetune import class_weights, refit_head_on_features
+from training.language_adaptation import continue_pretraining
 from training.self_training import pseudo_label, with_pseudo_labels
 
 
@@ -62,11 +72,41 @@ def describe_target(ctx: TrainContext, target: pd.DataFrame) -> dict[str, Any]:
     return described
 
 
+def with_base_model(ctx: TrainContext, path: Path) -> TrainContext:
+    """A context whose strategies start from the encoder saved at ``path`` (same data)."""
+    config = ctx.config.model_copy(update={"base_model": str(path)})
+    return replace(
+        ctx, config=config, processor=ctx.modality.load_processor(str(path)), frozen={}, probe=None
+    )
+
+
+def pretrain_and_train(
+    ctx: TrainContext, texts: list[str], train: Callable[[str, TrainContext], StrategyResult]
+) -> tuple[StrategyResult, dict[str, Any]]:
+    """``adapt_base`` trained on an encoder pretrained further on ``texts`` (TAPT); the MLM numbers."""
+    if ctx.modality.name != "text":
+        raise ValueError(
+            "tapt continues a text encoder's language-model pretraining; for images use bn-adapt"
+        )
+    cfg = ctx.config
+    with tempfile.TemporaryDirectory(prefix="refit-tapt-") as directory:
+        mlm = continue_pretraining(
+            ctx.base_model, texts, Path(directory), epochs=cfg.adapt_epochs,
+            learning_rate=cfg.adapt_learning_rate, batch_size=cfg.batch_size, max_length=cfg.max_length,
+            seed=cfg.seed, device=ctx.device,
+        )  # fmt: skip
+        result = train(cfg.adapt_base, with_base_model(ctx, Path(directory)))
+    return result, mlm
+
+
 def adapt_model(
-    name: str, ctx: TrainContext, base: StrategyResult, train: Callable[[str, TrainContext], StrategyResult]
+    name: str,
+    ctx: TrainContext,
+    base: StrategyResult | None,
+    train: Callable[[str, TrainContext], StrategyResult],
 ) -> StrategyResult:
-    """Adapt ``base`` (trained on the labelled data) to the target inputs with strategy ``name``;
-    ``train`` runs a strategy (self-train trains ``adapt_base`` again with it).
+    """Adapt ``base`` (``adapt_base`` trained on the labelled data; None for ``tapt``, which
+    trains its own) to the target inputs with strategy ``name``; ``train`` runs a strategy.
 
     Raises:
         ValueError: an unknown strategy, or one that needs what the model lacks (BatchNorm).
@@ -80,12 +120,20 @@ def adapt_model(
     target = load_target(ctx)
     inputs = ctx.modality.inputs(target)
     start = time.perf_counter()
-    model = base.model
     adaptation: dict[str, Any] = {
         "method": name,
-        "base_strategy": base.strategy,
+        "base_strategy": cfg.adapt_base,
         "target": describe_target(ctx, target),
     }
+    if name == "tapt":
+        pretrained, adaptation["mlm"] = pretrain_and_train(ctx, inputs, train)
+        adaptation["seconds"] = round(time.perf_counter() - start, 2)
+        return replace(
+            pretrained, strategy=name, details={"adaptation": adaptation, "base": pretrained.details}
+        )
+    if base is None:
+        raise ValueError(f"{name} adapts a model trained on the labelled data; none was given")
+    model = base.model
     details: dict[str, Any] = {"adaptation": adaptation, "base": base.details}
     refit_head, trainable = base.refit_head, 0
     if name == "self-train":
@@ -97,6 +145,18 @@ def adapt_model(
         retrained = train(cfg.adapt_base, with_pseudo_labels(ctx, rows))
         model, refit_head = retrained.model, retrained.refit_head
         details["retrained"] = retrained.details
+    elif name == "dann":
+        weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
+        adversarial = align_domains(
+            model, ctx.processor, ctx.inputs("train"), ctx.label_ids("train"), inputs,
+            layers=cfg.partial_layers, epochs=cfg.adapt_epochs, learning_rate=cfg.adapt_learning_rate,
+            batch_size=cfg.batch_size, class_weights=weights,
+            augment=ctx.modality.name == "image" and cfg.augment, seed=cfg.seed,
+        )  # fmt: skip
+        # The base's refitted head fits the old features; as after fine-tuning, a fresh probe on
+        # the aligned ones (without it, 3 epochs of the top layers on 380 tiles lost 0.07 macro-F1).
+        head, refit_head = refit_head_on_features(model, ctx, cfg.reprobe_after_finetune)
+        adaptation["adversarial"], trainable = {**adversarial, **head}, int(adversarial["trainable_params"])
     else:
         adaptation["batch_norm"] = adapt_batch_norm(
             model, ctx.processor, inputs, source_sample(ctx, len(inputs)), cfg.bn_layers, cfg.bn_mix,

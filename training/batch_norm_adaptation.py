@@ -16,12 +16,13 @@ are settings with defaults measured by ``benchmarks/adaptation.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from training.inference import iter_batches
 from training.processors import Processor
 
 BATCH_NORM_LAYERS: tuple[str, ...] = ("stem", "early", "all")
@@ -59,13 +60,6 @@ def select_batch_norm(model: nn.Module, layers: str) -> list[tuple[str, nn.modul
     if layers == "all":
         return modules
     raise ValueError(f"Unknown BatchNorm layers {layers!r}; expected one of {list(BATCH_NORM_LAYERS)}")
-
-
-def _batches(
-    processor: Processor, inputs: Sequence[Any], batch_size: int
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    for start in range(0, len(inputs), batch_size):
-        yield processor.encode(list(inputs[start : start + batch_size]))
 
 
 @torch.no_grad()
@@ -106,7 +100,7 @@ def estimate_statistics(
         module.train()
     device = next(model.parameters()).device
     try:
-        for batch in _batches(processor, inputs, batch_size):
+        for _, batch in iter_batches(processor, inputs, batch_size):
             model(*(t.to(device) for t in batch))
     finally:
         for handle in handles:

@@ -14,10 +14,12 @@ from pydantic_settings import SettingsConfigDict
 
 from training.shared_settings import StageSettings, load_settings
 
-Strategy = Literal["baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "auto"]
+Strategy = Literal[
+    "baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "dann", "tapt", "auto"
+]
 LADDER_STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full")
 # Trained on the labelled data (`adapt_base`), then adapted to unlabelled `target_file` inputs.
-ADAPTATION_STRATEGIES: tuple[str, ...] = ("bn-adapt", "tent", "self-train")
+ADAPTATION_STRATEGIES: tuple[str, ...] = ("bn-adapt", "tent", "self-train", "dann", "tapt")
 STRATEGIES: tuple[str, ...] = (*LADDER_STRATEGIES, *ADAPTATION_STRATEGIES, "auto")
 FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
 CV_STRATEGIES: tuple[str, ...] = ("baseline", "head")  # the ones `selection: cv` can choose among
@@ -37,7 +39,8 @@ class TrainingConfig(StageSettings):
     base_model: str | None = None
     # auto: images for a folder of class folders or a table with `image_column` and no `text_column`
     modality: Literal["auto", "text", "image"] = "auto"
-    # baseline, head, partial, lora, full, auto (the ladder), or an adaptation: bn-adapt, tent, self-train
+    # baseline, head, partial, lora, full, auto (the ladder), or an adaptation: bn-adapt, tent,
+    # self-train, dann (adversarial), tapt (texts: language-model pretraining on the target first)
     strategy: Strategy = "auto"
     text_column: str = "text"  # column of the input texts in the data file(s)
     label_column: str = "label"  # column of the labels
@@ -59,8 +62,9 @@ class TrainingConfig(StageSettings):
     adapt_base: Literal["head", "partial", "lora", "full"] = "head"  # trained on the labelled data first
     bn_layers: Literal["stem", "early", "all"] = "stem"  # BatchNorm layers whose statistics adapt
     bn_mix: float = Field(1.0, ge=0.0, le=1.0)  # the target's share of an adapted layer's statistics
-    adapt_epochs: int = Field(3, ge=1)  # tent: passes over the target inputs
-    adapt_learning_rate: float = Field(1e-4, gt=0)  # tent: Adam on the BatchNorm scales and shifts
+    adapt_epochs: int = Field(3, ge=1)  # tent, tapt: passes over the target; dann: over the source
+    # tent: of the BatchNorm scales and shifts; dann: the top partial_layers and head; tapt: the encoder
+    adapt_learning_rate: float = Field(1e-4, gt=0)
     pseudo_label_threshold: float = Field(0.9, gt=0.0, le=1.0)  # self-train: the least confidence kept
     validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # per label, for selection and early stopping
     # holdout: choose on the validation split; cv: k-fold cross-validation on the training rows

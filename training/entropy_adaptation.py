@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from training.batch_norm_adaptation import batch_norm_modules
+from training.inference import predict
+from training.model import Classifier
 from training.processors import Processor
 
 
@@ -46,21 +47,16 @@ def information_loss(
 
 
 def measure_information(
-    model: nn.Module, processor: Processor, inputs: Sequence[Any], prior: torch.Tensor, batch_size: int = 64
+    model: Classifier, processor: Processor, inputs: Sequence[Any], prior: torch.Tensor, batch_size: int = 64
 ) -> tuple[float, float]:
     """The mean entropy of the model's answers on ``inputs`` and KL(mean answer || ``prior``)."""
-    model.eval()
-    device = next(model.parameters()).device
-    entropy, total = 0.0, None
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            batch = processor.encode(list(inputs[start : start + batch_size]))
-            probabilities = model(*(t.to(device) for t in batch)).float().softmax(1).cpu()
-            entropy += float(-(probabilities * probabilities.clamp(min=1e-12).log()).sum())
-            total = probabilities.sum(0) if total is None else total + probabilities.sum(0)
-    if total is None:
+    if not len(inputs):
         return 0.0, 0.0
-    return entropy / len(inputs), float(_divergence(total / len(inputs), prior))
+    probabilities = torch.as_tensor(
+        predict(model, processor, inputs, batch_size=batch_size, mixed_precision="no").probabilities
+    )
+    entropy = float(-(probabilities * probabilities.clamp(min=1e-12).log()).sum(1).mean())
+    return entropy, float(_divergence(probabilities.mean(0), prior))
 
 
 def label_prior(label_ids: np.ndarray, num_labels: int) -> torch.Tensor:
@@ -70,7 +66,7 @@ def label_prior(label_ids: np.ndarray, num_labels: int) -> torch.Tensor:
 
 
 def minimise_entropy(
-    model: nn.Module,
+    model: Classifier,
     processor: Processor,
     inputs: Sequence[Any],
     prior: torch.Tensor,

@@ -274,16 +274,23 @@ def train_finetuned(ctx: TrainContext, strategy: str) -> StrategyResult:
     if strategy == "lora":
         details["lora_merge_max_abs_diff"] = merge_lora(model, ctx)
     model.requires_grad_(True)
-    if cfg.reprobe_after_finetune and len(ctx.splits.validation):
-        # A fresh probe on the fine-tuned features, refitted on train + validation like `head`.
+    head, refit = refit_head_on_features(model, ctx, cfg.reprobe_after_finetune)
+    details.update(head)
+    return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details, refit)
+
+
+def refit_head_on_features(
+    model: Classifier, ctx: TrainContext, reprobe: bool
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """After the encoder changed: a fresh probe on its features (with its refit on train +
+    validation, like `head`), or, with ``reprobe`` off or no validation rows, the trained head
+    recalibrated. Returns what was done (``temperature``, ``reprobe``) and the refit head."""
+    if reprobe and len(ctx.splits.validation):
         train_emb, val_emb = (
             ctx.predict(model, "train").embeddings,
             ctx.predict(model, "validation").embeddings,
         )
         probe = fit_probe(train_emb, ctx.label_ids("train"), val_emb, ctx.label_ids("validation"), ctx)
-        details["reprobe"], refit = install_probe(model, probe, ctx)
-        details["temperature"] = details["reprobe"]["temperature"]
-    else:
-        refit = None
-        details["temperature"] = calibrate(model, ctx)
-    return StrategyResult(strategy, model.eval(), time.perf_counter() - start, trainable, details, refit)
+        described, refit = install_probe(model, probe, ctx)
+        return {"reprobe": described, "temperature": described["temperature"]}, refit
+    return {"temperature": calibrate(model, ctx)}, None

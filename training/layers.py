@@ -1,4 +1,4 @@
-"""Where a transformer encoder's layers and attention projections are, for `partial` and `lora`."""
+"""Where an encoder's layers (or stages) and attention projections are, for `partial` and `lora`."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ ATTENTION_PROJECTIONS = (
 
 
 def find_encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    """The encoder's stack of transformer layers (the ModuleList as long as num_hidden_layers)."""
-    depth = int(getattr(encoder.config, "num_hidden_layers", 0))
+    """The encoder's stack of transformer layers (the ModuleList as long as num_hidden_layers),
+    or of a convolutional network's stages (as many as its config's ``depths``: ResNet, ConvNeXt)."""
+    config = encoder.config
+    depth = int(getattr(config, "num_hidden_layers", 0) or len(getattr(config, "depths", None) or ()))
     for module in encoder.modules():
         if isinstance(module, nn.ModuleList) and len(module) == depth:
             return module

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 
+from training.adaptation import load_target
 from training.artifacts import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -288,6 +289,10 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
     Held-out rows (validation + test), because a model is more confident on the rows it was fitted
     on: a profile of training rows would make live confidence and entropy look drifted when they
     are not. Training rows are used only when fewer than MIN_HELD_OUT rows were held out.
+
+    An adapted version also profiles a sample of the target inputs it adapted to, unlabelled: the
+    domain it now serves is what the monitor compares live traffic with, or the drift it was
+    adapted to would alarm (and be adapted to) again at every check.
     """
     held_out = pd.concat([splits.validation, splits.test], ignore_index=True)
     source = held_out if len(held_out) >= MIN_HELD_OUT else splits.train
@@ -297,7 +302,15 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
             "which the model is overconfident; confidence and entropy may read as drifted on live traffic",
             len(held_out), MIN_HELD_OUT,
         )  # fmt: skip
-    sample = sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)
+    rows = [sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)]
+    if result.details.get("adaptation"):
+        target = load_target(ctx).assign(label=None)
+        rows.append(sample_reference_rows(target, ctx.config.profile_rows, ctx.config.seed))
+    return pd.concat([_profile_rows(ctx, result, sample) for sample in rows], ignore_index=True)
+
+
+def _profile_rows(ctx: TrainContext, result: StrategyResult, sample: pd.DataFrame) -> pd.DataFrame:
+    """Profile rows of ``sample``: the model's outputs (and, for images, their descriptors)."""
     predictions = predict(
         result.model,
         ctx.processor,
@@ -306,7 +319,7 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
         device=ctx.device,
         mixed_precision=ctx.config.mixed_precision,
     )
-    profile = build_reference_profile(sample, predictions, splits.labels, ctx.modality.column)
+    profile = build_reference_profile(sample, predictions, ctx.splits.labels, ctx.modality.column)
     if ctx.modality.name == "image":  # what the drift check compares live images' descriptors with
         described = [
             describe_image(decode_image(p.read_bytes(), str(p))) for p in ctx.modality.inputs(sample)

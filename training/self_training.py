@@ -17,15 +17,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from training.context import TrainContext
+from training.inference import predict
+from training.model import Classifier
 from training.processors import Processor
 
 
 @torch.no_grad()
 def answer(
-    model: nn.Module,
+    model: Classifier,
     processor: Processor,
     inputs: Sequence[Any],
     *,
@@ -34,6 +35,8 @@ def answer(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Probabilities (n, labels) of ``model`` for ``inputs``, or for one random view of each."""
+    if not augment:
+        return predict(model, processor, inputs, batch_size=batch_size, mixed_precision="no").probabilities
     model.eval()
     device = next(model.parameters()).device
     rng = np.random.default_rng(seed)
@@ -45,7 +48,7 @@ def answer(
 
 
 def pseudo_label(
-    model: nn.Module,
+    model: Classifier,
     processor: Processor,
     target: pd.DataFrame,
     inputs: Sequence[Any],

@@ -1,0 +1,271 @@
+"""Adaptation in the loop: the monitor adapts an image model (tiny real ResNet, BatchNorm) to a
+darker light seen by the real service, without labels, through the label-free gate."""
+
+from __future__ import annotations
+
+import base64
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_cli, serve_registry_copy, wait_for_logged_predictions
+
+
+@pytest.fixture(scope="session")
+def cnn_home_template(tmp_path_factory: pytest.TempPathFactory, surfaces: Path, tiny_cnn: Path) -> Path:
+    """A registry with one image version: a head on the tiny ResNet, trained on the surfaces."""
+    from training.config import TrainingConfig
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    home = tmp_path_factory.mktemp("cnn-served") / "bentoml"
+    config = TrainingConfig(
+        name="surfaces", base_model=str(tiny_cnn), strategy="head", profile_rows=20, normal_label="free"
+    )
+    assert train_model(surfaces, config, registry=ModelRegistry(home)).version is not None
+    return home
+
+
+@pytest.fixture
+def dark_client(
+    cnn_home_template: Path, tmp_path: Path, service_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Any]:
+    """The service over a copy of that registry, after it answered 32 surfaces under a darker light."""
+    from demo.surfaces import write_surfaces
+
+    dark = write_surfaces(tmp_path / "dark", per_class=8, seed=7, size=40, lighting=-0.8)
+    images = [base64.b64encode(p.read_bytes()).decode() for p in sorted(dark.rglob("*.png"))]
+    with serve_registry_copy(cnn_home_template, tmp_path, "surfaces", service_app, monkeypatch) as client:
+        for start in range(0, len(images), 8):
+            answer = client.post("/classify", json={"images": images[start : start + 8]})
+            assert answer.status_code == 200, answer.text
+        wait_for_logged_predictions(client.home, len(images))
+        yield client
+
+
+def _config(tmp_path: Path, **extra: Any) -> Path:
+    import yaml
+
+    path = tmp_path / "monitor.yaml"
+    values = {"min_window": 10, "metrics_port": 0, "persist_checks": 1, "min_feedback": 20, **extra}
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.slow  # two `refit train` children (tiny models, but a process each)
+def test_drift_without_labels_is_adapted_to_and_the_version_knows_its_window(
+    dark_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitoring.history import read_retrains
+    from monitoring.monitor import Monitor
+    from monitoring.settings import load_monitor_settings
+    from training.artifacts import load_version_profile
+    from training.registry import ModelRegistry
+
+    home = dark_client.home
+    registry = ModelRegistry(home)
+    first = registry.get("surfaces:production").version
+    config = _config(tmp_path)
+    # mode alert: drift with no labels -> the monitor reports what an adaptation would do.
+    monitor = Monitor(load_monitor_settings(config, {"model": "surfaces", "registry_home": home}))
+    run = monitor.run()
+    assert run.check is not None and run.check.result.status == "drift", run.check
+    assert run.decision is not None and run.decision.action == "report"
+    assert run.retrain is not None and run.retrain.outcome == "reported", run.retrain
+    assert run.retrain.reason.startswith(
+        "0 feedback labels on the window (< min_feedback 20) and drifted inputs ("
+    ), run
+    assert "brightness" in run.retrain.reason and "self-train: the gate " in run.retrain.reason
+    reported = registry.get(f"surfaces:{run.retrain.candidate}")
+    assert reported.stage == "archived" and registry.get("surfaces:production").version == first
+    assert monitor.run().decision.action == "report"  # the adaptation's cooldown: trained once
+    assert [r["trigger"] for r in read_retrains(monitor.engine, "surfaces")] == ["drift (adapt)"]
+
+    # `refit adapt --dry-run`: judged, reported, not promoted; the window of the last hour.
+    args = ["adapt", "--model", "surfaces", "--home", str(home), "--config", str(config)]
+    code, out = run_cli([*args, "--dry-run", "--since", "1h"], capsys, monkeypatch)
+    assert code == 0 and "adapt: reported (self-train: the gate " in out, out
+    assert registry.get("surfaces:production").version == first
+    # `refit adapt --strategy bn-adapt`: now allowed to promote.
+    code, out = run_cli([*args, "--strategy", "bn-adapt"], capsys, monkeypatch)
+    assert code == 0, out
+    assert "adapt: promoted" in out or "adapt: rejected" in out, out
+    assert "production_mix_distance" in out and "candidate_confidence" in out, out
+    adapted = registry.versions("surfaces")[-1]
+    lineage = adapted.manifest["adaptation"]
+    assert adapted.manifest["parent_version"] == first and lineage["method"] == "bn-adapt"
+    assert lineage["base_strategy"] == "head"
+    assert lineage["target"]["inputs"] == 32 and lineage["target"]["fingerprint"].startswith("sha256:")
+    assert lineage["target"]["window"].startswith(f"surfaces:{first} predictions ")
+    assert lineage["target"]["window"].endswith("(32 rows)")
+    # The adapted version's drift reference is the domain it adapted to (unlabelled rows).
+    profile = load_version_profile(adapted)
+    assert profile["label"].isna().sum() == 20 and profile["label"].notna().sum() > 0
+    stage = "production" if "adapt: promoted" in out else "archived"
+    assert adapted.stage == stage
+
+
+@pytest.mark.slow  # a `refit train` child
+def test_the_gate_refuses_an_adaptation_that_collapses_the_answers(
+    dark_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.registry import ModelRegistry
+
+    home = dark_client.home
+    # TENT at a learning rate 50,000 times its default: the BatchNorm scales blow up and the
+    # answers pile onto a label or two.
+    config = _config(tmp_path, adapt_settings={"adapt_learning_rate": 5.0, "adapt_epochs": 10})
+    args = [
+        "adapt",
+        "--strategy",
+        "tent",
+        "--model",
+        "surfaces",
+        "--home",
+        str(home),
+        "--config",
+        str(config),
+    ]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    assert "adapt: rejected (tent: " in out, out
+    registry = ModelRegistry(home)
+    assert registry.get("surfaces:production").version == registry.versions("surfaces")[0].version
+    assert registry.versions("surfaces")[-1].stage == "archived"
+
+
+def _numbers(**changes: Any) -> Any:
+    from monitoring.gate import GateNumbers, WindowNumbers
+
+    window = {
+        "rows": 100,
+        "production_confidence": 0.70,
+        "candidate_confidence": 0.80,
+        "production_mix_distance": 0.10,
+        "candidate_mix_distance": 0.05,
+        "max_mix_growth": 0.2,
+        "vanished": [],
+    }
+    numbers = GateNumbers(
+        production_test_accuracy=0.90,
+        candidate_test_accuracy=0.89,
+        production_feedback_accuracy=math.nan,
+        candidate_feedback_accuracy=math.nan,
+        feedback_train_rows=0,
+        feedback_gate_rows=0,
+        tolerance=0.02,
+    )
+    for key, value in changes.items():
+        if key in window:
+            window[key] = value
+        else:
+            setattr(numbers, key, value)
+    numbers.window = WindowNumbers(**window)
+    return numbers
+
+
+def test_each_label_free_check_refuses_what_it_is_for() -> None:
+    from monitoring.gate import judge_adaptation
+
+    assert judge_adaptation(_numbers()).promoted  # no labels at all: the label-free checks decide
+    refused = {
+        "test accuracy dropped": _numbers(candidate_test_accuracy=0.85),
+        "feedback accuracy fell": _numbers(
+            production_feedback_accuracy=0.6, candidate_feedback_accuracy=0.4, feedback_gate_rows=5
+        ),
+        "predicted labels collapsed": _numbers(candidate_mix_distance=0.45),
+        "estimated accuracy on the window fell": _numbers(candidate_confidence=0.60),
+    }
+    for reason, numbers in refused.items():
+        decision = judge_adaptation(numbers)
+        assert not decision.promoted and decision.reason.startswith(reason), decision.reason
+    # Equal feedback accuracy is not a loss; a small fall of the estimate is within the tolerance.
+    assert judge_adaptation(
+        _numbers(production_feedback_accuracy=0.6, candidate_feedback_accuracy=0.6, candidate_confidence=0.69)
+    ).promoted
+
+
+def test_the_label_mix_distance_reads_a_collapse() -> None:
+    from monitoring.gate import label_mix_distance, measure_window
+
+    labels = ["crack", "free", "spot"]
+    prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
+    as_trained = np.eye(3)[[0, 1, 1, 1, 2]]
+    collapsed = np.eye(3)[[1, 1, 1, 1, 1]]
+    assert label_mix_distance(as_trained, labels, prior) == pytest.approx(0.0)
+    assert label_mix_distance(collapsed, labels, prior) == pytest.approx(0.4)
+    window = measure_window((as_trained * 0.9 + 0.1 / 3, labels), (collapsed, labels), prior, 0.2)
+    assert window.rows == 5 and window.candidate_mix_distance - window.production_mix_distance > 0.2
+    assert window.candidate_confidence == 1.0 and window.production_confidence == pytest.approx(
+        0.9333, abs=1e-4
+    )
+    assert window.vanished == ["crack", "spot"]
+
+
+def test_a_rare_label_that_vanishes_is_a_collapse_the_mix_distance_misses() -> None:
+    from monitoring.gate import judge_adaptation, measure_window
+
+    labels = ["crack", "free", "fray"]
+    prior = {"crack": 0.05, "free": 0.92, "fray": 0.03}
+    production = np.eye(3)[[0] * 5 + [1] * 92 + [2] * 3]
+    candidate = np.eye(3)[[0] * 5 + [1] * 95]  # every fray answered `free`
+    window = measure_window((production, labels), (candidate, labels), prior, 0.2)
+    assert window.candidate_mix_distance - window.production_mix_distance < 0.2
+    assert window.vanished == ["fray"]
+    distances = {k: getattr(window, k) for k in ("production_mix_distance", "candidate_mix_distance")}
+    decision = judge_adaptation(_numbers(**distances, vanished=window.vanished))
+    assert not decision.promoted and decision.reason.startswith("predicted labels collapsed: fray"), decision
+    # A label the window lacks altogether (no fray today) is no collapse.
+    assert measure_window((candidate, labels), (candidate, labels), prior, 0.2).vanished == []
+
+
+def test_only_drift_in_the_inputs_is_a_domain_to_adapt_to() -> None:
+    from monitoring.check import CheckOutcome
+    from monitoring.drift import ColumnDrift, DriftResult
+    from monitoring.monitor import input_drift
+
+    def outcome(*drifted: str) -> CheckOutcome:
+        columns = ["predicted_label", "confidence", "entropy", "estimated_correct", "brightness", "emb_0"]
+        tests = [ColumnDrift(c, "ks", 1e-9 if c in drifted else 0.5, 0.005, c in drifted) for c in columns]
+        result = DriftResult(
+            "drift", True, len(drifted) / len(columns), 200, 500, "2026-12-03T00:00:00", tests
+        )
+        return CheckOutcome(result, "v1", None, None, 0, None)
+
+    # Another label mix, or a model less sure of itself: no new domain.
+    assert input_drift(outcome("predicted_label", "confidence", "estimated_correct")) == []
+    assert input_drift(outcome("brightness", "confidence")) == ["brightness"]
+    assert input_drift(outcome("emb_0")) == ["emb_0"]
+
+
+@pytest.mark.slow  # a `refit train` child
+def test_a_retrain_on_labels_of_an_adapted_version_trains_its_base_strategy(
+    surfaces: Path, tiny_cnn: Path, tmp_path: Path
+) -> None:
+    from demo.surfaces import write_surfaces
+    from monitoring.candidate import train_candidate
+    from monitoring.retrain import read_rows
+    from training.config import TrainingConfig
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "bentoml")
+    dark = write_surfaces(tmp_path / "dark", per_class=4, seed=3, size=40, lighting=-0.8)
+    config = TrainingConfig(
+        name="surfaces", base_model=str(tiny_cnn), strategy="bn-adapt", target_file=dark, profile_rows=20
+    )
+    adapted = train_model(surfaces, config, registry=registry).version
+    assert adapted is not None and adapted.manifest["strategy"] == "bn-adapt"
+    shutil.rmtree(dark)  # the window it adapted to is gone, as a monitor's temporary one is
+    version = train_candidate(
+        adapted, read_rows(adapted, "train"), registry, strategy=None, timeout_s=300, workdir=tmp_path,
+        test=read_rows(adapted, "test"),
+    )  # fmt: skip
+    retrained = registry.get(f"surfaces:{version}")
+    assert retrained.manifest["strategy"] == "head" and "adaptation" not in retrained.manifest
+    assert retrained.manifest["parent_version"] == adapted.version
