@@ -12,7 +12,8 @@ Writes ``benchmarks/results/train_tiles.json`` (one row per strategy, budget and
 base_model, per_class, seed, accuracy, macro_f1, missed_defect_rate, train_seconds, peak_rss_mb,
 trainable_params) and ``train_tiles.md`` (medians over seeds). With ``--set
 max_missed_defect_rate=0.02`` each model gets the inspection operating point `refit train` gives it
-(``training/operating_point.py``); write such runs under their own ``--name``.
+(``training/operating_point.py``); write such runs under their own ``--name``. ``--dev`` chooses
+settings without the test images: each seed's 70% is split 70/30 again and that 30% is the test.
 """
 
 from __future__ import annotations
@@ -140,6 +141,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="train_tiles", help="results file stem")
     parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="choose settings without the test set: run on each seed's 70%% only, its own 30%% as test",
+    )
+    parser.add_argument(
         "--merge", action="store_true", help="keep an earlier run's rows that this run does not redo"
     )
     return parser.parse_args(argv)
@@ -161,10 +167,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         modality = ImageModality(TrainingConfig(modality="image"), store)
         test_rows = 0
         for seed in (int(s) for s in args.seeds.split(",")):
+            # --dev: the seed's real test images stay unseen while settings are chosen
+            seen = stratified_split(images, (0.0, 0.3), seed)[0] if args.dev else images
             for per_class in args.budgets.split(","):
                 for strategy in args.strategies.split(","):
-                    row = run_cell(images, modality, per_class, seed, strategy, overrides)
-                    test_rows = len(stratified_split(images, (0.0, 0.3), seed)[2])
+                    row = run_cell(seen, modality, per_class, seed, strategy, overrides)
+                    test_rows = len(stratified_split(seen, (0.0, 0.3), seed)[2])
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                     write_results(merge_rows(earlier, rows), args.out, args.name, test_rows)

@@ -1,10 +1,12 @@
 """`refit demo` (`make demo`): the whole loop on generated data, on loopback, in a few minutes.
 
 Train v1 -> serve it -> replay in-distribution traffic with some feedback -> replay drifted
-traffic (new intents and typos; with `--images`, a darker light and a new defect type) -> the
-monitor process sees the drift, retrains, the gate promotes v2 -> the service swaps while the
-traffic goes on -> summary -> everything stopped. Exits 0 only if the loop closed: a version
-promoted by the monitor answered requests and no request failed.
+traffic (new intents and typos) -> the monitor process sees the drift, retrains, the gate promotes
+v2 -> the service swaps while the traffic goes on -> summary -> everything stopped. With
+`--images` the drift comes in two phases: a darker light while no labels come back (the monitor
+adapts v1 to it without labels), then a new defect type with labels (it retrains on them). Exits 0
+only if the loop closed: a version promoted by the monitor answered requests, each drifted phase
+saw a new version, and no request failed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,12 +225,13 @@ def loop_demo(
     plan = plan or DemoPlan()
     start = time.monotonic()
     prepare_directory(out)
-    trained = train_demo_version(out, console, steps="1/6 2/6", kind=kind)
+    total = 5 + len(kind.phases)
+    trained = train_demo_version(out, console, steps=f"1/{total} 2/{total}", kind=kind)
     home = trained.registry.home
     headers = demo_key(home)  # before the service starts: it never serves without a key
     processes: list[LoopbackProcess] = []
     try:
-        with step(console, "3/6 starting the service, the monitor and the Evidently UI"):
+        with step(console, f"3/{total} starting the service, the monitor and the Evidently UI"):
             server, monitor, ui = start_processes(out, home, plan, processes, kind)
             console.print(
                 f"    service {server.url} (v1 {trained.version.version}); "
@@ -244,7 +247,7 @@ def loop_demo(
             "Evidently UI": ui.url,
         }
         outcome.seconds = time.monotonic() - start
-        with step(console, "6/6 summary"):
+        with step(console, f"{total}/{total} summary"):
             render_summary(outcome, console)
             (out / "summary.json").write_text(json.dumps(outcome.to_json(), indent=2, default=str) + "\n")
         yield DemoRun(outcome=outcome, service=server, monitor=monitor, ui=ui)
@@ -275,21 +278,31 @@ def run_phases(
     """
     home, v1 = trained.registry.home, trained.version.version
     watcher = LoopWatcher(home, kind.model)
-    with step(console, "4/6 in-distribution traffic (30% with feedback labels)"):
+    total = 5 + len(kind.phases)
+    with step(console, f"4/{total} in-distribution traffic (30% with feedback labels)"):
         calm_rows = kind.rows(trained.paths["traffic"])
         calm = run_traffic(console, url, calm_rows, plan, watcher, "calm   ", headers=headers)
         wait_for_check(watcher, after=0, timeout=plan.check_interval_s * 2)
     onset = time.monotonic()
-    with step(console, f"5/6 drifted traffic ({kind.drift}) until v2 serves"):
-        drift_rows = kind.drifted_rows(trained.paths, plan.seed)
-
-        def closed(stats: TrafficStats) -> bool:
-            new = stats.answered_by_others(v1)
-            return new >= plan.after_swap or time.monotonic() - onset > plan.swap_timeout_s
-
-        drifted = run_traffic(
-            console, url, drift_rows, plan, watcher, "drifted", until=closed, repeat=True, headers=headers
-        )
+    drifted: dict[str, TrafficStats] = {}
+    serving = v1
+    for number, phase in enumerate(kind.phases, start=5):
+        with step(console, f"{number}/{total} drifted traffic ({phase.what}) until a new version serves"):
+            rows = kind.phase_rows(phase, trained.paths, plan.seed)
+            share = plan.feedback_share if phase.feedback else 0.0
+            stats = run_traffic(
+                console,
+                url,
+                rows,
+                replace(plan, feedback_share=share),
+                watcher,
+                "drifted",
+                until=_until_replaced(serving, plan, time.monotonic()),
+                repeat=True,
+                headers=headers,
+            )
+        drifted[phase.name] = stats
+        serving = stats.answers[-1].version if stats.answers else serving
     return DemoOutcome.collect(
         out=out,
         registry=trained.registry,
@@ -304,6 +317,17 @@ def run_phases(
         workspace=demo_paths(home).workspace_path,
         seconds=0.0,
     )
+
+
+def _until_replaced(serving: str, plan: DemoPlan, start: float) -> Callable[[TrafficStats], bool]:
+    """When a phase's traffic stops: another version than ``serving`` answered ``plan.after_swap``
+    requests, or ``plan.swap_timeout_s`` passed."""
+
+    def replaced(stats: TrafficStats) -> bool:
+        new = stats.answered_by_others(serving)
+        return new >= plan.after_swap or time.monotonic() - start > plan.swap_timeout_s
+
+    return replaced
 
 
 def start_processes(

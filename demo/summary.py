@@ -16,6 +16,8 @@ from monitoring.monitor import ADAPT_TRIGGER
 from training.console import render_versions
 from training.registry import ModelRegistry
 
+CALM = "in-distribution"  # the traffic phase before the drift
+
 
 @dataclass
 class DemoOutcome:
@@ -43,7 +45,7 @@ class DemoOutcome:
         model: str,
         first: str,
         calm: TrafficStats,
-        drifted: TrafficStats,
+        drifted: dict[str, TrafficStats],
         checks: list[dict[str, Any]],
         retrains: list[dict[str, Any]],
         onset: float,
@@ -61,7 +63,7 @@ class DemoOutcome:
             versions=registry.versions(model),
             checks=checks,
             retrains=retrains,
-            phases={"in-distribution": calm, "drifted": drifted},
+            phases={CALM: calm, **drifted},
             onset=onset_wall,
             urls=urls,
             workspace=workspace,
@@ -76,10 +78,16 @@ class DemoOutcome:
         if not any(r["outcome"] == "promoted" for r in self.retrains):
             outcomes = ", ".join(f"{r['outcome']} ({r['reason']})" for r in self.retrains) or "none ran"
             problems.append(f"the monitor promoted no version; retrains: {outcomes}")
+        drifted = {name: stats for name, stats in self.phases.items() if name != CALM}
         if self.production == self.first:
             problems.append(f"production is still v1 ({self.first})")
-        elif self.phases["drifted"].versions.get(self.production, 0) == 0:
+        elif not any(stats.versions.get(self.production) for stats in drifted.values()):
             problems.append(f"the service never answered with the promoted version {self.production}")
+        for name, stats in drifted.items():
+            if len(stats.versions) < 2:
+                problems.append(
+                    f"no new version answered the {name} traffic (only {', '.join(stats.versions)})"
+                )
         failed = sum(stats.failed for stats in self.phases.values())
         if failed:
             first = next(f for stats in self.phases.values() for f in stats.failures)
@@ -88,7 +96,8 @@ class DemoOutcome:
 
     @property
     def closed(self) -> bool:
-        """v2 promoted by the monitor, served, and no request failed."""
+        """A version promoted by the monitor served, each drifted phase saw a new version, and no
+        request failed."""
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:

@@ -66,17 +66,18 @@ def draw_surface(label: str, rng: np.random.Generator, size: int = 64, lighting:
 def write_surface_data(
     directory: Path, seed: int = 7, per_class: int = 170, size: int = 96
 ) -> dict[str, Path]:
-    """The image demo's data: a training folder, calm traffic, and drifted traffic (a darker light
-    and the new defect type) as CSV files of image paths and labels.
+    """The image demo's data: a training folder, calm traffic, and drifted traffic (a darker light,
+    then the new defect type under it) as CSV files of image paths and labels.
 
     Returns:
-        ``train`` (a folder of class folders), ``traffic`` and ``drift`` (CSV files).
+        ``train`` (a folder of class folders), ``traffic``, ``drift_light`` and ``drift`` (CSV files).
     """
     train = write_surfaces(directory / "train", per_class, seed, size=size)
     paths: dict[str, Path] = {"train": train}
     plans = {
         # Calm traffic long enough for checks to pass on it before the drift (25 requests/s).
         "traffic": (LABELS, 0.0, per_class, seed + 1),
+        "drift_light": (LABELS, -0.6, per_class // 2, seed + 3),
         "drift": ((*LABELS, NEW_DEFECT), -0.6, per_class // 2, seed + 2),
     }
     for name, (labels, lighting, count, part_seed) in plans.items():

@@ -100,12 +100,16 @@ def test_drift_without_labels_is_adapted_to_and_the_version_knows_its_window(
     lineage = adapted.manifest["adaptation"]
     assert adapted.manifest["parent_version"] == first and lineage["method"] == "bn-adapt"
     assert lineage["base_strategy"] == "head"
-    assert lineage["target"]["inputs"] == 32 and lineage["target"]["fingerprint"].startswith("sha256:")
+    assert lineage["target"]["fingerprint"].startswith("sha256:")
     assert lineage["target"]["window"].startswith(f"surfaces:{first} predictions ")
     assert lineage["target"]["window"].endswith("(32 rows)")
+    # The gate's label-free checks read the window's inputs the adaptation did not see.
+    judged = read_retrains(monitor.engine, "surfaces")[0]["numbers"]["window"]["rows"]
+    assert judged > 0 and lineage["target"]["inputs"] > 0 and lineage["target"]["inputs"] + judged == 32
     # The adapted version's drift reference is the domain it adapted to (unlabelled rows).
     profile = load_version_profile(adapted)
-    assert profile["label"].isna().sum() == 20 and profile["label"].notna().sum() > 0
+    assert profile["label"].isna().sum() == min(20, lineage["target"]["inputs"])
+    assert profile["label"].notna().sum() > 0
     stage = "production" if "adapt: promoted" in out else "archived"
     assert adapted.stage == stage
 
@@ -190,6 +194,39 @@ def test_each_label_free_check_refuses_what_it_is_for() -> None:
     ).promoted
 
 
+def test_a_small_loss_on_a_large_test_split_is_refused_when_it_is_real() -> None:
+    from monitoring.gate import count_test_changes, judge_adaptation
+
+    # 1,000 test texts, 4 points lost uniformly: within the tolerance, but 50 rows lost for 10
+    # gained cannot be chance.
+    production = np.ones(1000, dtype=bool)
+    candidate = production.copy()
+    candidate[:50] = False
+    production[50:60] = False
+    changes = count_test_changes(production, candidate)
+    assert changes == {"lost": 50, "gained": 10}
+    numbers = _numbers(production_test_accuracy=0.99, candidate_test_accuracy=0.95, tolerance=0.05)
+    numbers.test_changes = changes
+    decision = judge_adaptation(numbers)
+    assert not decision.promoted and decision.reason.startswith("test split: 50 rows turned wrong"), decision
+    # One image of 34 is no evidence either way; neither is a loss the gains balance.
+    for lost, gained in ((1, 0), (12, 8)):
+        numbers.test_changes = {"lost": lost, "gained": gained}
+        assert judge_adaptation(numbers).promoted, (lost, gained)
+
+
+def test_the_gate_holds_out_a_fixed_share_of_the_window_from_the_adaptation() -> None:
+    from monitoring.gate import split_window
+
+    inputs = [f"/blobs/sha256-{i:04d}.png" for i in range(2000)]
+    adapted, held_out = split_window(inputs, 0.3)
+    assert sorted(adapted + held_out) == inputs and not set(adapted) & set(held_out)
+    assert 0.27 < len(held_out) / len(inputs) < 0.33
+    # Each input's side is its own: the same in another window, in another order.
+    again = split_window(list(reversed(inputs[:500])), 0.3)[1]
+    assert sorted(again) == sorted(x for x in held_out if x in set(inputs[:500]))
+
+
 def test_the_label_mix_distance_reads_a_collapse() -> None:
     from monitoring.gate import label_mix_distance, measure_window
 
@@ -204,7 +241,8 @@ def test_the_label_mix_distance_reads_a_collapse() -> None:
     assert window.candidate_confidence == 1.0 and window.production_confidence == pytest.approx(
         0.9333, abs=1e-4
     )
-    assert window.vanished == ["crack", "spot"]
+    # One answer each on five inputs: a collapse the distance reads, too few rows to call a label gone.
+    assert window.vanished == []
 
 
 def test_a_rare_label_that_vanishes_is_a_collapse_the_mix_distance_misses() -> None:
@@ -212,8 +250,8 @@ def test_a_rare_label_that_vanishes_is_a_collapse_the_mix_distance_misses() -> N
 
     labels = ["crack", "free", "fray"]
     prior = {"crack": 0.05, "free": 0.92, "fray": 0.03}
-    production = np.eye(3)[[0] * 5 + [1] * 92 + [2] * 3]
-    candidate = np.eye(3)[[0] * 5 + [1] * 95]  # every fray answered `free`
+    production = np.eye(3)[[0] * 20 + [1] * 368 + [2] * 12]
+    candidate = np.eye(3)[[0] * 20 + [1] * 380]  # every fray answered `free`
     window = measure_window((production, labels), (candidate, labels), prior, 0.2)
     assert window.candidate_mix_distance - window.production_mix_distance < 0.2
     assert window.vanished == ["fray"]
@@ -222,6 +260,9 @@ def test_a_rare_label_that_vanishes_is_a_collapse_the_mix_distance_misses() -> N
     assert not decision.promoted and decision.reason.startswith("predicted labels collapsed: fray"), decision
     # A label the window lacks altogether (no fray today) is no collapse.
     assert measure_window((candidate, labels), (candidate, labels), prior, 0.2).vanished == []
+    # Nor is a label answered twice by production and not by the candidate: two rows are chance.
+    few = np.eye(3)[[0] * 5 + [1] * 93 + [2] * 2], np.eye(3)[[0] * 5 + [1] * 95]
+    assert measure_window((few[0], labels), (few[1], labels), prior, 0.2).vanished == []
 
 
 def test_only_drift_in_the_inputs_is_a_domain_to_adapt_to() -> None:

@@ -4,6 +4,7 @@ other tools read, kept from rotting."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,17 @@ def test_train_tiles_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: 
     assert {r["per_class"] for r in rows} == {"3", "all"}
     assert all(0.0 <= r["missed_defect_rate"] <= 1.0 for r in rows)
     assert "| lora |" in (tmp_path / "train_tiles.md").read_text()
+    # --dev: the seed's test images stay unseen; its own test set is 30% of the other 70%.
+    train_tiles.main(
+        ["--data", str(tiles_like), "--base-model", str(tiny_vision_model), "--budgets", "all",
+         "--seeds", "0", "--strategies", "head", "--dev", "--name", "dev", "--out", str(tmp_path)]
+    )  # fmt: skip
+    sizes = [
+        re.search(r"(\d+) images per seed", (tmp_path / f"{name}.md").read_text())
+        for name in ("train_tiles", "dev")
+    ]
+    counts = [int(found[1]) for found in sizes if found]
+    assert len(counts) == 2 and counts[1] < counts[0], counts
 
 
 def test_adaptation_smoke(tiles_like: Path, tiny_cnn: Path, tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""The demo's pieces that need no model: its working directory and the load generator's accounting."""
+"""The demo's pieces that need no model: its working directory, the load generator's accounting and
+when the loop counts as closed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 
 from demo.loop import MARKER, prepare_directory
 from demo.processes import free_port
-from demo.traffic import Traffic, choose_feedback, send_traffic
+from demo.summary import CALM, DemoOutcome
+from demo.traffic import Answer, Traffic, TrafficStats, choose_feedback, send_traffic
 
 
 def test_a_demo_directory_is_emptied_and_marked(tmp_path: Path) -> None:
@@ -55,3 +58,32 @@ def test_feedback_needs_the_true_labels() -> None:
 def test_feedback_share_is_about_what_was_asked() -> None:
     mask = choose_feedback(10_000, 0.3, seed=1)
     assert 0.28 < mask.mean() < 0.32
+
+
+def _answered(*versions: str) -> TrafficStats:
+    stats = TrafficStats()
+    for version in versions:
+        stats.answers.append(Answer(row=len(stats.answers), status=200, version=version, label="a"))
+        stats.versions[version] += 1
+    return stats
+
+
+def test_the_loop_is_open_while_a_drifted_phase_saw_no_new_version(tmp_path: Path) -> None:
+    adapted = {"trigger": "drift (adapt)", "outcome": "promoted", "reason": "ok"}
+    outcome = DemoOutcome(
+        out=tmp_path,
+        first="v1",
+        production="v2",
+        versions=[],
+        checks=[],
+        retrains=[adapted],
+        phases={CALM: _answered("v1"), "darker light": _answered("v1", "v2"), "new defect": _answered("v2")},
+        onset=datetime.now(UTC),
+        urls={},
+        workspace=tmp_path,
+        seconds=1.0,
+    )
+    assert outcome.find_problems() == ["no new version answered the new defect traffic (only v2)"]
+    outcome.phases["new defect"] = _answered("v2", "v3")
+    outcome.production = "v3"
+    assert outcome.find_problems() == []

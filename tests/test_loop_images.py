@@ -1,5 +1,6 @@
 """`refit demo --images` as the README shows it: the image loop in a child process, exit 0 only
-if it closed (a darker light and a new defect type detected, retrained, promoted, served)."""
+if it closed (a darker light adapted to without labels, then a new defect type retrained on
+labels; each promoted and served)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def test_refit_demo_images_closes_the_loop(tmp_path: Path) -> None:
     assert sum(phase["failed"] for phase in summary["traffic"].values()) == 0
     statuses = [c["status"] for c in summary["checks"]]
     assert statuses.index("ok") < statuses.index("drift"), statuses
-    by_version = summary["traffic"]["drifted"]["accuracy_by_version"]
-    assert by_version[summary["production_version"]] > by_version[summary["first_version"]]
-    assert "surface-inspection" in output and "a darker light, a new defect type" in output
+    adapted, retrained = (r for r in summary["retrains"] if r["outcome"] == "promoted")
+    assert adapted["trigger"] == "drift (adapt)" and adapted["numbers"]["adaptation"] == "self-train", adapted
+    assert "0 feedback labels on the window" in adapted["reason"] and "drifted inputs" in adapted["reason"]
+    assert retrained["trigger"] == "drift" and retrained["numbers"]["feedback_train_rows"] > 0
+    light, defect = summary["traffic"]["darker light"], summary["traffic"]["new defect"]
+    assert light["feedback"] == 0 and adapted["candidate_version"] in light["by_version"]
+    assert summary["production_version"] == retrained["numbers"]["shipped_version"]
+    by_version = defect["accuracy_by_version"]
+    assert by_version[summary["production_version"]] > by_version[adapted["candidate_version"]]
+    assert "surface-inspection" in output and "a darker light, no labels yet" in output
+    assert "adaptation (drift): promoted" in output
