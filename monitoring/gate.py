@@ -75,9 +75,8 @@ def vanished_labels(
     for label in sorted(prior):
         if not 0 < floor[label] <= counts[0][label] or counts[1][label] >= floor[label]:
             continue
-        before, after = answers[0] == label, answers[1] == label
-        lost, gained = int(np.sum(before & ~after)), int(np.sum(~before & after))
-        if one_sided_p(lost, gained) < WORSE_ALPHA:
+        moved = count_test_changes(answers[0] == label, answers[1] == label)
+        if one_sided_p(moved["lost"], moved["gained"]) < WORSE_ALPHA:
             vanished.append(label)
     return vanished
 
@@ -96,10 +95,8 @@ def split_window(inputs: Sequence[str], gate_share: float) -> tuple[list[str], l
     """(inputs to adapt to, inputs the gate judges on): about ``gate_share`` of them held out, each
     input's side fixed by a hash of it, so that the gate's label-free checks read inputs the
     candidate never adapted to (an adaptation fits the inputs it sees, as training fits its rows)."""
-    held = [stable_fraction(str(item)) < gate_share for item in inputs]
-    return [x for x, h in zip(inputs, held, strict=True) if not h], [
-        x for x, h in zip(inputs, held, strict=True) if h
-    ]
+    held = {item for item in inputs if stable_fraction(str(item)) < gate_share}
+    return [x for x in inputs if x not in held], [x for x in inputs if x in held]
 
 
 def measure_window(
@@ -257,8 +254,8 @@ def judge_adaptation(numbers: GateNumbers) -> GateDecision:
 
 
 def count_test_changes(production: np.ndarray, candidate: np.ndarray) -> dict[str, int]:
-    """The test rows whose answer turned wrong (``lost``) or right (``gained``), from both
-    versions' per-row correctness."""
+    """The rows that turned from true to false (``lost``) or back (``gained``) between two
+    per-row flags: each version's correctness on the test split, or whether it answers a label."""
     production, candidate = np.asarray(production, dtype=bool), np.asarray(candidate, dtype=bool)
     return {"lost": int(np.sum(production & ~candidate)), "gained": int(np.sum(~production & candidate))}
 
