@@ -188,16 +188,22 @@ def sample_window(
     return "clean", np.concatenate([old, new])
 
 
+def window_parts(
+    pool: dict[str, Any], source: str, idx: np.ndarray, rng: np.random.Generator
+) -> list[tuple[dict[str, Any], np.ndarray]]:
+    """(embedded set, test row indices) pairs of a window, in its order (for ``typos``, 30% of its
+    rows come from the typo'd set)."""
+    if source == "mixed_typos":
+        typo = rng.random(len(idx)) < 0.3
+        return [(pool["clean"], idx[~typo]), (pool["typos"], idx[typo])]
+    return [(pool[source], idx)]
+
+
 def window_features(
     reference: Reference, pool: dict[str, Any], source: str, idx: np.ndarray, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, list[str], np.ndarray]:
-    """Features, texts and probabilities of a window (for `typos`, 30% of its rows come from the
-    typo'd set)."""
-    if source == "mixed_typos":
-        typo = rng.random(len(idx)) < 0.3
-        parts = [(pool["clean"], idx[~typo]), (pool["typos"], idx[typo])]
-    else:
-        parts = [(pool[source], idx)]
+    """Features, texts and probabilities of a window."""
+    parts = window_parts(pool, source, idx, rng)
     texts = [t for emb, rows in parts for t in (emb["texts"][i] for i in rows)]
     probabilities = np.concatenate([emb["probabilities"][rows] for emb, rows in parts])
     embeddings = np.concatenate([emb["embeddings"][rows] for emb, rows in parts])

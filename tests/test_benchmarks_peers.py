@@ -1,0 +1,61 @@
+"""Smoke tests of the side-by-side benchmarks: Refit's side always; a peer's side only where its
+virtualenv already exists (CI does not install peers), else skipped with the reason."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.peers import PEERS, PeerUnavailable, peer_python
+from tests.test_benchmarks import write_look_alike
+
+pytestmark = pytest.mark.slow  # each benchmark end to end on a tiny budget
+
+
+def installed(peer: str) -> bool:
+    return (PEERS / peer / ".venv" / ".installed").is_file()
+
+
+def accuracy_estimate_args(tmp_path: Path, tiny_base_model: Path, peers: str) -> list[str]:
+    return [
+        "--data", str(write_look_alike(tmp_path)), "--home", str(tmp_path / "home"),
+        "--base-model", str(tiny_base_model), "--max-length", "16", "--windows", "20,40",
+        "--trials", "3", "--peers", peers, "--out", str(tmp_path),
+    ]  # fmt: skip
+
+
+def test_accuracy_estimate_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import accuracy_estimate
+
+    rows = accuracy_estimate.main(accuracy_estimate_args(tmp_path, tiny_base_model, ""))
+    assert json.loads((tmp_path / "accuracy_estimate.json").read_text()) == rows
+    assert all(set(r) == {"estimator", "scenario", "window", "mae", "trials"} for r in rows)
+    cells = {(r["scenario"], r["window"]) for r in rows}
+    assert cells == {(s, w) for s in accuracy_estimate.SCENARIOS for w in (20, 40)}
+    assert {r["estimator"] for r in rows} == {"refit"}
+    assert all(0.0 <= r["mae"] <= 1.0 and r["trials"] == 3 for r in rows)
+    table = (tmp_path / "accuracy_estimate.md").read_text()
+    assert "| none | 20 | 3 |" in table and "`refit`" in table
+    assert (tmp_path / "accuracy_estimate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not installed("nannyml"), reason="the nannyml peer's virtualenv is not installed here")
+def test_accuracy_estimate_runs_nannyml_beside_refit(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import accuracy_estimate
+
+    rows = accuracy_estimate.main(accuracy_estimate_args(tmp_path, tiny_base_model, "nannyml"))
+    by = {(r["estimator"], r["scenario"], r["window"]): r for r in rows}
+    assert {e for e, _, _ in by} == {"refit", "nannyml"}
+    assert all(0.0 <= r["mae"] <= 1.0 for r in rows)
+    assert "NannyML 0.13.1" in (tmp_path / "accuracy_estimate.md").read_text()
+
+
+def test_a_peer_that_cannot_be_installed_says_why(tmp_path: Path) -> None:
+    (tmp_path / "ghost").mkdir()
+    (tmp_path / "ghost" / "requirements.txt").write_text("refit-peer-that-does-not-exist==0.0.1\n")
+    with pytest.raises(PeerUnavailable, match=r"ghost: .*failed:\n(.|\n)*refit-peer-that-does-not-exist"):
+        peer_python("ghost", root=tmp_path)
+    with pytest.raises(PeerUnavailable, match=r"no .*requirements\.txt"):
+        peer_python("absent", root=tmp_path)
