@@ -6,6 +6,10 @@ Run by hand (not in CI), e.g.::
 
 Writes ``benchmarks/results/train_banking77.json`` (one row per strategy, budget and seed) and
 ``train_banking77.md`` (medians over seeds). Few-shot budgets run over three seeds.
+
+``--strategies setfit`` adds the `setfit` library beside Refit's strategies, on the same
+all-MiniLM-L6-v2 weights and the same sampled rows (all of them: SetFit selects nothing on a
+validation split), in its own virtualenv (``benchmarks/peers/setfit``, created on first use).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,14 +30,17 @@ import pandas as pd
 import psutil
 import torch
 
+from benchmarks.peers import PeerUnavailable, run_peer
 from training.cli import parse_assignments
 from training.config import TrainingConfig
 from training.context import TrainContext
 from training.data import split_frames
-from training.model import quiet_transformers
+from training.model import quiet_transformers, resolve_base_model
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
+PEER_STRATEGIES = ("setfit",)  # other libraries, each run in its peer virtualenv
+SETFIT_ITERATIONS = 20  # sentence pairs per training example: SetFit's few-shot setting
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -93,8 +101,11 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train one strategy on one budget and seed; return its result row."""
     data = sample_per_class(train, per_class, seed).reset_index(drop=True)
+    if strategy == "setfit":
+        return run_setfit(data, test, per_class, seed, overrides)
     splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
-    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides)
+    settings = {k: v for k, v in overrides.items() if k != "setfit_iterations"}
+    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **settings)
     torch.manual_seed(seed)
     ctx = TrainContext.create(config, splits)
     with PeakRss() as rss:
@@ -115,19 +126,52 @@ def run_cell(
     }
 
 
-def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
-    """Medians over seeds, one line per strategy and budget."""
+def run_setfit(
+    data: pd.DataFrame, test: pd.DataFrame, per_class: int | str, seed: int, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """SetFit on the same rows and weights, in the setfit peer's virtualenv; its result row.
+
+    ``overrides`` gives the base model and ``setfit_iterations`` (sentence pairs per example).
+
+    Raises:
+        PeerUnavailable: the peer could not be installed or its run failed (with the error).
+    """
+    with tempfile.TemporaryDirectory(prefix="refit-setfit-") as scratch:
+        folder = Path(scratch)
+        data[["text", "label"]].to_csv(folder / "train.csv", index=False)
+        test[["text", "label"]].to_csv(folder / "test.csv", index=False)
+        run_peer(
+            "setfit", "train.py", str(folder / "train.csv"), str(folder / "test.csv"),
+            resolve_base_model(overrides.get("base_model", "minilm")), str(seed), str(folder / "out.json"),
+            str(overrides.get("setfit_iterations", SETFIT_ITERATIONS)),
+        )  # fmt: skip
+        measured = json.loads((folder / "out.json").read_text())
+    return {
+        "strategy": "setfit",
+        "per_class": per_class,
+        "seed": seed,
+        "accuracy": round(measured["accuracy"], 4),
+        "macro_f1": round(measured["macro_f1"], 4),
+        "train_seconds": round(measured["train_seconds"], 1),
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "trainable_params": measured["trainable_params"],
+    }
+
+
+def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], notes: tuple[str, ...] = ()) -> str:
+    """Medians over seeds, one line per strategy and budget (``notes``: lines under the header)."""
     lines = [
         "# BANKING77: strategies x budgets (test set, medians over seeds)",
         "",
         f"Device: {env['device']}; torch {env['torch']}; {env['when']}.",
         "",
+        *(line for note in notes for line in (note, "")),
         "| strategy | per class | seeds | accuracy | macro-F1 | train s | peak RSS MB | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = sorted(
         {(r["per_class"], r["strategy"]) for r in rows},
-        key=lambda k: (str(k[0]), STRATEGIES.index(k[1])),
+        key=lambda k: (str(k[0]), (*STRATEGIES, *PEER_STRATEGIES).index(k[1])),
     )
     for per_class, strategy in keys:
         cell = [r for r in rows if r["per_class"] == per_class and r["strategy"] == strategy]
@@ -162,6 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-test", type=int, default=None, help="evaluate on the first N test rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="train_banking77", help="results file stem")
+    parser.add_argument(
+        "--setfit-iterations", type=int, default=SETFIT_ITERATIONS, help="setfit: sentence pairs per example"
+    )
+    parser.add_argument(
+        "--append", action="store_true", help="keep the file's rows of cells this run does not measure"
+    )
     return parser.parse_args(argv)
 
 
@@ -180,7 +230,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.epochs:
         overrides["epochs"] = args.epochs
     overrides |= parse_assignments(args.set)
+    if "setfit" in args.strategies.split(","):
+        overrides["setfit_iterations"] = args.setfit_iterations
     rows: list[dict[str, Any]] = []
+    results = args.out / f"{args.name}.json"
+    kept = json.loads(results.read_text()) if args.append and results.is_file() else []
+    notes: list[str] = []
     budgets: list[int | str] = [b if b == "all" else int(b) for b in args.budgets.split(",")]
     for per_class in budgets:
         seeds: list[int] = list(range(1) if per_class == "all" else range(args.seeds))
@@ -188,10 +243,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             seeds = [int(s) for s in args.only_seeds.split(",")]
         for seed in seeds:
             for strategy in args.strategies.split(","):
-                row = run_cell(train, test, per_class, seed, strategy, overrides)
+                try:
+                    row = run_cell(train, test, per_class, seed, strategy, overrides)
+                except PeerUnavailable as exc:  # the results say which peers ran, and why not
+                    notes.append(f"`{strategy}` did not run ({per_class} per intent, seed {seed}): {exc}")
+                    print(notes[-1], flush=True)
+                    write_results(merge_rows(kept, rows), args.out, args.name, tuple(notes))
+                    continue
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                write_results(rows, args.out, args.name)
+                write_results(merge_rows(kept, rows), args.out, args.name, tuple(notes))
     return rows
 
 
@@ -206,11 +267,17 @@ def describe_environment() -> dict[str, Any]:
     }
 
 
-def write_results(rows: list[dict[str, Any]], out: Path, name: str) -> None:
+def write_results(rows: list[dict[str, Any]], out: Path, name: str, notes: tuple[str, ...] = ()) -> None:
     """Write the JSON rows and the markdown table (after every row, so a cut-off run keeps its rows)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment()))
+    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment(), notes))
+
+
+def merge_rows(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``kept`` rows with this run's (strategy, budget, seed) cells replaced or added."""
+    key = lambda r: (r["strategy"], str(r["per_class"]), r["seed"])  # noqa: E731
+    return list(({key(r): r for r in kept} | {key(r): r for r in rows}).values())
 
 
 if __name__ == "__main__":

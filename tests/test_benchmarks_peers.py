@@ -59,3 +59,39 @@ def test_a_peer_that_cannot_be_installed_says_why(tmp_path: Path) -> None:
         peer_python("ghost", root=tmp_path)
     with pytest.raises(PeerUnavailable, match=r"no .*requirements\.txt"):
         peer_python("absent", root=tmp_path)
+
+
+@pytest.mark.skipif(not installed("setfit"), reason="the setfit peer's virtualenv is not installed here")
+def test_train_banking77_runs_setfit_beside_refit(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import train_banking77
+
+    rows = train_banking77.main(
+        [
+            "--data", str(write_look_alike(tmp_path)), "--budgets", "4", "--seeds", "1",
+            "--strategies", "setfit,head", "--setfit-iterations", "1", "--base-model", str(tiny_base_model),
+            "--set", "max_length=16", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    assert [r["strategy"] for r in rows] == ["setfit", "head"]
+    setfit = rows[0]
+    assert set(setfit) == set(rows[1]) and 0.0 <= setfit["accuracy"] <= 1.0
+    assert setfit["trainable_params"] > 0 and setfit["train_seconds"] > 0
+    assert "| setfit | 4 | 1 |" in (tmp_path / "train_banking77.md").read_text()
+
+
+def test_train_banking77_appends_cells_and_says_which_peer_did_not_run(tmp_path: Path) -> None:
+    from benchmarks import train_banking77
+
+    row = {"strategy": "head", "per_class": 10, "seed": 0, "accuracy": 0.85, "macro_f1": 0.85,
+           "train_seconds": 20.0, "peak_rss_mb": 900.0, "trainable_params": 29645}  # fmt: skip
+    kept = [row, {**row, "seed": 1}]
+    merged = train_banking77.merge_rows(kept, [{**row, "accuracy": 0.86}, {**row, "strategy": "setfit"}])
+    assert [(r["strategy"], r["seed"], r["accuracy"]) for r in merged] == [
+        ("head", 0, 0.86),
+        ("head", 1, 0.85),
+        ("setfit", 0, 0.85),
+    ]
+    note = "`setfit` did not run (10 per intent, seed 0): setfit: pip install failed"
+    env = {"device": "CPU", "torch": "2.13.0", "when": "2026-12-03"}
+    table = train_banking77.render_markdown(merged, env, (note,))
+    assert note in table and "| setfit | 10 | 1 |" in table
