@@ -98,14 +98,15 @@ def run_cell(
     seed: int,
     strategy: str,
     overrides: dict[str, Any],
+    setfit_iterations: int = SETFIT_ITERATIONS,
 ) -> dict[str, Any]:
     """Train one strategy on one budget and seed; return its result row."""
     data = sample_per_class(train, per_class, seed).reset_index(drop=True)
     if strategy == "setfit":
-        return run_setfit(data, test, per_class, seed, overrides)
+        base_model = overrides.get("base_model", "minilm")
+        return run_setfit(data, test, per_class, seed, base_model, setfit_iterations)
     splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
-    settings = {k: v for k, v in overrides.items() if k != "setfit_iterations"}
-    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **settings)
+    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides)
     torch.manual_seed(seed)
     ctx = TrainContext.create(config, splits)
     with PeakRss() as rss:
@@ -127,11 +128,15 @@ def run_cell(
 
 
 def run_setfit(
-    data: pd.DataFrame, test: pd.DataFrame, per_class: int | str, seed: int, overrides: dict[str, Any]
+    data: pd.DataFrame,
+    test: pd.DataFrame,
+    per_class: int | str,
+    seed: int,
+    base_model: str,
+    iterations: int = SETFIT_ITERATIONS,
 ) -> dict[str, Any]:
-    """SetFit on the same rows and weights, in the setfit peer's virtualenv; its result row.
-
-    ``overrides`` gives the base model and ``setfit_iterations`` (sentence pairs per example).
+    """SetFit on the same rows and weights, in the setfit peer's virtualenv; its result row
+    (``iterations``: sentence pairs per training example).
 
     Raises:
         PeerUnavailable: the peer could not be installed or its run failed (with the error).
@@ -142,8 +147,7 @@ def run_setfit(
         test[["text", "label"]].to_csv(folder / "test.csv", index=False)
         run_peer(
             "setfit", "train.py", str(folder / "train.csv"), str(folder / "test.csv"),
-            resolve_base_model(overrides.get("base_model", "minilm")), str(seed), str(folder / "out.json"),
-            str(overrides.get("setfit_iterations", SETFIT_ITERATIONS)),
+            resolve_base_model(base_model), str(seed), str(folder / "out.json"), str(iterations),
         )  # fmt: skip
         measured = json.loads((folder / "out.json").read_text())
     return {
@@ -230,8 +234,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.epochs:
         overrides["epochs"] = args.epochs
     overrides |= parse_assignments(args.set)
-    if "setfit" in args.strategies.split(","):
-        overrides["setfit_iterations"] = args.setfit_iterations
     rows: list[dict[str, Any]] = []
     results = args.out / f"{args.name}.json"
     kept = json.loads(results.read_text()) if args.append and results.is_file() else []
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for seed in seeds:
             for strategy in args.strategies.split(","):
                 try:
-                    row = run_cell(train, test, per_class, seed, strategy, overrides)
+                    row = run_cell(train, test, per_class, seed, strategy, overrides, args.setfit_iterations)
                 except PeerUnavailable as exc:  # the results say which peers ran, and why not
                     notes.append(f"`{strategy}` did not run ({per_class} per intent, seed {seed}): {exc}")
                     print(notes[-1], flush=True)
