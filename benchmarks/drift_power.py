@@ -46,6 +46,8 @@ from benchmarks.drift_images import (
     prepare_images,
     sample_image_window,
 )
+from benchmarks.drift_peers import ALIBI_DETECTORS, run_alibi, uncalibrated_note
+from benchmarks.peers import PeerUnavailable
 from benchmarks.train_banking77 import load_banking77
 from monitoring.drift import detect_drift
 from monitoring.features import build_features
@@ -82,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--e2e-trials", type=int, default=3, help="windows per Refit cell also timed end to end"
     )
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument(
+        "--peers", default="", help=f"comma-separated peer detectors (texts): {', '.join(ALIBI_DETECTORS)}"
+    )
+    parser.add_argument("--peer-trials", type=int, default=50, help="windows per peer cell")
     parser.add_argument(
         "--merge",
         action="store_true",
@@ -310,6 +316,45 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 rows.append(row)
                 write_results(merge_rows(earlier, rows), args, distinct_note(distinct))
             progress.advance(task)
+    peers = [p for p in args.peers.split(",") if p]
+    if peers and not image:
+        rows += measure_peers(reference, pool, scenarios, windows, peers, args, rng)
+    return rows
+
+
+def measure_peers(
+    reference: Reference,
+    pool: dict[str, Any],
+    scenarios: list[str],
+    windows: list[int],
+    peers: list[str],
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """The peer detectors' rows on freshly drawn windows of every cell (the same sampling as
+    Refit's), written beside the earlier rows; a peer that cannot run is named with its error."""
+    unknown = sorted(set(peers) - set(ALIBI_DETECTORS))
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; expected some of {', '.join(ALIBI_DETECTORS)}")
+    cells: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    for scenario in scenarios:
+        for size in windows:
+            for _ in range(args.peer_trials):
+                source, idx = sample_window(scenario, size, pool, rng)
+                parts = window_parts(pool, source, idx, rng)
+                embeddings = np.concatenate([embedded["embeddings"][r] for embedded, r in parts])
+                probabilities = np.concatenate([embedded["probabilities"][r] for embedded, r in parts])
+                cells.setdefault((scenario, size), []).append((embeddings, probabilities))
+    earlier = read_earlier(args)
+    try:
+        with console.status(f"{', '.join(peers)}: {sum(len(v) for v in cells.values())} windows"):
+            rows = run_alibi(reference, cells, peers)
+    except PeerUnavailable as exc:
+        console.print(f"[yellow]peers did not run[/yellow]: {exc}")
+        write_results(earlier, args, f"Peers that did not run ({', '.join(peers)}): {exc}")
+        return []
+    merged = merge_rows(earlier, rows)
+    write_results(merged, args, uncalibrated_note(merged))
     return rows
 
 

@@ -95,3 +95,26 @@ def test_train_banking77_appends_cells_and_says_which_peer_did_not_run(tmp_path:
     env = {"device": "CPU", "torch": "2.13.0", "when": "2026-12-03"}
     table = train_banking77.render_markdown(merged, env, (note,))
     assert note in table and "| setfit | 10 | 1 |" in table
+
+
+@pytest.mark.skipif(not installed("alibi"), reason="the alibi peer's virtualenv is not installed here")
+def test_drift_power_runs_alibi_detectors_beside_refit(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import drift_power
+
+    rows = drift_power.main(
+        [
+            "--data", str(write_look_alike(tmp_path)), "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model), "--max-length", "16", "--windows", "20",
+            "--scenarios", "none,typos", "--trials", "2", "--none-trials", "2", "--baseline-trials", "0",
+            "--e2e-trials", "0", "--peers", "alibi-mmd,alibi-classifier,alibi-bbsd", "--peer-trials", "2",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "drift_power.json").read_text())
+    assert saved == sorted(saved, key=lambda r: (r["scenario"] != "none", r["detector"] != "refit"))
+    cells = {(r["detector"], r["scenario"]) for r in saved}
+    detectors = ("refit", "alibi-mmd", "alibi-classifier", "alibi-bbsd")
+    assert cells == {(d, s) for d in detectors for s in ("none", "typos")}
+    peers = [r for r in rows if r["detector"].startswith("alibi-")]
+    assert all(r["trials"] == 2 and 0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] > 0 for r in peers)
+    assert "alibi-bbsd" in (tmp_path / "drift_power.md").read_text()

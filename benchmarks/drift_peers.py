@@ -1,0 +1,86 @@
+"""Peer drift detectors on drift_power's windows: Alibi Detect's MMD, classifier and BBSD tests.
+
+The windows are drawn as Refit's are (same scenarios, sizes and sampling) and handed to the peer as
+arrays: the encoder's embeddings of each text and the model's probabilities, which is what those
+detectors read. The reference is the version's profile, Refit's own reference rows. Each detector
+runs at p_val 0.05 in the alibi peer's virtualenv (``benchmarks/peers/alibi``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.peers import run_peer
+from monitoring.reference import Reference
+from training.artifacts import load_version_profile
+
+ALIBI_DETECTORS = ("alibi-mmd", "alibi-classifier", "alibi-bbsd")
+
+
+def run_alibi(
+    reference: Reference,
+    cells: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]],
+    detectors: list[str],
+) -> list[dict[str, Any]]:
+    """drift_power rows of each Alibi detector on each cell's windows.
+
+    Args:
+        reference: the version's reference (its profile rows are the detectors' reference).
+        cells: (scenario, window size) -> that cell's windows as (embeddings, probabilities).
+        detectors: names from ``ALIBI_DETECTORS``.
+
+    Raises:
+        PeerUnavailable: the alibi peer could not be installed, or its run failed.
+    """
+    profile = load_version_profile(reference.version)
+    with tempfile.TemporaryDirectory(prefix="refit-drift-peers-") as scratch:
+        folder = Path(scratch)
+        np.savez(
+            folder / "reference.npz",
+            embeddings=np.stack(profile["embedding"].to_numpy()).astype(np.float32),
+            probabilities=np.stack(profile["probabilities"].to_numpy()).astype(np.float32),
+        )
+        files = {}
+        for (scenario, size), windows in cells.items():
+            path = folder / f"{scenario}-{size}.npz"
+            np.savez(
+                path,
+                embeddings=np.stack([embeddings for embeddings, _ in windows]),
+                probabilities=np.stack([probabilities for _, probabilities in windows]),
+            )
+            files[str(path)] = (scenario, size)
+        jobs = {"reference": str(folder / "reference.npz"), "detectors": detectors, "windows": list(files)}
+        (folder / "jobs.json").write_text(json.dumps(jobs))
+        run_peer("alibi", "detect.py", str(folder / "jobs.json"), str(folder / "out.json"))
+        measured = json.loads((folder / "out.json").read_text())
+    return [
+        {
+            "detector": detector,
+            "scenario": files[path][0],
+            "window": files[path][1],
+            "rate": round(float(np.mean(found["drift"])), 4),
+            "trials": len(found["drift"]),
+            "seconds_per_check": round(statistics.median(found["seconds"]), 3),
+        }
+        for detector in detectors
+        for path, found in measured[detector].items()
+    ]
+
+
+def uncalibrated_note(rows: list[dict[str, Any]], limit: float = 0.05) -> str:
+    """A markdown line naming each peer whose false-alarm rate (scenario ``none``) exceeds ``limit``."""
+    peers = [r for r in rows if r["detector"] not in ("refit", "evidently-default")]
+    over = [
+        f"{r['detector']} (w={r['window']}: {r['rate']:.2f})"
+        for r in peers
+        if r["scenario"] == "none" and r["rate"] > limit
+    ]
+    if not over:
+        return ""
+    return f"Uncalibrated (false-alarm rate on `none` above {limit}): " + ", ".join(over) + "."
