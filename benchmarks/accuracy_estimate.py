@@ -50,7 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--trials", type=int, default=50, help="windows per cell")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for Refit alone")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted({p for p in args.peers.split(",") if p} - set(PEERS))
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; expected some of {', '.join(PEERS)}")
+    return args
 
 
 def draw_window(
