@@ -95,6 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     image = args.modality == "image"
+    unknown = sorted({p for p in args.peers.split(",") if p} - set(ALIBI_DETECTORS))
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; expected some of {', '.join(ALIBI_DETECTORS)}")
+    if image and args.peers:
+        parser.error("--peers compares detectors on texts; leave it out with --modality image")
     if image:
         defaults = parser.parse_args([])
         if args.data == defaults.data:
@@ -317,7 +322,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 write_results(merge_rows(earlier, rows), args, distinct_note(distinct))
             progress.advance(task)
     peers = [p for p in args.peers.split(",") if p]
-    if peers and not image:
+    if peers:
         rows += measure_peers(reference, pool, scenarios, windows, peers, args, rng)
     return rows
 
@@ -333,9 +338,6 @@ def measure_peers(
 ) -> list[dict[str, Any]]:
     """The peer detectors' rows on freshly drawn windows of every cell (the same sampling as
     Refit's), written beside the earlier rows; a peer that cannot run is named with its error."""
-    unknown = sorted(set(peers) - set(ALIBI_DETECTORS))
-    if unknown:
-        raise SystemExit(f"--peers: unknown {unknown}; expected some of {', '.join(ALIBI_DETECTORS)}")
     cells: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     for scenario in scenarios:
         for size in windows:
