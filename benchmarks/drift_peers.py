@@ -1,9 +1,12 @@
-"""Peer drift detectors on drift_power's windows: Alibi Detect's MMD, classifier and BBSD tests.
+"""Peer drift detectors on drift_power's windows: Alibi Detect's MMD, classifier and BBSD tests, and
+NannyML's univariate and multivariate (reconstruction error) drift.
 
 The windows are drawn as Refit's are (same scenarios, sizes and sampling) and handed to the peer as
 arrays: the encoder's embeddings of each text and the model's probabilities, which is what those
 detectors read. The reference is the version's profile, Refit's own reference rows. Each detector
-runs at p_val 0.05 in the alibi peer's virtualenv (``benchmarks/peers/alibi``).
+runs at p_val 0.05 in the alibi peer's virtualenv (``benchmarks/peers/alibi``). NannyML's
+detectors read Refit's own features of each window (the check's columns), in the nannyml peer's
+virtualenv (``benchmarks/peers/nannyml``).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from benchmarks.peers import run_peer
 from monitoring.reference import Reference
 from training.artifacts import load_version_profile
 
 ALIBI_DETECTORS = ("alibi-mmd", "alibi-classifier", "alibi-bbsd")
+NANNYML_DETECTORS = ("nannyml-univariate", "nannyml-multivariate")
+PEER_DETECTORS = ALIBI_DETECTORS + NANNYML_DETECTORS
 
 
 def run_alibi(
@@ -59,6 +65,43 @@ def run_alibi(
         (folder / "jobs.json").write_text(json.dumps(jobs))
         run_peer("alibi", "detect.py", str(folder / "jobs.json"), str(folder / "out.json"))
         measured = json.loads((folder / "out.json").read_text())
+    return peer_rows(measured, files, detectors)
+
+
+def run_nannyml(
+    reference: Reference, cells: dict[tuple[str, int], list[pd.DataFrame]], detectors: list[str]
+) -> list[dict[str, Any]]:
+    """drift_power rows of each NannyML detector on each cell's windows (Refit's features of each).
+
+    Raises:
+        PeerUnavailable: the nannyml peer could not be installed, or its run failed.
+    """
+    features = reference.features
+    categorical = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
+    with tempfile.TemporaryDirectory(prefix="refit-drift-peers-") as scratch:
+        folder = Path(scratch)
+        features.reset_index(drop=True).to_parquet(folder / "reference.parquet")
+        files = {}
+        for (scenario, size), windows in cells.items():
+            path = folder / f"{scenario}-{size}.parquet"
+            pd.concat(windows, ignore_index=True).to_parquet(path)
+            files[str(path)] = (scenario, size)
+        jobs = {
+            "reference": str(folder / "reference.parquet"),
+            "categorical": categorical,
+            "detectors": detectors,
+            "windows": {path: size for path, (_, size) in files.items()},
+        }
+        (folder / "jobs.json").write_text(json.dumps(jobs))
+        run_peer("nannyml", "drift.py", str(folder / "jobs.json"), str(folder / "out.json"))
+        measured = json.loads((folder / "out.json").read_text())
+    return peer_rows(measured, files, detectors)
+
+
+def peer_rows(
+    measured: dict[str, Any], files: dict[str, tuple[str, int]], detectors: list[str]
+) -> list[dict[str, Any]]:
+    """drift_power rows from a peer's decisions and seconds per window file."""
     return [
         {
             "detector": detector,

@@ -46,7 +46,14 @@ from benchmarks.drift_images import (
     prepare_images,
     sample_image_window,
 )
-from benchmarks.drift_peers import ALIBI_DETECTORS, run_alibi, uncalibrated_note
+from benchmarks.drift_peers import (
+    ALIBI_DETECTORS,
+    NANNYML_DETECTORS,
+    PEER_DETECTORS,
+    run_alibi,
+    run_nannyml,
+    uncalibrated_note,
+)
 from benchmarks.peers import PeerUnavailable
 from benchmarks.train_banking77 import load_banking77
 from monitoring.drift import detect_drift
@@ -85,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument(
-        "--peers", default="", help=f"comma-separated peer detectors (texts): {', '.join(ALIBI_DETECTORS)}"
+        "--peers", default="", help=f"comma-separated peer detectors (texts): {', '.join(PEER_DETECTORS)}"
     )
     parser.add_argument("--peer-trials", type=int, default=50, help="windows per peer cell")
     parser.add_argument(
@@ -95,9 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     image = args.modality == "image"
-    unknown = sorted({p for p in args.peers.split(",") if p} - set(ALIBI_DETECTORS))
+    unknown = sorted({p for p in args.peers.split(",") if p} - set(PEER_DETECTORS))
     if unknown:
-        parser.error(f"--peers: unknown {unknown}; expected some of {', '.join(ALIBI_DETECTORS)}")
+        parser.error(f"--peers: unknown {unknown}; expected some of {', '.join(PEER_DETECTORS)}")
     if image and args.peers:
         parser.error("--peers compares detectors on texts; leave it out with --modality image")
     if image:
@@ -214,12 +221,20 @@ def window_features(
     reference: Reference, pool: dict[str, Any], source: str, idx: np.ndarray, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, list[str], np.ndarray]:
     """Features, texts and probabilities of a window."""
-    parts = window_parts(pool, source, idx, rng)
+    features, texts, probabilities, _ = parts_features(reference, window_parts(pool, source, idx, rng))
+    return features, texts, probabilities
+
+
+def parts_features(
+    reference: Reference, parts: list[tuple[dict[str, Any], np.ndarray]]
+) -> tuple[pd.DataFrame, list[str], np.ndarray, np.ndarray]:
+    """Features, texts, probabilities and embeddings of a window's parts."""
     texts = [t for emb, rows in parts for t in (emb["texts"][i] for i in rows)]
     probabilities = np.concatenate([emb["probabilities"][rows] for emb, rows in parts])
     embeddings = np.concatenate([emb["embeddings"][rows] for emb, rows in parts])
     rows = pd.DataFrame({"text": texts})
-    return build_features(reference.space, rows, probabilities, embeddings), texts, probabilities
+    features = build_features(reference.space, rows, probabilities, embeddings)
+    return features, texts, probabilities, embeddings
 
 
 def time_check_end_to_end(
@@ -338,25 +353,34 @@ def measure_peers(
 ) -> list[dict[str, Any]]:
     """The peer detectors' rows on freshly drawn windows of every cell (the same sampling as
     Refit's), written beside the earlier rows; a peer that cannot run is named with its error."""
-    cells: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    arrays: dict[tuple[str, int], list[tuple[np.ndarray, np.ndarray]]] = {}
+    frames: dict[tuple[str, int], list[pd.DataFrame]] = {}
     for scenario in scenarios:
         for size in windows:
             for _ in range(args.peer_trials):
                 source, idx = sample_window(scenario, size, pool, rng)
-                parts = window_parts(pool, source, idx, rng)
-                embeddings = np.concatenate([embedded["embeddings"][r] for embedded, r in parts])
-                probabilities = np.concatenate([embedded["probabilities"][r] for embedded, r in parts])
-                cells.setdefault((scenario, size), []).append((embeddings, probabilities))
-    earlier = read_earlier(args)
-    try:
-        with console.status(f"{', '.join(peers)}: {sum(len(v) for v in cells.values())} windows"):
-            rows = run_alibi(reference, cells, peers)
-    except PeerUnavailable as exc:
-        console.print(f"[yellow]peers did not run[/yellow]: {exc}")
-        write_results(earlier, args, f"Peers that did not run ({', '.join(peers)}): {exc}")
-        return []
-    merged = merge_rows(earlier, rows)
-    write_results(merged, args, uncalibrated_note(merged))
+                features, _, probabilities, embeddings = parts_features(
+                    reference, window_parts(pool, source, idx, rng)
+                )
+                arrays.setdefault((scenario, size), []).append((embeddings, probabilities))
+                frames.setdefault((scenario, size), []).append(features)
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    runs = [
+        ([p for p in peers if p in ALIBI_DETECTORS], lambda chosen: run_alibi(reference, arrays, chosen)),
+        ([p for p in peers if p in NANNYML_DETECTORS], lambda chosen: run_nannyml(reference, frames, chosen)),
+    ]
+    for chosen, run in runs:
+        if not chosen:
+            continue
+        try:
+            with console.status(f"{', '.join(chosen)}: {sum(len(v) for v in arrays.values())} windows"):
+                rows += run(chosen)
+        except PeerUnavailable as exc:
+            console.print(f"[yellow]peers did not run[/yellow]: {exc}")
+            failed.append(f"Peers that did not run ({', '.join(chosen)}): {exc}")
+    merged = merge_rows(read_earlier(args), rows)
+    write_results(merged, args, " ".join([uncalibrated_note(merged), *failed]).strip())
     return rows
 
 

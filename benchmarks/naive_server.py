@@ -3,6 +3,8 @@
 Run with ``REFIT_NAIVE_MODEL_DIR=<version>/model uvicorn benchmarks.naive_server:app``. The model
 is the same saved classifier the Refit service serves, run by torch on each request's texts, or
 on its base64 images decoded and preprocessed as the model was trained (its saved processor).
+With ``REFIT_NAIVE_SPEC=<served.json>`` instead (``naive-onnx``), it runs the version's ONNX
+export as every serving peer does (``benchmarks/peers/onnx_text.py``): texts only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ class Body(BaseModel):
 
 @app.on_event("startup")
 def load() -> None:
+    if spec := os.environ.get("REFIT_NAIVE_SPEC"):
+        from benchmarks.peers.onnx_text import OnnxTextClassifier
+
+        state["onnx"] = OnnxTextClassifier(spec, threads=0)
+        state["model"] = state["onnx"]
+        return
     directory = Path(os.environ["REFIT_NAIVE_MODEL_DIR"])
     state["model"], state["processor"] = load_classifier(directory)
     # What anyone would write on a GPU machine: the model on the GPU, fp32, one request at a time.
@@ -45,6 +53,8 @@ def ready() -> dict[str, bool]:
 
 @app.post("/classify")
 def classify(body: Body) -> list[dict[str, Any]]:
+    if "onnx" in state:
+        return list(state["onnx"].classify(body.texts or []))
     if body.images is not None:
         inputs = state["processor"].encode([base64.b64decode(image) for image in body.images])
     else:

@@ -10,6 +10,14 @@ Writes ``benchmarks/results/serve_load.json`` (rows: system, concurrency, rps, p
 p99_ms, mean_batch, errors, rss_mb) and ``serve_load.md``; with ``--modality image``,
 ``serve_images.json`` and ``.md`` in the same format: one tile image per request (base64 JSON)
 from the 30% test split, served by EfficientNet-Lite0 (`head`) trained on the other 70%.
+
+With ``--peers`` (texts), the same version's ONNX export behind other servers, each in its own
+virtualenv (``benchmarks/serve_peers.py``): ``naive-onnx``, ``litserve``, ``mosec``,
+``ray-serve``, ``triton``; each peer's batching knobs are tuned first, then the best setting is
+measured in the interleaved rounds beside ``refit-onnx`` and an in-process limit taken in every
+layout of processes x threads. Writes ``serve_peers.json`` (same rows), ``.md`` and ``.png``::
+
+    python -m benchmarks.serve_load --peers --data ../shared/datasets/banking77
 """
 
 from __future__ import annotations
@@ -32,7 +40,32 @@ import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks.serve_load_report import check_targets, render_markdown, summarise
+from benchmarks.peers import PeerUnavailable
+from benchmarks.serve_load_report import (
+    check_targets,
+    plot_peers,
+    render_markdown,
+    render_peers_markdown,
+    summarise,
+)
+from benchmarks.serve_peers import (
+    SERVERS,
+    SERVING_PEERS,
+    Tuning,
+    best_limit,
+    check_peer_targets,
+    describe_knobs,
+    knob_grid,
+    measure_peer,
+    os_cores,
+    peer_versions,
+    start_peer,
+    stop_tree,
+    tune_peer,
+    warm_up,
+    write_spec,
+)
+from benchmarks.serve_peers import measure_limit as measure_limit_layouts
 from benchmarks.train_banking77 import load_banking77
 from demo.processes import LoopbackProcess, free_port, start_process, start_service
 from demo.traffic import Traffic, send_traffic
@@ -74,6 +107,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--systems", default="", help="only these servers (comma-separated; default all)")
     parser.add_argument(
+        "--peers",
+        nargs="?",
+        const=",".join(SERVING_PEERS),
+        default=None,
+        help=f"measure serving peers beside refit-onnx (comma-separated; default {','.join(SERVING_PEERS)})",
+    )
+    parser.add_argument("--tune-duration", type=float, default=5.0, help="seconds per peer setting tried")
+    parser.add_argument("--tune-concurrency", type=int, default=32)
+    parser.add_argument("--limit-seconds", type=float, default=3.0, help="--peers: seconds per limit cell")
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -85,7 +128,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     image = args.modality == "image"
     args.data = args.data or Path("../shared/datasets/" + ("magnetic_tiles" if image else "banking77"))
     args.model = args.model or ("tiles" if image else "banking77")
-    args.name = args.name or ("serve_images" if image else "serve_load")
+    args.name = args.name or ("serve_images" if image else "serve_peers" if args.peers else "serve_load")
+    if args.peers is not None:
+        unknown = sorted({p for p in args.peers.split(",") if p} - set(SERVING_PEERS))
+        if unknown:
+            parser.error(f"--peers: unknown {unknown}; expected some of {', '.join(SERVING_PEERS)}")
+        if image:
+            parser.error("--peers measures text serving only (the peers serve the text ONNX export)")
     return args
 
 
@@ -336,6 +385,113 @@ def measure_cell(
     }
 
 
+def tune_peers(
+    names: list[str], spec: Path, texts: list[str], args: argparse.Namespace, notes: dict[str, str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Tuning]]:
+    """Each peer's best batching setting (naive-onnx has none); a peer that cannot be installed or
+    started gets a note instead."""
+    logs = args.home / "serve-logs" / "tuning"
+    grid = knob_grid(args.max_batch_size, os_cores())
+    knobs: dict[str, dict[str, Any]] = {}
+    tuning: dict[str, Tuning] = {}
+    for name in names:
+        if not SERVERS[name].tuned:
+            knobs[name] = {}
+            continue
+        try:
+            tuning[name] = tune_peer(
+                name, spec, texts, grid, args.tune_concurrency, args.tune_duration, logs, console.print
+            )
+        except (PeerUnavailable, RuntimeError, TimeoutError) as exc:
+            notes[name] = str(exc)[-3000:]
+            console.print(f"[yellow]{name} did not run: {notes[name].strip().splitlines()[-1]}")
+            continue
+        knobs[name] = tuning[name].best
+    return knobs, tuning
+
+
+def run_peer_rounds(
+    version: ModelVersion, args: argparse.Namespace, texts: list[str], concurrencies: list[int]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The limit in every layout, refit-onnx and each tuned peer, in interleaved rounds."""
+    logs = args.home / "serve-logs"
+    spec = write_spec(version, args.home / "peers")
+    names = [p for p in args.peers.split(",") if p]
+    notes: dict[str, str] = {}
+    knobs, tuning = tune_peers(names, spec, texts, args, notes)
+    systems = ["refit-onnx", *knobs]
+    cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    rss: dict[str, float] = {}
+    batches = [int(b) for b in args.limit_batches.split(",")]
+    for round_number in range(args.rounds):
+        console.print(f"round {round_number + 1}/{args.rounds}: in-process limit")
+        for key, cell in measure_limit_layouts(spec, texts, batches, args.limit_seconds, os_cores()).items():
+            rss[key[0]] = max(rss.get(key[0], 0.0), cell.pop("rss_mb"))
+            cells.setdefault(key, []).append(cell)
+        for name in [s for s in systems if s not in notes]:
+            console.print(f"round {round_number + 1}/{args.rounds}: {name}")
+            try:
+                if name.startswith("refit-"):
+                    server = start_system(name, version, args, logs)
+                    try:
+                        measured = list(measure_system(name, server, texts, concurrencies, args))
+                        rss[name] = max(rss.get(name, 0.0), server.worker_rss_mb())
+                    finally:
+                        server.stop()
+                else:
+                    server = start_peer(name, spec, knobs[name], logs)
+                    try:
+                        warm_up(name, server, texts, 2.0)
+                        measured = [
+                            (c, measure_peer(name, server, texts, c, args.duration)) for c in concurrencies
+                        ]
+                        rss[name] = max(rss.get(name, 0.0), server.worker_rss_mb())
+                    finally:
+                        stop_tree(server)
+            except (RuntimeError, TimeoutError) as exc:
+                notes[name] = f"failed in round {round_number + 1}: {exc}"[-3000:]
+                continue
+            for concurrency, cell in measured:
+                failures = cell.pop("failures", [])
+                if failures:
+                    console.print(f"[yellow]{name} c={concurrency}: {cell['errors']} errors {failures}")
+                cells.setdefault((name, concurrency), []).append(cell)
+    # A system that failed in a later round keeps no half-measured cells.
+    cells = {key: runs for key, runs in cells.items() if key[0] not in notes}
+    rows, winners = best_limit(summarise(cells, rss))
+    ran = [n for n in names if n in knobs and n not in notes]
+    tried = {
+        name: [(describe_knobs(k), c["rps"], c["p99_ms"], c["errors"], k == t.best) for k, c in t.tried]
+        for name, t in tuning.items()
+    }
+    extra = {"winners": winners, "notes": notes, "tuning": tried, "ran": ran, "versions": peer_versions(ran)}
+    return rows, extra
+
+
+def write_peer_results(
+    rows: list[dict[str, Any]], extra: dict[str, Any], version: ModelVersion, args: argparse.Namespace
+) -> list[str]:
+    """serve_peers.json (rows), .md (tables, tuning, notes, targets) and .png; the target lines."""
+    targets = check_peer_targets(rows)
+    env = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {machine_accelerator()}",
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "rounds": args.rounds,
+        "duration": args.duration,
+        "model": f"{version.name}:{version.version} ({version.manifest.get('base_model', '?')}, ONNX fp32)",
+        "ran": extra["ran"],
+        "versions": extra["versions"],
+        "tune_concurrency": args.tune_concurrency,
+        "tune_duration": args.tune_duration,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    markdown = render_peers_markdown(rows, targets, env, extra["tuning"], extra["winners"], extra["notes"])
+    (args.out / f"{args.name}.md").write_text(markdown.replace("serve_peers.png", f"{args.name}.png"))
+    plot_peers(rows, args.out / f"{args.name}.png")
+    return targets
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the benchmark, write JSON and markdown, return the rows."""
     logging.basicConfig(level=logging.WARNING)
@@ -343,6 +499,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     train, texts = load_requests(args)
     version = ensure_model(args, train)
+    if args.peers is not None:
+        rows, extra = run_peer_rounds(version, args, texts, [int(c) for c in args.concurrency.split(",")])
+        for line in write_peer_results(rows, extra, version, args):
+            console.print(line)
+        return rows
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     cells, rss = run_rounds(version, args, texts, concurrencies)
     rows = pick_limit(summarise(cells, rss))

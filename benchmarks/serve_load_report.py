@@ -16,7 +16,9 @@ def summarise(
     for (system, concurrency), runs in cells.items():
         row: dict[str, Any] = {"system": system, "concurrency": concurrency}
         for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch"):
-            row[key] = round(statistics.median(r[key] for r in runs), 2)
+            values = [r[key] for r in runs]
+            # A peer server reports no batch sizes: its mean_batch stays None.
+            row[key] = None if None in values else round(statistics.median(values), 2)
         row["errors"] = sum(r["errors"] for r in runs)
         row["rss_mb"] = round(rss[system], 1)
         rows.append(row)
@@ -93,3 +95,82 @@ def render_markdown(rows: list[dict[str, Any]], targets: list[str], env: dict[st
     lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
     lines += ["", "## Targets", "", *[f"- {t}" for t in targets], ""]
     return "\n".join(lines)
+
+
+def render_peers_markdown(
+    rows: list[dict[str, Any]],
+    targets: list[str],
+    env: dict[str, Any],
+    tuning: dict[str, list[tuple[str, float, float, int, bool]]],
+    winners: dict[int, str],
+    notes: dict[str, str],
+) -> str:
+    """The peers table, what was tried for each peer, the limit's layouts, peers that did not run,
+    and the targets."""
+    keys = ("system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb")
+    versions = ", ".join(f"{name}: {version}" for name, version in env["versions"].items()) or "none"
+    lines = [
+        "# Serving peers: the same ONNX model behind each server, one text per request",
+        "",
+        f"{env['machine']}; {env['when']}; one server up at a time; {env['rounds']} interleaved rounds "
+        f"of {env['duration']} s per cell, medians. Model: {env['model']}. Peers ran: "
+        f"{', '.join(env['ran']) or 'none'} ({versions}). `limit` rows: the model called in-process "
+        "with no server, the best layout of processes x threads at each batch size "
+        f"({', '.join(f'{size}: {layout}' for size, layout in sorted(winners.items()))}); "
+        "concurrency = batch size, rps = texts/s. `mean_batch` is known for Refit only.",
+        "",
+        "![throughput and p99 per concurrency](serve_peers.png)",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "| " + " | ".join("---" for _ in keys) + " |",
+    ]
+    lines += ["| " + " | ".join("-" if r[k] is None else str(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["", "## Targets", "", *[f"- {t}" for t in targets], ""]
+    if tuning:
+        lines += [
+            "## Batching knobs tried (one run each at concurrency "
+            f"{env['tune_concurrency']}, {env['tune_duration']} s; the best was measured above)",
+            "",
+            "| peer | setting | texts/s | p99_ms | errors | chosen |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, tried in tuning.items():
+            lines += [
+                f"| {name} | {setting} | {rps:.0f} | {p99:.0f} | {errors} | {'yes' if chosen else ''} |"
+                for setting, rps, p99, errors, chosen in tried
+            ]
+        lines.append("")
+    if notes:
+        lines += ["## Peers that did not run", ""]
+        lines += [
+            f"- {name}: {note.strip().splitlines()[-1] if note.strip() else 'no message'}"
+            for name, note in notes.items()
+        ]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_peers(rows: list[dict[str, Any]], path: Any) -> None:
+    """Texts/s and p99 per concurrency, one line per system (the limit dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for system in dict.fromkeys(r["system"] for r in rows):
+        cells = sorted((r["concurrency"], r["rps"], r["p99_ms"]) for r in rows if r["system"] == system)
+        style = {"linestyle": "--", "color": "grey"} if system == "limit" else {"marker": "o"}
+        left.plot([c for c, _, _ in cells], [rps for _, rps, _ in cells], label=system, **style)
+        if system != "limit":
+            right.plot([c for c, _, _ in cells], [p99 for _, _, p99 in cells], label=system, **style)
+    for axis, label in ((left, "texts/s"), (right, "p99 latency, ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent clients (limit: batch size)")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

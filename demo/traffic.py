@@ -101,6 +101,25 @@ def request_body(item: str | bytes) -> dict[str, list[str]]:
     return {"texts": [item]}
 
 
+def first_answer(body: Any) -> dict[str, Any]:
+    """The one prediction of a /classify answer (a list of one)."""
+    [item] = body
+    return dict(item)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a row becomes a request and its answer a prediction: Refit's `/classify` by default.
+
+    A benchmark's peer that speaks another protocol (Triton's KServe v2) gets its own, so that the
+    same load generator measures every server.
+    """
+
+    path: str = "/classify"
+    encode: Callable[[str | bytes], Any] = request_body
+    decode: Callable[[Any], dict[str, Any]] = first_answer
+
+
 def choose_feedback(n: int, share: float, seed: int) -> np.ndarray:
     """A boolean mask marking about ``share`` of ``n`` rows for feedback."""
     return np.random.default_rng(seed).random(n) < share
@@ -118,6 +137,7 @@ def send_traffic(
     on_answer: Callable[[Answer], None] | None = None,
     stats: TrafficStats | None = None,
     headers: dict[str, str] | None = None,
+    protocol: Protocol | None = None,
 ) -> TrafficStats:
     """Send ``traffic`` to the service at ``url`` and count what comes back.
 
@@ -132,6 +152,7 @@ def send_traffic(
         on_answer: called with each answer as it arrives (a progress bar's advance).
         stats: counts to add to (a new one by default).
         headers: added to every request.
+        protocol: how rows become requests (Refit's `/classify` by default).
 
     Returns:
         The counts, including every failure's message.
@@ -142,6 +163,7 @@ def send_traffic(
         raise ValueError("repeat needs at least one row")
     stats = stats or TrafficStats()
     run = _Run(url, traffic, rate, duration_s, repeat, until, on_answer, stats, headers or {})
+    run.protocol = protocol or Protocol()
     asyncio.run(run.start(concurrency))
     return stats
 
@@ -165,6 +187,7 @@ class _Run:
         self.until, self.on_answer, self.stats, self.headers = until, on_answer, stats, headers
         self.order = _schedule(len(traffic.inputs), repeat)
         self.start_time = 0.0
+        self.protocol = Protocol()
 
     async def start(self, concurrency: int) -> None:
         import aiohttp
@@ -196,13 +219,14 @@ class _Run:
     async def _send(self, session: Any, row: int) -> tuple[Answer, str | None]:
         start = time.perf_counter()
         try:
+            protocol = self.protocol
             async with session.post(
-                "/classify", json=request_body(self.traffic.inputs[row]), headers=self.headers
+                protocol.path, json=protocol.encode(self.traffic.inputs[row]), headers=self.headers
             ) as response:
                 body = await response.read()
                 if response.status != 200:
-                    return Answer(row, response.status), f"/classify {response.status}: {body[:200]!r}"
-                [item] = await response.json()
+                    return Answer(row, response.status), f"{protocol.path} {response.status}: {body[:200]!r}"
+                item = protocol.decode(await response.json())
             latency_ms = (time.perf_counter() - start) * 1000
             # Servers other than Refit's (a benchmark's baseline) may name no version.
             answer = Answer(row, 200, str(item.get("version", "")), str(item.get("label", "")), latency_ms)

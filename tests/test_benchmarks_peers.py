@@ -118,3 +118,124 @@ def test_drift_power_runs_alibi_detectors_beside_refit(tiny_base_model: Path, tm
     peers = [r for r in rows if r["detector"].startswith("alibi-")]
     assert all(r["trials"] == 2 and 0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] > 0 for r in peers)
     assert "alibi-bbsd" in (tmp_path / "drift_power.md").read_text()
+
+
+@pytest.mark.skipif(not installed("nannyml"), reason="the nannyml peer's virtualenv is not installed here")
+def test_drift_power_runs_nannyml_detectors_beside_refit(tiny_base_model: Path, tmp_path: Path) -> None:
+    from benchmarks import drift_power
+
+    rows = drift_power.main(
+        [
+            "--data", str(write_look_alike(tmp_path)), "--home", str(tmp_path / "home"),
+            "--base-model", str(tiny_base_model), "--max-length", "16", "--windows", "10",
+            "--scenarios", "none,length", "--trials", "2", "--none-trials", "2", "--baseline-trials", "0",
+            "--e2e-trials", "0", "--peers", "nannyml-univariate,nannyml-multivariate", "--peer-trials", "3",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    peers = [r for r in rows if r["detector"].startswith("nannyml-")]
+    assert {(r["detector"], r["scenario"]) for r in peers} == {
+        (d, s) for d in ("nannyml-univariate", "nannyml-multivariate") for s in ("none", "length")
+    }
+    assert all(r["trials"] == 3 and 0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] > 0 for r in peers)
+    assert "nannyml-multivariate" in (tmp_path / "drift_power.md").read_text()
+
+
+def serve_peers_args(home: Path, data: Path, out: Path, peers: str) -> list[str]:
+    return [
+        "--peers", peers, "--data", str(data), "--home", str(home), "--model", "tiny",
+        "--concurrency", "1,32", "--duration", "0.5", "--rounds", "1", "--limit-batches", "1,32",
+        "--limit-seconds", "0.3", "--tune-duration", "0.5", "--tune-concurrency", "4", "--out", str(out),
+    ]  # fmt: skip
+
+
+ROW_KEYS = {"system", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch", "errors", "rss_mb"}
+
+
+def test_serve_load_peers_smoke(served_home: Path, tmp_path: Path) -> None:
+    """The naive server on the same ONNX session needs no peer virtualenv: always measured."""
+    from benchmarks import serve_load
+
+    data = write_look_alike(tmp_path)
+    rows = serve_load.main(serve_peers_args(served_home, data, tmp_path, "naive-onnx"))
+    assert json.loads((tmp_path / "serve_peers.json").read_text()) == rows
+    assert all(set(row) == ROW_KEYS for row in rows)
+    cells = {(row["system"], row["concurrency"]) for row in rows}
+    assert cells == {("limit", 1), ("limit", 32)} | {
+        (s, c) for s in ("refit-onnx", "naive-onnx") for c in (1, 32)
+    }
+    assert all(row["rps"] > 0 and row["errors"] == 0 for row in rows)
+    report = (tmp_path / "serve_peers.md").read_text()
+    assert "## Targets" in report and "of the best in-process limit" in report
+    assert "Peers ran: naive-onnx" in report
+    assert (tmp_path / "serve_peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("peer", ["litserve", "mosec", "ray-serve", "triton"])
+def test_serve_load_measures_each_serving_peer(peer: str, served_home: Path, tmp_path: Path) -> None:
+    if not installed(peer):
+        pytest.skip(f"the {peer} peer's virtualenv is not installed here")
+    from benchmarks import serve_load
+
+    data = write_look_alike(tmp_path)
+    rows = serve_load.main(serve_peers_args(served_home, data, tmp_path, peer))
+    theirs = [row for row in rows if row["system"] == peer]
+    assert [row["concurrency"] for row in theirs] == [1, 32]
+    assert all(row["rps"] > 0 and row["errors"] == 0 for row in theirs)
+    report = (tmp_path / "serve_peers.md").read_text()
+    assert f"| {peer} | batch<=64, wait 2 ms" in report  # every setting tried is reported
+    assert report.count("| yes |") == 1
+
+
+def test_serve_load_peers_refuses_unknown_peers_and_images() -> None:
+    from benchmarks import serve_load
+
+    with pytest.raises(SystemExit):
+        serve_load.parse_args(["--peers", "torchserve"])
+    with pytest.raises(SystemExit):
+        serve_load.parse_args(["--peers", "--modality", "image"])
+    assert serve_load.parse_args(["--peers"]).peers.split(",") == list(serve_load.SERVING_PEERS)
+
+
+def test_peer_targets_compare_refit_with_the_best_peer() -> None:
+    from benchmarks.serve_peers import best_limit, check_peer_targets, limit_layouts
+
+    def row(system: str, concurrency: int, rps: float, p99: float) -> dict[str, object]:
+        return {"system": system, "concurrency": concurrency, "rps": rps, "p99_ms": p99, "errors": 0}
+
+    rows, winners = best_limit(
+        [row("limit:1x2", 32, 500, 80), row("limit:2x1", 32, 600, 90), row("limit:1x2", 64, 520, 150)]
+        + [row("limit:2x1", 64, 510, 160)]
+        + [row("refit-onnx", c, 400, 100) for c in (8, 32, 64)]
+        + [row("mosec", c, 450, 90) for c in (8, 32, 64)]
+        + [row("litserve", c, 300, 200) for c in (8, 32, 64)]
+    )
+    assert winners == {32: "2x1", 64: "1x2"}
+    assert [(r["concurrency"], r["rps"]) for r in rows if r["system"] == "limit"] == [(32, 600), (64, 520)]
+    lines = check_peer_targets(rows)
+    assert (
+        "throughput at concurrency 32: 400 texts/s vs best peer mosec 450 (0.89x; target >= 1x): NOT met"
+        in lines[0]
+    )
+    assert "p99 at concurrency 8: 100 ms vs best peer mosec 90 ms (target <=): NOT met" in lines[2]
+    assert any("67% of the best in-process limit (600 texts/s)" in line for line in lines)
+    assert limit_layouts(2) == [(1, 2), (2, 1)] and limit_layouts(4) == [(1, 4), (2, 2), (4, 1)]
+
+
+def test_triton_requests_round_trip_the_kserve_protocol() -> None:
+    from benchmarks.serve_peers import triton_answer, triton_request
+
+    body = triton_request("my card was declined")
+    assert body["inputs"][0] == {
+        "name": "texts",
+        "shape": [1, 1],
+        "datatype": "BYTES",
+        "data": ["my card was declined"],
+    }
+    answer = {
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [1, 1], "data": ["declined_card"]},
+            {"name": "confidence", "datatype": "FP32", "shape": [1, 1], "data": [0.93]},
+        ]
+    }
+    assert triton_answer(answer) == {"label": "declined_card", "confidence": 0.93}

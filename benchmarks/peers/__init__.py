@@ -3,12 +3,16 @@
 ``benchmarks/peers/<name>/requirements.txt`` pins a peer and everything it installs; the first
 use creates ``benchmarks/peers/<name>/.venv`` from it (a ``torch`` pin is installed first, on its
 own, so that pip takes the same local CPU wheel as Refit's), so that no peer's dependencies enter
-Refit's. The peer's scripts, beside its requirements, run under that interpreter and exchange
-files (Parquet, JSON) with the benchmark: they import nothing of Refit.
+Refit's. A ``python.txt`` beside the requirements names another Python version for the peer's
+virtualenv (Triton's Python backend stub needs an interpreter built with a shared libpython).
+The peer's scripts, beside its requirements, run under that interpreter and exchange files
+(Parquet, JSON) with the benchmark, or serve over HTTP: they import nothing of Refit.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +51,7 @@ def peer_python(name: str, root: Path = PEERS) -> Path:
         return python
     pins = [line.strip() for line in wanted.splitlines() if line.strip() and not line.startswith("#")]
     torch = [p for p in pins if p.split("==")[0].strip().lower() == "torch"]
-    steps = [[sys.executable, "-m", "venv", "--clear", str(venv)]]
+    steps = [[peer_interpreter(folder), "-m", "venv", "--clear", str(venv)]]
     steps += [[str(python), "-m", "pip", "install", "--quiet", *torch]] if torch else []
     steps += [[str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements)]]
     for step in steps:
@@ -59,6 +63,26 @@ def peer_python(name: str, root: Path = PEERS) -> Path:
             raise PeerUnavailable(f"{name}: {' '.join(step[-3:])} ran past {exc.timeout:.0f} s") from exc
     stamp.write_text(wanted)
     return python
+
+
+def peer_interpreter(folder: Path) -> str:
+    """The Python that builds the peer's virtualenv: this one, or the version ``python.txt`` names.
+
+    Raises:
+        PeerUnavailable: that version is not installed here.
+    """
+    wanted = folder / "python.txt"
+    if not wanted.is_file():
+        return sys.executable
+    version = wanted.read_text().strip()
+    # pyenv's interpreters first: its shims on PATH fail for a version that is not selected.
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = sorted(pyenv.glob(f"{version}*/bin/python{version}"), reverse=True)
+    candidates += [Path(found)] if (found := shutil.which(f"python{version}")) else []
+    for candidate in candidates:
+        if subprocess.run([str(candidate), "-c", ""], capture_output=True).returncode == 0:
+            return str(candidate)
+    raise PeerUnavailable(f"{folder.name}: needs Python {version}, which is not installed here")
 
 
 def run_peer(name: str, script: str, *args: str, timeout: float = 3600.0) -> str:
