@@ -162,8 +162,7 @@ def send_traffic(
     if repeat and not traffic.inputs:
         raise ValueError("repeat needs at least one row")
     stats = stats or TrafficStats()
-    run = _Run(url, traffic, rate, duration_s, repeat, until, on_answer, stats, headers or {})
-    run.protocol = protocol or Protocol()
+    run = _Run(url, traffic, rate, duration_s, repeat, until, on_answer, stats, headers or {}, protocol)
     asyncio.run(run.start(concurrency))
     return stats
 
@@ -182,12 +181,13 @@ class _Run:
         on_answer: Callable[[Answer], None] | None,
         stats: TrafficStats,
         headers: dict[str, str],
+        protocol: Protocol | None = None,
     ) -> None:
         self.url, self.traffic, self.rate, self.duration_s = url, traffic, rate, duration_s
         self.until, self.on_answer, self.stats, self.headers = until, on_answer, stats, headers
         self.order = _schedule(len(traffic.inputs), repeat)
         self.start_time = 0.0
-        self.protocol = Protocol()
+        self.protocol = protocol or Protocol()
 
     async def start(self, concurrency: int) -> None:
         import aiohttp
