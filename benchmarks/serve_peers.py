@@ -31,6 +31,8 @@ import psutil
 from benchmarks.peers import PEERS, peer_python
 from demo.processes import LoopbackProcess, free_port, start_process
 from demo.traffic import Protocol, Traffic, send_traffic
+from training.artifacts import read_labels
+from training.model import CLASSIFIER_FILE
 from training.onnx_export import ensure_export
 from training.registry import ModelVersion
 
@@ -92,11 +94,11 @@ def describe_knobs(knobs: dict[str, int | float]) -> str:
 def write_spec(version: ModelVersion, folder: Path) -> Path:
     """``served.json``: the version's ONNX export, tokenizer, labels and maximum length."""
     model = version.path / "model"
-    classifier = json.loads((model / "classifier.json").read_text())
+    classifier = json.loads((model / CLASSIFIER_FILE).read_text())
     spec = {
         "onnx": str(ensure_export(version)),
         "tokenizer": str(model),
-        "labels": json.loads((version.path / "labels.json").read_text()),
+        "labels": read_labels(version),
         "max_length": int(classifier.get("max_length") or 128),
     }
     folder.mkdir(parents=True, exist_ok=True)
