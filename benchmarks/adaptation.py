@@ -197,7 +197,9 @@ def judge(
         feedback_train_rows=0,
         feedback_gate_rows=0,
         tolerance=defaults.adapt_tolerance,
-        window=measure_window(production, candidate, prior, defaults.adapt_max_mix_growth),
+        window=measure_window(
+            production, candidate, prior, defaults.adapt_max_mix_growth, defaults.adapt_max_confidence_fall
+        ),
         test_changes=count_test_changes(before, after),
     )
     decision = judge_adaptation(numbers)
@@ -221,7 +223,10 @@ def run_seed(
     target_file = (
         scratch / f"target-{modality.name}-{re.sub(r'[^a-z0-9]', '', shift)}-{seed}-{target_labels}.csv"
     )
-    window, held_out = split_window(modality.inputs(unlabelled), MonitorSettings().adapt_gate_share)
+    # Keyed by content (an image's key, a text itself) as the monitor keys the log's inputs: the
+    # images' paths lie in this run's temporary store.
+    keys = unlabelled[modality.column].astype(str).tolist()
+    window, held_out = split_window(modality.inputs(unlabelled), MonitorSettings().adapt_gate_share, keys)
     pd.DataFrame({"path" if modality.name == "image" else "text": window}).to_csv(target_file, index=False)
     config = base_config.model_copy(update={"seed": seed})
     ctx, source_only = train_base(source, cell.evaluation, modality, config)

@@ -54,15 +54,19 @@ def base_strategy(production: ModelVersion) -> str:
     return strategy if strategy in ("head", *FINETUNE_STRATEGIES) else "head"
 
 
-def window_inputs(production: ModelVersion, window: pd.DataFrame, settings: MonitorSettings) -> list[str]:
-    """What the model reads for each window row, each once: the texts, or the logged image files
-    (rows whose image is no longer stored are left out)."""
+def window_inputs(
+    production: ModelVersion, window: pd.DataFrame, settings: MonitorSettings
+) -> tuple[list[str], list[str]]:
+    """What the model reads for each window row, each once, and the key of each as the log holds
+    it: the texts (their own keys), or the logged image files and their content keys (rows whose
+    image is no longer stored are left out)."""
     keys = list(dict.fromkeys(str(value) for value in window["text"]))
     if version_modality(production) != "image":
-        return keys
+        return keys, keys
     store = BlobStore(settings.image_store_path)
-    files = [store.path(key) if key.startswith("sha256:") else None for key in keys]
-    return [str(f) for f in files if f is not None and f.is_file()]
+    files = {key: store.path(key) for key in keys if key.startswith("sha256:")}
+    stored = [key for key, f in files.items() if f.is_file()]
+    return [str(files[key]) for key in stored], stored
 
 
 def describe_window(settings: MonitorSettings, version: str, window: pd.DataFrame) -> str:
@@ -92,7 +96,7 @@ def adapt(
     strategy = choose_strategy(settings)
     if strategy is None:
         return RetrainResult("skipped", "adaptation is off (adapt_strategy: off)", production.version)
-    inputs = window_inputs(production, window, settings)
+    inputs, keys = window_inputs(production, window, settings)
     if len(inputs) < settings.min_window:
         reason = f"{len(inputs)} distinct window inputs to adapt to; at least {settings.min_window} needed"
         return RetrainResult("skipped", reason, production.version)
@@ -102,7 +106,7 @@ def adapt(
     # which the test split already speaks for (one of 189 calm-light labels lost is no harm).
     on_window = feedback[feedback["text"].astype(str).isin(set(window["text"].astype(str)))]
     labels = drop_seen_rows(original, labelled_rows(logged_inputs(production, on_window, settings)))
-    adapted, held_out = split_window(inputs, settings.adapt_gate_share)
+    adapted, held_out = split_window(inputs, settings.adapt_gate_share, keys)
     start = time.perf_counter()
     try:
         candidate = _train(registry, production, original, test, adapted, window, strategy, settings)
@@ -180,6 +184,7 @@ def measure_adaptation(
         _probabilities(candidate, inputs),
         prior,
         settings.adapt_max_mix_growth,
+        settings.adapt_max_confidence_fall,
     )
     return GateNumbers(
         test_changes=count_test_changes(production_test, candidate_test),

@@ -9,7 +9,7 @@ trained again with the gate rows added) ships only if it passes rule (1) too.
 
 An adaptation (trained without labels on a window of live inputs) is judged by
 :func:`judge_adaptation`: the test split within its own tolerance, the few feedback labels there
-are, and two label-free checks on the window it adapted to.
+are, and label-free checks on the window's inputs it did not adapt to.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class WindowNumbers:
     production_mix_distance: float
     candidate_mix_distance: float
     max_mix_growth: float  # the largest growth of that distance allowed
+    max_confidence_fall: float  # the largest fall of the estimated accuracy allowed
     # Labels the candidate (almost) stops answering that production still answers: a collapse of
     # the rare labels (the defects), too small a share of the window to move the distance much.
     vanished: list[str] = field(default_factory=list)
@@ -91,12 +92,22 @@ def one_sided_p(lost: int, gained: int) -> float:
     return float(binomtest(lost, lost + gained, 0.5, alternative="greater").pvalue)
 
 
-def split_window(inputs: Sequence[str], gate_share: float) -> tuple[list[str], list[str]]:
+def split_window(
+    inputs: Sequence[str], gate_share: float, keys: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
     """(inputs to adapt to, inputs the gate judges on): about ``gate_share`` of them held out, each
-    input's side fixed by a hash of it, so that the gate's label-free checks read inputs the
-    candidate never adapted to (an adaptation fits the inputs it sees, as training fits its rows)."""
-    held = {item for item in inputs if stable_fraction(str(item)) < gate_share}
-    return [x for x in inputs if x not in held], [x for x in inputs if x in held]
+    input's side fixed by a hash of its key, so that the gate's label-free checks read inputs the
+    candidate never adapted to (an adaptation fits the inputs it sees, as training fits its rows).
+
+    ``keys``, one per input, name what an input is: an image's content key rather than the path of
+    its file, which changes with the store's directory (a temporary one drew another split on every
+    run). By default an input is its own key.
+    """
+    keys = inputs if keys is None else keys
+    held = [stable_fraction(str(key)) < gate_share for key in keys]
+    return [x for x, h in zip(inputs, held, strict=True) if not h], [
+        x for x, h in zip(inputs, held, strict=True) if h
+    ]
 
 
 def measure_window(
@@ -104,6 +115,7 @@ def measure_window(
     candidate: tuple[np.ndarray, Sequence[str]],
     prior: Mapping[str, float],
     max_mix_growth: float,
+    max_confidence_fall: float,
 ) -> WindowNumbers:
     """Both versions' label-free numbers from their (probabilities, labels) on the same window."""
     return WindowNumbers(
@@ -113,6 +125,7 @@ def measure_window(
         production_mix_distance=round(label_mix_distance(*production, prior), 4),
         candidate_mix_distance=round(label_mix_distance(*candidate, prior), 4),
         max_mix_growth=max_mix_growth,
+        max_confidence_fall=max_confidence_fall,
         vanished=vanished_labels(production, candidate, prior),
     )
 
@@ -201,8 +214,8 @@ def judge_adaptation(numbers: GateNumbers) -> GateDecision:
     feedback labels (when there are any) are answered worse; the predicted-label mix on the window
     moves further from the training mix than production's by more than ``max_mix_growth``, or a
     label production answers vanishes from the candidate's answers (a collapse onto few labels);
-    the estimated accuracy on the window (mean calibrated confidence) falls by more than the
-    tolerance.
+    the estimated accuracy on the window (mean calibrated confidence) falls by more than
+    ``max_confidence_fall``.
     """
     window = numbers.window
     assert window is not None, "an adaptation is judged on its window"
@@ -236,11 +249,12 @@ def judge_adaptation(numbers: GateNumbers) -> GateDecision:
             numbers,
         )
     fall = window.production_confidence - window.candidate_confidence
-    if fall > numbers.tolerance:
+    if fall > window.max_confidence_fall:
         return GateDecision(
             False,
             f"estimated accuracy on the window fell {fall:.4f} "
-            f"({window.production_confidence:.4f} -> {window.candidate_confidence:.4f})",
+            f"({window.production_confidence:.4f} -> {window.candidate_confidence:.4f}; "
+            f"allowed fall {window.max_confidence_fall})",
             numbers,
         )
     return GateDecision(
