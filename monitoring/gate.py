@@ -100,14 +100,13 @@ def split_window(
     candidate never adapted to (an adaptation fits the inputs it sees, as training fits its rows).
 
     ``keys``, one per input, name what an input is: an image's content key rather than the path of
-    its file, which changes with the store's directory (a temporary one drew another split on every
-    run). By default an input is its own key.
+    its file, which changes with the store's directory. By default an input is its own key.
     """
     keys = inputs if keys is None else keys
-    held = [stable_fraction(str(key)) < gate_share for key in keys]
-    return [x for x, h in zip(inputs, held, strict=True) if not h], [
-        x for x, h in zip(inputs, held, strict=True) if h
-    ]
+    sides: tuple[list[str], list[str]] = ([], [])
+    for item, key in zip(inputs, keys, strict=True):
+        sides[int(stable_fraction(str(key)) < gate_share)].append(item)  # 1: held out
+    return sides
 
 
 def measure_window(
