@@ -247,7 +247,7 @@ def time_check_end_to_end(
     """
     start = time.perf_counter()
     current, distances = reference.live_features(rows, inputs, probabilities)
-    result, _ = detect_drift(reference.features, current, alpha=alpha, min_window=1)
+    result = detect_drift(reference.features, current, alpha=alpha, min_window=1)
     note = assess_estimate(distances, reference.novelty_threshold, alpha)[2]
     context = ReportContext("banking67", reference.version.version, None, None, 0, note, 0.0)
     render_report(result, reference.features, current, context)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     described = pd.DataFrame({"text": inputs})
                 start = time.perf_counter()
                 if detector == "refit":
-                    result, _ = detect_drift(reference.features, features, alpha=args.alpha, min_window=1)
+                    result = detect_drift(reference.features, features, alpha=args.alpha, min_window=1)
                     drifted = result.drifted
                 else:
                     drifted = evidently_default(reference_rows, described)
@@ -424,9 +424,10 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: st
     lines = [
         f"# Drift detection on {data}: detection rate (false-alarm rate for `none`)",
         "",
-        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; alpha {args.alpha} (Refit: Bonferroni over its "
-        f"features); `refit` = two-sample tests on prediction, embedding and {'image' if image else 'text'} "
-        f"features; `evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
+        f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; alpha {args.alpha} (Refit: halved between its "
+        "class probabilities and its other features, Bonferroni within each); `refit` = two-sample tests "
+        f"on prediction, class-probability, embedding and {'image' if image else 'text'} features; "
+        f"`evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
         "",
         *([note, ""] if note else []),
         "| detector | scenario | "

@@ -7,6 +7,7 @@ records the check in the history table.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from monitoring.drift import DriftResult, detect_drift
+from monitoring.drift import DriftResult, build_snapshot, detect_drift
 from monitoring.history import read_feedback, read_serving_version, read_window, record_check
 from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
@@ -41,13 +42,22 @@ class CheckOutcome:
     observed_accuracy: float | None
     labelled: int  # window rows with a feedback label
     report: Path | None
-    snapshot: Any = None
     reason: str = ""  # why a check was skipped
     novelty_share: float | None = None  # share of the window unlike every reference text
     estimate_trusted: bool | None = None  # None: no estimate
     estimate_note: str = ""  # why the estimate can or cannot be trusted on this window
     seconds: float = 0.0  # the whole check: window, embeddings, features, tests, report
     production: str | None = None  # the registry's production version (may differ from ``version``)
+    baseline: pd.DataFrame | None = None  # the reference features the window was tested against
+    current: pd.DataFrame | None = None  # the window's features
+
+    @functools.cached_property
+    def snapshot(self) -> Any:
+        """The check as an Evidently snapshot, built on first use (about a second at 1,000 rows,
+        most of it Evidently drawing its widgets); None when no window was tested."""
+        if self.baseline is None or self.current is None:
+            return None
+        return build_snapshot(self.baseline, self.current, self.result)
 
 
 class DriftChecker:
@@ -116,7 +126,7 @@ class DriftChecker:
             # 12% false alarms at windows of 200 resampled from 267 tiles).
             window = window.drop_duplicates("text", keep="last").reset_index(drop=True)
         if len(window) < self.settings.min_window:
-            result, _ = detect_drift(reference.features, window, min_window=self.settings.min_window)
+            result = detect_drift(reference.features, window, min_window=self.settings.min_window)
             outcome = CheckOutcome(result, version, None, None, 0, None, production=production)
             return self._finish(outcome, start)
         probabilities = np.asarray(window["probabilities"].tolist(), dtype=np.float32)
@@ -126,7 +136,7 @@ class DriftChecker:
         baseline = reference.features.assign(
             estimated_correct=reference.estimate_correct(reference.features["confidence"])
         )
-        result, snapshot = detect_drift(
+        result = detect_drift(
             baseline, current, alpha=self.settings.alpha, min_window=self.settings.min_window
         )
         labelled = int(current["observed_correct"].notna().sum())
@@ -138,11 +148,12 @@ class DriftChecker:
             observed_accuracy=float(current["observed_correct"].mean()) if labelled else None,
             labelled=labelled,
             report=report or self._report_path(),
-            snapshot=snapshot,
             novelty_share=share,
             estimate_trusted=trusted,
             estimate_note=note,
             production=production,
+            baseline=baseline,
+            current=current,
         )
         self._write_report(outcome, baseline, current, start, self._thumbnails(reference, result, window))
         return self._finish(outcome, start)

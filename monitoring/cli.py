@@ -45,6 +45,7 @@ def drift(
 ) -> None:
     """Run one drift check now and print the per-feature result (no retraining)."""
     from monitoring.monitor import Monitor
+    from monitoring.report import shown_columns
 
     settings = _settings(config, model, home)
     monitor = Monitor(settings)
@@ -71,11 +72,14 @@ def drift(
         console.print(f"[{colour}]estimate: {outcome.estimate_note}[/]")
     if result.columns:
         table = Table("feature", "test", "p-value", "level", "drifted", title="strongest evidence first")
-        for c in sorted(result.columns, key=lambda c: c.score):
+        shown = shown_columns(sorted(result.columns, key=lambda c: c.score))
+        for c in shown:
             table.add_row(
-                c.column, c.method, f"{c.score:.2e}", f"{c.threshold:.4f}", "yes" if c.drifted else ""
+                c.column, c.method, f"{c.score:.2e}", f"{c.threshold:.2e}", "yes" if c.drifted else ""
             )
         console.print(table)
+        if len(shown) < len(result.columns):
+            console.print(f"{len(result.columns) - len(shown)} more class-probability tests, none drifted")
     if outcome.report:
         console.print(f"report: {outcome.report}")
     console.print(f"check took {outcome.seconds:.2f} s (tests {result.seconds:.2f} s)")

@@ -1,7 +1,8 @@
 """Per-prediction features, computed the same way for the reference profile and live traffic.
 
-- prediction features: predicted label, top probability, entropy (black-box shift detection on
-  the model's own outputs is the strongest published detector at small samples);
+- prediction features: predicted label, top probability, entropy, and each class's probability
+  (black-box shift detection on the model's own outputs is the strongest published detector at
+  small samples; "Failing Loudly", Rabanser et al. 2019, tests every class probability);
 - embedding features: the sentence embedding projected on a PCA fitted on the reference;
 - input descriptors: for texts, length in characters and words, share of words the tokenizer
   splits into several pieces or maps to unknown, digit, non-ASCII and uppercase shares; for
@@ -31,6 +32,17 @@ TEXT_COLUMNS = (
     "upper_share",
 )
 CATEGORICAL_COLUMNS = ("predicted_label",)
+PROBABILITY_PREFIX = "probability:"  # one column per class: its predicted probability
+
+
+def probability_column(label: str) -> str:
+    """The feature column of one class's predicted probability."""
+    return f"{PROBABILITY_PREFIX}{label}"
+
+
+def is_probability_column(column: str) -> bool:
+    """Whether ``column`` is a class-probability feature."""
+    return column.startswith(PROBABILITY_PREFIX)
 
 
 class InputDescriptors(Protocol):
@@ -81,13 +93,9 @@ class FeatureSpace:
         return [f"embedding_pc{i + 1}" for i in range(len(self.components))]
 
     @property
-    def numerical_columns(self) -> list[str]:
-        """Every numerical feature column."""
-        return (
-            [c for c in PREDICTION_COLUMNS if c not in CATEGORICAL_COLUMNS]
-            + self.embedding_columns
-            + list(self.descriptors.columns)
-        )
+    def probability_columns(self) -> list[str]:
+        """Names of the class-probability features, in the model's label order."""
+        return [probability_column(label) for label in self.labels]
 
 
 def fit_feature_space(
@@ -154,5 +162,6 @@ def build_features(
         prediction_features(probabilities, space.labels),
         pd.DataFrame(projected, columns=space.embedding_columns),
         space.descriptors.describe(rows),
+        pd.DataFrame(probabilities.astype(np.float64), columns=space.probability_columns),
     ]
     return pd.concat(frames, axis=1)

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from monitoring.adaptation import adapt
 from monitoring.check import CheckOutcome, DriftChecker
 from monitoring.drift import ACCURACY_COLUMNS
-from monitoring.features import PREDICTION_COLUMNS
+from monitoring.features import PREDICTION_COLUMNS, is_probability_column
 from monitoring.history import (
     create_monitor_tables,
     read_checks,
@@ -165,7 +165,7 @@ class Monitor:
         if outcome.observed_accuracy is not None:
             m.observed_accuracy.labels(model).set(outcome.observed_accuracy)
         if outcome.snapshot is not None:
-            features = [c.column for c in result.columns]
+            features = [c.column for c in result.columns if not is_probability_column(c.column)]
             try:
                 record_snapshot(
                     self.settings.workspace_path,
@@ -253,7 +253,11 @@ def input_drift(outcome: CheckOutcome) -> list[str]:
     """The drifted features that describe the inputs themselves, not the model's answers: a shift
     of the answers alone (another label mix) is not a new domain to adapt to."""
     answers = {*PREDICTION_COLUMNS, *ACCURACY_COLUMNS}
-    return [c.column for c in outcome.result.columns if c.drifted and c.column not in answers]
+    return [
+        c.column
+        for c in outcome.result.columns
+        if c.drifted and c.column not in answers and not is_probability_column(c.column)
+    ]
 
 
 def _aware(value: datetime) -> datetime:

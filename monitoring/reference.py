@@ -42,7 +42,7 @@ from training.registry import ModelVersion
 logger = logging.getLogger(__name__)
 
 NOVELTY_QUANTILE = 0.99  # reference rows (leave-one-out) closer than this count as familiar
-CACHE_FORMAT = 2  # bump when what is cached changes
+CACHE_FORMAT = 3  # bump when what is cached changes
 
 
 class Encoder:

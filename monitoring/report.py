@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from monitoring.drift import DriftResult
-from monitoring.features import CATEGORICAL_COLUMNS
+from monitoring.drift import ColumnDrift, DriftResult
+from monitoring.features import CATEGORICAL_COLUMNS, is_probability_column
 
 PLOT_WIDTH, PLOT_HEIGHT, BINS = 320, 90, 24
 REFERENCE_COLOUR, WINDOW_COLOUR = "#9aa5b1", "#d9480f"
 TOP_LABELS = 12  # labels shown in the label-mix plot, largest change in share first
+TOP_PROBABILITIES = 6  # class-probability tests shown besides the drifted ones, strongest first
 
 
 @dataclass
@@ -41,8 +42,8 @@ def render_report(
     result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame, context: ReportContext
 ) -> str:
     """The report as one HTML page: summary, features ranked by evidence, distributions."""
-    ranked = sorted(result.columns, key=lambda c: c.score)
-    level = ranked[0].threshold if ranked else float("nan")
+    ranked = shown_columns(sorted(result.columns, key=lambda c: c.score))
+    hidden = len(result.columns) - len(ranked)
     verdict = "DRIFT" if result.drifted else ("OK" if result.status == "ok" else "INSUFFICIENT DATA")
     colour = "#c92a2a" if result.drifted else "#2b8a3e"
     rows = "".join(
@@ -50,6 +51,8 @@ def render_report(
         f"<td>{c.score:.2e}</td><td>{'yes' if c.drifted else ''}</td></tr>"
         for c in ranked
     )
+    if hidden:
+        rows += f"<tr><td colspan='4'>{hidden} more class-probability tests, none drifted</td></tr>"
     plots = "".join(
         f"<figure><figcaption>{html.escape(c.column)} (p = {c.score:.2e})</figcaption>"
         f"{_plot(c.column, reference, current)}</figure>"
@@ -58,8 +61,11 @@ def render_report(
     )
     summary = [
         ("verdict", f"<b style='color:{colour}'>{verdict}</b>"),
-        ("drifted features", f"{sum(c.drifted for c in ranked)} of {len(ranked)} (share {result.share:.2f})"),
-        ("per-feature level", f"{level:.2e} (alpha / features, Bonferroni)"),
+        (
+            "drifted features",
+            f"{sum(c.drifted for c in result.columns)} of {len(result.columns)} (share {result.share:.2f})",
+        ),
+        ("per-feature level", _levels(result)),
         ("window", f"{result.window_size:,} predictions of {html.escape(context.version)}"),
         ("reference", f"{result.reference_size:,} held-out rows of the version's profile"),
         ("accuracy", _accuracy(context)),
@@ -78,6 +84,27 @@ def render_report(
         f"<h2>Distributions: <span style='color:{REFERENCE_COLOUR}'>reference</span> and "
         f"<span style='color:{WINDOW_COLOUR}'>window</span></h2><div class='plots'>{plots}</div>"
         f"{_thumbnails(context)}</body></html>"
+    )
+
+
+def shown_columns(ranked: list[ColumnDrift]) -> list[ColumnDrift]:
+    """What a report lists of ``ranked`` (strongest evidence first): every feature but the class
+    probabilities, and of those the drifted ones and the strongest few."""
+    probabilities = [c for c in ranked if is_probability_column(c.column)]
+    keep = {id(c) for c in probabilities if c.drifted} | {id(c) for c in probabilities[:TOP_PROBABILITIES]}
+    return [c for c in ranked if not is_probability_column(c.column) or id(c) in keep]
+
+
+def _levels(result: DriftResult) -> str:
+    """Each family's significance level: alpha shared by its features (Bonferroni)."""
+    probabilities = [c for c in result.columns if is_probability_column(c.column)]
+    others = [c for c in result.columns if not is_probability_column(c.column)]
+    if not probabilities or not others:
+        level = result.columns[0].threshold if result.columns else float("nan")
+        return f"{level:.2e} (alpha / features, Bonferroni)"
+    return (
+        f"{others[0].threshold:.2e} for each of {len(others)} features and {probabilities[0].threshold:.2e} "
+        f"for each of {len(probabilities)} class probabilities (alpha halved between the two, Bonferroni)"
     )
 
 

@@ -32,7 +32,7 @@ def features(rng: np.random.Generator, rows: int, shift: float = 0.0) -> pd.Data
 def test_the_report_opens_on_its_summary_and_ranks_features_by_evidence() -> None:
     rng = np.random.default_rng(0)
     reference, current = features(rng, 600), features(rng, 300, shift=30.0)
-    result, _ = detect_drift(reference, current, alpha=0.05)
+    result = detect_drift(reference, current, alpha=0.05)
     context = ReportContext("tickets", "v2", 0.81, 0.64, 40, "NOT TRUSTED: 30 of 300 texts", 1.234)
     page = render_report(result, reference, current, context)
 

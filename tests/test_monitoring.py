@@ -341,6 +341,7 @@ def test_refit_drift_prints_the_check(
     assert code == 0, out
     assert "support:" in out and "window 120" in out and "multi_piece_share" in out
     assert "estimate: " in out and "check took" in out
+    assert "probability:" in out, "each class's probability is tested and the strongest are listed"
     page = report.read_text()
     assert 10_000 < len(page) < 200_000  # Evidently's own report is about 4 MB
     assert page.index("verdict") < page.index("Features, strongest evidence first")
