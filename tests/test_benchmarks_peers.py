@@ -113,10 +113,12 @@ def test_drift_power_runs_alibi_detectors_beside_refit(tiny_base_model: Path, tm
     saved = json.loads((tmp_path / "drift_power.json").read_text())
     assert saved == sorted(saved, key=lambda r: (r["scenario"] != "none", r["detector"] != "refit"))
     cells = {(r["detector"], r["scenario"]) for r in saved}
-    detectors = ("refit", "alibi-mmd", "alibi-classifier", "alibi-bbsd")
+    detectors = ("refit", "refit-peer-windows", "alibi-mmd", "alibi-classifier", "alibi-bbsd")
     assert cells == {(d, s) for d in detectors for s in ("none", "typos")}
     peers = [r for r in rows if r["detector"].startswith("alibi-")]
     assert all(r["trials"] == 2 and 0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] > 0 for r in peers)
+    paired = [r for r in rows if r["detector"] == "refit-peer-windows"]
+    assert len(paired) == 2 and all(r["trials"] == 2 and 0.0 <= r["rate"] <= 1.0 for r in paired)
     assert "alibi-bbsd" in (tmp_path / "drift_power.md").read_text()
 
 
