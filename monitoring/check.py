@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from monitoring.drift import DriftResult, build_snapshot, detect_drift
 from monitoring.history import read_feedback, read_serving_version, read_window, record_check
 from monitoring.reference import Reference, assess_estimate, load_reference
-from monitoring.report import ReportContext, render_report
+from monitoring.report import ReportContext, render_report, shown_columns
 from monitoring.retention import prune_reports
 from monitoring.settings import MonitorSettings
 from training.artifacts import version_modality
@@ -217,6 +217,7 @@ class DriftChecker:
     def _finish(self, outcome: CheckOutcome, start: float) -> CheckOutcome:
         outcome.seconds = round(time.perf_counter() - start, 3)
         result = outcome.result
+        listed = shown_columns(sorted(result.columns, key=lambda c: c.score))
         record_check(
             self.engine,
             {
@@ -231,7 +232,10 @@ class DriftChecker:
                 "observed_accuracy": outcome.observed_accuracy,
                 "report": str(outcome.report) if outcome.report else None,
                 "detail": {
-                    "columns": [c.__dict__ for c in result.columns],
+                    # What the report lists: a row per class probability would make every check's
+                    # row several times larger for tests that found nothing.
+                    "columns": [c.__dict__ for c in listed],
+                    "class_probability_tests_not_listed": len(result.columns) - len(listed),
                     "reason": outcome.reason,
                     "novelty_share": outcome.novelty_share,
                     "estimate_trusted": outcome.estimate_trusted,
