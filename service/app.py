@@ -23,12 +23,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.backends import limit_numpy_threads, resolve_backend, worker_device
+from service.balance import ConnectionBalance
 from service.bentoml_patches import (
     bound_metric_paths,
     log_client_errors_briefly,
     use_greedy_batching,
     use_json_media_type,
 )
+from service.call_pool import CallPool
 from service.guard import IMAGES_PATH, KEY_NAME, RequestGuard, WorkerStatus
 from service.heap import freeze_heap, release_free_memory
 from service.inference_log import InferenceLog, InferenceLogUnavailable, prediction_records
@@ -144,7 +146,9 @@ class RefitClassifier:
         self.registry = ModelRegistry(self.settings.home)
         self.backend, device = resolve_backend(self.settings.backend, self.settings.device)
         self.device = worker_device(device)
-        self.threads = self.settings.threads or max(1, (os.cpu_count() or 1) // self.settings.worker_count)
+        self.calls = CallPool(self.settings.model_call_count(self.device))
+        cores_per_call = (os.cpu_count() or 1) // (self.settings.worker_count * self.calls.size)
+        self.threads = self.settings.threads or max(1, cores_per_call)
         limit_numpy_threads(self.threads)
         self.log = InferenceLog(
             self.settings.resolved_log_url,
@@ -222,6 +226,7 @@ class RefitClassifier:
         """Stop following promotions and write the queued log records."""
         self.holder.stop()
         self.log.close()
+        self.calls.close()
 
     def __is_ready__(self) -> bool:
         return self.holder.ready
@@ -253,7 +258,7 @@ class RefitClassifier:
         """Run ``model`` on ``inputs`` (texts or image bytes), count them in the metrics and queue
         them for the inference log."""
         start = time.perf_counter()
-        predictions = model.classify(inputs)
+        predictions = model.classify(inputs, self.calls)
         observe_predictions(self.metrics, model.version.name, inputs, predictions)
         self.log.submit(prediction_records(predictions, inputs, (time.perf_counter() - start) * 1000))
         return [p.to_response() for p in predictions]
@@ -339,6 +344,12 @@ class RefitClassifier:
         return {"stored": True, "feedback_id": feedback_id, "request_id": record["request_id"]}
 
 
+def balance_connections() -> ConnectionBalance | None:
+    """This worker's share of the connections, kept even unless ``balance_connections`` is off."""
+    settings = load_serve_settings(resolve_model=False)
+    return ConnectionBalance.for_this_worker(settings.worker_count) if settings.balance_connections else None
+
+
 # The decorators return a bentoml Service, which mypy sees as the class.
 cast(Any, RefitClassifier).add_asgi_middleware(
     RequestGuard,
@@ -352,6 +363,7 @@ cast(Any, RefitClassifier).add_asgi_middleware(
     image_limits=SETTINGS.image_request_limits(),
     max_image_body_bytes=SETTINGS.max_image_body_bytes,
     max_latency_ms=SETTINGS.max_latency_ms,
+    balance=balance_connections,
 )
 use_json_media_type(RefitClassifier, "classify")
 use_json_media_type(RefitClassifier, "classify_images")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.balance import ConnectionBalance
 from service.bentoml_patches import ORIGINAL_PATH
 from service.image_requests import (
     ImageRequestError,
@@ -116,8 +117,11 @@ class RequestGuard:
         image_limits: ImageRequestLimits | None = None,
         max_image_body_bytes: int = 64_000_000,
         max_latency_ms: int = 1000,
+        balance: Callable[[], ConnectionBalance | None] | None = None,
     ) -> None:
         self.app = app
+        # Resolved in the worker, like the keys: each worker has its own share of connections.
+        self.balance = balance() if balance is not None else None
         self.status = status or WorkerStatus()
         self.edit_openapi = edit_openapi
         # Resolved when the app is built in the worker: the settings of the process that serves.
@@ -187,6 +191,8 @@ class RequestGuard:
             await send_json(send, 503, {"error": error}, [(b"retry-after", self.retry_after)])
             return
         self.inflight += is_classify
+        if is_classify and self.balance is not None and self.balance.should_close(scope.get("client")):
+            send = _closing_connection(send)
         try:
             await self.app(scope, _replay(body, receive), self._add_retry_after(send))
         finally:
@@ -337,6 +343,18 @@ class RequestGuard:
         headers = [(k, v) for k, v in messages[0]["headers"] if k.lower() != b"content-length"]
         await send({**messages[0], "headers": [*headers, (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})
+
+
+def _closing_connection(send: Send) -> Send:
+    """``send`` with ``Connection: close`` on the response: the client reconnects for its next
+    request, and another worker may take it (service/balance.py)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await send(message)
+
+    return wrapped
 
 
 def _header(scope: Scope, name: bytes) -> str:

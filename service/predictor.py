@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.backends import Backend, encode_inputs, load_backend
+from service.call_pool import SEQUENTIAL, CallPool, split_order
 from training.artifacts import load_version_processor, read_labels, read_metrics
 from training.errors import ModelLoadError
 from training.inference import softmax
@@ -94,19 +95,22 @@ class LoadedModel:
         """``text`` or ``image``, as the version recorded it."""
         return str(self.version.manifest.get("modality", "text"))
 
-    def classify(self, inputs: list[Any]) -> list[Prediction]:
-        """Predictions for ``inputs`` (texts, or checked image bytes) in order; texts of similar
-        length share a model call."""
+    def classify(self, inputs: list[Any], calls: CallPool = SEQUENTIAL) -> list[Prediction]:
+        """Predictions for ``inputs`` (texts, or checked image bytes) in order.
+
+        Texts of similar length share a model call; the calls run ``calls.size`` at once. Inputs
+        are encoded in this thread: a fast tokenizer shared between threads can refuse a call
+        ("Already borrowed").
+        """
         if not inputs:
             return []
-        order = self.processor.order(inputs)
+        parts = split_order(self.processor.order(inputs), self.chunk_size, calls.size)
+        encoded_parts = [encode_inputs(self.processor, [inputs[i] for i in idx]) for idx in parts]
+        outputs = calls.map(self.backend.run, encoded_parts)
         probs = np.zeros((len(inputs), len(self.labels)), dtype=np.float32)
         scores = np.full(len(inputs), np.nan, dtype=np.float32)
         truncated = np.zeros(len(inputs), dtype=bool)
-        for start in range(0, len(order), self.chunk_size):
-            idx = order[start : start + self.chunk_size]
-            encoded = encode_inputs(self.processor, [inputs[i] for i in idx])
-            logits, embeddings = self.backend.run(encoded)
+        for idx, encoded, (logits, embeddings) in zip(parts, encoded_parts, outputs, strict=True):
             probs[idx] = softmax(logits)
             if self.open_set is not None:
                 scores[idx] = self.open_set[0].scores(

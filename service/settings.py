@@ -33,7 +33,13 @@ class ServeSettings(ServedModelSettings):
     # worker processes; None: one per GPU of `gpus`, one on CUDA without `gpus`, one per core
     # on CPU (at most 4)
     workers: int | None = Field(None, ge=1)
-    threads: int = Field(0, ge=0)  # threads per worker (the model's, numpy's BLAS); 0: cores / workers
+    threads: int = Field(0, ge=0)  # threads per model call (and numpy's BLAS); 0: cores / (workers x calls)
+    # model calls one worker runs at once, each on part of a batch; 0: the cores on CPU, 1 on CUDA
+    # (see service/call_pool.py)
+    model_calls: int = Field(0, ge=0)
+    # close a connection now and then on a worker holding more than its share of the clients'
+    # keep-alive connections, so that they spread over the workers (see service/balance.py)
+    balance_connections: bool = True
     max_batch_size: int = Field(64, ge=2)  # BentoML adaptive batching: texts per model call
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
     batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/bentoml_patches.py
@@ -118,6 +124,13 @@ class ServeSettings(ServedModelSettings):
                     "one request's inputs always go to the model in one batch"
                 )
         return self
+
+    def model_call_count(self, device: str) -> int:
+        """Model calls one worker runs at once on ``device``: as configured; else the cores on
+        CPU, so a worker that holds most connections still uses every core; one on CUDA."""
+        if self.model_calls:
+            return self.model_calls
+        return 1 if device.startswith("cuda") else max(1, os.cpu_count() or 1)
 
     @property
     def worker_count(self) -> int:

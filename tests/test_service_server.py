@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from demo.processes import start_service
@@ -79,6 +81,37 @@ def test_concurrent_requests_are_merged_into_batches(server: dict[str, Any]) -> 
     merged = metric_value(metrics, "bentoml_service_adaptive_batch_size_count")
     assert texts >= 400 and calls < texts, (calls, texts)
     assert merged < metric_value(metrics, "bentoml_service_adaptive_batch_size_sum"), metrics
+
+
+def test_keep_alive_connections_spread_evenly_over_the_workers(served_home: Path, tmp_path: Path) -> None:
+    env = {"BENTOML_HOME": str(served_home), **service_env("tiny", served_home, workers="2", threads="1")}
+    service = start_service(env, tmp_path / "server.log")
+    try:
+        service.wait_ready()
+        workers = psutil.Process(service.process.pid).children(recursive=True)
+        port = int(service.url.rsplit(":", 1)[1])
+        shares: list[list[int]] = []
+
+        def count_connections() -> None:
+            shares.append(sorted(_established(w, port) for w in workers))
+
+        timer = threading.Timer(3.0, count_connections)
+        timer.start()
+        started = time.monotonic()
+        stats = run_load(service.url, 8, lambda s: time.monotonic() - started > 4.0)
+        timer.join()
+    finally:
+        service.stop()
+    assert stats.failed == 0, stats.failures[:3]
+    # Eight clients over two workers: at most one over an even share after a few seconds,
+    # however the first connections were accepted (often all by one worker).
+    assert sum(shares[0]) == 8 and max(shares[0]) <= 5, shares
+
+
+def _established(process: psutil.Process, port: int) -> list[int]:
+    return [
+        1 for c in process.net_connections(kind="tcp") if c.status == "ESTABLISHED" and c.laddr.port == port
+    ]
 
 
 def test_a_corrupt_version_is_refused_while_the_old_one_serves(server: dict[str, Any]) -> None:

@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from service.backends import encode_texts
+from service.balance import ConnectionBalance
+from service.call_pool import CallPool, split_order
 from service.guard import RequestGuard
 from service.heap import freeze_heap
 from service.model_holder import ModelHolder
 from service.predictor import load_model
-from service.settings import load_serve_settings
+from service.settings import ServeSettings, load_serve_settings
 from training.errors import ConfigError, VersionNotFoundError
 from training.registry import ModelRegistry
 
@@ -344,3 +347,71 @@ def test_the_visible_character_rule_is_the_unicode_categories_it_names() -> None
         if (rule.match(chr(cp)) is None) != (unicodedata.category(chr(cp)) in INVISIBLE_CATEGORIES)
     ]
     assert not wrong, wrong[:20]
+
+
+def test_parts_of_a_batch_cover_every_input_once_and_give_each_call_work() -> None:
+    order = np.argsort(np.arange(20)[::-1])
+    for calls, sizes in ((1, [7, 7, 6]), (2, [7, 7, 6]), (4, [5, 5, 5, 5])):
+        parts = split_order(order, chunk_size=8, calls=calls)
+        assert [len(p) for p in parts] == sizes
+        assert np.array_equal(np.concatenate(parts), order)
+    assert [len(p) for p in split_order(order[:5], chunk_size=8, calls=2)] == [3, 2]
+    assert [len(p) for p in split_order(order[:1], chunk_size=8, calls=2)] == [1]
+    assert split_order(order[:0], chunk_size=8, calls=2) == []
+
+
+def test_calls_side_by_side_answer_as_one_call_at_a_time(served_home: Path) -> None:
+    model = load_model(ModelRegistry(served_home).get("tiny:production"), "onnx", "cpu", 1, 3)
+    texts = [f"reset my password number {i} " * (1 + i % 5) for i in range(23)]
+    pool = CallPool(2)
+    try:
+        together = model.classify(texts, pool)
+    finally:
+        pool.close()
+    alone = model.classify(texts)
+    assert [p.label for p in together] == [p.label for p in alone]
+    assert np.allclose([p.probabilities for p in together], [p.probabilities for p in alone], atol=1e-6)
+
+
+def test_a_worker_runs_a_call_per_core_on_cpu_and_one_on_a_gpu() -> None:
+    cores = os.cpu_count() or 1
+    assert load_serve_settings(resolve_model=False).model_call_count("cpu") == cores
+    assert load_serve_settings(resolve_model=False).model_call_count("cuda:0") == 1
+    assert ServeSettings(model_calls=3).model_call_count("cuda:0") == 3
+
+
+def test_a_worker_over_its_share_of_connections_closes_them_until_the_shares_are_even(
+    tmp_path: Path,
+) -> None:
+    now = [100.0]
+    shared = tmp_path / "connections"
+    workers = [ConnectionBalance(shared, i, 2, clock=lambda: now[0]) for i in range(2)]
+    held = {("127.0.0.1", port): 0 for port in range(8)}  # every connection accepted by worker 0
+    closed = 0
+    for _ in range(40):  # rounds of one request per connection, 0.1 s apart
+        now[0] += 0.1
+        workers[1].publish()  # its publishing thread: idle, but alive
+        for client, worker in list(held.items()):
+            if workers[worker].should_close(client):
+                closed += 1
+                held[client] = 1 - worker  # the client's next connection: the other worker's
+    shares = sorted(sum(1 for w in held.values() if w == i) for i in range(2))
+    assert shares in ([3, 5], [4, 4]), shares
+    assert closed == shares[0]  # nothing closed once even
+
+
+def test_a_worker_that_stopped_publishing_has_no_share(tmp_path: Path) -> None:
+    now = [100.0]
+    shared = tmp_path / "connections"
+    alive, _ = (ConnectionBalance(shared, i, 2, clock=lambda: now[0]) for i in range(2))
+    now[0] += 0.5  # both published lately: the third connection is over a share of 1.5 + 1
+    assert [alive.should_close(("127.0.0.1", port)) for port in range(4)] == [False, False, True, False]
+    now[0] += 2  # the other worker published nothing for 2 s: all four are this one's share
+    assert not any(alive.should_close(("127.0.0.1", port)) for port in range(4))
+
+
+def test_the_balance_needs_two_workers_of_a_running_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert ConnectionBalance.for_this_worker(2) is None
+    with pytest.raises(ValueError, match="worker 2 of 2"):
+        ConnectionBalance(Path("unused"), 2, 2)
