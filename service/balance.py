@@ -3,10 +3,10 @@
 BentoML's workers accept from one shared listening socket, and whichever worker wins the race for
 a new connection keeps it for as long as the client keeps it alive. Clients that open their
 connections in a burst often land them all on one worker: measured on 2 cores with 2 workers,
-8 of 8 and 32 of 32 connections on one worker while the other idled, which halved texts/s at
-concurrency 8 (94 against 179). Closing connections now and then does not help by itself: the
-new connection is raced for like the first, and in that measurement reconnecting every 20
-requests left 26 of 32 on one worker.
+8 of 8 and 32 of 32 connections on one worker while the other idled, which cost half the
+texts/s at concurrency 8 (94 against 179 in the same scratch run). Closing connections now and
+then does not help by itself: the new connection is raced for like the first, and reconnecting
+every 20 requests still left 26 of 32 on one worker.
 
 So each worker publishes, several times a second, how many client connections sent it a request
 in the last second, in a small file that the workers of one server share; a worker holding more

@@ -1,13 +1,11 @@
 """Model calls side by side: the parts of one batch run at once, each on its own thread.
 
-BentoML's workers share one listening socket, and the worker that wins the race to accept a
-connection keeps it for as long as the client keeps it alive. A client that opens its connections
-in a burst often lands them all on one worker (measured on 2 cores: 8 of 8 and 32 of 32
-connections on one of two workers, the other idle, and texts/s down from 179 to 94 at
-concurrency 8). A worker whose batch is split into parts that run at once, single-threaded each
-(ONNX Runtime and torch release the GIL while they compute), uses every core when the other
-worker idles, and costs little when both are busy: with the connections split evenly, 182 vs 179
-texts/s at concurrency 8 and 234 vs 210 at 32.
+A worker does not always get its share of the load: BentoML's workers share one listening socket,
+and a keep-alive connection stays with the worker that accepted it (service/balance.py evens the
+shares out, within a second or so). A worker whose batch is split into parts that run at once,
+single-threaded each (ONNX Runtime and torch release the GIL while they compute), uses every core
+when the other workers idle, and costs little when all are busy
+(`benchmarks/results/serve_load_balance.md`).
 """
 
 from __future__ import annotations

@@ -191,7 +191,8 @@ class RequestGuard:
             await send_json(send, 503, {"error": error}, [(b"retry-after", self.retry_after)])
             return
         self.inflight += is_classify
-        if is_classify and self.balance is not None and self.balance.should_close(scope.get("client")):
+        client = tuple(scope.get("client") or ())  # (host, port): one keep-alive connection
+        if is_classify and self.balance is not None and self.balance.should_close(client):
             send = _closing_connection(send)
         try:
             await self.app(scope, _replay(body, receive), self._add_retry_after(send))
