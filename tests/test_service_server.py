@@ -108,10 +108,10 @@ def test_keep_alive_connections_spread_evenly_over_the_workers(served_home: Path
     assert sum(shares[0]) == 8 and max(shares[0]) <= 5, shares
 
 
-def _established(process: psutil.Process, port: int) -> list[int]:
-    return [
-        1 for c in process.net_connections(kind="tcp") if c.status == "ESTABLISHED" and c.laddr.port == port
-    ]
+def _established(process: psutil.Process, port: int) -> int:
+    """Client connections ``process`` holds on ``port``."""
+    connections = process.net_connections(kind="tcp")
+    return sum(1 for c in connections if c.status == "ESTABLISHED" and c.laddr.port == port)
 
 
 def test_a_corrupt_version_is_refused_while_the_old_one_serves(server: dict[str, Any]) -> None:
