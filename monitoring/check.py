@@ -217,7 +217,7 @@ class DriftChecker:
     def _finish(self, outcome: CheckOutcome, start: float) -> CheckOutcome:
         outcome.seconds = round(time.perf_counter() - start, 3)
         result = outcome.result
-        listed = shown_columns(sorted(result.columns, key=lambda c: c.score))
+        listed = shown_columns(result.columns)
         record_check(
             self.engine,
             {

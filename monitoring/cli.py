@@ -72,7 +72,7 @@ def drift(
         console.print(f"[{colour}]estimate: {outcome.estimate_note}[/]")
     if result.columns:
         table = Table("feature", "test", "p-value", "level", "drifted", title="strongest evidence first")
-        shown = shown_columns(sorted(result.columns, key=lambda c: c.score))
+        shown = shown_columns(result.columns)
         for c in shown:
             table.add_row(
                 c.column, c.method, f"{c.score:.2e}", f"{c.threshold:.2e}", "yes" if c.drifted else ""

@@ -42,7 +42,7 @@ def render_report(
     result: DriftResult, reference: pd.DataFrame, current: pd.DataFrame, context: ReportContext
 ) -> str:
     """The report as one HTML page: summary, features ranked by evidence, distributions."""
-    ranked = shown_columns(sorted(result.columns, key=lambda c: c.score))
+    ranked = shown_columns(result.columns)
     hidden = len(result.columns) - len(ranked)
     verdict = "DRIFT" if result.drifted else ("OK" if result.status == "ok" else "INSUFFICIENT DATA")
     colour = "#c92a2a" if result.drifted else "#2b8a3e"
@@ -87,9 +87,10 @@ def render_report(
     )
 
 
-def shown_columns(ranked: list[ColumnDrift]) -> list[ColumnDrift]:
-    """What a report lists of ``ranked`` (strongest evidence first): every feature but the class
-    probabilities, and of those the drifted ones and the strongest few."""
+def shown_columns(columns: list[ColumnDrift]) -> list[ColumnDrift]:
+    """What a report lists of a check's ``columns``, strongest evidence first: every feature but
+    the class probabilities, and of those the drifted ones and the strongest few."""
+    ranked = sorted(columns, key=lambda c: c.score)
     probabilities = [c for c in ranked if is_probability_column(c.column)]
     keep = {id(c) for c in probabilities if c.drifted} | {id(c) for c in probabilities[:TOP_PROBABILITIES]}
     return [c for c in ranked if not is_probability_column(c.column) or id(c) in keep]
