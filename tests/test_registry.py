@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from tests.helpers import TINY_INTENTS
 from training.artifacts import (
     load_version_model,
     load_version_profile,
@@ -66,6 +68,30 @@ def test_reference_profile_holds_embeddings_and_probabilities(
     probs = np.stack(profile["probabilities"].to_numpy())
     assert probs.shape == (20, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert set(profile["predicted_label"]) <= {"password", "refund", "shipping"}
+
+
+def test_the_profile_holds_only_rows_the_shipped_model_never_trained_on(
+    tmp_path: Path, make_config: Callable[..., Any], registry: ModelRegistry
+) -> None:
+    # The head is refitted on train + validation once C is chosen: its validation rows are then
+    # training rows, and a profile holding them makes the monitor's baseline too confident.
+    rows = [
+        {"text": f"{phrase} number {i}", "label": label}
+        for label, phrases in TINY_INTENTS.items()
+        for phrase in phrases
+        for i in range(12)
+    ]
+    data = tmp_path / "unique.csv"
+    pd.DataFrame(rows).to_csv(data, index=False)
+    refitted = train_model(data, make_config(profile_rows=500), registry=registry).version
+    kept = train_model(data, make_config(profile_rows=500, refit_head=False), registry=registry).version
+
+    def texts(version: Any, *splits: str) -> set[str]:
+        return {text for split in splits for text in read_split(version, split)["text"]}
+
+    assert len(texts(refitted, "test")) >= 30  # enough for a profile of test rows alone
+    assert set(load_version_profile(refitted)["text"]) == texts(refitted, "test")
+    assert set(load_version_profile(kept)["text"]) == texts(kept, "validation", "test")
 
 
 def test_first_version_is_production_and_the_next_a_candidate(
