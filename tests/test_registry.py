@@ -71,7 +71,7 @@ def test_reference_profile_holds_embeddings_and_probabilities(
 
 
 def test_the_profile_holds_only_rows_the_shipped_model_never_trained_on(
-    tmp_path: Path, make_config: Callable[..., Any], registry: ModelRegistry
+    tmp_path: Path, make_config: Callable[..., Any], registry: ModelRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The head is refitted on train + validation once C is chosen: its validation rows are then
     # training rows, and a profile holding them makes the monitor's baseline too confident.
@@ -92,6 +92,11 @@ def test_the_profile_holds_only_rows_the_shipped_model_never_trained_on(
     assert len(texts(refitted, "test")) >= 30  # enough for a profile of test rows alone
     assert set(load_version_profile(refitted)["text"]) == texts(refitted, "test")
     assert set(load_version_profile(kept)["text"]) == texts(kept, "validation", "test")
+    # Too few test rows for a profile of their own: validation + test, and the log says why.
+    few = train_model(data, make_config(profile_rows=500, test_fraction=0.1), registry=registry).version
+    assert len(texts(few, "test")) < 30
+    assert set(load_version_profile(few)["text"]) == texts(few, "validation", "test")
+    assert "also holds the validation rows the head was refitted on" in caplog.text
 
 
 def test_first_version_is_production_and_the_next_a_candidate(

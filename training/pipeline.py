@@ -306,6 +306,12 @@ def build_profile(ctx: TrainContext, result: StrategyResult, splits: DatasetSpli
             "which the model is overconfident; confidence and entropy may read as drifted on live traffic",
             len(held_out), MIN_HELD_OUT,
         )  # fmt: skip
+    elif source is not unseen:
+        logger.warning(
+            "%d test rows (< %d): the drift reference profile also holds the validation rows the head "
+            "was refitted on, on which the model is overconfident; hold out more rows (test_fraction)",
+            len(splits.test), MIN_HELD_OUT,
+        )  # fmt: skip
     rows = [sample_reference_rows(source, ctx.config.profile_rows, ctx.config.seed)]
     if result.details.get("adaptation"):
         target = load_target(ctx).assign(label=None)
