@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SERVICE_LIMITS, TINY_INTENTS, build_service_app, service_env, tiny_rows
+from tests.helpers import (
+    SERVICE_LIMITS,
+    TINY_INTENTS,
+    build_service_app,
+    save_tiny_bert,
+    service_env,
+    tiny_rows,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,26 +31,9 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="refit
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT (hidden 32) with a word-level vocabulary, saved like a hub model."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    words = sorted({w for phrases in TINY_INTENTS.values() for p in phrases for w in p.split()})
-    words += ["now", "today", "please", "hello", "the", "a", "new", "unknown"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
-    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    words = {w for phrases in TINY_INTENTS.values() for p in phrases for w in p.split()}
+    words |= {"now", "today", "please", "hello", "the", "a", "new", "unknown"}
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), words)
 
 
 @pytest.fixture(scope="session")

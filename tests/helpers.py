@@ -33,6 +33,30 @@ def service_env(model: str, home: Any, **extra: str) -> dict[str, str]:
     return env | {f"REFIT_SERVE_{key.upper()}": value for key, value in extra.items()}
 
 
+def save_tiny_bert(directory: Path, words: set[str], hidden_size: int = 32, max_tokens: int = 64) -> Path:
+    """Save a 2-layer BERT with random weights and a word-level vocabulary, like a hub model.
+
+    A word outside ``words`` is ``[UNK]``, as a word outside a pretrained vocabulary would be split.
+    """
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=max_tokens,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 # Keyword-separable intents: every strategy, even on a random tiny encoder, can learn them.
 TINY_INTENTS = {
     "refund": [

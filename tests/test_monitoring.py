@@ -1,12 +1,15 @@
-"""Monitoring on the real MiniLM and the generated support tickets, traffic through the service.
+"""Monitoring on the generated support tickets, traffic through the service.
 
-A session fixture trains `head` on the demo data; each test gets a copy of that registry and an
-empty inference log, fills the log through the in-process service, then checks, decides, retrains.
+A session fixture trains `head` on the demo data with a small random BERT whose vocabulary is the
+demo's words except the typos' (the real MiniLM runs this loop in the demo, tests/test_loop.py);
+each test gets a copy of that registry and an empty inference log, fills the log through the
+in-process service, then checks, decides, retrains.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
 from service.inference_log_db import create_log_engine
-from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli
+from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli, save_tiny_bert
 from training.config import TrainingConfig
 from training.onnx_export import read_export_record
 from training.pipeline import train_model
@@ -35,8 +38,15 @@ pytestmark = pytest.mark.slow
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("monitoring")
     paths = write_demo_data(root / "data")
+    # Hidden 128: the head tests at 0.93 (MiniLM's 0.96). At 256 the calm window alarmed on an
+    # embedding axis: a random encoder's flat spectrum fitted on 240 reference rows is mostly noise.
+    words = set()
+    for name in ("train", "traffic", "drift_new_intents", "drift_new_products"):
+        for text in pd.read_csv(paths[name])["text"]:
+            words.update(re.findall(r"\w+|[^\w\s]", text.lower()))
+    encoder = save_tiny_bert(root / "encoder", words, hidden_size=128, max_tokens=128)
     registry = ModelRegistry(root / "bentoml")
-    config = TrainingConfig(name="support", strategy="head", profile_rows=400)
+    config = TrainingConfig(name="support", base_model=str(encoder), strategy="head", profile_rows=400)
     version = train_model(paths["train"], config, registry=registry).version
     assert version is not None
     return {"home": root / "bentoml", "data": paths, "version": version.version}
@@ -161,9 +171,11 @@ def test_persistent_drift_triggers_exactly_one_retrain(
     runs = [monitor.run() for _ in range(4)]
     assert [r.decision.action for r in runs] == ["none", "retrain", "alert", "alert"]  # hysteresis, cooldown
     # Half the window is intents the model has no class for: the label-free estimate is not trusted.
+    # Their share beyond the reference's 99th-percentile distance is far above 1% (0.065 on this
+    # random encoder, where the new intents' template words are the old ones'; MiniLM: over 0.2).
     check = runs[0].check
     assert check is not None and check.estimate_trusted is False, check.estimate_note
-    assert check.novelty_share is not None and check.novelty_share > 0.2
+    assert check.novelty_share is not None and check.novelty_share > 0.05
     assert calls == ["support"]
     assert [r["outcome"] for r in read_retrains(monitor.engine, "support")] == ["rejected"]
     assert len(read_checks(monitor.engine, "support")) == 4

@@ -270,28 +270,11 @@ def test_refit_serve_refuses_bad_options_before_starting_anything(
     assert f"backend [REFIT_SERVE_BACKEND]: {expected}" in out
 
 
-def create_tables_in_child(url: str, start: Any, results: Any) -> None:
-    """What every worker and the monitor do at start-up on a fresh log."""
-    import logging
-
-    from service.inference_log_db import create_log_engine, create_tables
-
-    warnings: list[str] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger().addHandler(handler)
-    engine = create_log_engine(url)
-    start.wait()
-    try:
-        create_tables(engine)
-        results.put(("ok", warnings))
-    except Exception as exc:
-        results.put(("error", f"{type(exc).__name__}: {exc}"))
-
-
 @pytest.mark.slow  # child processes
 def test_processes_creating_the_log_tables_together_all_succeed_quietly(tmp_path: Path) -> None:
     import multiprocessing
+
+    from tests.log_tables_child import create_tables_in_child
 
     context = multiprocessing.get_context("spawn")
     processes = 4
