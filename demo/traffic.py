@@ -22,6 +22,12 @@ from typing import Any
 
 import numpy as np
 
+# Seconds a client keeps an idle connection for reuse: below uvicorn's 5 s (BentoML's server). A
+# caller's callback that runs a monitor check between two requests blocks the loop for seconds;
+# on resuming, a connection the server closed meanwhile is reused before its close is read, and
+# with aiohttp's default (15 s) that request fails with "Server disconnected".
+KEEPALIVE_S = 4.0
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -192,7 +198,7 @@ class _Run:
     async def start(self, concurrency: int) -> None:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=concurrency)
+        connector = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=KEEPALIVE_S)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(self.url, connector=connector, timeout=timeout) as session:
             self.start_time = time.perf_counter()

@@ -83,6 +83,19 @@ def test_concurrent_requests_are_merged_into_batches(server: dict[str, Any]) -> 
     assert merged < metric_value(metrics, "bentoml_service_adaptive_batch_size_sum"), metrics
 
 
+def test_a_client_that_pauses_past_the_servers_idle_timeout_loses_no_request(server: dict[str, Any]) -> None:
+    """A caller's callback (the benchmarks run a monitor check in it) blocks the client for 6 s,
+    longer than the server keeps an idle connection (uvicorn: 5 s); the next request still goes."""
+
+    def pause(answer: Any) -> None:
+        if answer.row == 0:
+            time.sleep(6)
+
+    traffic = Traffic(["reset my password", "where is my parcel", "refund my payment"])
+    stats = send_traffic(server["url"], traffic, concurrency=1, on_answer=pause)
+    assert stats.sent == 3 and stats.failed == 0, stats.failures
+
+
 def test_keep_alive_connections_spread_evenly_over_the_workers(served_home: Path, tmp_path: Path) -> None:
     # A long queue deadline: on a busy machine a request shed as overloaded is not what this measures.
     settings = {"workers": "2", "threads": "1", "max_latency_ms": "10000"}
