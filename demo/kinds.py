@@ -63,7 +63,7 @@ TEXT_DEMO = DemoKind(
     phases=(DriftPhase("drifted", ("drift_new_intents", "drift_typos"), "new intents, typos"),),
     new_labels=tuple(sorted(NEW_INTENTS)),
     # The ladder's first two rungs: on these tickets LoRA ties head on validation (0.934 both) after
-    # 45-70 s of training, a third of the demo; on a user's data `auto` climbs the whole ladder.
+    # 43-70 s of training, a third of the demo; on a user's data `auto` climbs the whole ladder.
     training={"strategy": "auto", "auto_ladder": ["baseline", "head"]},
     training_step="auto ladder: baseline -> head",
     # New intents need labels: an adaptation to their texts could only pseudo-label them as old ones.
