@@ -12,7 +12,8 @@ Writes ``benchmarks/results/train_tiles.json`` (one row per strategy, budget and
 base_model, per_class, seed, accuracy, macro_f1, missed_defect_rate, train_seconds, peak_rss_mb,
 trainable_params) and ``train_tiles.md`` (medians over seeds). With ``--set
 max_missed_defect_rate=0.02`` each model gets the inspection operating point `refit train` gives it
-(``training/operating_point.py``); write such runs under their own ``--name``. ``--dev`` chooses
+(``training/operating_point.py``); write such runs, and others with a setting of their own (e.g.
+``--set orientations=8 --name train_tiles_orientations``), under their own ``--name``. ``--dev`` chooses
 settings without the test images: each seed's 70% is split 70/30 again and that 30% is the test.
 """
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -54,12 +56,24 @@ def run_cell(
     seed: int,
     strategy: str,
     overrides: dict[str, Any],
+    frozen: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Train one strategy on one budget and seed; return its result row."""
+    """Train one strategy on one budget and seed; return its result row.
+
+    ``frozen``: the pretrained encoder's embedding of every image by its key, computed once for
+    every cell instead of once per cell (:func:`embed_images`).
+    """
     pool, _, test = stratified_split(images, (0.0, 0.3), seed)
     data = sample_per_class(pool, per_class if per_class == "all" else int(per_class), seed)
+    # As `refit train` does: cross-validation carves no validation split.
+    validation = 0.0 if overrides.get("selection") == "cv" else 0.1
     splits = split_frames(
-        data.reset_index(drop=True), test, validation_fraction=0.1, seed=seed, source="tiles", column="image"
+        data.reset_index(drop=True),
+        test,
+        validation_fraction=validation,
+        seed=seed,
+        source="tiles",
+        column="image",
     )
     config = TrainingConfig(
         name="tiles", strategy=strategy, seed=seed, modality="image", normal_label=NORMAL_LABEL, **overrides
@@ -67,13 +81,18 @@ def run_cell(
     modality.config = config
     torch.manual_seed(seed)
     ctx = TrainContext.create(config, splits, modality)
+    if frozen is not None:
+        width = next(iter(frozen.values())).shape
+        for split in ("train", "validation"):
+            keys = getattr(splits, split)["image"]
+            ctx.frozen[split] = np.stack([frozen[k] for k in keys]) if len(keys) else np.zeros((0, *width))
     with PeakRss() as rss:
         start = time.perf_counter()
         result = run_strategy(strategy, ctx)
         # As `refit train` does: the operating point (if configured) on the selected model's
         # validation predictions, then the refit, then the shift.
         held_out = ctx.predict(result.model, "validation") if len(splits.validation) else None
-        point = choose_configured_operating_point(ctx, held_out)
+        point = choose_configured_operating_point(ctx, held_out, result)
         result.finalize()
         apply_operating_point(result, ctx, point)
         seconds = time.perf_counter() - start
@@ -92,14 +111,42 @@ def run_cell(
     }
 
 
-def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], test_rows: int) -> str:
-    """Medians over seeds, one line per strategy and budget."""
+def embed_images(
+    images: pd.DataFrame, modality: ImageModality, overrides: dict[str, Any], cache: Path
+) -> dict[str, np.ndarray]:
+    """The pretrained encoder's embedding of every image by key, as ``TrainContext`` computes them.
+
+    Read from ``cache`` (a directory) when an earlier run with the same encoder settings wrote it.
+    """
+    config = TrainingConfig(
+        name="tiles", strategy="head", modality="image", normal_label=NORMAL_LABEL, **overrides
+    )
+    settings = f"{config.base_model}-{config.image_size}-{config.orientations}-{config.normalize_embeddings}"
+    path = cache / f"{settings.replace('/', '_')}.npz"
+    if not path.is_file():
+        modality.config = config
+        splits = split_frames(
+            images, validation_fraction=0.0, test_fraction=0.0, source="tiles", column="image"
+        )
+        ctx = TrainContext.create(config, splits, modality)
+        embeddings = ctx.frozen_embeddings("train")
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, keys=splits.train["image"].to_numpy(dtype=str), embeddings=embeddings)
+    saved = np.load(path)
+    return dict(zip(saved["keys"].tolist(), saved["embeddings"], strict=True))
+
+
+def render_markdown(
+    rows: list[dict[str, Any]], env: dict[str, Any], test_rows: int, settings: dict[str, Any] | None = None
+) -> str:
+    """Medians over seeds, one line per strategy and budget; ``settings``: the run's ``--set`` values."""
+    named = ", ".join(f"`{k}={v}`" for k, v in (settings or {}).items())
     lines = [
         f"# Magnetic tiles: strategies x budgets (test: 30% stratified split, {test_rows} images per "
         "seed; medians over seeds)",
         "",
         f"Device: {env['device']}; torch {env['torch']}; {env['when']}. Missed-defect rate: defective "
-        f"test images predicted as `{NORMAL_LABEL}`.",
+        f"test images predicted as `{NORMAL_LABEL}`." + (f" Settings: {named}." if named else ""),
         "",
         "| strategy | base model | per class | seeds | accuracy | macro-F1 | missed defects | train s "
         "| peak RSS MB | trainable |",
@@ -148,6 +195,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--merge", action="store_true", help="keep an earlier run's rows that this run does not redo"
     )
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=None,
+        help="embed every image with the frozen encoder once, kept in this directory for later runs "
+        "(train s then leaves that embedding out)",
+    )
     return parser.parse_args(argv)
 
 
@@ -156,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
     args = parse_args(argv)
-    overrides: dict[str, Any] = {"base_model": args.base_model, **parse_assignments(args.set)}
+    settings = parse_assignments(args.set)
+    overrides: dict[str, Any] = {"base_model": args.base_model, **settings}
     rows: list[dict[str, Any]] = []
     earlier = read_earlier(args.out / f"{args.name}.json") if args.merge else []
     with tempfile.TemporaryDirectory(prefix="refit-tiles-") as scratch:
@@ -166,16 +221,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             images = images.groupby("label", sort=True).head(args.max_images).reset_index(drop=True)
         modality = ImageModality(TrainingConfig(modality="image"), store)
         test_rows = 0
+        frozen = (
+            embed_images(images, modality, overrides, args.embedding_cache) if args.embedding_cache else None
+        )
+        if frozen is not None:
+            settings = {**settings, "frozen embeddings": "cached"}
         for seed in (int(s) for s in args.seeds.split(",")):
             # --dev: the seed's real test images stay unseen while settings are chosen
             seen = stratified_split(images, (0.0, 0.3), seed)[0] if args.dev else images
             for per_class in args.budgets.split(","):
                 for strategy in args.strategies.split(","):
-                    row = run_cell(seen, modality, per_class, seed, strategy, overrides)
+                    row = run_cell(seen, modality, per_class, seed, strategy, overrides, frozen)
                     test_rows = len(stratified_split(seen, (0.0, 0.3), seed)[2])
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-                    write_results(merge_rows(earlier, rows), args.out, args.name, test_rows)
+                    write_results(merge_rows(earlier, rows), args.out, args.name, test_rows, settings)
     return rows
 
 
@@ -190,11 +250,13 @@ def merge_rows(earlier: list[dict[str, Any]], new: list[dict[str, Any]]) -> list
     return list(({key(r): r for r in earlier} | {key(r): r for r in new}).values())
 
 
-def write_results(rows: list[dict[str, Any]], out: Path, name: str, test_rows: int) -> None:
+def write_results(
+    rows: list[dict[str, Any]], out: Path, name: str, test_rows: int, settings: dict[str, Any] | None = None
+) -> None:
     """Write the JSON rows and the markdown table (after every row, so a cut-off run keeps its rows)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment(), test_rows))
+    (out / f"{name}.md").write_text(render_markdown(rows, describe_environment(), test_rows, settings))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ def test_train_tiles_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: 
     }  # fmt: skip
     assert {r["per_class"] for r in rows} == {"3", "all"}
     assert all(0.0 <= r["missed_defect_rate"] <= 1.0 for r in rows)
-    assert "| lora |" in (tmp_path / "train_tiles.md").read_text()
+    table = (tmp_path / "train_tiles.md").read_text()
+    assert "| lora |" in table and "Settings: `epochs=1`." in table  # the run's --set values are named
     # --dev: the seed's test images stay unseen; its own test set is 30% of the other 70%.
     train_tiles.main(
         ["--data", str(tiles_like), "--base-model", str(tiny_vision_model), "--budgets", "all",
@@ -59,6 +60,15 @@ def test_train_tiles_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_path: 
     ]
     counts = [int(found[1]) for found in sizes if found]
     assert len(counts) == 2 and counts[1] < counts[0], counts
+    # Frozen embeddings computed once and cached give the rows that embedding per cell gives.
+    cached = train_tiles.main(
+        ["--data", str(tiles_like), "--base-model", str(tiny_vision_model), "--budgets", "3,all",
+         "--seeds", "0", "--strategies", "head", "--set", "epochs=1", "--name", "cached",
+         "--embedding-cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    )  # fmt: skip
+    metrics = ("accuracy", "macro_f1", "missed_defect_rate")
+    plain = [[r[k] for k in metrics] for r in rows if r["strategy"] == "head"]
+    assert [[r[k] for k in metrics] for r in cached] == plain and any((tmp_path / "cache").iterdir())
 
 
 def test_adaptation_smoke(tiles_like: Path, tiny_cnn: Path, tmp_path: Path) -> None:

@@ -152,6 +152,59 @@ def test_an_image_version_exports_to_onnx_with_parity_from_bytes(
     )
 
 
+def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_and_onnx(
+    surfaces: Path,
+    tiny_vision_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from PIL import Image
+
+    from training.inference import predict
+    from training.onnx_export import ONNX_FILE, onnx_logits, onnx_session
+
+    home = tmp_path / "bentoml"
+    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", "head"]
+    args += ["--name", "surfaces", "--home", str(home), "--set", "orientations=8", "--export-onnx"]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 0, out
+    version = ModelRegistry(home).get("surfaces:production")
+    assert json.loads((version.path / "model" / "image_encoder.json").read_text())["orientations"] == 8
+    original = split_inputs(version, read_split(version, "test"))[0].read_bytes()
+
+    def encode(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    model, processor = load_version_model(version)
+    # At the model's own input size, so that no resampling tells a turned image from the original.
+    side = processor.preprocessing.size
+    image = Image.open(io.BytesIO(original)).convert("RGB").resize((side, side))
+    turns = [image.rotate(angle) for angle in (0, 90, 180, 270)]
+    mirror = Image.Transpose.FLIP_LEFT_RIGHT
+    views = [encode(view) for turn in turns for view in (turn, turn.transpose(mirror))]
+    logits = predict(model, processor, views).logits
+    scale = max(1.0, float(np.abs(logits).max()))  # float sums in another order differ by ~1e-5 of it
+    np.testing.assert_allclose(logits / scale, np.repeat(logits[:1], len(views), axis=0) / scale, atol=1e-5)
+    session = onnx_session(version.path / "onnx" / ONNX_FILE, ["CPUExecutionProvider"])
+    np.testing.assert_allclose(onnx_logits(session, processor, views) / scale, logits / scale, atol=1e-4)
+    # The same encoder on one orientation tells the turns apart: the equality above is the views'.
+    model.encoder.orientations = 1
+    single = predict(model, processor, views).logits
+    assert np.abs(single - single[:1]).max() / scale > 1e-2
+
+
+def test_orientations_other_than_one_or_eight_are_refused_by_name(
+    surfaces: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out = run_cli(["train", str(surfaces), "--set", "orientations=4"], capsys, monkeypatch)
+    assert code != 0 and "orientations must be 1" in out and "found 4" in out
+
+
 @pytest.mark.slow
 def test_efficientnet_lite0_fine_tunes_with_lora_on_pointwise_convolutions_only(
     surfaces: Path, tmp_path: Path

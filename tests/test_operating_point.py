@@ -98,3 +98,42 @@ def test_an_operating_point_without_a_normal_label_is_refused(
     args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--home", str(tmp_path)]
     code, out = run_cli([*args, "--set", "max_missed_defect_rate=0.02"], capsys, monkeypatch)
     assert code == 2 and "max_missed_defect_rate needs normal_label" in out, out
+
+
+def test_under_cross_validation_the_operating_point_is_chosen_on_every_training_row_held_out(
+    surfaces: Path,
+    tiny_vision_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "bentoml"
+    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", "head"]
+    args += ["--home", str(home), "--set", "normal_label=free", "--set", "selection=cv"]
+    code, out = run_cli([*args, "--name", "plain"], capsys, monkeypatch)
+    assert code == 0, out
+    code, out = run_cli(
+        [*args, "--name", "surfaces", "--set", "max_missed_defect_rate=0"], capsys, monkeypatch
+    )
+    assert code == 0, out
+    version = ModelRegistry(home).get("surfaces:production")
+    point = version.manifest["details"]["operating_point"]
+    train = read_split(version, "train")
+    defective = int((train["label"] != "free").sum())
+    assert (
+        point["source"] == "out-of-fold"
+        and point["rows"] == len(train)
+        and len(read_split(version, "validation")) == 0
+    )
+    assert point["defective_rows"] == defective and point["missed_after"] == 0.0
+    assert point["missed_before"] > 0 and point["logit_shift"] > 0  # out of fold, the tiny ViT misses some
+    assert f"chosen on {len(train)} out-of-fold rows ({defective} defective)" in " ".join(out.split())
+    # The shift is folded into the head fitted on every row: only the normal class's bias moved.
+    labels = version.manifest["labels"]
+    model, _ = load_version_model(version)
+    plain, _ = load_version_model(ModelRegistry(home).get("plain:production"))
+    shift = np.zeros(len(labels), dtype=np.float32)
+    shift[labels.index("free")] = point["logit_shift"]
+    np.testing.assert_allclose(
+        model.head.bias.detach().numpy(), plain.head.bias.detach().numpy() - shift, atol=1e-5
+    )

@@ -134,7 +134,7 @@ class ImageModality:
         """An EfficientNet-Lite or HF vision encoder with global average pooling."""
         from training.vision import load_image_encoder
 
-        return load_image_encoder(base_model)
+        return load_image_encoder(base_model, self.config.orientations)
 
     def load_processor(self, base_model: str) -> Processor:
         """Resizing and normalisation as the encoder was pretrained with."""

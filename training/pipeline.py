@@ -118,7 +118,7 @@ def train_model(
             ctx.label_ids("validation"), held_out.probabilities, splits.labels, config.normal_label
         )
     open_set = fit_version_open_set(ctx, result, held_out)
-    point = choose_configured_operating_point(ctx, held_out)
+    point = choose_configured_operating_point(ctx, held_out, result)
     result.finalize()
     apply_operating_point(result, ctx, point)
     test = evaluate_split(result, ctx, "test")

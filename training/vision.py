@@ -1,7 +1,8 @@
 """Pretrained image encoders: EfficientNet-Lite (bundled ImageNet weights) or a local HF vision model.
 
 Either way the encoder maps pixels (batch, 3, size, size) to pooled features (batch, hidden), and
-says which of its layers are "top layers" (for `partial`) and where LoRA applies.
+says which of its layers are "top layers" (for `partial`) and where LoRA applies. With eight
+orientations it averages the features of each image's four quarter turns and their mirror images.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ENCODER_FILE = "image_encoder.json"
 # means what it does for a Linear layer. Depthwise convolutions (one kernel per channel) and the
 # stem are left as they are: a rank-r update of a per-channel 3x3 kernel saves nothing.
 EFFICIENTNET_LORA_TARGETS = ["_expand_conv", "_project_conv", "_conv_head"]
+ORIENTATIONS = (1, 8)  # the image as it is, or every flip and quarter turn of it (the dihedral group)
 
 
 def _lite_weights(name: str) -> str:
@@ -48,13 +50,21 @@ def _lite_weights(name: str) -> str:
 
 
 class ImageEncoder(nn.Module):
-    """A vision backbone with global average pooling: pixels -> (batch, hidden)."""
+    """A vision backbone with global average pooling: pixels -> (batch, hidden).
 
-    def __init__(self, backbone: nn.Module, family: str, name: str) -> None:
+    With ``orientations`` 8 the features are averaged over the eight flips and quarter turns of
+    each image, so the encoder cannot tell them apart: for images whose content has no
+    orientation, such as surface defects, at eight times the compute per image.
+    """
+
+    def __init__(self, backbone: nn.Module, family: str, name: str, orientations: int = 1) -> None:
         super().__init__()
+        if orientations not in ORIENTATIONS:
+            raise ValueError(f"orientations must be one of {ORIENTATIONS}; found {orientations}")
         self.backbone: Any = backbone  # EfficientNet or a transformers PreTrainedModel
         self.family = family  # "efficientnet" or "hf"
         self.name = name  # efficientnet-lite0..2, or the HF model type
+        self.orientations = orientations
         if family == "efficientnet":
             self.backbone._fc = nn.Identity()  # the ImageNet classifier is replaced by Refit's head
             plain_pointwise_convs(self.backbone)
@@ -64,7 +74,16 @@ class ImageEncoder(nn.Module):
             self.hidden_size = int(getattr(config, "hidden_size", 0) or config.hidden_sizes[-1])
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pooled features (batch, hidden) of images (batch, 3, size, size)."""
+        """Pooled features (batch, hidden) of square images (batch, 3, size, size)."""
+        if self.orientations == 1:
+            return self.pool(pixel_values)
+        # One orientation at a time: one batch eight times as large holds eight times the
+        # activations (Lite0 on 128 tiles in one batch: 17.3 GB peak RSS, against 2.9 GB).
+        views = orient(pixel_values)
+        return torch.stack([self.pool(view) for view in views]).mean(dim=0)
+
+    def pool(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled features (batch, hidden) of images as they are."""
         if self.family == "efficientnet":
             return self.backbone.extract_features(pixel_values).mean(dim=(2, 3))
         out = self.backbone(pixel_values=pixel_values)
@@ -101,9 +120,17 @@ class ImageEncoder(nn.Module):
             return EFFICIENTNET_LORA_TARGETS
         return find_attention_projections(self.backbone)
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
         """What rebuilds the architecture without weights."""
-        return {"family": self.family, "name": self.name}
+        return {"family": self.family, "name": self.name, "orientations": self.orientations}
+
+
+def orient(pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """The eight flips and quarter turns of square images (batch, 3, size, size), the original first."""
+    views = []
+    for image in (pixel_values, pixel_values.transpose(-1, -2)):
+        views += [image, image.flip(-1), image.flip(-2), image.flip(-2).flip(-1)]
+    return views
 
 
 def plain_pointwise_convs(backbone: nn.Module) -> None:
@@ -144,8 +171,12 @@ def native_preprocessing(base_model: str) -> Preprocessing:
     return Preprocessing(size=int(side), mean=mean, std=std)  # type: ignore[arg-type]
 
 
-def load_image_encoder(base_model: str) -> ImageEncoder:
+def load_image_encoder(base_model: str, orientations: int = 1) -> ImageEncoder:
     """A pretrained image encoder: ``efficientnet-lite0|1|2`` or a local HF vision model directory.
+
+    Args:
+        base_model: the bundled model's name or the directory.
+        orientations: 1, or 8 to average the features over each image's flips and quarter turns.
 
     Raises:
         ModelLoadError: an unknown name, a missing weights package or an unloadable directory.
@@ -155,7 +186,7 @@ def load_image_encoder(base_model: str) -> ImageEncoder:
 
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a line per load
             backbone = EfficientNet.from_pretrained(base_model, weights_path=_lite_weights(base_model))
-        return ImageEncoder(backbone, "efficientnet", base_model)
+        return ImageEncoder(backbone, "efficientnet", base_model, orientations)
     if not Path(base_model).is_dir():
         raise ModelLoadError(
             f"Unknown image base model {base_model!r}. Expected one of {list(EFFICIENTNET_LITE)} or "
@@ -167,7 +198,7 @@ def load_image_encoder(base_model: str) -> ImageEncoder:
         backbone = AutoModel.from_pretrained(base_model)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"Could not load an image model from {base_model!r}: {exc}") from exc
-    return ImageEncoder(backbone, "hf", str(backbone.config.model_type))
+    return ImageEncoder(backbone, "hf", str(backbone.config.model_type), orientations)
 
 
 def save_image_encoder(encoder: ImageEncoder, directory: Path) -> None:
@@ -180,10 +211,12 @@ def save_image_encoder(encoder: ImageEncoder, directory: Path) -> None:
 def rebuild_image_encoder(directory: Path) -> ImageEncoder:
     """The saved encoder's architecture with untrained weights (the classifier's state fills them)."""
     spec = json.loads((directory / ENCODER_FILE).read_text(encoding="utf-8"))
+    orientations = int(spec.get("orientations", 1))
     if spec["family"] == "efficientnet":
         from efficientnet_lite_pytorch import EfficientNet
 
-        return ImageEncoder(EfficientNet.from_name(spec["name"]), "efficientnet", spec["name"])
+        return ImageEncoder(EfficientNet.from_name(spec["name"]), "efficientnet", spec["name"], orientations)
     from transformers import AutoConfig, AutoModel
 
-    return ImageEncoder(AutoModel.from_config(AutoConfig.from_pretrained(directory)), "hf", spec["name"])
+    backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory))
+    return ImageEncoder(backbone, "hf", spec["name"], orientations)
