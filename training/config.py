@@ -14,6 +14,8 @@ from pydantic_settings import SettingsConfigDict
 
 from training.shared_settings import StageSettings, load_settings
 
+ORIENTATIONS = (1, 8)  # an image as it is, or every flip and quarter turn of it (the dihedral group)
+
 Strategy = Literal[
     "baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "dann", "tapt", "auto"
 ]
@@ -131,7 +133,7 @@ class TrainingConfig(StageSettings):
 
     @model_validator(mode="after")
     def _check_orientations(self) -> TrainingConfig:
-        if self.orientations not in (1, 8):
+        if self.orientations not in ORIENTATIONS:
             raise ValueError(
                 f"orientations must be 1 (images as they are) or 8 (every flip and quarter turn); "
                 f"found {self.orientations}"

@@ -129,7 +129,7 @@ def choose_configured_operating_point(
     target, normal_label = ctx.config.max_missed_defect_rate, ctx.config.normal_label
     if target is None or normal_label is None:
         return None
-    out_of_fold = getattr(result, "out_of_fold", None)
+    out_of_fold = result.out_of_fold if result is not None else None
     if out_of_fold is not None:
         # Log-probabilities: softmax's per-row constant changes no argmax, so a shift found on them
         # is the same shift on the logits of the (calibrated) head fitted on every row.

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.config import ORIENTATIONS
 from training.errors import ModelLoadError
 from training.images import Preprocessing
 from training.layers import find_attention_projections, find_encoder_layers
@@ -29,7 +30,6 @@ ENCODER_FILE = "image_encoder.json"
 # means what it does for a Linear layer. Depthwise convolutions (one kernel per channel) and the
 # stem are left as they are: a rank-r update of a per-channel 3x3 kernel saves nothing.
 EFFICIENTNET_LORA_TARGETS = ["_expand_conv", "_project_conv", "_conv_head"]
-ORIENTATIONS = (1, 8)  # the image as it is, or every flip and quarter turn of it (the dihedral group)
 
 
 def _lite_weights(name: str) -> str:
