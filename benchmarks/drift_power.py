@@ -386,7 +386,7 @@ def measure_peers(
             console.print(f"[yellow]peers did not run[/yellow]: {exc}")
             failed.append(f"Peers that did not run ({', '.join(chosen)}): {exc}")
     merged = merge_rows(read_earlier(args), rows)
-    write_results(merged, args, " ".join([uncalibrated_note(merged), *failed]).strip())
+    write_results(merged, args, " ".join(failed))
     return rows
 
 
@@ -438,7 +438,9 @@ def distinct_note(distinct: dict[tuple[str, int], list[int]]) -> str:
 
 
 def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: str = "") -> None:
-    """JSON rows and a markdown table (rate per window size, side by side per scenario)."""
+    """JSON rows and a markdown table (rate per window size, side by side per scenario); the peers
+    whose false-alarm rate is above 0.05 are named from the rows, whichever run wrote them."""
+    note = " ".join(part for part in (uncalibrated_note(rows), note) if part)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     windows = sorted({r["window"] for r in rows})

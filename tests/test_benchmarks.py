@@ -157,6 +157,22 @@ def test_drift_power_smoke(small_banking: Path, tiny_base_model: Path, tmp_path:
     assert "evidently-default" in (tmp_path / "drift_power.md").read_text()
 
 
+def test_drift_power_names_uncalibrated_peers_whichever_run_wrote_the_table(tmp_path: Path) -> None:
+    from benchmarks import drift_power
+
+    # A --merge run of Refit's cells alone rewrites the table: the peers' calibration still shows.
+    cell = {"scenario": "none", "window": 50, "seconds_per_check": 0.02}
+    rows = [
+        {"detector": "refit", **cell, "rate": 0.04, "trials": 2000},
+        {"detector": "alibi-bbsd", **cell, "rate": 0.075, "trials": 40},
+    ]
+    args = drift_power.parse_args(["--out", str(tmp_path)])
+    drift_power.write_results(rows, args)
+    table = (tmp_path / "drift_power.md").read_text()
+    assert "Uncalibrated (false-alarm rate on `none` above 0.05): alibi-bbsd (w=50: 0.07)." in table
+    assert "refit (w=50" not in table
+
+
 def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import retrain_recovery
 
