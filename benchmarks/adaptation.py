@@ -73,7 +73,7 @@ IMAGE_SHIFTS = {"exp1->exp6": (("exp1",), ("exp6",)), "exp12->exp56": (("exp1", 
 TEXT_SHIFTS = ("typos", "chat")
 METHODS = {
     "image": ("bn-adapt", "tent", "self-train", "dann"),
-    "text": ("self-train", "tapt"),
+    "text": ("self-train", "tapt", "spelling"),
 }
 SOURCE_TEST = 0.15  # of the source, held out as the gate's original test split
 TYPO_RATE = 1 / 6  # words with one typo: chat and mobile support messages, not a worst case
@@ -169,7 +169,7 @@ def finalized(result: StrategyResult) -> StrategyResult:
 
 def score(result: StrategyResult, ctx: TrainContext) -> tuple[float, float]:
     """Accuracy and macro-F1 on the evaluation half, after the refit."""
-    metrics = evaluate_split(finalized(result), ctx, "test")
+    metrics = evaluate_split(finalized(result), ctx.reading_as(result), "test")
     return round(metrics.accuracy, 4), round(metrics.macro_f1, 4)
 
 
@@ -182,10 +182,10 @@ def judge(
     test_inputs, truth = ctx.modality.inputs(cell.source_test), cell.source_test["label"].to_numpy()
 
     def outputs(result: StrategyResult) -> tuple[np.ndarray, tuple[np.ndarray, list[str]]]:
-        model = finalized(result).model
-        tested = predict(model, ctx.processor, test_inputs, device=ctx.device).probabilities
+        model, processor = finalized(result).model, ctx.reading_as(result).processor
+        tested = predict(model, processor, test_inputs, device=ctx.device).probabilities
         correct = np.asarray(labels, dtype=object)[tested.argmax(axis=1)] == truth
-        return correct, (predict(model, ctx.processor, window, device=ctx.device).probabilities, labels)
+        return correct, (predict(model, processor, window, device=ctx.device).probabilities, labels)
 
     prior = {k: v / len(ctx.splits.train) for k, v in Counter(ctx.splits.train["label"]).items()}
     (before, production), (after, candidate) = outputs(source_only), outputs(adapted)
@@ -257,7 +257,7 @@ def run_seed(
                 "macro_f1_source_only": f1_source,
                 "macro_f1_adapted": f1,
                 "macro_f1_oracle": f1_oracle,
-                "seconds": round(seconds, 1),
+                "seconds": round(seconds, 2),
                 "gate": judge(source_only, adapted, ctx, cell, held_out),
             }
         )

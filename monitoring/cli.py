@@ -109,7 +109,8 @@ def adapt(
         bool, typer.Option("--dry-run", help="Train and judge the adaptation; promote nothing.")
     ] = False,
     strategy: Annotated[
-        str | None, typer.Option(help="bn-adapt, tent, self-train, dann or tapt (default: by modality).")
+        str | None,
+        typer.Option(help="bn-adapt, tent, self-train, dann, tapt or spelling (default: self-train)."),
     ] = None,
     model: ModelOption = None,
     home: HomeOption = None,

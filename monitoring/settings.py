@@ -49,7 +49,7 @@ class MonitorSettings(ServedModelSettings):
     refit_with_gate_rows: bool = True
     # Drift in the inputs, fewer than min_feedback labels on the window: adapt to its inputs
     # instead, without labels (None: self-train, measured best on the tiles; off: never).
-    adapt_strategy: Literal["bn-adapt", "tent", "self-train", "dann", "tapt", "off"] | None = None
+    adapt_strategy: Literal["bn-adapt", "tent", "self-train", "dann", "tapt", "spelling", "off"] | None = None
     # Training settings of the adaptation candidate over production's, e.g. {bn_layers: early}
     adapt_settings: dict[str, Any] = Field(default_factory=dict)
     # Allowed drop of an adaptation's accuracy on the original test split: it serves a new

@@ -39,7 +39,7 @@ class Encoded:
 def encode_inputs(processor: Processor, inputs: list[Any]) -> Encoded:
     """The processor's model inputs for ``inputs`` (texts, or image bytes already checked)."""
     if isinstance(processor, TextProcessor):
-        return encode_texts(processor.tokenizer, inputs, processor.max_length)
+        return encode_texts(processor.tokenizer, processor.prepare(inputs), processor.max_length)
     arrays = {
         name: tensor.numpy()
         for name, tensor in zip(processor.input_names, processor.encode(inputs), strict=True)

@@ -273,7 +273,16 @@ def test_refit_train_tapt_pretrains_on_the_target_then_trains_the_head(
     assert read_labels(version)[answer] in set(source["label"])
 
 
-def test_tapt_is_for_texts(tiny_cnn: Path, surfaces: Path, dark_surfaces: Path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        ("tapt", "tapt continues a text encoder's language-model pretraining; for images use bn-adapt"),
+        ("spelling", "spelling corrects the words of texts; for images use bn-adapt"),
+    ],
+)
+def test_text_adaptations_are_for_texts(
+    strategy: str, message: str, tiny_cnn: Path, surfaces: Path, dark_surfaces: Path
+) -> None:
     from training.adaptation import adapt_model
     from training.config import TrainingConfig
     from training.context import TrainContext
@@ -282,13 +291,89 @@ def test_tapt_is_for_texts(tiny_cnn: Path, surfaces: Path, dark_surfaces: Path) 
     from training.strategies import run_strategy
 
     config = TrainingConfig(
-        base_model=str(tiny_cnn), strategy="tapt", modality="image", target_file=dark_surfaces
+        base_model=str(tiny_cnn), strategy=strategy, modality="image", target_file=dark_surfaces
     )
     modality = create_modality("image", config, surfaces.parent / "home")
     data, _ = modality.load_frames(surfaces, None)
     splits = split_frames(data, None, seed=0, source="s", column="image")
-    with pytest.raises(ValueError, match="tapt continues a text encoder"):
-        adapt_model("tapt", TrainContext.create(config, splits, modality), None, run_strategy)
+    # Refused before any base model is trained for it.
+    with pytest.raises(ValueError, match=message):
+        adapt_model(strategy, TrainContext.create(config, splits, modality), None, run_strategy)
+
+
+SPELLING_CASES = [
+    ("refnud my payment", "refund my payment"),  # a swap
+    ("Pasword reset", "Password reset"),  # a dropped letter, the capital kept
+    ("PARCCEL late", "PARCEL late"),  # a doubled letter, upper case kept
+    ("tarck my parcel", "track my parcel"),
+    ("acct refund", "acct refund"),  # the target's own word (seen 3 times): not a slip
+    ("zzqx refund", "zzqx refund"),  # nothing known one edit away: left as it is
+    ("my pw", "my pw"),  # too short to correct
+    ("refund-me now!", "refund-me now!"),  # punctuation and known words untouched
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SPELLING_CASES)
+def test_spelling_corrects_words_the_model_cannot_read_to_known_ones(
+    text: str, expected: str, tiny_base_model: Path
+) -> None:
+    from tests.helpers import tiny_rows
+    from training.model import load_tokenizer
+    from training.spelling import fit_spelling
+
+    target = ["acct locked", "my acct", "acct closed", "refnud please"]
+    spelling = fit_spelling(tiny_rows()["text"], target, load_tokenizer(str(tiny_base_model)))
+    assert spelling.correct(text) == expected
+
+
+def test_spelling_prefers_the_word_the_texts_use_most() -> None:
+    from training.spelling import SpellingCorrector
+
+    # "cart" and "card" are both one edit from "carx"; the texts used "card" more.
+    spelling = SpellingCorrector({"card": 5, "cart": 2}, vocabulary=["care"])
+    assert spelling.correct("my carx") == "my card"
+    assert SpellingCorrector({}, vocabulary=["cart", "card"]).correct("carx") == "card"  # ties: a-z
+
+
+def test_refit_train_spelling_makes_typos_read_as_the_words_the_model_learnt(
+    tiny_base_model: Path,
+    tiny_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pandas as pd
+
+    from service.backends import encode_inputs
+    from training.artifacts import load_version_model, load_version_processor
+    from training.inference import predict
+
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
+    source = pd.read_csv(tiny_csv)
+    typos = {"refund": "refnud", "password": "pasword", "parcel": "parcle", "reset": "rest"}
+    # Typed in a hurry: every other text has a typo in each of these words.
+    channel = [
+        " ".join(typos.get(w, w) if i % 2 == 0 else w for w in text.split())
+        for i, text in enumerate(source["text"])
+    ]
+    version = _train_adapted_text_model(
+        "spelling", channel, tiny_csv, tiny_base_model, [], lambda args: run_cli(args, capsys, monkeypatch)
+    )
+    lineage = version.manifest["adaptation"]
+    assert lineage["method"] == "spelling" and lineage["target"]["inputs"] == len(channel)
+    # The statistic it moves: the share of the target's words the model cannot read.
+    spelling = version.manifest["details"]["adaptation"]["spelling"]
+    assert spelling["unknown_word_share_before"] > 0.1, spelling
+    assert spelling["unknown_word_share_after"] == 0.0 and spelling["corrected_words"] > 0, spelling
+    # The version reads a typo as the word: through torch, and as the service encodes its inputs
+    # (for torch and ONNX backends alike).
+    model, processor = load_version_model(version)
+    clean, typed = ["reset my password now", "track my parcel"], ["rest my pasword now", "track my parcle"]
+    np.testing.assert_array_equal(
+        predict(model, processor, typed).probabilities, predict(model, processor, clean).probabilities
+    )
+    served = load_version_processor(version)
+    for name, array in encode_inputs(served, typed).arrays.items():
+        np.testing.assert_array_equal(array, encode_inputs(served, clean).arrays[name])
 
 
 def test_dann_pulls_the_domains_features_together_and_keeps_the_frozen_layers(

@@ -291,7 +291,7 @@ def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_p
             "--base-model", str(tiny_base_model),
             "--per-label", "4",
             "--seeds", "0",
-            "--methods", "self-train:pseudo_label_threshold=0.2;tapt:adapt_epochs=1",
+            "--methods", "self-train:pseudo_label_threshold=0.2;tapt:adapt_epochs=1;spelling",
             "--set", "max_length=16",
             "--append",
             "--out", str(tmp_path / "out"),
@@ -300,7 +300,7 @@ def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_p
     assert [(r["shift"], r["method"]) for r in rows] == [
         (shift, method)
         for shift in ("typos", "chat")
-        for method in ("self-train:pseudo_label_threshold=0.2", "tapt:adapt_epochs=1")
+        for method in ("self-train:pseudo_label_threshold=0.2", "tapt:adapt_epochs=1", "spelling")
     ]
     assert all(r["modality"] == "text" and r["target_labels"] == 0 and r["seconds"] > 0 for r in rows)
     assert all(r["gate"] == "promoted" or r["gate"].startswith("refused: ") for r in rows)

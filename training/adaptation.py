@@ -10,7 +10,9 @@ classifier cannot tell source from target features (:mod:`training.adversarial_a
 Each starts from the ``adapt_base`` strategy trained on the labelled (source) data.
 ``tapt`` (texts) continues the encoder's masked-language-model
 pretraining on the target texts first, then trains ``adapt_base`` on it
-(:mod:`training.language_adaptation`). Each records what it adapted to, so that a version's
+(:mod:`training.language_adaptation`). ``spelling`` (texts) gives the model a processor that
+corrects words it cannot read to known words one edit away, the target's own frequent words
+counted as known (:mod:`training.spelling`). Each records what it adapted to, so that a version's
 lineage reads source -> adapted.
 """
 
@@ -35,7 +37,15 @@ from training.entropy_adaptation import label_prior, minimise_entropy
 from training.errors import DataError
 from training.finetune import class_weights, refit_head_on_features
 from training.language_adaptation import continue_pretraining
+from training.processors import TextProcessor
 from training.self_training import pseudo_label, with_pseudo_labels
+from training.spelling import fit_spelling, measure_unknown_words
+
+# Methods that only mean something for texts, and what each does.
+TEXT_METHODS = {
+    "tapt": "tapt continues a text encoder's language-model pretraining",
+    "spelling": "spelling corrects the words of texts",
+}
 
 
 def load_target(ctx: TrainContext) -> pd.DataFrame:
@@ -84,10 +94,6 @@ def pretrain_and_train(
     ctx: TrainContext, texts: list[str], train: Callable[[str, TrainContext], StrategyResult]
 ) -> tuple[StrategyResult, dict[str, Any]]:
     """``adapt_base`` trained on an encoder pretrained further on ``texts`` (TAPT); the MLM numbers."""
-    if ctx.modality.name != "text":
-        raise ValueError(
-            "tapt continues a text encoder's language-model pretraining; for images use bn-adapt"
-        )
     cfg = ctx.config
     with tempfile.TemporaryDirectory(prefix="refit-tapt-") as directory:
         mlm = continue_pretraining(
@@ -99,23 +105,34 @@ def pretrain_and_train(
     return result, mlm
 
 
+def correct_spelling(ctx: TrainContext, texts: list[str]) -> tuple[TextProcessor, dict[str, Any]]:
+    """The run's text processor with a corrector fitted on the source and ``texts``, and what it
+    changed on them (the share of their words the model cannot read, before and after)."""
+    assert isinstance(ctx.processor, TextProcessor)  # adapt_model lets only text models here
+    spelling = fit_spelling(ctx.inputs("train"), texts, ctx.processor.tokenizer)
+    measured = {**spelling.describe(), **measure_unknown_words(spelling, texts)}
+    return ctx.processor.with_spelling(spelling), measured
+
+
 def adapt_model(
     name: str,
     ctx: TrainContext,
     base: StrategyResult | None,
     train: Callable[[str, TrainContext], StrategyResult],
 ) -> StrategyResult:
-    """Adapt ``base`` (``adapt_base`` trained on the labelled data; None for ``tapt``, which
-    trains its own) to the target inputs with strategy ``name``; ``train`` runs a strategy.
+    """Adapt ``base`` (``adapt_base`` trained on the labelled data; trained here when None) to the
+    target inputs with strategy ``name``; ``train`` runs a strategy.
 
     Raises:
-        ValueError: an unknown strategy, or one that needs what the model lacks (BatchNorm).
+        ValueError: an unknown strategy, or one that needs what the model lacks (BatchNorm, texts).
         DataError: the target inputs are unusable.
     """
     if name not in ADAPTATION_STRATEGIES:
         raise ValueError(
             f"Unknown adaptation strategy {name!r}; expected one of {list(ADAPTATION_STRATEGIES)}"
         )
+    if name in TEXT_METHODS and ctx.modality.name != "text":
+        raise ValueError(f"{TEXT_METHODS[name]}; for images use bn-adapt, tent, self-train or dann")
     cfg = ctx.config
     target = load_target(ctx)
     inputs = ctx.modality.inputs(target)
@@ -131,12 +148,13 @@ def adapt_model(
         return replace(
             pretrained, strategy=name, details={"adaptation": adaptation, "base": pretrained.details}
         )
-    if base is None:
-        raise ValueError(f"{name} adapts a model trained on the labelled data; none was given")
+    base = base or train(cfg.adapt_base, ctx)
     model = base.model
     details: dict[str, Any] = {"adaptation": adaptation, "base": base.details}
-    refit_head, trainable = base.refit_head, 0
-    if name == "self-train":
+    refit_head, trainable, processor = base.refit_head, 0, base.processor
+    if name == "spelling":  # the model reads corrected texts; its weights stay the base's
+        processor, adaptation["spelling"] = correct_spelling(ctx, inputs)
+    elif name == "self-train":
         augments = ctx.modality.name == "image" and cfg.augment
         rows, adaptation["pseudo_labels"] = pseudo_label(
             model, ctx.processor, target, inputs, ctx.splits.labels, cfg.pseudo_label_threshold, augments,
@@ -157,7 +175,7 @@ def adapt_model(
         # the aligned ones (without it, 3 epochs of the top layers on 380 tiles lost 0.07 macro-F1).
         head, refit_head = refit_head_on_features(model, ctx, cfg.reprobe_after_finetune)
         adaptation["adversarial"], trainable = {**adversarial, **head}, int(adversarial["trainable_params"])
-    else:
+    elif name in ("bn-adapt", "tent"):
         adaptation["batch_norm"] = adapt_batch_norm(
             model, ctx.processor, inputs, source_sample(ctx, len(inputs)), cfg.bn_layers, cfg.bn_mix,
             cfg.batch_size,
@@ -185,4 +203,5 @@ def adapt_model(
         # bn-adapt and tent keep the base's refitted head (fitted on the source rows' features:
         # they change the encoder's normalisation only); self-train's is its own.
         refit_head,
+        processor=processor,
     )

@@ -54,7 +54,10 @@ def train(
     data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL or Parquet.")],
     strategy: Annotated[
         str | None,
-        typer.Option(help="baseline|head|partial|lora|full|auto, or bn-adapt|tent|self-train (target_file)"),
+        typer.Option(
+            help="baseline|head|partial|lora|full|auto, or with a target_file "
+            "bn-adapt|tent|self-train|dann|tapt|spelling"
+        ),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Registry model name.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML or TOML config file.")] = None,

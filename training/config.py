@@ -17,11 +17,12 @@ from training.shared_settings import StageSettings, load_settings
 ORIENTATIONS = (1, 8)  # an image as it is, or every flip and quarter turn of it (the dihedral group)
 
 Strategy = Literal[
-    "baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "dann", "tapt", "auto"
-]
+    "baseline", "head", "partial", "lora", "full", "bn-adapt", "tent", "self-train", "dann", "tapt",
+    "spelling", "auto",
+]  # fmt: skip
 LADDER_STRATEGIES: tuple[str, ...] = ("baseline", "head", "partial", "lora", "full")
 # Trained on the labelled data (`adapt_base`), then adapted to unlabelled `target_file` inputs.
-ADAPTATION_STRATEGIES: tuple[str, ...] = ("bn-adapt", "tent", "self-train", "dann", "tapt")
+ADAPTATION_STRATEGIES: tuple[str, ...] = ("bn-adapt", "tent", "self-train", "dann", "tapt", "spelling")
 STRATEGIES: tuple[str, ...] = (*LADDER_STRATEGIES, *ADAPTATION_STRATEGIES, "auto")
 FINETUNE_STRATEGIES: tuple[str, ...] = ("partial", "lora", "full")
 CV_STRATEGIES: tuple[str, ...] = ("baseline", "head")  # the ones `selection: cv` can choose among
@@ -42,7 +43,8 @@ class TrainingConfig(StageSettings):
     # auto: images for a folder of class folders or a table with `image_column` and no `text_column`
     modality: Literal["auto", "text", "image"] = "auto"
     # baseline, head, partial, lora, full, auto (the ladder), or an adaptation: bn-adapt, tent,
-    # self-train, dann (adversarial), tapt (texts: language-model pretraining on the target first)
+    # self-train, dann (adversarial), tapt (texts: language-model pretraining on the target first),
+    # spelling (texts: words the model cannot read corrected to known ones one edit away)
     strategy: Strategy = "auto"
     text_column: str = "text"  # column of the input texts in the data file(s)
     label_column: str = "label"  # column of the labels

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ class StrategyResult:
     # Under `selection: cv`: each training row's probabilities from the fold that did not train on
     # it (n, labels); selection, calibration and the abstention threshold read these.
     out_of_fold: np.ndarray | None = None
+    # Its own processor, when it reads inputs otherwise than the run's (spelling correction).
+    processor: Processor | None = None
 
     def finalize(self) -> None:
         """Install the refitted head, if there is one (after selection and validation metrics)."""
@@ -125,6 +127,13 @@ class TrainContext:
                     self.frozen[name] = self.predict(model, name, progress=f"embedding {name}").embeddings
             del model
         return self.frozen[split]
+
+    def reading_as(self, result: StrategyResult) -> TrainContext:
+        """This context with ``result``'s own processor, if it has one (the frozen embeddings and
+        probe, read through the run's processor, left behind)."""
+        if result.processor is None:
+            return self
+        return replace(self, processor=result.processor, frozen={}, probe=None)
 
     def predict(self, model: Classifier, split: str, progress: str | None = None) -> Any:
         """Predictions of ``model`` on a split (with a progress bar when ``progress`` is given)."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from training.errors import ModelLoadError
 from training.processors import ImageProcessor, Processor, TextProcessor, read_preprocessing
+from training.spelling import load_spelling
 from training.vision import rebuild_image_encoder, save_image_encoder
 
 logger = logging.getLogger(__name__)
@@ -164,7 +165,9 @@ def load_processor(directory: Path) -> Processor:
         spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
         if spec.get("modality", "text") == "image":
             return ImageProcessor(read_preprocessing(directory))
-        return TextProcessor(load_tokenizer(str(directory)), int(spec.get("max_length") or 128))
+        tokenizer = load_tokenizer(str(directory))
+        spelling = load_spelling(directory, tokenizer)
+        return TextProcessor(tokenizer, int(spec.get("max_length") or 128), spelling)
     except (OSError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"Saved processor in {directory} cannot be loaded: {exc}") from exc
 

@@ -109,6 +109,7 @@ def train_model(
         result, ladder = outcome.best, [r.to_dict() for r in outcome.rungs]
     else:
         result = run_strategy(config.strategy, ctx)
+    ctx = ctx.reading_as(result)  # from here on, inputs are read as the chosen model reads them
     # Validation metrics and the abstention threshold describe the model as selected; only then
     # may it learn those rows.
     held_out = ctx.predict(result.model, "validation") if len(splits.validation) else None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from training.images import ImageLimits, Preprocessing, augment_image, decode_image, to_pixels
+from training.spelling import SpellingCorrector
 
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -45,14 +46,26 @@ class Processor(Protocol):
 
 
 class TextProcessor:
-    """A tokenizer with its maximum length: texts -> (input_ids, attention_mask)."""
+    """A tokenizer with its maximum length: texts -> (input_ids, attention_mask); with a spelling
+    corrector (the ``spelling`` adaptation), texts are corrected before they are tokenized."""
 
     input_names: tuple[str, ...] = ("input_ids", "attention_mask")
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, spelling: SpellingCorrector | None = None) -> None:
         self.dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.spelling = spelling
+
+    def with_spelling(self, spelling: SpellingCorrector) -> TextProcessor:
+        """This processor with ``spelling`` correcting texts before the tokenizer."""
+        return TextProcessor(self.tokenizer, self.max_length, spelling)
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """The texts the tokenizer reads: corrected when there is a corrector."""
+        if self.spelling is None:
+            return list(texts)
+        return [self.spelling.correct(text) for text in texts]
 
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two texts of different lengths: the traced graph keeps the padded (masked) path."""
@@ -67,13 +80,19 @@ class TextProcessor:
     ) -> tuple[torch.Tensor, ...]:
         """Padded, truncated token ids and mask (texts are not augmented)."""
         batch = self.tokenizer(
-            list(inputs), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            self.prepare(inputs),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return batch["input_ids"], batch["attention_mask"]
 
     def save(self, directory: Path) -> None:
-        """Save the tokenizer."""
+        """Save the tokenizer and the spelling corrector, if any."""
         self.tokenizer.save_pretrained(directory)
+        if self.spelling is not None:
+            self.spelling.save(directory)
 
 
 class ImageProcessor:

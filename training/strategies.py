@@ -27,9 +27,8 @@ def run_strategy(name: str, ctx: TrainContext) -> StrategyResult:
         return train_head(ctx)
     if name in FINETUNE_STRATEGIES:
         return train_finetuned(ctx, name)
-    if name in ADAPTATION_STRATEGIES:  # tapt trains adapt_base itself, on its pretrained encoder
-        base = None if name == "tapt" else run_strategy(ctx.config.adapt_base, ctx)
-        return adapt_model(name, ctx, base, run_strategy)
+    if name in ADAPTATION_STRATEGIES:  # adapt_model trains adapt_base when (and how) the method needs it
+        return adapt_model(name, ctx, None, run_strategy)
     raise ValueError(
         f"Unknown strategy {name!r}; expected baseline, head, partial, lora, full or one of "
         f"{', '.join(ADAPTATION_STRATEGIES)}"
