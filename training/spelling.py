@@ -1,13 +1,13 @@
-"""Spelling normalisation: a word the model never read becomes the known word one edit away.
+"""Spelling normalisation: a word the model never read becomes the text word one edit away.
 
 A text model trained on clean texts reads a typo ("refnud") as word pieces it learnt nothing
 about; a channel full of typos costs it accuracy that no amount of head training on clean rows
-gives back. The lexicon is what the model knows how to read: the words of the labelled (source)
-texts, the tokenizer's whole words, and the words the target texts use often enough
-(``min_target_count``, and more often than any word one edit away) to be the new channel's own
-rather than slips. A word outside it is
-replaced by the lexicon word one edit away (a letter dropped, doubled, swapped or changed) seen
-most often in the source and target texts, and left as it is when there is none.
+gives back. The lexicon is the words of the labelled (source) texts and the words the target
+texts use often enough to be the new channel's own rather than slips (``min_target_count``
+times, and at least ``SLIP_SHARE`` as often as any text word one edit away); the tokenizer's
+whole words are known too. A word that is none of these is replaced by the lexicon word one
+edit away (a letter dropped, doubled, swapped or changed) seen most often in the texts, and
+left as it is when there is none.
 
 The corrector is saved with the model (``spelling.json``) and applied by its processor before
 tokenizing, so evaluation, serving, ONNX and the gate read the same corrected text; the
@@ -26,6 +26,9 @@ from typing import Any
 SPELLING_FILE = "spelling.json"
 WORD = re.compile(r"[A-Za-z]+")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+# A target word seen this share as often as a text word one edit away is a word of its own: one
+# typo form of a word is about 1% of its uses at a typo in one word in six, word forms far more.
+SLIP_SHARE = 0.1
 CACHE_SIZE = 100_000  # corrections remembered per process; live traffic has no bound on new words
 
 
@@ -34,7 +37,7 @@ class SpellingCorrector:
 
     Args:
         counts: lexicon words (lower case) -> times seen in the source and target texts.
-        vocabulary: the tokenizer's whole words, also known (they rank below any counted word).
+        vocabulary: the tokenizer's whole words: known, so never corrected, but never a correction.
         min_length: shorter words are left alone (one edit away from too many others).
     """
 
@@ -66,11 +69,15 @@ class SpellingCorrector:
         return fixed.capitalize() if word[0].isupper() else fixed
 
     def choose(self, word: str) -> str:
-        """The known word one edit from ``word`` seen most often (alphabetically first on ties)."""
-        candidates = sorted(edits(word) & self.known)
+        """The text word one edit from ``word`` seen most often (alphabetically first on ties).
+
+        Only words of the texts are corrections: a word outside them that is one edit from a
+        tokenizer word is as often a real word the texts never used ("expire" is one edit from
+        "empire") as a slip, and the model learnt nothing about the tokenizer's words anyway."""
+        candidates = sorted(edits(word) & self.counts.keys())
         if not candidates:
             return word
-        return max(candidates, key=lambda c: self.counts.get(c, 0))  # max keeps the first of equals
+        return max(candidates, key=lambda c: self.counts[c])  # max keeps the first of equals
 
     def describe(self) -> dict[str, Any]:
         """For the manifest: the lexicon's size."""
@@ -116,7 +123,8 @@ def fit_spelling(
     """A corrector whose lexicon is the source texts' words, the tokenizer's and the target's own.
 
     A target word is the new domain's own when it is seen at least ``min_target_count`` times and
-    more often than any word one edit from it: a slip of a common word stays rarer than the word.
+    at least SLIP_SHARE as often as any text word one edit from it: a slip of a common word is
+    much rarer than the word ("delete" beside "deleted" is a word, "refnud" beside "refund" a slip).
 
     Args:
         source: the labelled texts the model was trained on.
@@ -126,13 +134,12 @@ def fit_spelling(
     """
     seen, new = count_words(source), count_words(target)
     counts = seen + new
-    own = {
-        word
-        for word, n in new.items()
-        if n >= min_target_count
-        and word not in seen
-        and all(counts[c] < n for c in edits(word) & counts.keys())
-    }
+
+    def is_own(word: str, n: int) -> bool:
+        neighbours = [counts[c] for c in edits(word) & counts.keys()]
+        return n >= min_target_count and n >= SLIP_SHARE * max(neighbours, default=0)
+
+    own = {word for word, n in new.items() if word not in seen and is_own(word, n)}
     return SpellingCorrector({word: counts[word] for word in set(seen) | own}, tokenizer_words(tokenizer))
 
 
