@@ -110,7 +110,10 @@ def adapt(
     ] = False,
     strategy: Annotated[
         str | None,
-        typer.Option(help="bn-adapt, tent, self-train, dann, tapt or spelling (default: self-train)."),
+        typer.Option(
+            help="bn-adapt, tent, self-train, dann, tapt or spelling "
+            "(default: self-train for images, spelling for texts)."
+        ),
     ] = None,
     model: ModelOption = None,
     home: HomeOption = None,

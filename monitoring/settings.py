@@ -48,7 +48,8 @@ class MonitorSettings(ServedModelSettings):
     # BANKING77's new intents, 4-6 labels each, the held-out 30% were worth 2-3 points of accuracy.
     refit_with_gate_rows: bool = True
     # Drift in the inputs, fewer than min_feedback labels on the window: adapt to its inputs
-    # instead, without labels (None: self-train, measured best on the tiles; off: never).
+    # instead, without labels (None: by modality, each measured best: self-train for images,
+    # spelling for texts; off: never).
     adapt_strategy: Literal["bn-adapt", "tent", "self-train", "dann", "tapt", "spelling", "off"] | None = None
     # Training settings of the adaptation candidate over production's, e.g. {bn_layers: early}
     adapt_settings: dict[str, Any] = Field(default_factory=dict)

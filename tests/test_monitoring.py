@@ -359,6 +359,36 @@ def test_refit_drift_prints_the_check(
     assert page.index("verdict") < page.index("Features, strongest evidence first")
 
 
+def test_refit_adapt_corrects_a_typo_channel_s_spelling_by_default_for_a_text_model(
+    demo_home: dict[str, Any],
+    home: Path,
+    send: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.helpers import run_cli
+
+    # The typos are [UNK] to this encoder (its vocabulary is the clean words): the model cannot
+    # read them, and no label comes back.
+    send(list(traffic(demo_home, "drift_typos", 200)["text"]))
+    wait_logged(Monitor(settings_for(home)), 200)
+    config = home.parent / "monitor.yaml"
+    config.write_text("min_window: 50\nmetrics_port: 0\n")
+    args = ["adapt", "--model", "support", "--home", str(home), "--config", str(config), "--since", "1h"]
+    code, out = run_cli([*args, "--dry-run"], capsys, monkeypatch)
+    assert code == 0, out
+    assert "adapt: reported (spelling: the gate would promote it: " in out, out
+    registry = ModelRegistry(home)
+    candidate = registry.versions("support")[-1]
+    assert (
+        candidate.stage == "archived" and registry.get("support:production").version == demo_home["version"]
+    )
+    assert candidate.manifest["adaptation"]["method"] == "spelling"
+    assert candidate.manifest["parent_version"] == demo_home["version"]
+    spelling = candidate.manifest["details"]["adaptation"]["spelling"]
+    assert spelling["unknown_word_share_after"] < spelling["unknown_word_share_before"], spelling
+
+
 def test_reports_and_snapshots_are_kept_by_count(demo_home: dict[str, Any], home: Path, send: Any) -> None:
     from evidently.ui.workspace import Workspace
 
