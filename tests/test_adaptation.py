@@ -310,10 +310,11 @@ SPELLING_CASES = [
     ("zzqx refund", "zzqx refund"),  # nothing known one edit away: left as it is
     ("my pw", "my pw"),  # too short to correct
     ("refund-me now!", "refund-me now!"),  # punctuation and known words untouched
+    ("refunds" * 5_000, "refunds" * 5_000),  # a client's endless run of letters: no edits tried
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), SPELLING_CASES)
+@pytest.mark.parametrize(("text", "expected"), SPELLING_CASES, ids=[text[:20] for text, _ in SPELLING_CASES])
 def test_spelling_corrects_words_the_model_cannot_read_to_known_ones(
     text: str, expected: str, tiny_base_model: Path
 ) -> None:

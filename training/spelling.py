@@ -30,6 +30,9 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # typo form of a word is about 1% of its uses at a typo in one word in six, word forms far more.
 SLIP_SHARE = 0.1
 CACHE_SIZE = 100_000  # corrections remembered per process; live traffic has no bound on new words
+# Longer runs of letters are left alone: no word of a ticket is this long, and the edits of a
+# client's 100,000-letter run would be 5 million strings of its length.
+MAX_WORD_LENGTH = 30
 
 
 class SpellingCorrector:
@@ -54,7 +57,7 @@ class SpellingCorrector:
     def correct_word(self, word: str) -> str:
         """The correction of one alphabetic word, or the word itself."""
         lower = word.lower()
-        if len(lower) < self.min_length or lower in self.known:
+        if not self.min_length <= len(lower) <= MAX_WORD_LENGTH or lower in self.known:
             return word
         fixed = self._cache.get(lower)
         if fixed is None:
