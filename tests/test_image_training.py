@@ -188,8 +188,10 @@ def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_a
     mirror = Image.Transpose.FLIP_LEFT_RIGHT
     views = [encode(view) for turn in turns for view in (turn, turn.transpose(mirror))]
     logits = predict(model, processor, views).logits
-    scale = max(1.0, float(np.abs(logits).max()))  # float sums in another order differ by ~1e-5 of it
-    np.testing.assert_allclose(logits / scale, np.repeat(logits[:1], len(views), axis=0) / scale, atol=1e-5)
+    # Float sums in another order differ by about 1e-5 of the scale (1.1e-5 seen): 1e-4 is still 100x
+    # below what one orientation's answers differ by (checked last).
+    scale = max(1.0, float(np.abs(logits).max()))
+    np.testing.assert_allclose(logits / scale, np.repeat(logits[:1], len(views), axis=0) / scale, atol=1e-4)
     session = onnx_session(version.path / "onnx" / ONNX_FILE, ["CPUExecutionProvider"])
     np.testing.assert_allclose(onnx_logits(session, processor, views) / scale, logits / scale, atol=1e-4)
     # The same encoder on one orientation tells the turns apart: the equality above is the views'.
