@@ -11,8 +11,8 @@ Each starts from the ``adapt_base`` strategy trained on the labelled (source) da
 ``tapt`` (texts) continues the encoder's masked-language-model
 pretraining on the target texts first, then trains ``adapt_base`` on it
 (:mod:`training.language_adaptation`). ``spelling`` (texts) gives the model a processor that
-corrects words it cannot read to known words one edit away, the target's own frequent words
-counted as known (:mod:`training.spelling`). Each records what it adapted to, so that a version's
+corrects words it cannot read to words of the texts one edit away, the target's own frequent
+words counted as known (:mod:`training.spelling`). Each records what it adapted to, so that a version's
 lineage reads source -> adapted.
 """
 
