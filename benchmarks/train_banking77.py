@@ -148,6 +148,7 @@ def run_setfit(
         run_peer(
             "setfit", "train.py", str(folder / "train.csv"), str(folder / "test.csv"),
             resolve_base_model(base_model), str(seed), str(folder / "out.json"), str(iterations),
+            timeout=setfit_timeout(len(data), iterations),
         )  # fmt: skip
         measured = json.loads((folder / "out.json").read_text())
     return {
@@ -160,6 +161,14 @@ def run_setfit(
         "peak_rss_mb": round(measured["peak_rss_mb"], 1),
         "trainable_params": measured["trainable_params"],
     }
+
+
+def setfit_timeout(rows: int, iterations: int) -> float:
+    """Seconds a SetFit run may take: its contrastive phase grows with its sentence pairs (one per
+    row and iteration: 15,400 at 10 per intent took 15-19 minutes on 2 CPU cores, about 0.07 s a
+    pair), so a fixed limit that fits 10 per intent stops 30 per intent. An hour, or 0.2 s a pair
+    if that is longer (room for a machine shared with other work)."""
+    return max(3600.0, 0.2 * rows * iterations)
 
 
 def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], notes: tuple[str, ...] = ()) -> str:
