@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from training.artifacts import CONFIG_FILE, read_json, read_split
+from training.artifacts import CONFIG_FILE, MODEL_DIR, read_json, read_split
 from training.config import ADAPTATION_STRATEGIES
 from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
+from training.spelling import SPELLING_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,12 @@ def train_candidate(
     if config.get("modality") == "image":
         config["image_column"] = "text"
     config["strategy"] = strategy or production.manifest.get("strategy", config.get("strategy"))
-    if config["strategy"] in ADAPTATION_STRATEGIES and not (overrides or {}).get("target_file"):
+    if config["strategy"] == "spelling" and not (overrides or {}).get("target_file"):
+        # A corrector outlives its window: kept, the labelled texts' own words joining its lexicon
+        # (a slip in a feedback text is still a slip), and the base trained on the corrected texts.
+        lexicon = production.path / MODEL_DIR / SPELLING_FILE
+        config.update(target_file=str(data_path), target_window=None, spelling_lexicon=str(lexicon))
+    elif config["strategy"] in ADAPTATION_STRATEGIES and not (overrides or {}).get("target_file"):
         # Labels of the new domain replace an adaptation to it (whose target inputs were a window
         # long gone): production's base strategy is trained on them.
         config.update(strategy=config.get("adapt_base") or "head", target_file=None, target_window=None)

@@ -296,7 +296,7 @@ def test_text_adaptations_are_for_texts(
     modality = create_modality("image", config, surfaces.parent / "home")
     data, _ = modality.load_frames(surfaces, None)
     splits = split_frames(data, None, seed=0, source="s", column="image")
-    # Refused before any base model is trained for it.
+    # Refused by name, with what to use for images instead.
     with pytest.raises(ValueError, match=message):
         adapt_model(strategy, TrainContext.create(config, splits, modality), None, run_strategy)
 
@@ -320,10 +320,10 @@ def test_spelling_corrects_words_the_model_cannot_read_to_known_ones(
 ) -> None:
     from tests.helpers import tiny_rows
     from training.model import load_tokenizer
-    from training.spelling import fit_spelling
+    from training.spelling import count_words, fit_spelling
 
     target = ["acct locked", "my acct", "acct closed", "refnud please"]
-    spelling = fit_spelling(tiny_rows()["text"], target, load_tokenizer(str(tiny_base_model)))
+    spelling = fit_spelling(count_words(tiny_rows()["text"]), target, load_tokenizer(str(tiny_base_model)))
     assert spelling.correct(text) == expected
 
 
@@ -340,11 +340,11 @@ def test_spelling_prefers_the_word_the_texts_use_most() -> None:
 
 def test_fitting_spelling_tells_the_target_s_own_words_from_slips(tiny_base_model: Path) -> None:
     from training.model import load_tokenizer
-    from training.spelling import fit_spelling
+    from training.spelling import count_words, fit_spelling
 
     source = ["refund my card"] * 40 + ["card deleted"] * 5
     target = ["refnud my card"] * 3 + ["delete card"] * 3 + ["acct closed"] * 2
-    spelling = fit_spelling(source, target, load_tokenizer(str(tiny_base_model)))
+    spelling = fit_spelling(count_words(source), target, load_tokenizer(str(tiny_base_model)))
     # Seen 3 times beside 40 of "refund": a slip. Seen 3 times beside 5 of "deleted": a word.
     # Seen twice: too rare to be the channel's own, and nothing in the texts is one edit away.
     assert spelling.correct("refnud delete acct") == "refund delete acct"
@@ -389,6 +389,56 @@ def test_refit_train_spelling_makes_typos_read_as_the_words_the_model_learnt(
     served = load_version_processor(version)
     for name, array in encode_inputs(served, typed).arrays.items():
         np.testing.assert_array_equal(array, encode_inputs(served, clean).arrays[name])
+
+
+@pytest.mark.slow  # a `refit train` child
+def test_a_retrain_on_labels_of_a_spelling_version_keeps_its_corrections(
+    tiny_base_model: Path,
+    tiny_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pandas as pd
+
+    from monitoring.candidate import train_candidate
+    from monitoring.feedback import merge_feedback
+    from monitoring.retrain import read_rows
+    from training.artifacts import load_version_model, load_version_processor
+    from training.inference import predict
+    from training.registry import ModelRegistry
+
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
+    channel = [*pd.read_csv(tiny_csv)["text"], "refnud my payment now", "where is my parcle"]
+    production = _train_adapted_text_model(
+        "spelling", channel, tiny_csv, tiny_base_model, [], lambda args: run_cli(args, capsys, monkeypatch)
+    )
+    # Feedback from the channel: its slips, and a word of its own ("pls", in three labelled texts).
+    feedback = pd.DataFrame(
+        {
+            "text": ["refnud the invoice pls", "pasword reset pls", "forgot pasword link pls"],
+            "label": ["refund", "password", "password"],
+        }
+    )
+    registry = ModelRegistry(tiny_csv.parent / "bentoml")
+    version = train_candidate(
+        production, merge_feedback(read_rows(production, "train"), feedback), registry, strategy=None,
+        timeout_s=300, workdir=tiny_csv.parent, export=False, test=read_rows(production, "test"),
+    )  # fmt: skip
+    retrained = registry.get(f"tiny:{version}")
+    assert retrained.manifest["strategy"] == "spelling"
+    assert retrained.manifest["parent_version"] == production.version
+    model, processor = load_version_model(retrained)
+    spelling = processor.spelling
+    assert spelling is not None, "the retrained version lost the corrector"
+    # The production corrector's words stay; the channel's own word joins; its slips do not.
+    kept = load_version_processor(production).spelling
+    assert kept is not None and set(kept.counts) <= set(spelling.counts)
+    assert "pls" in spelling.counts and "pasword" not in spelling.counts and "refnud" not in spelling.counts
+    clean = ["reset my password now", "refund my payment"]
+    typed = ["rest my pasword now", "refnud my payment"]
+    np.testing.assert_array_equal(
+        predict(model, processor, typed).probabilities, predict(model, processor, clean).probabilities
+    )
 
 
 def test_dann_pulls_the_domains_features_together_and_keeps_the_frozen_layers(

@@ -39,7 +39,7 @@ from training.finetune import class_weights, refit_head_on_features
 from training.language_adaptation import continue_pretraining
 from training.processors import TextProcessor
 from training.self_training import pseudo_label, with_pseudo_labels
-from training.spelling import fit_spelling, measure_unknown_words
+from training.spelling import count_words, fit_spelling, measure_unknown_words, read_lexicon
 
 # Methods that only mean something for texts, and what each does.
 TEXT_METHODS = {
@@ -109,7 +109,9 @@ def correct_spelling(ctx: TrainContext, texts: list[str]) -> tuple[TextProcessor
     """The run's text processor with a corrector fitted on the source and ``texts``, and what it
     changed on them (the share of their words the model cannot read, before and after)."""
     assert isinstance(ctx.processor, TextProcessor)  # adapt_model lets only text models here
-    spelling = fit_spelling(ctx.inputs("train"), texts, ctx.processor.tokenizer)
+    lexicon = ctx.config.spelling_lexicon
+    known = count_words(ctx.inputs("train")) if lexicon is None else read_lexicon(lexicon)
+    spelling = fit_spelling(known, texts, ctx.processor.tokenizer)
     measured = {**spelling.describe(), **measure_unknown_words(spelling, texts)}
     return ctx.processor.with_spelling(spelling), measured
 
@@ -148,13 +150,16 @@ def adapt_model(
         return replace(
             pretrained, strategy=name, details={"adaptation": adaptation, "base": pretrained.details}
         )
-    base = base or train(cfg.adapt_base, ctx)
+    corrected = None
+    if name == "spelling":  # the model reads corrected texts; its weights stay the base's
+        # Fitted first, so that a base trained here reads its labelled texts corrected too (those
+        # of a retrain on labels have the channel's typos).
+        corrected, adaptation["spelling"] = correct_spelling(ctx, inputs)
+    base = base or train(cfg.adapt_base, ctx if corrected is None else ctx.reading_with(corrected))
     model = base.model
     details: dict[str, Any] = {"adaptation": adaptation, "base": base.details}
-    refit_head, trainable, processor = base.refit_head, 0, base.processor
-    if name == "spelling":  # the model reads corrected texts; its weights stay the base's
-        processor, adaptation["spelling"] = correct_spelling(ctx, inputs)
-    elif name == "self-train":
+    refit_head, trainable, processor = base.refit_head, 0, corrected or base.processor
+    if name == "self-train":
         augments = ctx.modality.name == "image" and cfg.augment
         rows, adaptation["pseudo_labels"] = pseudo_label(
             model, ctx.processor, target, inputs, ctx.splits.labels, cfg.pseudo_label_threshold, augments,

@@ -44,7 +44,7 @@ class TrainingConfig(StageSettings):
     modality: Literal["auto", "text", "image"] = "auto"
     # baseline, head, partial, lora, full, auto (the ladder), or an adaptation: bn-adapt, tent,
     # self-train, dann (adversarial), tapt (texts: language-model pretraining on the target first),
-    # spelling (texts: words the model cannot read corrected to known ones one edit away)
+    # spelling (texts: words the model cannot read corrected to words of the texts one edit away)
     strategy: Strategy = "auto"
     text_column: str = "text"  # column of the input texts in the data file(s)
     label_column: str = "label"  # column of the labels
@@ -67,6 +67,9 @@ class TrainingConfig(StageSettings):
     # column, or a folder of images)
     target_file: Path | None = None
     target_window: str | None = None  # which inference-log window target_file holds (lineage)
+    # spelling: a saved corrector's lexicon (its spelling.json) to keep, the target's own words
+    # joining it; a retrain on labels of a spelling version keeps its corrections this way
+    spelling_lexicon: Path | None = None
     adapt_base: Literal["head", "partial", "lora", "full"] = "head"  # trained on the labelled data first
     bn_layers: Literal["stem", "early", "all"] = "stem"  # BatchNorm layers whose statistics adapt
     bn_mix: float = Field(1.0, ge=0.0, le=1.0)  # the target's share of an adapted layer's statistics
@@ -163,6 +166,10 @@ class TrainingConfig(StageSettings):
             raise ValueError(
                 f"target_file is read by the adaptation strategies {list(ADAPTATION_STRATEGIES)}; "
                 f"strategy {self.strategy!r} would ignore it. Choose one of them or drop target_file."
+            )
+        if self.spelling_lexicon is not None and self.strategy != "spelling":
+            raise ValueError(
+                f"spelling_lexicon is read by strategy 'spelling' only; found strategy {self.strategy!r}"
             )
         return self
 

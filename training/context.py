@@ -129,11 +129,13 @@ class TrainContext:
         return self.frozen[split]
 
     def reading_as(self, result: StrategyResult) -> TrainContext:
-        """This context with ``result``'s own processor, if it has one (the frozen embeddings and
-        probe, read through the run's processor, left behind)."""
-        if result.processor is None:
-            return self
-        return replace(self, processor=result.processor, frozen={}, probe=None)
+        """This context reading as ``result`` does: with its own processor, if it has one."""
+        return self if result.processor is None else self.reading_with(result.processor)
+
+    def reading_with(self, processor: Processor) -> TrainContext:
+        """This context reading its inputs through ``processor`` (the embeddings and probe, read
+        through the run's processor, left behind)."""
+        return replace(self, processor=processor, frozen={}, probe=None)
 
     def predict(self, model: Classifier, split: str, progress: str | None = None) -> Any:
         """Predictions of ``model`` on a split (with a progress bar when ``progress`` is given)."""

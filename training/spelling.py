@@ -19,9 +19,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from training.errors import DataError
 
 SPELLING_FILE = "spelling.json"
 WORD = re.compile(r"[A-Za-z]+")
@@ -36,7 +38,7 @@ MAX_WORD_LENGTH = 30
 
 
 class SpellingCorrector:
-    """Maps unknown words to a known word one edit away.
+    """Maps words the model cannot read to the word of the texts one edit away.
 
     Args:
         counts: lexicon words (lower case) -> times seen in the source and target texts.
@@ -121,21 +123,22 @@ def tokenizer_words(tokenizer: Any) -> set[str]:
 
 
 def fit_spelling(
-    source: Iterable[str], target: Iterable[str], tokenizer: Any, min_target_count: int = 3
+    known: Mapping[str, int], target: Iterable[str], tokenizer: Any, min_target_count: int = 3
 ) -> SpellingCorrector:
-    """A corrector whose lexicon is the source texts' words, the tokenizer's and the target's own.
+    """A corrector whose lexicon is the known words, the tokenizer's and the target's own.
 
     A target word is the new domain's own when it is seen at least ``min_target_count`` times and
     at least SLIP_SHARE as often as any text word one edit from it: a slip of a common word is
     much rarer than the word ("delete" beside "deleted" is a word, "refnud" beside "refund" a slip).
 
     Args:
-        source: the labelled texts the model was trained on.
+        known: the words the model was trained on and how often: ``count_words`` of the labelled
+            texts, or a saved corrector's lexicon (``read_lexicon``), whose corrections then last.
         target: unlabelled texts of the new domain.
         tokenizer: the model's tokenizer.
         min_target_count: the least a target word must be seen to be a word rather than a slip.
     """
-    seen, new = count_words(source), count_words(target)
+    seen, new = Counter(known), count_words(target)
     counts = seen + new
 
     def is_own(word: str, n: int) -> bool:
@@ -159,11 +162,25 @@ def measure_unknown_words(spelling: SpellingCorrector, texts: list[str]) -> dict
     }
 
 
+def read_lexicon(path: Path) -> dict[str, int]:
+    """The counted lexicon of a saved corrector (a ``spelling.json``).
+
+    Raises:
+        DataError: the file is missing or is not a saved corrector.
+    """
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+        return {str(word): int(n) for word, n in spec["counts"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(
+            f"{path}: expected a spelling corrector's {SPELLING_FILE} (a JSON object with counts); {exc}"
+        ) from exc
+
+
 def load_spelling(directory: Path, tokenizer: Any) -> SpellingCorrector | None:
     """The corrector saved beside a model, or None when the model has none."""
     path = directory / SPELLING_FILE
     if not path.is_file():
         return None
     spec = json.loads(path.read_text(encoding="utf-8"))
-    counts = {str(word): int(n) for word, n in spec["counts"].items()}
-    return SpellingCorrector(counts, tokenizer_words(tokenizer), int(spec["min_length"]))
+    return SpellingCorrector(read_lexicon(path), tokenizer_words(tokenizer), int(spec["min_length"]))
