@@ -155,6 +155,9 @@ def _numbers(**changes: Any) -> Any:
         "max_mix_growth": 0.2,
         "max_confidence_fall": 0.01,
         "vanished": [],
+        "confident": 0,
+        "overturned": 0,
+        "expected_wrong": 0.0,
     }
     numbers = GateNumbers(
         production_test_accuracy=0.90,
@@ -184,6 +187,7 @@ def test_each_label_free_check_refuses_what_it_is_for() -> None:
             production_feedback_accuracy=0.6, candidate_feedback_accuracy=0.4, feedback_gate_rows=5
         ),
         "predicted labels collapsed": _numbers(candidate_mix_distance=0.45),
+        "confident answers overturned": _numbers(confident=50, overturned=6, expected_wrong=1.0),
         "estimated accuracy on the window fell": _numbers(candidate_confidence=0.60),
     }
     for reason, numbers in refused.items():
@@ -212,6 +216,42 @@ def test_a_uniform_loss_on_the_new_domain_is_refused_by_the_estimate_alone() -> 
     assert decision.reason == (
         "estimated accuracy on the window fell 0.0230 (0.7420 -> 0.7190; allowed fall 0.01)"
     ), decision.reason
+
+
+def test_overturning_production_s_confident_answers_beyond_its_expected_errors_is_refused() -> None:
+    from monitoring.gate import judge_adaptation, measure_window
+
+    labels = ["crack", "free", "spot"]
+    prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
+    sure, unsure = [0.02, 0.96, 0.02], [0.3, 0.4, 0.3]
+    production = np.array([sure] * 27 + [unsure] * 10)
+    # Three of the 27 sure answers moved (and two unsure ones): production expects about 1 wrong.
+    candidate = production.copy()
+    candidate[[0, 1, 2, 27, 28]] = [0.6, 0.2, 0.2]
+    window = measure_window((production, labels), (candidate, labels), prior, 0.2, 0.01)
+    assert (window.confident, window.overturned, window.expected_wrong) == (27, 3, 1.08)
+    # TENT on the tiles (exp1 -> exp6, seed 1, benchmarks/adaptation.py): 3 of 27 overturned
+    # where 0.6 were expected wrong, its confidence up (0.902 -> 0.931) and the test split even
+    # (0 lost, 1 gained); macro-F1 on the target fell 0.649 -> 0.508. The gate shipped it.
+    tent = _numbers(
+        production_confidence=0.902, candidate_confidence=0.931, confident=27, overturned=3,
+        expected_wrong=0.6,
+    )  # fmt: skip
+    tent.test_changes = {"lost": 0, "gained": 1}
+    decision = judge_adaptation(tent)
+    assert not decision.promoted, decision
+    assert decision.reason == (
+        "confident answers overturned: 3 of production's 27 answers of >= 0.9 on the window, where it "
+        "is expected to get 0.6 wrong (one-sided binomial p 0.022 < 0.05)"
+    ), decision.reason
+    # self-train on the same window overturned 2 (macro-F1 +0.051): within chance, shipped. With 5
+    # labels on exp12 -> exp56 seed 0 it overturned 2 of 57 where 0.2 were expected (p 0.024) and
+    # gained 0.081: two answers are too few to call, whatever production expected.
+    for kept in (
+        _numbers(confident=27, overturned=2, expected_wrong=0.6),
+        _numbers(confident=57, overturned=2, expected_wrong=0.2),
+    ):
+        assert judge_adaptation(kept).promoted, judge_adaptation(kept).reason
 
 
 def test_a_small_loss_on_a_large_test_split_is_refused_when_it_is_real() -> None:
