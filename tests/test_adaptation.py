@@ -391,6 +391,29 @@ def test_refit_train_spelling_makes_typos_read_as_the_words_the_model_learnt(
         np.testing.assert_array_equal(array, encode_inputs(served, clean).arrays[name])
 
 
+def test_refit_train_spelling_names_a_lexicon_that_is_not_a_saved_corrector(
+    tiny_base_model: Path,
+    tiny_csv: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pandas as pd
+
+    monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
+    target, lexicon = tiny_csv.parent / "target.csv", tiny_csv.parent / "spelling.json"
+    pd.DataFrame({"text": ["refnud my payment"]}).to_csv(target, index=False)
+    lexicon.write_text('{"min_length": 3}', encoding="utf-8")
+    args = [
+        "train", str(tiny_csv), "--name", "tiny", "--base-model", str(tiny_base_model),
+        "--set", f"spelling_lexicon={lexicon}",
+    ]  # fmt: skip
+    spelling = ["--strategy", "spelling", "--set", f"target_file={target}"]
+    code, out = run_cli([*args, *spelling], capsys, monkeypatch)
+    assert code != 0 and f"{lexicon}: expected a spelling corrector's spelling.json" in out, out
+    code, out = run_cli([*args, "--strategy", "head"], capsys, monkeypatch)
+    assert code != 0 and "spelling_lexicon is read by strategy 'spelling' only" in out, out
+
+
 @pytest.mark.slow  # a `refit train` child
 def test_a_retrain_on_labels_of_a_spelling_version_keeps_its_corrections(
     tiny_base_model: Path,

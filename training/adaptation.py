@@ -106,8 +106,9 @@ def pretrain_and_train(
 
 
 def correct_spelling(ctx: TrainContext, texts: list[str]) -> tuple[TextProcessor, dict[str, Any]]:
-    """The run's text processor with a corrector fitted on the source and ``texts``, and what it
-    changed on them (the share of their words the model cannot read, before and after)."""
+    """The run's text processor with a corrector fitted on the source's words (or the saved
+    lexicon ``spelling_lexicon`` names) and ``texts``, and what it changed on them (the share of
+    their words the model cannot read, before and after)."""
     assert isinstance(ctx.processor, TextProcessor)  # adapt_model lets only text models here
     lexicon = ctx.config.spelling_lexicon
     known = count_words(ctx.inputs("train")) if lexicon is None else read_lexicon(lexicon)
