@@ -32,6 +32,11 @@ over seeds, the share of the macro-F1 gap each method recovers, how often the ga
 ``seconds`` is the method's own cost (the adaptation, not the base training it starts from). A
 method is ``strategy`` or ``strategy:KEY=VALUE,...`` (a config override, e.g.
 ``bn-adapt:bn_layers=all`` is plain AdaBN).
+
+``--save-gate-inputs DIR`` keeps what the gate read for each row (both models' correctness on
+the source's held-out split and probabilities on the held-out window; one ``.npz`` per row, too
+large for the repository); ``--rejudge DIR`` trains nothing and gives the rows it has inputs for
+the verdict of the gate as it is now, so a changed gate is measured in minutes, not in a rerun.
 """
 
 from __future__ import annotations
@@ -173,22 +178,32 @@ def score(result: StrategyResult, ctx: TrainContext) -> tuple[float, float]:
     return round(metrics.accuracy, 4), round(metrics.macro_f1, 4)
 
 
-def judge(
+def gate_inputs(
     source_only: StrategyResult, adapted: StrategyResult, ctx: TrainContext, cell: Cell, window: list[Any]
-) -> str:
-    """The monitor's adaptation gate on the two models: "promoted" or "refused: why"."""
-    defaults = MonitorSettings()
+) -> dict[str, np.ndarray]:
+    """What the adaptation gate reads of the two models: each one's correctness on the source's
+    held-out split and probabilities on the held-out window, the labels and the training mix."""
     labels = ctx.splits.labels
     test_inputs, truth = ctx.modality.inputs(cell.source_test), cell.source_test["label"].to_numpy()
-
-    def outputs(result: StrategyResult) -> tuple[np.ndarray, tuple[np.ndarray, list[str]]]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, result in (("production", source_only), ("candidate", adapted)):
         model, processor = finalized(result).model, ctx.reading_as(result).processor
         tested = predict(model, processor, test_inputs, device=ctx.device).probabilities
-        correct = np.asarray(labels, dtype=object)[tested.argmax(axis=1)] == truth
-        return correct, (predict(model, processor, window, device=ctx.device).probabilities, labels)
+        answers = np.asarray(labels, dtype=object)[tested.argmax(axis=1)]
+        arrays[f"{name}_correct"] = np.asarray(answers == truth, dtype=bool)
+        arrays[f"{name}_window"] = predict(model, processor, window, device=ctx.device).probabilities
+    mix = Counter(ctx.splits.train["label"])
+    arrays["labels"] = np.asarray(labels, dtype=str)
+    arrays["prior"] = np.asarray([mix[label] / len(ctx.splits.train) for label in labels])
+    return arrays
 
-    prior = {k: v / len(ctx.splits.train) for k, v in Counter(ctx.splits.train["label"]).items()}
-    (before, production), (after, candidate) = outputs(source_only), outputs(adapted)
+
+def judge(inputs: dict[str, np.ndarray]) -> str:
+    """The monitor's adaptation gate on :func:`gate_inputs`: "promoted" or "refused: why"."""
+    defaults = MonitorSettings()
+    labels = [str(label) for label in inputs["labels"]]
+    prior = {label: float(share) for label, share in zip(labels, inputs["prior"], strict=True) if share > 0}
+    before, after = inputs["production_correct"], inputs["candidate_correct"]
     numbers = GateNumbers(
         production_test_accuracy=float(np.mean(before)),
         candidate_test_accuracy=float(np.mean(after)),
@@ -198,12 +213,34 @@ def judge(
         feedback_gate_rows=0,
         tolerance=defaults.adapt_tolerance,
         window=measure_window(
-            production, candidate, prior, defaults.adapt_max_mix_growth, defaults.adapt_max_confidence_fall
+            (inputs["production_window"], labels),
+            (inputs["candidate_window"], labels),
+            prior,
+            defaults.adapt_max_mix_growth,
+            defaults.adapt_max_confidence_fall,
         ),
         test_changes=count_test_changes(before, after),
     )
     decision = judge_adaptation(numbers)
     return "promoted" if decision.promoted else f"refused: {decision.reason}"
+
+
+def inputs_file(directory: Path, row: dict[str, Any]) -> Path:
+    """Where a row's gate inputs are saved (``--save-gate-inputs``)."""
+    name = "-".join(str(row[key]) for key in ("modality", "shift", "method", "seed", "target_labels"))
+    return directory / f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', name)}.npz"
+
+
+def rejudge(rows: list[dict[str, Any]], directory: Path) -> int:
+    """Give each row whose gate inputs ``directory`` holds the current gate's verdict; how many."""
+    judged = 0
+    for row in rows:
+        path = inputs_file(directory, row)
+        if path.is_file():
+            with np.load(path) as saved:
+                row["gate"] = judge(dict(saved))
+            judged += 1
+    return judged
 
 
 def run_seed(
@@ -215,8 +252,10 @@ def run_seed(
     target_labels: int,
     scratch: Path,
     base_config: TrainingConfig,
+    save_inputs: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Source-only, oracle and every method for one shift, seed and label budget."""
+    """Source-only, oracle and every method for one shift, seed and label budget (each row's gate
+    inputs saved in ``save_inputs`` when given)."""
     handful = cell.adaptation.groupby("label", sort=True).head(target_labels)
     unlabelled = cell.adaptation.drop(index=handful.index)
     source = pd.concat([cell.source, handful], ignore_index=True)
@@ -258,9 +297,13 @@ def run_seed(
                 "macro_f1_adapted": f1,
                 "macro_f1_oracle": f1_oracle,
                 "seconds": round(seconds, 2),
-                "gate": judge(source_only, adapted, ctx, cell, held_out),
             }
         )
+        inputs = gate_inputs(source_only, adapted, ctx, cell, held_out)
+        rows[-1]["gate"] = judge(inputs)
+        if save_inputs is not None:
+            save_inputs.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(inputs_file(save_inputs, rows[-1]), **inputs)
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -326,6 +369,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--append", action="store_true", help="keep the file's rows of other cells (a run of other methods)"
     )
+    parser.add_argument(
+        "--save-gate-inputs", type=Path, default=None,
+        help="a folder to save what the gate read for each row (both models' outputs), for --rejudge",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rejudge", type=Path, default=None,
+        help="train nothing: give the rows with gate inputs saved in this folder the current gate's verdict",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -356,6 +407,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     logging.basicConfig(level=logging.WARNING)
     quiet_transformers()
     args = parse_args(argv)
+    if args.rejudge is not None:
+        rows = read_kept_rows(args.out / f"{args.name}.json")
+        judged = rejudge(rows, args.rejudge)
+        sizes = json.loads((args.out / f"{args.name}.sizes.json").read_text())
+        write_results(rows, args.out, args.name, sizes)
+        print(f"{judged} of {len(rows)} rows judged again from {args.rejudge}")
+        return rows
     methods = [m for m in (args.methods or ";".join(METHODS[args.modality])).split(";") if m]
     base_config = TrainingConfig.model_validate(
         {"name": "adaptation", "modality": args.modality, "adapt_base": args.base,
@@ -372,7 +430,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             for seed, cell in zip((int(s) for s in args.seeds.split(",")), by_seed, strict=True):
                 sizes[shift] = f"{len(cell.evaluation)} {args.modality}s (half of the target)"
                 for labels in (int(n) for n in args.target_labels.split(",")):
-                    rows += run_seed(cell, modality, shift, seed, methods, labels, Path(scratch), base_config)
+                    rows += run_seed(
+                        cell, modality, shift, seed, methods, labels, Path(scratch), base_config,
+                        args.save_gate_inputs,
+                    )  # fmt: skip
                     write_results(merge_rows(kept, rows), args.out, args.name, sizes)
                     sizes_file.write_text(json.dumps(sizes, indent=2) + "\n")
     return rows

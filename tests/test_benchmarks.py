@@ -295,6 +295,7 @@ def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_p
             "--set", "max_length=16",
             "--append",
             "--out", str(tmp_path / "out"),
+            "--save-gate-inputs", str(tmp_path / "gate"),
         ]
     )  # fmt: skip
     assert [(r["shift"], r["method"]) for r in rows] == [
@@ -308,6 +309,13 @@ def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_p
     assert saved == [earlier, *rows]  # --append keeps the rows of other cells
     table = (tmp_path / "out" / "adaptation.md").read_text()
     assert "| text | typos | tapt:adapt_epochs=1 | 0 | 1 |" in table and "| image | exp1->exp6 |" in table
+    # A gate changed later judges the saved rows again without training: the same gate, the same verdicts.
+    for row in saved[1:]:
+        row["gate"] = "refused: an older gate"
+    (tmp_path / "out" / "adaptation.json").write_text(json.dumps(saved))
+    rejudged = adaptation.main(["--rejudge", str(tmp_path / "gate"), "--out", str(tmp_path / "out")])
+    assert rejudged == [earlier, *rows]
+    assert json.loads((tmp_path / "out" / "adaptation.json").read_text()) == [earlier, *rows]
 
 
 def test_the_text_shifts_change_texts_as_a_ticket_channel_would() -> None:
