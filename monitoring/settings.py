@@ -54,9 +54,10 @@ class MonitorSettings(ServedModelSettings):
     # Training settings of the adaptation candidate over production's, e.g. {bn_layers: early}
     adapt_settings: dict[str, Any] = Field(default_factory=dict)
     # Allowed drop of an adaptation's accuracy on the original test split: it serves a new
-    # domain, and on the tiles the old one's test split (34 images) moved 1-3 images under
-    # adaptations that gained up to 0.13 macro-F1 on the new one.
-    adapt_tolerance: float = Field(0.05, ge=0)
+    # domain, and shows no labelled gain to weigh a loss against. On the tiles, adaptations that
+    # gained on the new light lost at most 1 of 34 or 2 of 67 old test images (up to 0.030);
+    # `tent` and `dann` rows that lost 0.036-0.046 macro-F1 there lost 3 of 67 (0.045).
+    adapt_tolerance: float = Field(0.04, ge=0)
     adapt_max_mix_growth: float = Field(0.2, gt=0, le=1)  # allowed move of the predicted-label mix
     # Allowed fall of the estimated accuracy (mean calibrated confidence) on the held-out window
     # inputs, the new domain the adaptation is for: TAPT on BANKING77 typos lost 4-7 points there

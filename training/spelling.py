@@ -168,12 +168,22 @@ def read_lexicon(path: Path) -> dict[str, int]:
     Raises:
         DataError: the file is missing or is not a saved corrector.
     """
+    return read_saved(path)[0]
+
+
+def read_saved(path: Path) -> tuple[dict[str, int], int]:
+    """A saved corrector's counted lexicon and minimum word length, parsed once.
+
+    Raises:
+        DataError: the file is missing or is not a saved corrector.
+    """
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        return {str(word): int(n) for word, n in spec["counts"].items()}
+        return {str(word): int(n) for word, n in spec["counts"].items()}, int(spec["min_length"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(
-            f"{path}: expected a spelling corrector's {SPELLING_FILE} (a JSON object with counts); {exc}"
+            f"{path}: expected a spelling corrector's {SPELLING_FILE} (a JSON object with counts"
+            f" and min_length); {exc}"
         ) from exc
 
 
@@ -182,5 +192,5 @@ def load_spelling(directory: Path, tokenizer: Any) -> SpellingCorrector | None:
     path = directory / SPELLING_FILE
     if not path.is_file():
         return None
-    spec = json.loads(path.read_text(encoding="utf-8"))
-    return SpellingCorrector(read_lexicon(path), tokenizer_words(tokenizer), int(spec["min_length"]))
+    counts, min_length = read_saved(path)
+    return SpellingCorrector(counts, tokenizer_words(tokenizer), min_length)
