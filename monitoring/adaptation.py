@@ -45,7 +45,7 @@ def choose_strategy(settings: MonitorSettings, modality: str) -> str | None:
     """The configured adaptation strategy, or the modality's measured default; None when off.
 
     By default images adapt with ``self-train`` (on the tiles' lighting shifts it recovered the
-    most and the gate shipped it on 5 of 6 seeds) and texts with ``spelling`` (on BANKING77's typos
+    most and never lost, over six seeds) and texts with ``spelling`` (on BANKING77's typos
     and chat channel it gained the most, in a fraction of a second)."""
     if settings.adapt_strategy == "off":
         return None
