@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -18,12 +19,41 @@ import httpx
 
 from service.cli import serve_command
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on now."""
+    """A TCP port on loopback that nothing listens on now and that this process has not handed out.
+
+    On Linux the port comes from below the kernel's ephemeral range: a server told to listen on
+    it binds later, and in between the kernel must not give the same port to someone asking for
+    any free one (BentoML reserves its control sockets that way, and a collision stops it with
+    "Address already in use").
+    """
+    if _EPHEMERAL_RANGE.exists():
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+        candidates = list(range(_LOWEST_PORT, ephemeral_low))
+        random.shuffle(candidates)
+        for port in candidates:
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handed_out.add(port)
+    return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

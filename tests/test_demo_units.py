@@ -50,6 +50,19 @@ def test_traffic_stops_when_told_even_when_repeating() -> None:
     assert 20 <= stats.sent <= 21  # the other client finishes the row in hand
 
 
+def test_free_ports_are_distinct_and_outside_the_range_the_kernel_hands_to_anyone() -> None:
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not ephemeral.exists():
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range: not Linux")
+    low = int(ephemeral.read_text().split()[0])
+    if low <= 10_000:
+        pytest.skip(f"the ephemeral range starts at {low}: nothing below it to choose from")
+    # BentoML reserves its control sockets by binding port 0; ours must never be among those.
+    assert all(10_000 <= port < low for port in ports)
+
+
 def test_feedback_needs_the_true_labels() -> None:
     with pytest.raises(ValueError, match="feedback needs the true labels"):
         Traffic(["x"], feedback=np.ones(1, dtype=bool))
