@@ -63,9 +63,9 @@ def run_alibi(
             files[str(path)] = (scenario, size)
         jobs = {"reference": str(folder / "reference.npz"), "detectors": detectors, "windows": list(files)}
         (folder / "jobs.json").write_text(json.dumps(jobs))
-        windows = sum(len(found) for found in cells.values())
+        count = sum(len(found) for found in cells.values())
         run_peer("alibi", "detect.py", str(folder / "jobs.json"), str(folder / "out.json"),
-                 timeout=alibi_timeout(detectors, windows))  # fmt: skip
+                 timeout=alibi_timeout(detectors, count))  # fmt: skip
         measured = json.loads((folder / "out.json").read_text())
     return peer_rows(measured, files, detectors)
 

@@ -378,6 +378,7 @@ def measure_peers(
         *(([p], lambda chosen: run_alibi(reference, arrays, chosen)) for p in peers if p in ALIBI_DETECTORS),
         ([p for p in peers if p in NANNYML_DETECTORS], lambda chosen: run_nannyml(reference, frames, chosen)),
     ]
+    earlier = read_earlier(args)
     for chosen, run in runs:
         if not chosen:
             continue
@@ -387,8 +388,9 @@ def measure_peers(
         except PeerUnavailable as exc:
             console.print(f"[yellow]peers did not run[/yellow]: {exc}")
             failed.append(f"Peers that did not run ({', '.join(chosen)}): {exc}")
-    merged = merge_rows(read_earlier(args), rows)
-    write_results(merged, args, " ".join(failed))
+        # after each peer, so that a run cut off later keeps the peers measured so far
+        write_results(merge_rows(earlier, rows), args, " ".join(failed))
+    write_results(merge_rows(earlier, rows), args, " ".join(failed))
     return rows
 
 
