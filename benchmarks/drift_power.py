@@ -379,18 +379,16 @@ def measure_peers(
         ([p for p in peers if p in NANNYML_DETECTORS], lambda chosen: run_nannyml(reference, frames, chosen)),
     ]
     earlier = read_earlier(args)
-    for chosen, run in runs:
-        if not chosen:
-            continue
+    # written now and after each peer, so that a run cut off later keeps what it measured so far
+    write_results(merge_rows(earlier, rows), args)
+    for chosen, run in (run for run in runs if run[0]):
         try:
             with console.status(f"{', '.join(chosen)}: {sum(len(v) for v in arrays.values())} windows"):
                 rows += run(chosen)
         except PeerUnavailable as exc:
             console.print(f"[yellow]peers did not run[/yellow]: {exc}")
             failed.append(f"Peers that did not run ({', '.join(chosen)}): {exc}")
-        # after each peer, so that a run cut off later keeps the peers measured so far
         write_results(merge_rows(earlier, rows), args, " ".join(failed))
-    write_results(merge_rows(earlier, rows), args, " ".join(failed))
     return rows
 
 
