@@ -58,7 +58,11 @@ class MonitorSettings(ServedModelSettings):
     # gained on the new light lost at most 1 of 34 or 2 of 67 old test images (up to 0.030);
     # `tent` and `dann` rows that lost 0.036-0.046 macro-F1 there lost 3 of 67 (0.045).
     adapt_tolerance: float = Field(0.04, ge=0)
-    adapt_max_mix_growth: float = Field(0.2, gt=0, le=1)  # allowed move of the predicted-label mix
+    # Allowed growth of the distance between the predicted-label mix on the held-out window inputs
+    # and the training mix (total variation). On the tiles and BANKING77 (seeds 0-5), every
+    # adaptation that gained and shipped moved it at most 0.026; `tent` on exp12 -> exp56 seed 5
+    # moved it 0.063 and lost 0.089 macro-F1 with every other check passed.
+    adapt_max_mix_growth: float = Field(0.05, gt=0, le=1)
     # Allowed fall of the estimated accuracy (mean calibrated confidence) on the held-out window
     # inputs, the new domain the adaptation is for: TAPT on BANKING77 typos lost 4-7 points there
     # while the estimate fell 0.023-0.046; self-train's fell -0.013 to +0.003.

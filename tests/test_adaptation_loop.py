@@ -200,6 +200,31 @@ def test_each_label_free_check_refuses_what_it_is_for() -> None:
     assert judge_adaptation(same).promoted
 
 
+def test_the_default_mix_growth_refuses_a_drift_toward_few_labels_that_passed_every_other_check() -> None:
+    from monitoring.gate import judge_adaptation
+    from monitoring.settings import MonitorSettings
+
+    growth = MonitorSettings().adapt_max_mix_growth
+    # TENT on tiles exp12 -> exp56 seed 5 (adaptation_holdout.json, 65 held-out window images):
+    # label mix 0.087 -> 0.150 from the training mix, estimate 0.747 -> 0.831, 0 of 9 confident
+    # answers overturned, old test split 5 lost for 5 gained; it lost 0.089 macro-F1.
+    tent = _numbers(
+        rows=65, production_confidence=0.747, candidate_confidence=0.831,
+        production_mix_distance=0.087, candidate_mix_distance=0.150, max_mix_growth=growth,
+        production_test_accuracy=0.836, candidate_test_accuracy=0.836, tolerance=0.04,
+    )  # fmt: skip
+    tent.test_changes = {"lost": 5, "gained": 5}
+    decision = judge_adaptation(tent)
+    assert not decision.promoted and decision.reason.startswith("predicted labels collapsed"), decision
+    # The largest growth of an adaptation that gained and shipped (self-train with 5 labels, exp12
+    # -> exp56 seed 0, +0.081 macro-F1): 0.113 -> 0.139.
+    gained = _numbers(
+        rows=66, production_confidence=0.952, candidate_confidence=0.971,
+        production_mix_distance=0.113, candidate_mix_distance=0.139, max_mix_growth=growth,
+    )  # fmt: skip
+    assert judge_adaptation(gained).promoted
+
+
 def test_a_uniform_loss_on_the_new_domain_is_refused_by_the_estimate_alone() -> None:
     from monitoring.gate import judge_adaptation
 
