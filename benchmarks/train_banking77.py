@@ -10,6 +10,11 @@ Writes ``benchmarks/results/train_banking77.json`` (one row per strategy, budget
 ``--strategies setfit`` adds the `setfit` library beside Refit's strategies, on the same
 all-MiniLM-L6-v2 weights and the same sampled rows (all of them: SetFit selects nothing on a
 validation split), in its own virtualenv (``benchmarks/peers/setfit``, created on first use).
+
+``--strategies self-train`` is few labels plus many unlabelled texts, what a ticket queue has:
+``adapt_base`` (``--set adapt_base=partial``) trains on the sampled rows, then again with the
+training texts it was not given (their labels dropped; never the test or ``--dev`` rows) that it
+labels with confidence. Its rows say how many unlabelled texts it read.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from training.model import quiet_transformers, resolve_base_model
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
+SEMI_SUPERVISED = ("self-train",)  # the sampled rows plus the rest of the training texts, unlabelled
 PEER_STRATEGIES = ("setfit",)  # other libraries, each run in its peer virtualenv
 SETFIT_ITERATIONS = 20  # sentence pairs per training example: SetFit's few-shot setting
 RESULTS = Path(__file__).parent / "results"
@@ -106,16 +112,20 @@ def run_cell(
         base_model = overrides.get("base_model", "minilm")
         return run_setfit(data, test, per_class, seed, base_model, setfit_iterations)
     splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
-    config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides)
-    torch.manual_seed(seed)
-    ctx = TrainContext.create(config, splits)
-    with PeakRss() as rss:
-        start = time.perf_counter()
-        result = run_strategy(strategy, ctx)
-        result.finalize()
-        seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="refit-unlabelled-") as scratch:
+        unlabelled: dict[str, Any] = {}
+        if strategy in SEMI_SUPERVISED:
+            unlabelled = {"target_file": write_unlabelled(train, data, Path(scratch))}
+        config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides, **unlabelled)
+        torch.manual_seed(seed)
+        ctx = TrainContext.create(config, splits)
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            result = run_strategy(strategy, ctx)
+            result.finalize()
+            seconds = time.perf_counter() - start
     metrics = evaluate_split(result, ctx, "test")
-    return {
+    row = {
         "strategy": strategy,
         "per_class": per_class,
         "seed": seed,
@@ -125,6 +135,22 @@ def run_cell(
         "peak_rss_mb": rss.peak_mb,
         "trainable_params": result.trainable_params,
     }
+    if strategy in SEMI_SUPERVISED:
+        pseudo = result.details["adaptation"]["pseudo_labels"]
+        row |= {
+            "adapt_base": config.adapt_base,
+            "unlabelled_texts": pseudo["target_inputs"],
+            "pseudo_labelled": pseudo["pseudo_labelled"],
+        }
+    return row
+
+
+def write_unlabelled(train: pd.DataFrame, sampled: pd.DataFrame, folder: Path) -> Path:
+    """A CSV of the training texts not in ``sampled`` (matched by text), without their labels."""
+    rest = train.loc[~train["text"].isin(set(sampled["text"])), ["text"]]
+    path = folder / "unlabelled.csv"
+    rest.to_csv(path, index=False)
+    return path
 
 
 def run_setfit(
@@ -182,21 +208,42 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], notes: tupl
         "| strategy | per class | seeds | accuracy | macro-F1 | train s | peak RSS MB | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    order = (*STRATEGIES, *SEMI_SUPERVISED, *PEER_STRATEGIES)
     keys = sorted(
-        {(r["per_class"], r["strategy"]) for r in rows},
-        key=lambda k: (str(k[0]), (*STRATEGIES, *PEER_STRATEGIES).index(k[1])),
+        {(r["per_class"], r["strategy"], name_row(r)) for r in rows},
+        key=lambda k: (str(k[0]), order.index(k[1]), k[2]),
     )
-    for per_class, strategy in keys:
-        cell = [r for r in rows if r["per_class"] == per_class and r["strategy"] == strategy]
+    for per_class, _, name in keys:
+        cell = [r for r in rows if r["per_class"] == per_class and name_row(r) == name]
         med = {
             k: statistics.median(r[k] for r in cell)
             for k in ("accuracy", "macro_f1", "train_seconds", "peak_rss_mb")
         }
         lines.append(
-            f"| {strategy} | {per_class} | {len(cell)} | {med['accuracy']:.4f} | {med['macro_f1']:.4f} "
+            f"| {name} | {per_class} | {len(cell)} | {med['accuracy']:.4f} | {med['macro_f1']:.4f} "
             f"| {med['train_seconds']:.1f} | {med['peak_rss_mb']:.0f} | {cell[0]['trainable_params']:,} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *describe_unlabelled(rows)]) + "\n"
+
+
+def name_row(row: dict[str, Any]) -> str:
+    """A row's strategy, with the strategy it trains first where it has one: ``self-train (partial)``."""
+    return f"{row['strategy']} ({row['adapt_base']})" if "adapt_base" in row else row["strategy"]
+
+
+def describe_unlabelled(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines under the table saying what each semi-supervised cell read besides its labels."""
+    cells = sorted({(str(r["per_class"]), r["adapt_base"]) for r in rows if "unlabelled_texts" in r})
+    lines = []
+    for per_class, base in cells:
+        cell = [r for r in rows if str(r["per_class"]) == per_class and r.get("adapt_base") == base]
+        lines.append(
+            f"- `self-train` at {per_class} per intent: `{base}` on the sampled rows, then again with "
+            f"{statistics.median(r['pseudo_labelled'] for r in cell):,.0f} of the "
+            f"{statistics.median(r['unlabelled_texts'] for r in cell):,.0f} other training texts "
+            "(labels dropped) that it labelled with confidence (medians)."
+        )
+    return ["", *lines] if lines else []
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -287,7 +334,7 @@ def write_results(rows: list[dict[str, Any]], out: Path, name: str, notes: tuple
 
 def merge_rows(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``kept`` rows with this run's (strategy, budget, seed) cells replaced or added."""
-    key = lambda r: (r["strategy"], str(r["per_class"]), r["seed"])  # noqa: E731
+    key = lambda r: (name_row(r), str(r["per_class"]), r["seed"])  # noqa: E731
     return list(({key(r): r for r in kept} | {key(r): r for r in rows}).values())
 
 

@@ -72,6 +72,31 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
     assert "| lora | 3 | 1 |" in (tmp_path / "train_banking77.md").read_text()
 
 
+def test_train_banking77_self_trains_on_the_training_texts_it_was_not_given(
+    small_banking: Path, tiny_base_model: Path, tmp_path: Path
+) -> None:
+    rows = train_banking77.main(
+        [
+            "--data", str(small_banking),
+            "--budgets", "3",
+            "--seeds", "1",
+            "--strategies", "self-train",
+            "--base-model", str(tiny_base_model),
+            "--set", "adapt_base=head",
+            "--set", "pseudo_label_threshold=0.1",
+            "--set", "max_length=16",
+            "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    (row,) = rows
+    # 12 labels x 8 texts, 3 of each sampled: the other 60 are read without their labels.
+    assert row["strategy"] == "self-train" and row["adapt_base"] == "head"
+    assert row["unlabelled_texts"] == 60 and 0 < row["pseudo_labelled"] <= 60
+    assert 0.0 <= row["accuracy"] <= 1.0
+    markdown = (tmp_path / "train_banking77.md").read_text()
+    assert "| self-train (head) | 3 | 1 |" in markdown and "of the 60 other training texts" in markdown
+
+
 def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path) -> None:
     from benchmarks import serve_load
 
