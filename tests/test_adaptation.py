@@ -209,12 +209,15 @@ def test_refit_train_self_trains_a_text_model_on_unlabelled_target_texts(
     import pandas as pd
 
     monkeypatch.setenv("BENTOML_HOME", str(tiny_csv.parent / "bentoml"))
-    # The same intents as typed on a phone: lower case, "pls", no punctuation.
+    # The same intents as typed on a phone: lower case, "pls", no punctuation. Fine-tuned as the
+    # README's few-labels-and-a-queue command does (`adapt_base=partial`).
     source = pd.read_csv(tiny_csv)
+    settings = ["--set", "pseudo_label_threshold=0.3", "--set", "adapt_base=partial", "--set", "epochs=1"]
     version = _train_adapted_text_model(
         "self-train", [f"{t.lower()} pls" for t in source["text"]], tiny_csv, tiny_base_model,
-        ["--set", "pseudo_label_threshold=0.3"], lambda args: run_cli(args, capsys, monkeypatch),
+        settings, lambda args: run_cli(args, capsys, monkeypatch),
     )  # fmt: skip
+    assert version.manifest["details"]["adaptation"]["base_strategy"] == "partial"
     pseudo = version.manifest["details"]["adaptation"]["pseudo_labels"]
     assert version.manifest["adaptation"]["target"]["inputs"] == len(source)
     assert 0 < pseudo["pseudo_labelled"] <= len(source) and pseudo["overturned_by_a_view"] == 0
