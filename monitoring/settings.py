@@ -59,8 +59,8 @@ class MonitorSettings(ServedModelSettings):
     # `tent` and `dann` rows that lost 0.036-0.046 macro-F1 there lost 3 of 67 (0.045).
     adapt_tolerance: float = Field(0.04, ge=0)
     # Allowed growth of the distance between the predicted-label mix on the held-out window inputs
-    # and the training mix (total variation). On the tiles and BANKING77 (seeds 0-5), every
-    # adaptation that gained and shipped moved it at most 0.026; `tent` on exp12 -> exp56 seed 5
+    # and the training mix (total variation). On the tiles (seeds 0-5) and BANKING77 (seeds 0-2),
+    # every adaptation that gained and shipped moved it at most 0.026; `tent` on exp12 -> exp56 seed 5
     # moved it 0.063 and lost 0.089 macro-F1 with every other check passed.
     adapt_max_mix_growth: float = Field(0.05, gt=0, le=1)
     # Allowed fall of the estimated accuracy (mean calibrated confidence) on the held-out window
