@@ -28,7 +28,6 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter
 from rich.console import Console
 
-from monitoring.features import build_features
 from monitoring.reference import Reference, load_reference
 from training.config import TrainingConfig
 from training.data import stratified_split
@@ -148,5 +147,5 @@ def image_window_features(
     part = pool[source]
     rows = part["descriptors"].iloc[idx].reset_index(drop=True)
     probabilities = part["probabilities"][idx]
-    features = build_features(reference.space, rows, probabilities, part["embeddings"][idx])
+    features, _ = reference.window_features(rows, probabilities, part["embeddings"][idx])
     return features, [part["inputs"][i] for i in idx], probabilities, rows

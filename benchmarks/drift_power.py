@@ -49,6 +49,7 @@ from benchmarks.drift_images import (
 from benchmarks.drift_peers import (
     ALIBI_DETECTORS,
     NANNYML_DETECTORS,
+    PAIRED_DETECTOR,
     PEER_DETECTORS,
     run_alibi,
     run_nannyml,
@@ -57,7 +58,6 @@ from benchmarks.drift_peers import (
 from benchmarks.peers import PeerUnavailable
 from benchmarks.train_banking77 import load_banking77
 from monitoring.drift import detect_drift
-from monitoring.features import build_features
 from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from training.artifacts import load_version_profile
@@ -68,7 +68,6 @@ from training.model import quiet_transformers
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
-PAIRED_DETECTOR = "refit-peer-windows"  # Refit's check on the windows the peers were measured on
 SCENARIOS = ("none", "label_mix", "unseen_10", "unseen_25", "unseen_50", "typos", "length")
 console = Console()
 
@@ -234,7 +233,7 @@ def parts_features(
     probabilities = np.concatenate([emb["probabilities"][rows] for emb, rows in parts])
     embeddings = np.concatenate([emb["embeddings"][rows] for emb, rows in parts])
     rows = pd.DataFrame({"text": texts})
-    features = build_features(reference.space, rows, probabilities, embeddings)
+    features, _ = reference.window_features(rows, probabilities, embeddings)
     return features, texts, probabilities, embeddings
 
 
@@ -455,7 +454,7 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: st
         "",
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; alpha {args.alpha} (Refit: halved between its "
         "class probabilities and its other features, Bonferroni within each); `refit` = two-sample tests "
-        f"on prediction, class-probability, embedding and {'image' if image else 'text'} features; "
+        f"on prediction, class-probability, embedding, novelty and {'image' if image else 'text'} features; "
         f"`evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
         "",
         *([note, ""] if note else []),
@@ -475,6 +474,54 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: st
             + f" | {last['seconds_per_check']} | {last.get('seconds_end_to_end', '')} |"
         )
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    plot_rates(rows, args.out / f"{args.name}.png")
+
+
+def plot_rates(rows: list[dict[str, Any]], path: Path, limit: float = 0.05) -> None:
+    """One panel per scenario: each detector's rate against the window size; a hollow marker
+    where that detector's false-alarm rate at that window is above ``limit`` (uncalibrated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    detectors = list(dict.fromkeys(r["detector"] for r in rows))
+    alarms = {(r["detector"], r["window"]): r["rate"] for r in rows if r["scenario"] == "none"}
+    columns = min(4, len(scenarios))
+    figure, axes = plt.subplots(
+        -(-len(scenarios) // columns), columns, figsize=(3.2 * columns, 2.7 * -(-len(scenarios) // columns)),
+        squeeze=False, sharex=True, sharey=True,
+    )  # fmt: skip
+    for panel, scenario in zip(axes.flat, scenarios, strict=False):
+        for i, detector in enumerate(detectors):
+            cells = sorted(
+                (r["window"], r["rate"])
+                for r in rows
+                if (r["detector"], r["scenario"]) == (detector, scenario)
+            )
+            if not cells:
+                continue
+            windows, rates = zip(*cells, strict=True)
+            color = f"C{i % 10}"
+            panel.plot(windows, rates, color=color, label=detector, lw=2.2 if detector == "refit" else 1.2)
+            for window, rate in cells:
+                hollow = alarms.get((detector, window), 0.0) > limit
+                panel.plot(window, rate, "o", color=color, ms=4, mfc="white" if hollow else color)
+        if scenario == "none":
+            panel.axhline(limit, color="grey", ls=":", lw=1)
+        panel.set_title("none (false alarms)" if scenario == "none" else scenario, fontsize=9)
+        panel.set_xscale("log")
+        panel.set_ylim(-0.03, 1.03)
+    for panel in axes.flat[len(scenarios) :]:
+        panel.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower right", fontsize=8, frameon=False)
+    figure.supxlabel("window (inputs)", fontsize=9)
+    figure.supylabel("detection rate", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@
 - input descriptors: for texts, length in characters and words, share of words the tokenizer
   splits into several pieces or maps to unknown, digit, non-ASCII and uppercase shares; for
   images, brightness, contrast, sharpness, saturation, width, height and aspect ratio
-  (``training.images.describe_image``, computed when the image was profiled or logged).
+  (``training.images.describe_image``, computed when the image was profiled or logged);
+- novelty: each input's cosine distance to the nearest reference input (for a reference row, to
+  the nearest other one), added by ``monitoring.reference`` which holds the reference embeddings.
+  An input of a kind the model never saw (a new intent, a new product) lands far from all of
+  them while barely moving the PCA axes, which summarise where the bulk of the inputs sit.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ TEXT_COLUMNS = (
 )
 CATEGORICAL_COLUMNS = ("predicted_label",)
 PROBABILITY_PREFIX = "probability:"  # one column per class: its predicted probability
+NOVELTY_COLUMN = "nearest_distance"
+NOVELTY_QUANTILE = 0.99  # reference rows (leave-one-out) closer than this count as familiar
 
 
 def probability_column(label: str) -> str:

@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 
 from monitoring.features import (
+    NOVELTY_COLUMN,
+    NOVELTY_QUANTILE,
     FeatureSpace,
     ImageDescriptors,
     InputDescriptors,
@@ -41,8 +43,7 @@ from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
-NOVELTY_QUANTILE = 0.99  # reference rows (leave-one-out) closer than this count as familiar
-CACHE_FORMAT = 3  # bump when what is cached changes
+CACHE_FORMAT = 4  # bump when what is cached changes
 
 
 class Encoder:
@@ -97,9 +98,16 @@ class Reference:
         """Features of logged predictions (``rows`` of the window; ``inputs`` what the model reads
         for them: texts, or the logged image files) and the embeddings' novelty: each input's
         distance to the nearest reference input."""
-        embeddings = self.encoder.embed(inputs)
+        return self.window_features(rows, probabilities, self.encoder.embed(inputs))
+
+    def window_features(
+        self, rows: pd.DataFrame, probabilities: np.ndarray, embeddings: np.ndarray
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Features of predictions whose embeddings are already known, with each one's distance
+        to the nearest reference input (also returned on its own)."""
+        distances = nearest_distance(embeddings, self.embeddings)
         features = build_features(self.space, rows, probabilities, embeddings)
-        return features, nearest_distance(embeddings, self.embeddings)
+        return features.assign(**{NOVELTY_COLUMN: distances.astype(np.float64)}), distances
 
     def estimate_correct(self, confidence: Any) -> np.ndarray:
         """P(correct) of each prediction from its confidence, through the reference's calibration."""
@@ -174,19 +182,22 @@ def _derive(
     embeddings = np.stack(profile["embedding"].to_numpy()).astype(np.float32)
     probabilities = np.stack(profile["probabilities"].to_numpy()).astype(np.float32)
     space = fit_feature_space(labels, descriptors, embeddings, components)
-    features = build_features(space, profile, probabilities, embeddings)
     correct = (labelled["predicted_label"] == labelled["label"]).to_numpy(dtype=float)
     calibration = fit_calibration(np.asarray(labelled["confidence"], dtype=np.float64), correct)
     familiar = (
-        nearest_distance(embeddings, embeddings, exclude_self=True) if len(embeddings) > 1 else np.zeros(1)
+        nearest_distance(embeddings, embeddings, exclude_self=True)
+        if len(embeddings) > 1
+        else np.zeros(len(embeddings), dtype=np.float32)
     )
+    features = build_features(space, profile, probabilities, embeddings)
+    features[NOVELTY_COLUMN] = familiar.astype(np.float64)
     arrays = {
         "mean": space.mean,
         "components": space.components,
         "calibration_x": calibration[0],
         "calibration_y": calibration[1],
         "embeddings": embeddings,
-        "novelty_threshold": np.asarray(np.quantile(familiar, NOVELTY_QUANTILE)),
+        "novelty_threshold": np.asarray(np.quantile(familiar, NOVELTY_QUANTILE) if len(familiar) else 0.0),
     }
     return features, arrays
 

@@ -180,6 +180,7 @@ def test_drift_power_smoke(small_banking: Path, tiny_base_model: Path, tmp_path:
     assert set(evidently) == base and evidently["trials"] == 1 and 0.0 <= evidently["rate"] <= 1.0
     assert cell[("refit", "none", 20)] == next(r for r in rows if r["scenario"] == "none")
     assert "evidently-default" in (tmp_path / "drift_power.md").read_text()
+    assert (tmp_path / "drift_power.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_drift_power_names_uncalibrated_peers_whichever_run_wrote_the_table(tmp_path: Path) -> None:

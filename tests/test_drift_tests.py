@@ -17,8 +17,9 @@ from monitoring.drift import (
     contingency_p_value,
     detect_drift,
     ks_p_values,
+    novelty_p_value,
 )
-from monitoring.features import probability_column
+from monitoring.features import NOVELTY_COLUMN, probability_column
 from monitoring.report import TOP_PROBABILITIES, ReportContext, render_report
 
 LABELS = [f"intent_{i}" for i in range(12)]
@@ -97,6 +98,42 @@ def test_the_sampled_contingency_test_alarms_at_its_level_under_no_drift() -> No
     assert drifted == pytest.approx(1 / (1 + MONTE_CARLO_DRAWS))
 
 
+def familiarity(rng: np.random.Generator, rows: int, novel: float = 0.0) -> np.ndarray:
+    """Nearest-reference distances; a share ``novel`` of them beyond every familiar one."""
+    distances = rng.gamma(4.0, 0.05, size=rows)
+    far = rng.random(rows) < novel
+    distances[far] = rng.uniform(0.8, 1.0, size=int(far.sum()))
+    return distances
+
+
+def test_the_novelty_test_alarms_at_its_level_even_against_a_small_reference() -> None:
+    # A 99th percentile read off 100 reference rows is itself uncertain; judged against an assumed
+    # 1%, windows of 1,000 would alarm far more often than alpha.
+    for reference_rows in (100, 2000):
+        p_values = []
+        for seed in range(1000):
+            draw = np.random.default_rng(seed)
+            p_values.append(novelty_p_value(familiarity(draw, reference_rows), familiarity(draw, 1000)))
+        # alpha, within the noise of 1,000 windows
+        assert np.mean(np.asarray(p_values) < 0.05) <= 0.06, reference_rows
+
+
+def test_a_few_inputs_unlike_the_reference_drift_on_novelty_alone() -> None:
+    rng = np.random.default_rng(5)
+    reference = features(rng, 2000).assign(**{NOVELTY_COLUMN: familiarity(rng, 2000)})
+    calm = features(rng, 1000).assign(**{NOVELTY_COLUMN: familiarity(rng, 1000)})
+    newcomers = features(rng, 1000).assign(**{NOVELTY_COLUMN: familiarity(rng, 1000, novel=0.05)})
+
+    assert not detect_drift(reference, calm, alpha=0.05).drifted
+    result = detect_drift(reference, newcomers, alpha=0.05)
+    assert [c.column for c in result.columns if c.drifted] == [NOVELTY_COLUMN]
+    (novelty,) = [c for c in result.columns if c.column == NOVELTY_COLUMN]
+    assert novelty.method == "refit_novelty_excess" and novelty.score < 1e-6
+    # the same 5% barely moves the distribution as a whole: its KS test stays quiet
+    distances = reference[[NOVELTY_COLUMN]].to_numpy(), newcomers[[NOVELTY_COLUMN]].to_numpy()
+    assert ks_p_values(*distances)[0] > 0.01
+
+
 def test_the_report_lists_the_drifted_and_the_strongest_class_probabilities_only() -> None:
     rng = np.random.default_rng(3)
     reference, current = features(rng, 2000), features(rng, 400, moved=5)
@@ -112,8 +149,10 @@ def test_the_report_lists_the_drifted_and_the_strongest_class_probabilities_only
 
 def test_the_evidently_snapshot_carries_the_checks_p_values() -> None:
     rng = np.random.default_rng(4)
-    reference = features(rng, 800)
-    current = features(rng, 300, moved=5).assign(estimated_correct=0.9)
+    reference = features(rng, 800).assign(**{NOVELTY_COLUMN: familiarity(rng, 800)})
+    current = features(rng, 300, moved=5).assign(
+        estimated_correct=0.9, **{NOVELTY_COLUMN: familiarity(rng, 300, novel=0.1)}
+    )
     result = detect_drift(reference.assign(estimated_correct=0.9), current, alpha=0.05)
     snapshot = build_snapshot(reference.assign(estimated_correct=0.9), current, result)
 
