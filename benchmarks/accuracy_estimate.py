@@ -11,7 +11,7 @@ estimator is fitted on the same reference rows and estimates every window:
     nannyml  NannyML's CBPE (multiclass, accuracy), fitted on the reference, one chunk per window,
              in its own virtualenv (``benchmarks/peers/nannyml``; created on first use)
 
-    python -m benchmarks.accuracy_estimate --data ../shared/datasets/banking77 --trials 50
+    python -m benchmarks.accuracy_estimate --data ../shared/datasets/banking77 --trials 200
 
 Writes ``benchmarks/results/accuracy_estimate.json`` (rows: estimator, scenario, window, mae,
 trials), ``accuracy_estimate.md`` (the table, the date, the machine, the peer versions, which
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = banking77_parser(__doc__, "benchmarks/.drift-home", "accuracy_estimate")
     parser.add_argument("--windows", default="200,1000")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
-    parser.add_argument("--trials", type=int, default=50, help="windows per cell")
+    parser.add_argument("--trials", type=int, default=200, help="windows per cell")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated; '' for Refit alone")
     args = parser.parse_args(argv)
     unknown = sorted({p for p in args.peers.split(",") if p} - set(PEERS))
