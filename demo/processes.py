@@ -30,11 +30,13 @@ def free_port() -> int:
     On Linux the port comes from below the kernel's ephemeral range: a server told to listen on
     it binds later, and in between the kernel must not give the same port to someone asking for
     any free one (BentoML reserves its control sockets that way, and a collision stops it with
-    "Address already in use").
+    "Address already in use"). Parallel test workers (pytest-xdist) each draw from their own share
+    of the range, since one worker cannot see which ports another has handed out but not yet bound.
     """
     if _EPHEMERAL_RANGE.exists():
         ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
-        candidates = list(range(_LOWEST_PORT, ephemeral_low))
+        share, shares = _worker_share()
+        candidates = [p for p in range(_LOWEST_PORT, ephemeral_low) if p % shares == share]
         random.shuffle(candidates)
         for port in candidates:
             if port not in _handed_out and _bindable(port):
@@ -45,6 +47,14 @@ def free_port() -> int:
         port = int(s.getsockname()[1])
     _handed_out.add(port)
     return port
+
+
+def _worker_share() -> tuple[int, int]:
+    """(this worker's index, the number of workers) under pytest-xdist; (0, 1) otherwise."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0:
+        return int(worker[2:]) % int(count), int(count)
+    return 0, 1
 
 
 def _bindable(port: int) -> bool:

@@ -63,6 +63,15 @@ def test_free_ports_are_distinct_and_outside_the_range_the_kernel_hands_to_anyon
     assert all(10_000 <= port < low for port in ports)
 
 
+def test_parallel_test_workers_draw_free_ports_from_disjoint_shares(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not Path("/proc/sys/net/ipv4/ip_local_port_range").exists():
+        pytest.skip("no /proc/sys/net/ipv4/ip_local_port_range: not Linux")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    for worker in range(3):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{worker}")
+        assert {free_port() % 3 for _ in range(20)} == {worker}
+
+
 def test_feedback_needs_the_true_labels() -> None:
     with pytest.raises(ValueError, match="feedback needs the true labels"):
         Traffic(["x"], feedback=np.ones(1, dtype=bool))
