@@ -489,10 +489,10 @@ def plot_rates(rows: list[dict[str, Any]], path: Path, limit: float = 0.05) -> N
     detectors = list(dict.fromkeys(r["detector"] for r in rows))
     alarms = {(r["detector"], r["window"]): r["rate"] for r in rows if r["scenario"] == "none"}
     columns = min(4, len(scenarios))
+    lines = -(-len(scenarios) // columns)
     figure, axes = plt.subplots(
-        -(-len(scenarios) // columns), columns, figsize=(3.2 * columns, 2.7 * -(-len(scenarios) // columns)),
-        squeeze=False, sharex=True, sharey=True,
-    )  # fmt: skip
+        lines, columns, figsize=(3.2 * columns, 2.7 * lines), squeeze=False, sharex=True, sharey=True
+    )
     for panel, scenario in zip(axes.flat, scenarios, strict=False):
         for i, detector in enumerate(detectors):
             cells = sorted(

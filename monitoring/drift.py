@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.features import CATEGORICAL_COLUMNS, NOVELTY_COLUMN, NOVELTY_QUANTILE, is_probability_column
+from monitoring.features import CATEGORICAL_COLUMNS, NOVELTY_COLUMN, is_probability_column, novelty_threshold
 
 CONTINGENCY_TEST = "refit_chi2_contingency"
 KS_TEST = "refit_ks"
@@ -159,7 +159,7 @@ def novelty_p_value(reference: np.ndarray, current: np.ndarray) -> float:
     ref, cur = reference[~np.isnan(reference)], current[~np.isnan(current)]
     if not len(ref) or not len(cur):
         return 1.0
-    threshold = np.quantile(ref, NOVELTY_QUANTILE)
+    threshold = novelty_threshold(ref)
     ref_beyond, cur_beyond = int((ref > threshold).sum()), int((cur > threshold).sum())
     table = [[cur_beyond, len(cur) - cur_beyond], [ref_beyond, len(ref) - ref_beyond]]
     return float(fisher_exact(table, alternative="greater").pvalue)
@@ -339,7 +339,7 @@ def build_snapshot(reference: pd.DataFrame, current: pd.DataFrame, result: Drift
             columns=columns,
             cat_method=CONTINGENCY_TEST,
             num_method=KS_TEST,
-            per_column_method={c: column_method(c) for c in columns if column_method(c) == NOVELTY_TEST},
+            per_column_method={c: NOVELTY_TEST for c in columns if c == NOVELTY_COLUMN},
             cat_threshold=level,
             num_threshold=level,
             drift_share=1.0 / max(1, len(columns)),  # one drifted column is an alarm

@@ -104,6 +104,12 @@ class FeatureSpace:
         return [probability_column(label) for label in self.labels]
 
 
+def novelty_threshold(familiar: np.ndarray) -> float:
+    """The distance beyond which an input counts as novel: the reference rows' own (leave-one-out)
+    ``NOVELTY_QUANTILE`` of nearest-reference distances; 0 for an empty reference."""
+    return float(np.quantile(familiar, NOVELTY_QUANTILE)) if len(familiar) else 0.0
+
+
 def fit_feature_space(
     labels: list[str], descriptors: InputDescriptors, reference_embeddings: np.ndarray, components: int
 ) -> FeatureSpace:

@@ -28,6 +28,7 @@ from monitoring.features import (
     TextDescriptors,
     build_features,
     fit_feature_space,
+    novelty_threshold,
 )
 from training.artifacts import (
     ONNX_DIR,
@@ -90,7 +91,11 @@ class Reference:
     encoder: Encoder
     calibration: tuple[np.ndarray, np.ndarray]  # isotonic map: confidence -> P(correct)
     embeddings: np.ndarray  # (rows, hidden) reference embeddings, for novelty
-    novelty_threshold: float  # cosine distance to the nearest reference row; above it: novel
+
+    @property
+    def novelty_threshold(self) -> float:
+        """Cosine distance to the nearest reference input beyond which an input is novel."""
+        return novelty_threshold(self.features[NOVELTY_COLUMN].to_numpy())
 
     def live_features(
         self, rows: pd.DataFrame, inputs: list[Any], probabilities: np.ndarray
@@ -157,7 +162,6 @@ def load_reference(
         encoder=Encoder(version, load_version_processor(version)),
         calibration=(arrays["calibration_x"], arrays["calibration_y"]),
         embeddings=arrays["embeddings"],
-        novelty_threshold=float(arrays["novelty_threshold"]),
     )
 
 
@@ -197,7 +201,6 @@ def _derive(
         "calibration_x": calibration[0],
         "calibration_y": calibration[1],
         "embeddings": embeddings,
-        "novelty_threshold": np.asarray(np.quantile(familiar, NOVELTY_QUANTILE) if len(familiar) else 0.0),
     }
     return features, arrays
 
