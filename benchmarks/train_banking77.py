@@ -4,8 +4,9 @@ Run by hand (not in CI), e.g.::
 
     python benchmarks/train_banking77.py --data ../shared/datasets/banking77
 
-Writes ``benchmarks/results/train_banking77.json`` (one row per strategy, budget and seed) and
-``train_banking77.md`` (medians over seeds). Few-shot budgets run over three seeds.
+Writes ``benchmarks/results/train_banking77.json`` (one row per strategy, budget and seed),
+``train_banking77.md`` (medians over seeds) and ``train_banking77.png`` (every seed's accuracy by
+strategy, a panel per budget). Few-shot budgets run over three seeds.
 
 ``--strategies setfit`` adds the `setfit` library beside Refit's strategies, on the same
 all-MiniLM-L6-v2 weights and the same sampled rows (all of them: SetFit selects nothing on a
@@ -25,6 +26,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -35,7 +37,7 @@ import pandas as pd
 import psutil
 import torch
 
-from benchmarks.peers import PeerUnavailable, run_peer
+from benchmarks.peers import PeerUnavailable, peer_version, run_peer
 from training.cli import parse_assignments
 from training.config import TrainingConfig
 from training.context import TrainContext
@@ -326,10 +328,59 @@ def describe_environment() -> dict[str, Any]:
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, name: str, notes: tuple[str, ...] = ()) -> None:
-    """Write the JSON rows and the markdown table (after every row, so a cut-off run keeps its rows)."""
+    """Write the JSON rows, the markdown table and the plot (after every row, so a cut-off run keeps
+    its rows)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    notes = (*describe_peers(rows), *notes)
     (out / f"{name}.md").write_text(render_markdown(rows, describe_environment(), notes))
+    plot_accuracy(rows, out / f"{name}.png")
+
+
+def describe_peers(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """A line naming the version of each peer library with rows here (from its virtualenv)."""
+    peers = sorted({r["strategy"] for r in rows} & set(PEER_STRATEGIES))
+    if not peers:
+        return ()
+    versions = []
+    for peer in peers:
+        try:
+            versions.append(f"{peer} {peer_version(peer, peer)}")
+        except (PeerUnavailable, OSError, subprocess.CalledProcessError):
+            versions.append(f"{peer} (version unknown: its virtualenv is not installed here)")
+    return ("Peers: " + ", ".join(versions) + ", each in its own virtualenv under `benchmarks/peers/`.",)
+
+
+def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
+    """A panel per budget: each strategy's test accuracy by seed (dots) and its median (a bar);
+    peer libraries in another colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({str(r["per_class"]) for r in rows}, key=lambda b: int(b) if b.isdigit() else 10**9)
+    order = (*STRATEGIES, *SEMI_SUPERVISED, *PEER_STRATEGIES)
+    figure, panels = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), squeeze=False)
+    for axes, budget in zip(panels[0], budgets, strict=True):
+        cell = [r for r in rows if str(r["per_class"]) == budget]
+        names = sorted({name_row(r) for r in cell}, key=lambda n: (order.index(n.split(" ")[0]), n))
+        for x, name in enumerate(names):
+            accuracy = [r["accuracy"] for r in cell if name_row(r) == name]
+            colour = "tab:orange" if name in PEER_STRATEGIES else "tab:blue"
+            axes.bar(x, statistics.median(accuracy), 0.6, color=colour, alpha=0.35)
+            axes.plot([x] * len(accuracy), accuracy, "o", color=colour, markersize=4)
+        axes.set_xticks(range(len(names)))
+        axes.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        low = min(r["accuracy"] for r in cell)
+        axes.set_ylim(max(0.0, low - 0.05), min(1.0, max(r["accuracy"] for r in cell) + 0.02))
+        axes.set_title(f"{budget} per intent" if budget != "all" else "all training data", fontsize=10)
+        axes.grid(axis="y", alpha=0.3)
+    panels[0][0].set_ylabel("test accuracy (bar: median, dots: seeds)")
+    figure.suptitle("BANKING77: Refit's strategies (blue) and peer libraries (orange)", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def merge_rows(kept: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

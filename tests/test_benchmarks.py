@@ -70,6 +70,7 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
         "trainable_params",
     }
     assert "| lora | 3 | 1 |" in (tmp_path / "train_banking77.md").read_text()
+    assert (tmp_path / "train_banking77.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_train_banking77_self_trains_on_the_training_texts_it_was_not_given(

@@ -76,7 +76,8 @@ def test_train_banking77_runs_setfit_beside_refit(tiny_base_model: Path, tmp_pat
     setfit = rows[0]
     assert set(setfit) == set(rows[1]) and 0.0 <= setfit["accuracy"] <= 1.0
     assert setfit["trainable_params"] > 0 and setfit["train_seconds"] > 0
-    assert "| setfit | 4 | 1 |" in (tmp_path / "train_banking77.md").read_text()
+    markdown = (tmp_path / "train_banking77.md").read_text()
+    assert "| setfit | 4 | 1 |" in markdown and "Peers: setfit 1." in markdown
 
 
 def test_train_banking77_appends_cells_and_says_which_peer_did_not_run(tmp_path: Path) -> None:

@@ -152,7 +152,9 @@ def test_an_image_version_exports_to_onnx_with_parity_from_bytes(
     )
 
 
+@pytest.mark.parametrize("strategy", ["head", "partial"])
 def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_and_onnx(
+    strategy: str,
     surfaces: Path,
     tiny_vision_model: Path,
     tmp_path: Path,
@@ -167,7 +169,7 @@ def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_a
     from training.onnx_export import ONNX_FILE, onnx_logits, onnx_session
 
     home = tmp_path / "bentoml"
-    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", "head"]
+    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", strategy]
     args += ["--name", "surfaces", "--home", str(home), "--set", "orientations=8", "--export-onnx"]
     code, out = run_cli(args, capsys, monkeypatch)
     assert code == 0, out
@@ -198,6 +200,26 @@ def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_a
     model.encoder.orientations = 1
     single = predict(model, processor, views).logits
     assert np.abs(single - single[:1]).max() / scale > 1e-2
+
+
+def test_training_sees_each_image_in_one_orientation_drawn_at_random(tiny_vision_model: Path) -> None:
+    import torch
+
+    from training.vision import load_image_encoder, orient
+
+    encoder = load_image_encoder(str(tiny_vision_model), orientations=8)
+    torch.manual_seed(0)
+    pixels = torch.rand(16, 3, 32, 32)
+    with torch.no_grad():
+        views = torch.stack([encoder.eval().pool(view) for view in orient(pixels)])  # (8, 16, hidden)
+        averaged = encoder.eval()(pixels)
+        trained = encoder.train()(pixels)
+    np.testing.assert_allclose(averaged.numpy(), views.mean(dim=0).numpy(), atol=1e-5)
+    # In training each image's features are those of one of its eight views, not their mean ...
+    distance = (views - trained.unsqueeze(0)).abs().amax(dim=-1)  # (8, 16)
+    assert bool((distance.amin(dim=0) < 1e-5).all())
+    # ... and the views are drawn per image: 16 images do not all land on the same one.
+    assert len(set(distance.argmin(dim=0).tolist())) > 1
 
 
 def test_orientations_other_than_one_or_eight_are_refused_by_name(

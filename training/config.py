@@ -54,7 +54,8 @@ class TrainingConfig(StageSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)  # larger images are rejected (decompression bombs)
     augment: bool = True  # images: random flips, small rotations and crops, brightness/contrast
     # images: 8 averages the encoder's features over each image's flips and quarter turns, for
-    # images without an up (surface defects, micrographs); it costs 8x the compute per image
+    # images without an up (surface defects, micrographs); it costs 8x the compute per image read
+    # (fine-tuning steps see each image in one orientation drawn at random)
     orientations: int = 1
     # images: the no-defect label; the missed-defect rate is the share of other images predicted as it
     normal_label: str | None = None
