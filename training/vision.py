@@ -55,8 +55,8 @@ class ImageEncoder(nn.Module):
     With ``orientations`` 8 the features are averaged over the eight flips and quarter turns of
     each image, so the encoder cannot tell them apart: for images whose content has no
     orientation, such as surface defects, at eight times the compute per image. In training mode
-    (the layers `partial`, `lora` and `full` train) each image is seen in one orientation drawn at
-    random instead, so fine-tuning costs what it costs with one.
+    (where `partial`, `lora`, `full` and `dann` train layers) each image is seen in one orientation
+    drawn at random instead, so a training step costs what it costs with one.
     """
 
     def __init__(self, backbone: nn.Module, family: str, name: str, orientations: int = 1) -> None:
