@@ -41,6 +41,7 @@ from training.artifacts import load_version_profile
 from training.model import quiet_transformers
 
 SCENARIOS = ("none", "label_mix", "unseen_25", "typos")
+REFERENCE = "reference"  # the cell of the reference rows themselves, in the markdown only
 PEERS = ("nannyml",)
 
 
@@ -68,12 +69,19 @@ def draw_window(
     return probabilities, truth
 
 
+def labelled_reference(reference: Reference) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, true labels) of the reference rows both estimators are fitted on."""
+    profile = load_version_profile(reference.version)
+    labelled = profile[profile["label"].notna()].reset_index(drop=True)
+    return np.stack(labelled["probabilities"].to_numpy()), labelled["label"].to_numpy()
+
+
 def estimate_refit(reference: Reference, probabilities: np.ndarray) -> float:
     """Refit's estimate of a window's accuracy: the mean calibrated P(correct) of its answers."""
     return float(np.mean(reference.estimate_correct(probabilities.max(axis=1))))
 
 
-def nannyml_frame(probabilities: np.ndarray, labels: list[str], truth: np.ndarray | None) -> pd.DataFrame:
+def nannyml_frame(probabilities: np.ndarray, truth: np.ndarray | None, labels: list[str]) -> pd.DataFrame:
     """NannyML's input: one probability column per class, ``y_pred`` and (reference) ``y_true``."""
     frame = pd.DataFrame(probabilities.astype(np.float64), columns=[f"p{i}" for i in range(len(labels))])
     frame["y_pred"] = np.asarray(labels, dtype=object)[probabilities.argmax(axis=1)]
@@ -91,15 +99,12 @@ def estimate_nannyml(
         PeerUnavailable: NannyML's virtualenv could not be created, or its run failed.
     """
     labels = reference.space.labels
-    profile = load_version_profile(reference.version)
-    labelled = profile[profile["label"].notna()].reset_index(drop=True)
-    probabilities = np.stack(labelled["probabilities"].to_numpy())
-    reference_frame = nannyml_frame(probabilities, labels, labelled["label"].to_numpy())
+    reference_frame = nannyml_frame(*labelled_reference(reference), labels)
     reference_frame.to_parquet(scratch / "reference.parquet")
     analyses = []
     for (scenario, size), batches in windows.items():
         path = scratch / f"{scenario}-{size}.parquet"
-        nannyml_frame(np.concatenate(batches), labels, None).to_parquet(path)
+        nannyml_frame(np.concatenate(batches), None, labels).to_parquet(path)
         analyses.append({"file": str(path), "chunk_size": size, "cell": [scenario, size]})
     jobs = {
         "reference": str(scratch / "reference.parquet"),
@@ -138,6 +143,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 realised.setdefault(cell, []).append(float(np.mean(answers == truth)))
                 refit.setdefault(cell, []).append(estimate_refit(reference, probabilities))
                 progress.advance(task)
+    # The reference rows themselves as one more window: how right each estimator is on the rows it
+    # was fitted on, beside how far the test windows' accuracy is from theirs.
+    ref_probabilities, ref_truth = labelled_reference(reference)
+    itself = (REFERENCE, len(ref_truth))
+    windows[itself] = [ref_probabilities]
+    realised[itself] = [float(np.mean(labels[ref_probabilities.argmax(axis=1)] == ref_truth))]
+    refit[itself] = [estimate_refit(reference, ref_probabilities)]
     estimates = {"refit": refit}
     ran = {"refit": "Refit (this checkout)"}
     for peer in [p for p in args.peers.split(",") if p]:
@@ -163,7 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         for estimator, by_cell in estimates.items()
     ]
     accuracy = {cell: float(np.mean(values)) for cell, values in realised.items()}
-    write_results(rows, args, ran, accuracy, len(reference.features))
+    on_reference = {name: by_cell[itself][0] for name, by_cell in estimates.items() if itself in by_cell}
+    write_results(rows, args, ran, accuracy, (itself, on_reference))
     return rows
 
 
@@ -172,9 +185,12 @@ def write_results(
     args: argparse.Namespace,
     ran: dict[str, str],
     accuracy: dict[tuple[str, int], float],
-    reference_rows: int,
+    on_reference: tuple[tuple[str, int], dict[str, float]],
 ) -> None:
-    """The JSON rows, the markdown table (with who ran) and the plot."""
+    """The JSON rows, the markdown table (with who ran), each estimator's estimate of the
+    reference rows it was fitted on (``on_reference``: that cell and the estimates) and the plot."""
+    itself, estimated = on_reference
+    reference_rows = itself[1]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     env = describe_environment()
@@ -203,6 +219,17 @@ def write_results(
             + " | ".join(f"{r['mae']:.4f}" if r else "" for r in maes)
             + " |"
         )
+    undrifted = [accuracy[cell] for cell in accuracy if cell[0] in ("none", "label_mix")]
+    lines += [
+        "",
+        f"On the {reference_rows:,} reference rows themselves (realised accuracy {accuracy[itself]:.4f}), "
+        + ", ".join(f"{name} estimates {value:.4f}" for name, value in estimated.items())
+        + (
+            f"; the undrifted windows' realised accuracy is {min(undrifted):.3f}-{max(undrifted):.3f}."
+            if undrifted
+            else "."
+        ),
+    ]
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     plot(rows, estimators, args.out / f"{args.name}.png")
 

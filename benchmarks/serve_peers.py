@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from benchmarks.peers import PEERS, peer_python
+from benchmarks.peers import NO_TELEMETRY, PEERS, peer_python
 from demo.processes import LoopbackProcess, free_port, start_process
 from demo.traffic import Protocol, Traffic, send_traffic
 from training.artifacts import read_labels
@@ -130,7 +130,7 @@ def start_peer(name: str, spec: Path, knobs: dict[str, int | float], logs: Path)
     ]
     command += ["--max-batch-size", str(knobs["max_batch_size"]), "--max-wait-ms", str(knobs["max_wait_ms"])]
     command += ["--workers", str(knobs["workers"]), "--threads", str(knobs["threads"])]
-    env = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**NO_TELEMETRY, "PYTHONUNBUFFERED": "1"}
     return start_process(command, env, log, url, SERVERS[name].ready_path)
 
 

@@ -4,11 +4,12 @@ virtualenv already exists (CI does not install peers), else skipped with the rea
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from benchmarks.peers import PEERS, PeerUnavailable, peer_python
+from benchmarks.peers import NO_TELEMETRY, PEERS, PeerUnavailable, peer_python, run_peer
 from tests.test_benchmarks import write_look_alike
 
 pytestmark = pytest.mark.slow  # each benchmark end to end on a tiny budget
@@ -38,6 +39,7 @@ def test_accuracy_estimate_smoke(tiny_base_model: Path, tmp_path: Path) -> None:
     assert all(0.0 <= r["mae"] <= 1.0 and r["trials"] == 3 for r in rows)
     table = (tmp_path / "accuracy_estimate.md").read_text()
     assert "| none | 20 | 3 |" in table and "`refit`" in table
+    assert re.search(r"reference rows themselves \(realised accuracy [01]\.\d{4}\), refit estimates", table)
     assert (tmp_path / "accuracy_estimate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -49,7 +51,17 @@ def test_accuracy_estimate_runs_nannyml_beside_refit(tiny_base_model: Path, tmp_
     by = {(r["estimator"], r["scenario"], r["window"]): r for r in rows}
     assert {e for e, _, _ in by} == {"refit", "nannyml"}
     assert all(0.0 <= r["mae"] <= 1.0 for r in rows)
-    assert "NannyML 0.13.1" in (tmp_path / "accuracy_estimate.md").read_text()
+    table = (tmp_path / "accuracy_estimate.md").read_text()
+    assert "NannyML 0.13.1" in table and re.search(r"nannyml estimates [01]\.\d{4}", table)
+
+
+def test_a_peer_runs_with_its_usage_reporting_off(tmp_path: Path) -> None:
+    (tmp_path / "echo").mkdir()
+    (tmp_path / "echo" / "requirements.txt").write_text("# nothing beyond the standard library\n")
+    (tmp_path / "echo" / "env.py").write_text("import json, os\nprint(json.dumps(dict(os.environ)))\n")
+    seen = json.loads(run_peer("echo", "env.py", root=tmp_path))
+    assert {key: seen.get(key) for key in NO_TELEMETRY} == NO_TELEMETRY
+    assert NO_TELEMETRY["NML_DISABLE_USAGE_LOGGING"] == "1" and NO_TELEMETRY["RAY_USAGE_STATS_ENABLED"] == "0"
 
 
 def test_a_peer_that_cannot_be_installed_says_why(tmp_path: Path) -> None:

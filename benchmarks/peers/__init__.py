@@ -19,6 +19,14 @@ from pathlib import Path
 
 PEERS = Path(__file__).resolve().parent
 INSTALL_TIMEOUT_S = 1800.0
+# Every peer runs with its usage reporting off: a benchmark must not send a user's run to a vendor
+# (NannyML reports each fit and estimate, Ray its cluster, the Hugging Face hub its downloads).
+NO_TELEMETRY = {
+    "NML_DISABLE_USAGE_LOGGING": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
 
 
 class PeerUnavailable(RuntimeError):
@@ -85,20 +93,22 @@ def peer_interpreter(folder: Path) -> str:
     raise PeerUnavailable(f"{folder.name}: needs Python {version}, which is not installed here")
 
 
-def run_peer(name: str, script: str, *args: str, timeout: float = 3600.0) -> str:
-    """Run ``benchmarks/peers/<name>/<script>`` under the peer's interpreter; its stdout.
+def run_peer(name: str, script: str, *args: str, timeout: float = 3600.0, root: Path = PEERS) -> str:
+    """Run ``<root>/<name>/<script>`` under the peer's interpreter, its usage reporting off
+    (:data:`NO_TELEMETRY`); its stdout.
 
     Raises:
         PeerUnavailable: the peer could not be installed, or its script failed (its stderr).
     """
-    python = peer_python(name)
+    python = peer_python(name, root)
     try:
         done = subprocess.run(
-            [str(python), str(PEERS / name / script), *args],
+            [str(python), str(root / name / script), *args],
             check=True,
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=os.environ | NO_TELEMETRY,
         )
     except subprocess.CalledProcessError as exc:
         raise PeerUnavailable(f"{name}: {script} failed:\n{_tail(exc.stderr)}") from exc
