@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export BENTOML_DO_NOT_TRACK := 1
+export BENTOML_DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR ?= demo-output

@@ -18,6 +18,7 @@ from typing import IO
 import httpx
 
 from service.cli import serve_command
+from training.usage_tracking import turn_off_usage_tracking
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _LOWEST_PORT = 10_000
@@ -125,6 +126,7 @@ def start_process(
     """
     full_env = {**os.environ, **env}
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # bentoml serve sets up its own
+    turn_off_usage_tracking(full_env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     root = Path(__file__).resolve().parents[1]

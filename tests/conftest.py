@@ -22,7 +22,7 @@ from tests.helpers import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "1")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # BentoML serves /metrics from prometheus_client's multiprocess files, in-process apps included.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="refit-prometheus-"))

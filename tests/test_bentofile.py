@@ -16,7 +16,9 @@ def test_bentofile_is_a_valid_build_config() -> None:
         config = BentoBuildConfig.from_yaml(stream)
     assert config.service == "service.app:RefitClassifier"
     assert any(p.startswith("torch") for p in config.python.packages or [])
-    assert {e.name for e in config.envs} >= {"HF_HUB_OFFLINE", "BENTOML_DO_NOT_TRACK"}
+    envs = {e.name: e.value for e in config.envs}
+    assert envs.keys() >= {"HF_HUB_OFFLINE", "BENTOML_DO_NOT_TRACK"}
+    assert envs["BENTOML_DO_NOT_TRACK"] == "true"  # BentoML tracks usage under "1"
 
 
 def test_bentofile_packages_are_the_project_dependencies() -> None:
@@ -39,7 +41,7 @@ def test_bentoml_build_produces_a_bento(tmp_path: Path) -> None:
 
     import yaml
 
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "1"}
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     command = [sys.executable, "-m", "bentoml", "build", str(ROOT), "--output", "tag"]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -57,6 +57,8 @@ def check_env_name(name: str) -> None:
 
 def check_env_value(name: str, value: str) -> None:
     """The value parses as that settings field (a typo'd mode or a negative size fails here)."""
+    if name == "BENTOML_DO_NOT_TRACK":  # BentoML compares it with "true"; "1" leaves tracking on
+        assert value.lower() == "true", f"{name}={value!r}"
     for prefix, settings in (("REFIT_SERVE_", ServeSettings), ("REFIT_MONITOR_", MonitorSettings)):
         if name.startswith(prefix):
             settings.model_validate({name.removeprefix(prefix).lower(): value})

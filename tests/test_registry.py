@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,3 +178,25 @@ def test_stage_file_is_replaced_atomically(two_versions: tuple[Any, Any], regist
     registry.promote(second.tag)
     stage_dir = registry.home / "refit" / "stages"
     assert sorted(p.name for p in stage_dir.iterdir()) == ["tiny.json", "tiny.lock"]
+
+
+SAVE_A_VERSION = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from training.registry import ModelRegistry
+ModelRegistry(sys.argv[1]).register("m", {"strategy": "head"}, lambda path: {})
+"""
+
+
+@pytest.mark.parametrize(("value", "tracked"), [(None, False), ("1", False), ("false", True)])
+def test_saving_a_version_sends_bentoml_no_usage_event_unless_the_user_opted_in(
+    tmp_path: Path, value: str | None, tracked: bool
+) -> None:
+    # BentoML's debugging switch logs each usage event's payload instead of posting it.
+    env = {**os.environ, "__BENTOML_DEBUG_USAGE": "true"}
+    env.pop("BENTOML_DO_NOT_TRACK", None)
+    env |= {"BENTOML_DO_NOT_TRACK": value} if value is not None else {}
+    command = [sys.executable, "-c", SAVE_A_VERSION, str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("Tracking Payload" in done.stderr) is tracked, done.stderr[-2000:]

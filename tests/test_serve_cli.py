@@ -24,7 +24,8 @@ pytestmark = pytest.mark.slow  # a real `refit serve` process
 
 def start_refit_serve(home: Path, port: int, log: Path, *flags: str) -> subprocess.Popen[bytes]:
     """`refit serve` of the tiny model, through the installed console script."""
-    env = {**os.environ, **SERVICE_LIMITS, "BENTOML_HOME": str(home)}
+    # "1" is what most tools take for "do not track"; BentoML tracks unless it reads "true".
+    env = {**os.environ, **SERVICE_LIMITS, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     refit = str(Path(sys.executable).parent / "refit")
     command = [refit, "serve", "--model", "tiny", "--home", str(home), "--port", str(port), *flags]
@@ -57,6 +58,7 @@ def test_sigterm_stops_every_process_and_loses_no_answered_prediction(
         wait_ready(url, process, log)
         server = psutil.Process(process.pid)
         assert server.cmdline()[1:4] == ["-m", "bentoml", "serve"]  # `refit serve` became the server
+        assert server.environ()["BENTOML_DO_NOT_TRACK"] == "true"  # BentoML's usage tracking off
         children = server.children(recursive=True)
         texts = Traffic(["reset my password", "track my parcel"])
         stats = send_traffic(url, texts, concurrency=4, repeat=True, until=lambda s: s.sent >= 60)

@@ -280,7 +280,9 @@ def main(plugins: bool = True) -> None:
             not pip-installed (a Bento), and passes False.
     """
     from training.model import quiet_transformers
+    from training.usage_tracking import turn_off_usage_tracking
 
+    turn_off_usage_tracking()  # this process's saves, and the servers and monitors it starts
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not console.is_terminal:  # logs and `make demo` output: rich would squeeze tables to 80
         console.width = max(console.width, 140)

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from training.errors import RegistryError, VersionNotFoundError
+from training.usage_tracking import turn_off_usage_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class ModelRegistry:
         """
         import bentoml
 
+        turn_off_usage_tracking()  # before BentoML's first save reads the variable (it caches it)
         labels = {"refit": "classifier", "strategy": str(metadata.get("strategy", ""))}
         shown = {k: v for k, v in metadata.items() if v is not None}  # BentoML rejects None
         with bentoml.models.create(
