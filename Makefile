@@ -5,6 +5,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
+export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
 DEMO_DIR ?= demo-output

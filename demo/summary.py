@@ -150,7 +150,7 @@ def render_summary(outcome: DemoOutcome, console: Console) -> None:
     console.print(render_traffic(outcome))
     reports = sorted({str(Path(c["report"]).parent) for c in outcome.checks if c.get("report")})
     console.print(f"HTML drift reports: {', '.join(reports) or 'none written'}")
-    console.print(f"Evidently workspace: evidently ui --workspace {outcome.workspace}")
+    console.print(f"Evidently workspace: DO_NOT_TRACK=1 evidently ui --workspace {outcome.workspace}")
     for name, url in outcome.urls.items():
         console.print(f"{name}: {url}  [dim](up while the demo runs; `refit demo --keep` leaves it up)[/]")
     if outcome.closed:

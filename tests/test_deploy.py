@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 THIRD_PARTY_IMAGES = {"postgres:16", "prom/prometheus:v2.53.0", "grafana/grafana:11.1.0"}
 # Variables read by the images themselves (PostgreSQL, Grafana) or by libraries (HF, BentoML).
-FOREIGN_ENV = {"HF_HUB_OFFLINE", "BENTOML_DO_NOT_TRACK", "PGDATA"}
+FOREIGN_ENV = {"HF_HUB_OFFLINE", "BENTOML_DO_NOT_TRACK", "DO_NOT_TRACK", "PGDATA"}
 FOREIGN_PREFIXES = ("POSTGRES_", "GF_")
 
 

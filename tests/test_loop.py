@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 from rich.console import Console
@@ -132,6 +133,7 @@ def test_the_evidently_ui_renders_the_project_dashboard(demo: DemoRun, tmp_path:
     assert answer.status_code == 200, answer.text
     [project] = answer.json()
     assert project["name"] == "support-tickets"
+    assert "DO_NOT_TRACK" in psutil.Process(demo.ui.process.pid).environ()  # Evidently reports use otherwise
     page = f"{demo.ui.url}/projects/{project['id']}"
     dom = chromium(page, "--dump-dom")
     assert "Share of drifted features" in dom and "Per-feature drift p-values" in dom
