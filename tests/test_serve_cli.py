@@ -26,8 +26,13 @@ def start_refit_serve(home: Path, port: int, log: Path, *flags: str) -> subproce
     """`refit serve` of the tiny model, through the installed console script."""
     # "1" is what most tools take for "do not track"; BentoML tracks unless it reads "true". A long
     # queue deadline: a busy CI machine may shed a request as overloaded, which is not measured here.
-    env = {**os.environ, **SERVICE_LIMITS, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "1"}
-    env["REFIT_SERVE_MAX_LATENCY_MS"] = "10000"
+    env = {
+        **os.environ,
+        **SERVICE_LIMITS,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "1",
+        "REFIT_SERVE_MAX_LATENCY_MS": "10000",
+    }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     refit = str(Path(sys.executable).parent / "refit")
     command = [refit, "serve", "--model", "tiny", "--home", str(home), "--port", str(port), *flags]
