@@ -37,12 +37,14 @@ from training.blobs import BlobStore
 from training.cli import parse_assignments
 from training.config import TrainingConfig
 from training.context import TrainContext
-from training.data import split_frames, stratified_split
+from training.data import DatasetSplits, split_frames, stratified_split
+from training.evaluation import evaluate_predictions
 from training.image_data import load_image_dataset
+from training.inference import Predictions
 from training.modality import ImageModality
 from training.model import quiet_transformers
 from training.operating_point import apply_operating_point, choose_configured_operating_point
-from training.strategies import evaluate_split, run_strategy
+from training.strategies import run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,11 +59,13 @@ def run_cell(
     strategy: str,
     overrides: dict[str, Any],
     frozen: dict[str, np.ndarray] | None = None,
+    predictions: Path | None = None,
 ) -> dict[str, Any]:
     """Train one strategy on one budget and seed; return its result row.
 
     ``frozen``: the pretrained encoder's embedding of every image by its key, computed once for
-    every cell instead of once per cell (:func:`embed_images`).
+    every cell instead of once per cell (:func:`embed_images`). ``predictions``: a directory to
+    write the model's answer for each test image to (:func:`write_predictions`).
     """
     pool, _, test = stratified_split(images, (0.0, 0.3), seed)
     data = sample_per_class(pool, per_class if per_class == "all" else int(per_class), seed)
@@ -96,7 +100,12 @@ def run_cell(
         result.finalize()
         apply_operating_point(result, ctx, point)
         seconds = time.perf_counter() - start
-    metrics = evaluate_split(result, ctx, "test")
+    answers = ctx.predict(result.model, "test")
+    metrics = evaluate_predictions(
+        ctx.label_ids("test"), answers.probabilities, splits.labels, config.normal_label
+    )
+    if predictions is not None:
+        write_predictions(predictions / f"{strategy}-{per_class}-seed{seed}.csv", splits, answers)
     return {
         "strategy": strategy,
         "base_model": ctx.base_model,
@@ -109,6 +118,16 @@ def run_cell(
         "peak_rss_mb": rss.peak_mb,
         "trainable_params": result.trainable_params,
     }
+
+
+def write_predictions(path: Path, splits: DatasetSplits, answers: Predictions) -> None:
+    """One CSV row per test image: its key, file, label, and the label the model answered."""
+    test = splits.test
+    frame = test[[c for c in ("image", "path", "label") if c in test.columns]].copy()
+    frame["predicted"] = [splits.labels[i] for i in answers.predicted]
+    frame["confidence"] = answers.probabilities.max(axis=1).round(4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
 
 
 def embed_images(
@@ -202,6 +221,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="embed every image with the frozen encoder once, kept in this directory for later runs "
         "(train s then leaves that embedding out)",
     )
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="write each model's answer for every test image under this directory (a folder a "
+        "--name, a CSV a cell; read by benchmarks.tile_twins)",
+    )
     return parser.parse_args(argv)
 
 
@@ -226,12 +252,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         if frozen is not None:
             settings = {**settings, "frozen embeddings": "cached"}
+        predictions = args.predictions / args.name if args.predictions else None  # a folder a run
         for seed in (int(s) for s in args.seeds.split(",")):
             # --dev: the seed's real test images stay unseen while settings are chosen
             seen = stratified_split(images, (0.0, 0.3), seed)[0] if args.dev else images
             for per_class in args.budgets.split(","):
                 for strategy in args.strategies.split(","):
-                    row = run_cell(seen, modality, per_class, seed, strategy, overrides, frozen)
+                    row = run_cell(seen, modality, per_class, seed, strategy, overrides, frozen, predictions)
                     test_rows = len(stratified_split(seen, (0.0, 0.3), seed)[2])
                     print(json.dumps(row), flush=True)
                     rows.append(row)

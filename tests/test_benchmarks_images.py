@@ -154,3 +154,60 @@ def test_drift_power_image_smoke(tiles_like: Path, tiny_vision_model: Path, tmp_
     assert all(0.0 <= r["rate"] <= 1.0 and r["seconds_per_check"] >= 0 for r in rows)
     assert any("seconds_end_to_end" in r for r in rows)
     assert "magnetic tiles" in (tmp_path / "drift_power_images.md").read_text()
+
+
+def test_tile_twins_smoke(surfaces: Path, tiny_vision_model: Path, tmp_path: Path) -> None:
+    from PIL import Image, ImageEnhance
+
+    from benchmarks import tile_twins, train_tiles
+    from training.blobs import BlobStore
+    from training.data import stratified_split
+    from training.image_data import load_image_dataset
+
+    # Tiles named as the dataset names them: each photo its own tile (numbers far apart), except one
+    # `spot` tile whose photo under another light is filed as `free`.
+    rows = []
+    for i, photo in enumerate(sorted(surfaces.rglob("*.png"))):
+        target = tmp_path / "images" / photo.parent.name / f"exp{1 + i % 6}_num_{1000 * (i + 1)}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(photo.read_bytes())
+        rows.append({"path": str(target), "label": photo.parent.name, "lighting": f"exp{1 + i % 6}"})
+    spot = next(r for r in rows if r["label"] == "spot")
+    number = int(Path(spot["path"]).stem.split("_")[-1]) + 5  # the next photo of the same tile
+    twin = tmp_path / "images" / "free" / f"{spot['lighting']}b_num_{number}.png"
+    with Image.open(spot["path"]) as im:
+        ImageEnhance.Brightness(im.convert("RGB")).enhance(1.1).save(twin)
+    rows.append({"path": str(twin), "label": "free", "lighting": spot["lighting"] + "b"})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+
+    train_tiles.main(
+        ["--data", str(tmp_path), "--base-model", str(tiny_vision_model), "--budgets", "all",
+         "--seeds", "0", "--strategies", "head", "--predictions", str(tmp_path / "answers"),
+         "--out", str(tmp_path / "tiles")]
+    )  # fmt: skip
+    answers = pd.read_csv(tmp_path / "answers" / "train_tiles" / "head-all-seed0.csv")
+    assert {"image", "path", "label", "predicted", "confidence"} <= set(answers.columns)
+
+    seeds = tile_twins.main(
+        ["--data", str(tmp_path), "--base-model", str(tiny_vision_model), "--seeds", "0,1,2",
+         "--predictions", str(tmp_path / "answers"), "--out", str(tmp_path / "twins")]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "twins" / "tile_twins.json").read_text())
+    assert saved["seeds"] == seeds
+    assert [sorted(t["labels"]) for t in saved["conflicting_tiles"]] == [["free", "spot"]]
+    frame = load_image_dataset(tmp_path / "manifest.csv", BlobStore(tmp_path / "blobs"))
+    for row in seeds:
+        _, _, test = stratified_split(frame, (0.0, 0.3), row["seed"])
+        spot_in_test, twin_in_test = spot["path"] in set(test["path"]), str(twin) in set(test["path"])
+        assert (
+            row["with_tile_in_train"]
+            == row["tile_labelled_otherwise_in_train"]
+            == int(spot_in_test != twin_in_test)
+        )
+        assert row["defective_tile_free_in_train"] == int(spot_in_test and not twin_in_test)
+    missed = answers[(answers["label"] != "free") & (answers["predicted"] == "free")]
+    model = seeds[0]["models"]["train_tiles/head-all"]
+    assert model["missed"] == len(missed) and model["errors"] == int(
+        (answers["label"] != answers["predicted"]).sum()
+    )
+    assert (tmp_path / "twins" / "tile_twins.png").stat().st_size > 0
