@@ -221,6 +221,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--embedding-cache", type=Path, default=None, help="as train_tiles' (shared with it)")
     parser.add_argument("--predictions", type=Path, default=None, help="what train_tiles --predictions wrote")
+    parser.add_argument(
+        "--write-manifest",
+        type=Path,
+        default=None,
+        help="also write the manifest with a `tile` column (train_tiles --group-column tile)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--name", default="tile_twins", help="results file stem")
     return parser.parse_args(argv)
@@ -239,6 +245,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     same = find_same_tile(images, embeddings, args.number_gap, args.min_similarity)
     group = group_tiles(same)
     tiles = list_conflicting_tiles(images, group)
+    if args.write_manifest:
+        manifest = images[["path", "label", "meta_lighting"]].rename(columns={"meta_lighting": "lighting"})
+        args.write_manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.assign(tile=group).to_csv(args.write_manifest, index=False)
     rows, pairs = [], []
     for seed in (int(s) for s in args.seeds.split(",")):
         row, found = count_seed(images, group, seed, args.predictions)

@@ -60,14 +60,16 @@ def run_cell(
     overrides: dict[str, Any],
     frozen: dict[str, np.ndarray] | None = None,
     predictions: Path | None = None,
+    group_column: str | None = None,
 ) -> dict[str, Any]:
     """Train one strategy on one budget and seed; return its result row.
 
     ``frozen``: the pretrained encoder's embedding of every image by its key, computed once for
     every cell instead of once per cell (:func:`embed_images`). ``predictions``: a directory to
-    write the model's answer for each test image to (:func:`write_predictions`).
+    write the model's answer for each test image to (:func:`write_predictions`). ``group_column``:
+    see :func:`split_test`.
     """
-    pool, _, test = stratified_split(images, (0.0, 0.3), seed)
+    pool, test = split_test(images, seed, group_column)
     data = sample_per_class(pool, per_class if per_class == "all" else int(per_class), seed)
     # As `refit train` does: cross-validation carves no validation split.
     validation = 0.0 if overrides.get("selection") == "cv" else 0.1
@@ -118,6 +120,29 @@ def run_cell(
         "peak_rss_mb": rss.peak_mb,
         "trainable_params": result.trainable_params,
     }
+
+
+def split_test(
+    images: pd.DataFrame, seed: int, group_column: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The seed's 70% pool and 30% test set, stratified by label.
+
+    With ``group_column`` (a manifest column, e.g. which tile a photo shows) the photos of one group
+    stay on one side: 3 of 10 stratified group folds are the test set.
+    """
+    if group_column is None:
+        pool, _, test = stratified_split(images, (0.0, 0.3), seed)
+        return pool, test
+    column = f"meta_{group_column}"
+    if column not in images.columns:
+        found = [c.removeprefix("meta_") for c in images.columns if c.startswith("meta_")]
+        raise SystemExit(f"--group-column {group_column!r} is not a manifest column; found {found}")
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+    held_out = [test for _, test in folds.split(images, images["label"], images[column])][:3]
+    in_test = np.isin(np.arange(len(images)), np.concatenate(held_out))
+    return images[~in_test].reset_index(drop=True), images[in_test].reset_index(drop=True)
 
 
 def write_predictions(path: Path, splits: DatasetSplits, answers: Predictions) -> None:
@@ -222,6 +247,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(train s then leaves that embedding out)",
     )
     parser.add_argument(
+        "--group-column",
+        default=None,
+        help="a manifest column whose groups (e.g. photos of one tile) stay on one side of the 70/30 "
+        "split (benchmarks.tile_twins --write-manifest writes one)",
+    )
+    parser.add_argument(
         "--predictions",
         type=Path,
         default=None,
@@ -255,11 +286,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         predictions = args.predictions / args.name if args.predictions else None  # a folder a run
         for seed in (int(s) for s in args.seeds.split(",")):
             # --dev: the seed's real test images stay unseen while settings are chosen
-            seen = stratified_split(images, (0.0, 0.3), seed)[0] if args.dev else images
+            seen = split_test(images, seed, args.group_column)[0] if args.dev else images
             for per_class in args.budgets.split(","):
                 for strategy in args.strategies.split(","):
-                    row = run_cell(seen, modality, per_class, seed, strategy, overrides, frozen, predictions)
-                    test_rows = len(stratified_split(seen, (0.0, 0.3), seed)[2])
+                    row = run_cell(
+                        seen,
+                        modality,
+                        per_class,
+                        seed,
+                        strategy,
+                        overrides,
+                        frozen,
+                        predictions,
+                        args.group_column,
+                    )
+                    test_rows = len(split_test(seen, seed, args.group_column)[1])
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                     write_results(merge_rows(earlier, rows), args.out, args.name, test_rows, settings)

@@ -188,9 +188,11 @@ def test_tile_twins_smoke(surfaces: Path, tiny_vision_model: Path, tmp_path: Pat
     answers = pd.read_csv(tmp_path / "answers" / "train_tiles" / "head-all-seed0.csv")
     assert {"image", "path", "label", "predicted", "confidence"} <= set(answers.columns)
 
+    grouped = tmp_path / "grouped" / "manifest.csv"
     seeds = tile_twins.main(
         ["--data", str(tmp_path), "--base-model", str(tiny_vision_model), "--seeds", "0,1,2",
-         "--predictions", str(tmp_path / "answers"), "--out", str(tmp_path / "twins")]
+         "--predictions", str(tmp_path / "answers"), "--write-manifest", str(grouped),
+         "--out", str(tmp_path / "twins")]
     )  # fmt: skip
     saved = json.loads((tmp_path / "twins" / "tile_twins.json").read_text())
     assert saved["seeds"] == seeds
@@ -211,3 +213,18 @@ def test_tile_twins_smoke(surfaces: Path, tiny_vision_model: Path, tmp_path: Pat
         (answers["label"] != answers["predicted"]).sum()
     )
     assert (tmp_path / "twins" / "tile_twins.png").stat().st_size > 0
+
+    # The written manifest names each photo's tile; --group-column keeps a tile's photos together.
+    tiles = pd.read_csv(grouped)
+    assert tiles.groupby("tile")["path"].size().max() == 2  # the spot and its twin, nothing else
+    for seed in ("0", "1", "2"):
+        train_tiles.main(
+            ["--data", str(grouped.parent), "--base-model", str(tiny_vision_model), "--budgets", "all",
+             "--seeds", seed, "--strategies", "baseline", "--group-column", "tile",
+             "--predictions", str(tmp_path / "answers"), "--name", "by_tile",
+             "--out", str(tmp_path / "tiles")]
+        )  # fmt: skip
+        tested = set(pd.read_csv(tmp_path / "answers" / "by_tile" / f"baseline-all-seed{seed}.csv")["path"])
+        assert (spot["path"] in tested) == (str(twin) in tested)
+    with pytest.raises(SystemExit, match="not a manifest column"):
+        train_tiles.main(["--data", str(grouped.parent), "--group-column", "nope", "--out", str(tmp_path)])
