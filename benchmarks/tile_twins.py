@@ -127,8 +127,11 @@ def count_seed(
     if predictions is not None:
         keys = images["image"].to_numpy()
         conflicting, free_defects = set(keys[test_at[otherwise]]), set(keys[test_at[free_twin]])
+        tested = set(keys[test_at])
         for path in sorted(predictions.glob(f"**/*-seed{seed}.csv")):
             answers = pd.read_csv(path)
+            if not set(answers["image"]) <= tested:  # answers on another split (--group-column)
+                continue
             wrong = answers[answers["label"] != answers["predicted"]]
             missed = wrong[(wrong["label"] != NORMAL_LABEL) & (wrong["predicted"] == NORMAL_LABEL)]
             model = path.relative_to(predictions).with_name(path.stem.removesuffix(f"-seed{seed}"))

@@ -15,6 +15,9 @@ max_missed_defect_rate=0.02`` each model gets the inspection operating point `re
 (``training/operating_point.py``); write such runs, and others with a setting of their own (e.g.
 ``--set orientations=8 --name train_tiles_orientations``), under their own ``--name``. ``--dev`` chooses
 settings without the test images: each seed's 70% is split 70/30 again and that 30% is the test.
+``--group-column tile`` keeps each tile's photos on one side of the split (the manifest that
+``benchmarks.tile_twins --write-manifest`` writes has that column); ``--predictions DIR`` keeps each
+model's answer for every test image, which ``benchmarks.tile_twins`` reads.
 """
 
 from __future__ import annotations
@@ -185,8 +188,10 @@ def render_markdown(
 ) -> str:
     """Medians over seeds, one line per strategy and budget; ``settings``: the run's ``--set`` values."""
     named = ", ".join(f"`{k}={v}`" for k, v in (settings or {}).items())
+    group = (settings or {}).get("group_column")
+    split = f"split keeping each `{group}` on one side, about" if group else "stratified split,"
     lines = [
-        f"# Magnetic tiles: strategies x budgets (test: 30% stratified split, {test_rows} images per "
+        f"# Magnetic tiles: strategies x budgets (test: 30% {split} {test_rows} images per "
         "seed; medians over seeds)",
         "",
         f"Device: {env['device']}; torch {env['torch']}; {env['when']}. Missed-defect rate: defective "
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         )
         if frozen is not None:
             settings = {**settings, "frozen embeddings": "cached"}
+        if args.group_column:
+            settings = {**settings, "group_column": args.group_column}
         predictions = args.predictions / args.name if args.predictions else None  # a folder a run
         for seed in (int(s) for s in args.seeds.split(",")):
             # --dev: the seed's real test images stay unseen while settings are chosen

@@ -226,5 +226,12 @@ def test_tile_twins_smoke(surfaces: Path, tiny_vision_model: Path, tmp_path: Pat
         )  # fmt: skip
         tested = set(pd.read_csv(tmp_path / "answers" / "by_tile" / f"baseline-all-seed{seed}.csv")["path"])
         assert (spot["path"] in tested) == (str(twin) in tested)
+    assert "split keeping each `tile` on one side" in (tmp_path / "tiles" / "by_tile.md").read_text()
+    # Answers on another split than train_tiles' stratified one are not attributed to its test photos.
+    again = tile_twins.main(
+        ["--data", str(tmp_path), "--base-model", str(tiny_vision_model), "--seeds", "0",
+         "--predictions", str(tmp_path / "answers"), "--out", str(tmp_path / "twins")]
+    )  # fmt: skip
+    assert set(again[0]["models"]) == {"train_tiles/head-all"}
     with pytest.raises(SystemExit, match="not a manifest column"):
         train_tiles.main(["--data", str(grouped.parent), "--group-column", "nope", "--out", str(tmp_path)])
