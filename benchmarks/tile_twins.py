@@ -18,8 +18,8 @@ such pairs link them through the photos under the lights between.
 
 Writes ``benchmarks/results/tile_twins.json`` (per seed: test photos, those with their tile in
 training, defective test photos whose tile a training photo shows labelled ``free``; with ``--predictions``,
-the directory ``train_tiles --predictions`` writes, each model's missed defects and how many of
-them are such photos; and the tiles whose photos carry more than one label), ``tile_twins.md``
+the directory ``train_tiles --predictions`` writes, each model's errors and missed defects and how
+many of them fall on such photos; and the tiles whose photos carry more than one label), ``tile_twins.md``
 and ``tile_twins.png`` (those defective test photos beside a ``free`` training photo of their tile).
 """
 
@@ -39,10 +39,9 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from benchmarks.train_banking77 import describe_environment
-from benchmarks.train_tiles import NORMAL_LABEL, RESULTS, embed_images
+from benchmarks.train_tiles import NORMAL_LABEL, RESULTS, embed_images, split_test
 from training.blobs import BlobStore
 from training.config import TrainingConfig
-from training.data import stratified_split
 from training.image_data import load_image_dataset
 from training.modality import ImageModality
 
@@ -99,7 +98,7 @@ def count_seed(
 ) -> tuple[dict[str, Any], list[tuple[int, int]]]:
     """One seed's row, and the (defective test photo, free training photo of its tile) pairs."""
     position = pd.Series(np.arange(len(images)), index=images["image"])
-    pool, _, test = stratified_split(images, (0.0, 0.3), seed)
+    pool, test = split_test(images, seed)
     train_at = position[pool["image"]].to_numpy()
     test_at = position[test["image"]].to_numpy()
     labels = images["label"].to_numpy(dtype=str)

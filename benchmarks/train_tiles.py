@@ -143,8 +143,9 @@ def split_test(
     from sklearn.model_selection import StratifiedGroupKFold
 
     folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
-    held_out = [test for _, test in folds.split(images, images["label"], images[column])][:3]
-    in_test = np.isin(np.arange(len(images)), np.concatenate(held_out))
+    in_test = np.zeros(len(images), dtype=bool)
+    for _, test in list(folds.split(images, images["label"], images[column]))[:3]:
+        in_test[test] = True
     return images[~in_test].reset_index(drop=True), images[in_test].reset_index(drop=True)
 
 
