@@ -42,6 +42,7 @@ from training.config import TrainingConfig
 from training.context import TrainContext
 from training.data import DatasetSplits, split_frames, stratified_split
 from training.evaluation import evaluate_predictions
+from training.groups import stratified_group_folds
 from training.image_data import load_image_dataset
 from training.inference import Predictions
 from training.modality import ImageModality
@@ -140,11 +141,9 @@ def split_test(
     if column not in images.columns:
         found = [c.removeprefix("meta_") for c in images.columns if c.startswith("meta_")]
         raise SystemExit(f"--group-column {group_column!r} is not a manifest column; found {found}")
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    folds = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+    folds = stratified_group_folds(images["label"].to_numpy(), images[column].to_numpy(), 10, seed)
     in_test = np.zeros(len(images), dtype=bool)
-    for _, test in list(folds.split(images, images["label"], images[column]))[:3]:
+    for _, test in folds[:3]:
         in_test[test] = True
     return images[~in_test].reset_index(drop=True), images[in_test].reset_index(drop=True)
 

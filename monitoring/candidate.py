@@ -19,6 +19,7 @@ import yaml
 
 from training.artifacts import CONFIG_FILE, MODEL_DIR, read_json, read_split
 from training.config import ADAPTATION_STRATEGIES
+from training.groups import GROUP
 from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
 from training.spelling import SPELLING_FILE
@@ -66,6 +67,8 @@ def train_candidate(
     # The tables written here hold `text` (for images: the image files) and `label` columns,
     # whatever the columns of production's own data were called.
     config.update(text_column="text", label_column="label")
+    if config.get("group_column"):
+        config["group_column"] = GROUP
     if config.get("modality") == "image":
         config["image_column"] = "text"
     config["strategy"] = strategy or production.manifest.get("strategy", config.get("strategy"))

@@ -38,6 +38,7 @@ from training.artifacts import (
     read_labels,
     version_modality,
 )
+from training.groups import GROUP
 from training.novelty import nearest_distance
 from training.processors import Processor
 from training.registry import ModelVersion
@@ -188,8 +189,13 @@ def _derive(
     space = fit_feature_space(labels, descriptors, embeddings, components)
     correct = (labelled["predicted_label"] == labelled["label"]).to_numpy(dtype=float)
     calibration = fit_calibration(np.asarray(labelled["confidence"], dtype=np.float64), correct)
+    # Rows of one group (group_column: a part's photos under other lights) are no evidence that a
+    # row is familiar: live inputs are new parts.
+    groups = profile[GROUP].to_numpy() if GROUP in profile.columns else None
+    if groups is None or pd.isna(groups).any() or len(set(groups)) < 2:
+        groups = None
     familiar = (
-        nearest_distance(embeddings, embeddings, exclude_self=True)
+        nearest_distance(embeddings, embeddings, exclude_self=True, groups=groups)
         if len(embeddings) > 1
         else np.zeros(len(embeddings), dtype=np.float32)
     )

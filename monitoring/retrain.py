@@ -29,6 +29,7 @@ from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, read_split, version_images, version_modality
 from training.blobs import BlobStore
 from training.errors import ModelLoadError
+from training.groups import GROUP
 from training.inference import predict
 from training.promotion import promote_checked
 from training.registry import ModelRegistry, ModelVersion
@@ -145,13 +146,19 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
 
 
 def read_rows(version: ModelVersion, split: str) -> pd.DataFrame:
-    """A split of ``version`` as ``text`` and ``label`` rows; for an image version ``text`` is the
-    stored image's file, which is what its model, the screen and the gate read."""
+    """A split of ``version`` as ``text`` and ``label`` rows, and ``group`` when it was trained with
+    a ``group_column`` (blank for a row that was a group of its own, as a feedback row is); for an
+    image version ``text`` is the stored image's file, which is what its model, the screen and the
+    gate read."""
     frame = read_split(version, split)
     if version_modality(version) == "image":
         store = version_images(version)
         frame = frame.assign(text=[str(store.path(key)) for key in frame["image"]])
-    return frame[["text", "label"]]
+    if GROUP not in frame.columns:
+        return frame[["text", "label"]]
+    # A row's own group is named by its place in one table; the child names them afresh in its own.
+    groups = frame[GROUP].astype(str)
+    return frame[["text", "label"]].assign(**{GROUP: groups.where(~groups.str.startswith("row:"), "")})
 
 
 def logged_inputs(version: ModelVersion, feedback: pd.DataFrame, settings: MonitorSettings) -> pd.DataFrame:

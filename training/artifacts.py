@@ -24,6 +24,7 @@ import pandas as pd
 
 from training.blobs import BlobStore, registry_images
 from training.errors import ModelLoadError
+from training.groups import GROUP
 from training.model import Classifier, load_classifier, load_processor, load_tokenizer
 from training.processors import Processor
 from training.reference_profile import PROFILE_FILE, read_reference_profile
@@ -55,12 +56,15 @@ def write_splits(directory: Path, splits: dict[str, pd.DataFrame]) -> None:
     """Save the train/validation/test frames under ``data/``."""
     (directory / DATA_DIR).mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
-        kept = frame[["text", "label"]] if "text" in frame.columns else frame  # images keep metadata
+        # Texts keep their input, label and group (group_column); images keep their metadata too.
+        text_columns = [c for c in ("text", "label", GROUP) if c in frame.columns]
+        kept = frame[text_columns] if "text" in frame.columns else frame
         kept.to_parquet(directory / DATA_DIR / f"{name}.parquet", index=False)
 
 
 def read_split(version: ModelVersion, split: str) -> pd.DataFrame:
-    """One of the version's saved data splits (columns ``text`` or ``image``, and ``label``)."""
+    """One of the version's saved data splits (columns ``text`` or ``image``, ``label``, and
+    ``group`` when the version was trained with a ``group_column``)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}")
     try:

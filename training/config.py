@@ -64,6 +64,9 @@ class TrainingConfig(StageSettings):
     # image by the fold that held it out (training/operating_point.py); None: plain argmax
     max_missed_defect_rate: float | None = Field(None, ge=0.0, le=1.0)
     test_file: Path | None = None  # held-out test data; else a stratified split of DATA
+    # a data column naming rows that belong together (a part photographed several times, one
+    # customer's tickets): validation, test and cross-validation folds take whole groups
+    group_column: str | None = None
     # adaptation strategies: unlabelled inputs of the domain to adapt to (a table with the input
     # column, or a folder of images)
     target_file: Path | None = None

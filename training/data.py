@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from training.errors import DataError
+from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class DataReport:
     train_test_overlap: int = 0  # test texts that also occur in the training data
     class_counts: dict[str, int] = field(default_factory=dict)
     split_cost: str = ""  # what carving validation and test out of few rows per label costs
+    shared_groups: int = 0  # test rows of a group (group_column) that also has training rows
+    group_notes: list[str] = field(default_factory=list)  # what keeping groups whole cost the splits
 
     def warnings(self) -> list[str]:
         """Human-readable warnings for each non-zero finding."""
@@ -40,9 +43,11 @@ class DataReport:
             found.append(f"{self.conflicting_texts} texts appear with more than one label")
         if self.train_test_overlap:
             found.append(f"{self.train_test_overlap} test texts also appear in the training data")
+        if self.shared_groups:
+            found.append(f"{self.shared_groups} test rows belong to a group that also has training rows")
         if self.split_cost:
             found.append(self.split_cost)
-        return found
+        return found + self.group_notes
 
 
 @dataclass
@@ -109,19 +114,29 @@ def read_table(path: Path) -> pd.DataFrame:
         raise DataError(f"Could not parse {path} as {suffix[1:].upper()}: {exc}") from exc
 
 
-def load_dataset(path: Path, text_column: str = "text", label_column: str = "label") -> pd.DataFrame:
-    """Load and validate labelled texts into a frame with columns ``text`` and ``label``.
+def load_dataset(
+    path: Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    group_column: str | None = None,
+    *,
+    group_required: bool = True,
+) -> pd.DataFrame:
+    """Load and validate labelled texts into a frame with columns ``text`` and ``label`` (and
+    ``group`` from ``group_column``, when given and present).
 
     Raises:
-        DataError: a missing column, empty texts, missing labels, a label with fewer than two
-            examples, or a single class; the message lists what was found.
+        DataError: a missing column (the group column only when ``group_required``), empty texts,
+            missing labels; the message lists what was found.
     """
     raw = read_table(Path(path))
-    missing = [c for c in (text_column, label_column) if c not in raw.columns]
+    wanted = [text_column, label_column] + ([group_column] if group_column and group_required else [])
+    missing = [c for c in wanted if c not in raw.columns]
     if missing:
         raise DataError(
             f"Column(s) {missing} not found in {path}. Found columns: {list(raw.columns)}. "
-            "Hint: set text_column / label_column (--text-column / --label-column)."
+            "Hint: set text_column / label_column / group_column (--text-column / --label-column / "
+            "--set group_column=...)."
         )
     frame = pd.DataFrame(
         {
@@ -129,6 +144,8 @@ def load_dataset(path: Path, text_column: str = "text", label_column: str = "lab
             "label": raw[label_column].astype("string").fillna("").str.strip(),
         }
     )
+    if group_column and group_column in raw.columns:
+        frame[GROUP] = read_groups(raw[group_column])
     validate_texts(frame, path)
     return frame.astype({"text": str, "label": str}).reset_index(drop=True)
 
@@ -281,6 +298,7 @@ def split_frames(
     source: str = "the data",
     test_source: str | None = None,
     column: str = "text",
+    group_column: str | None = None,
 ) -> DatasetSplits:
     """Validate loaded frames (columns ``column`` and ``label``) and split them.
 
@@ -293,6 +311,8 @@ def split_frames(
         source: how to name the data in messages (its path).
         test_source: how to name the test data (its path), when there is one.
         column: the input column, ``text`` or ``image`` (content keys).
+        group_column: the data column the ``group`` column was read from, when the rows carry
+            groups: then validation and test take whole groups (:mod:`training.groups`).
 
     Raises:
         DataError: the data cannot be used; the message says why and how to fix it.
@@ -314,14 +334,16 @@ def split_frames(
                 f"The test data has label(s) absent from the training data: {unknown[:10]}. "
                 f"Expected only labels of {source}: {sorted(class_counts)[:10]}..."
             )
-        train, val, _ = stratified_split(data, (validation_fraction, 0.0), seed)
+        train, val, _ = _split(data, (validation_fraction, 0.0), seed, group_column, report)
     else:
-        train, val, test = stratified_split(data, (validation_fraction, test_fraction), seed)
+        train, val, test = _split(data, (validation_fraction, test_fraction), seed, group_column, report)
     report.train_test_overlap = count_overlap(train, test, column)
+    report.shared_groups = count_shared_groups(pd.concat([train, val]), test)
     report.split_cost = describe_split_cost(class_counts, train, test_source is not None)
     for warning in report.warnings():
         logger.warning("%s: %s", source, warning)
     frames = [data] if test is None else [data, test]
+    groups = {"group_column": group_column, "groups": int(test[GROUP].nunique())} if has_groups(test) else {}
     return DatasetSplits(
         train=train,
         validation=val,
@@ -335,8 +357,24 @@ def split_frames(
             "fraction": None if test_source is not None else test_fraction,
             "rows": len(test),
             "fingerprint": fingerprint_rows([test], column),
+            **groups,
         },
     )
+
+
+def _split(
+    data: pd.DataFrame,
+    fractions: tuple[float, float],
+    seed: int,
+    group_column: str | None,
+    report: DataReport,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Row by row, stratified; or whole groups when the rows carry them (notes into ``report``)."""
+    if not has_groups(data):
+        return stratified_split(data, fractions, seed)
+    train, val, test, notes = group_split(data, fractions, seed, group_column or GROUP)
+    report.group_notes = notes
+    return train, val, test
 
 
 def describe_test_set(test_set: dict[str, Any] | None) -> str:
@@ -349,4 +387,8 @@ def describe_test_set(test_set: dict[str, Any] | None) -> str:
         if test_set.get("source") == "file"
         else f"{float(test_set.get('fraction') or 0):.0%} split of {name}"
     )
-    return f"{where}, {int(test_set.get('rows', 0)):,} rows, {str(test_set.get('fingerprint', ''))[:15]}"
+    if test_set.get("groups") is not None and test_set.get("source") != "file":
+        where += f" by {test_set.get('group_column')}"
+    groups = f" of {int(test_set['groups']):,} groups" if test_set.get("groups") is not None else ""
+    rows = f"{int(test_set.get('rows', 0)):,} rows{groups}"
+    return f"{where}, {rows}, {str(test_set.get('fingerprint', ''))[:15]}"

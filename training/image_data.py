@@ -15,6 +15,7 @@ import pandas as pd
 from training.blobs import BlobStore, hash_bytes
 from training.data import read_table
 from training.errors import DataError
+from training.groups import GROUP, read_groups
 from training.images import SUFFIXES, ImageError, ImageLimits, decode_image
 from training.progress import track_progress
 
@@ -67,7 +68,7 @@ def list_image_table(csv: Path, image_column: str, label_column: str) -> pd.Data
             f"Column(s) {missing} not found in {csv}. Found columns: {list(table.columns)}. "
             "Hint: set image_column / label_column (--set image_column=... / --label-column)."
         )
-    metadata = table.drop(columns=[image_column, label_column]).astype(str)
+    metadata = table.drop(columns=[image_column, label_column]).fillna("").astype(str)
     frame = pd.DataFrame(
         {
             "path": [str((csv.parent / str(p)).resolve()) for p in table[image_column]],
@@ -110,6 +111,29 @@ def load_image_dataset(
     frame.insert(0, "image", _store_images(frame["path"].tolist(), store, limits or ImageLimits()))
     _reject_duplicates(frame, str(path))
     return frame
+
+
+def attach_image_groups(
+    frame: pd.DataFrame, group_column: str | None, source: Path, *, required: bool
+) -> pd.DataFrame:
+    """``frame`` with each image's ``group`` read from the table's ``group_column`` (kept as the
+    metadata column ``meta_<group_column>``); unchanged without a group column.
+
+    Raises:
+        DataError: ``required`` and the data has no such column (a folder of class folders has none).
+    """
+    if group_column is None:
+        return frame
+    if f"meta_{group_column}" in frame.columns:
+        return frame.assign(**{GROUP: read_groups(frame[f"meta_{group_column}"])})
+    if not required:
+        return frame
+    found = [c.removeprefix("meta_") for c in frame.columns if c.startswith("meta_")]
+    raise DataError(
+        f"group_column {group_column!r} not found in {source}. Found columns besides the image and "
+        f"label: {found}. Expected a table listing the images with a {group_column!r} column (a "
+        "folder of class folders has no columns)."
+    )
 
 
 def load_unlabelled_images(

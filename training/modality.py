@@ -60,10 +60,12 @@ class TextModality:
     default_base_model: str = "minilm"
 
     def load_frames(self, data: Path, test: Path | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        """Texts and labels from the configured columns."""
+        """Texts and labels (and groups) from the configured columns; a test file's groups are
+        read when it has the column."""
         cfg = self.config
-        held_out = load_dataset(test, cfg.text_column, cfg.label_column) if test is not None else None
-        return load_dataset(data, cfg.text_column, cfg.label_column), held_out
+        columns = (cfg.text_column, cfg.label_column, cfg.group_column)
+        held_out = load_dataset(test, *columns, group_required=False) if test is not None else None
+        return load_dataset(data, *columns), held_out
 
     def load_unlabelled(self, data: Path) -> pd.DataFrame:
         """Texts from the configured column."""
@@ -99,7 +101,7 @@ class ImageModality:
 
     def load_frames(self, data: Path, test: Path | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """Images checked one by one and stored by content; test images must not be training images."""
-        from training.image_data import load_image_dataset, reject_shared_images
+        from training.image_data import attach_image_groups, load_image_dataset, reject_shared_images
 
         cfg = self.config
 
@@ -112,10 +114,10 @@ class ImageModality:
                 limits=self.limits,
             )
 
-        frame = load(data)
+        frame = attach_image_groups(load(data), cfg.group_column, data, required=True)
         if test is None:
             return frame, None
-        held_out = load(test)
+        held_out = attach_image_groups(load(test), cfg.group_column, test, required=False)
         reject_shared_images(frame, held_out, str(data), str(test))
         return frame, held_out
 

@@ -18,7 +18,12 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
 
 
 def nearest_distance(
-    queries: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False, unit_reference: bool = False
+    queries: np.ndarray,
+    reference: np.ndarray,
+    *,
+    exclude_self: bool = False,
+    unit_reference: bool = False,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cosine distance (n,) from each query row to its nearest reference row.
 
@@ -27,6 +32,9 @@ def nearest_distance(
         reference: (m, hidden) embeddings.
         exclude_self: ``queries`` is ``reference``; skip each row's match with itself
             (leave-one-out distances of the reference to itself).
+        groups: with ``exclude_self``, each row's group (``group_column``): skip the matches
+            with every row of its group (leave-one-group-out: a part's other photos are no
+            evidence that the part is known).
         unit_reference: the reference rows are unit-norm already (a served version's, normalised
             once at load: on the request path that saves more than the product itself costs).
     """
@@ -34,7 +42,9 @@ def nearest_distance(
     out = np.empty(len(q), dtype=np.float32)
     for start in range(0, len(q), CHUNK):
         block = q[start : start + CHUNK] @ r.T
-        if exclude_self:
+        if exclude_self and groups is not None:
+            block[groups[start : start + CHUNK, None] == groups[None, :]] = -np.inf
+        elif exclude_self:
             rows = np.arange(len(block))
             block[rows, start + rows] = -np.inf
         out[start : start + CHUNK] = 1.0 - block.max(axis=1)

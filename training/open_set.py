@@ -80,16 +80,20 @@ def fit_open_set(
     oos_label: str | None = None,
     *,
     leave_one_out: bool = False,
+    groups: np.ndarray | None = None,
 ) -> OpenSet | None:
     """Standardise both signals and choose the threshold on validation rows; None without them.
 
     With ``leave_one_out`` the "validation" rows are the training rows themselves, scored out of
-    fold (cross-validated selection): each row's distance skips the row itself.
+    fold (cross-validated selection): each row's distance skips the row itself, or every row of
+    its group when ``groups`` (one per training row) are given.
     """
     if len(validation_labels) < 2 or len(train_embeddings) < 2:
         return None
     uncertainty = 1.0 - validation_probabilities.max(axis=1)
-    distance = nearest_distance(validation_embeddings, train_embeddings, exclude_self=leave_one_out)
+    distance = nearest_distance(
+        validation_embeddings, train_embeddings, exclude_self=leave_one_out, groups=groups
+    )
     open_set = OpenSet(
         threshold=float("inf"),
         uncertainty_mean=float(uncertainty.mean()),

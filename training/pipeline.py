@@ -27,6 +27,7 @@ from training.context import StrategyResult, TrainContext
 from training.data import DatasetSplits, split_frames
 from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult, evaluate_predictions
+from training.groups import GROUP, group_ids, has_groups
 from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
 from training.inference import Predictions, predict
 from training.modality import Modality, create_modality, detect_modality
@@ -169,6 +170,7 @@ def load_splits(data_path: Path, config: TrainingConfig, modality: Modality) -> 
         source=str(data_path),
         test_source=str(config.test_file) if config.test_file is not None else None,
         column=modality.column,
+        group_column=config.group_column,
     )
     for key in ("oos_label", "normal_label"):
         label = getattr(config, key)
@@ -206,6 +208,7 @@ def fit_version_open_set(
         cfg.abstain_max_accuracy_loss,
         cfg.oos_label,
         leave_one_out=result.out_of_fold is not None,
+        groups=group_ids(ctx.splits.train) if has_groups(ctx.splits.train) else None,
     )
     return None if open_set is None else (open_set, train)
 
@@ -331,6 +334,8 @@ def _profile_rows(ctx: TrainContext, result: StrategyResult, sample: pd.DataFram
         mixed_precision=ctx.config.mixed_precision,
     )
     profile = build_reference_profile(sample, predictions, ctx.splits.labels, ctx.modality.column)
+    if has_groups(sample):  # the novelty feature's reference leaves each row's group out
+        profile[GROUP] = sample[GROUP].to_numpy()
     if ctx.modality.name == "image":  # what the drift check compares live images' descriptors with
         described = [
             describe_image(decode_image(p.read_bytes(), str(p))) for p in ctx.modality.inputs(sample)

@@ -17,6 +17,8 @@ from sklearn.metrics import log_loss
 
 from training.calibration import calibrate
 from training.context import LinearProbe, TrainContext
+from training.errors import DataError
+from training.groups import group_ids, has_groups, stratified_group_folds
 from training.inference import softmax
 from training.model import Classifier
 from training.progress import track_progress
@@ -34,13 +36,27 @@ def set_head(model: Classifier, weight: np.ndarray, bias: np.ndarray) -> None:
 
 
 def fold_indices(y: np.ndarray, ctx: TrainContext) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds of the training rows: ``cv_folds``, fewer when a label has fewer rows."""
+    """Stratified folds of the training rows: ``cv_folds``, fewer when a label has fewer rows;
+    whole groups when the rows carry them (``group_column``), fewer folds when there are fewer.
+
+    Raises:
+        DataError: the rows carry fewer than two groups.
+    """
     import warnings
 
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(y)
     folds = max(2, min(ctx.config.cv_folds, int(counts[counts > 0].min())))
+    train = ctx.splits.train
+    if has_groups(train):
+        groups = group_ids(train)
+        if len(set(groups)) < 2:
+            raise DataError(
+                f"selection 'cv' keeping each {ctx.config.group_column} group in one fold needs at "
+                f"least 2 groups of training rows; found {len(set(groups))}."
+            )
+        return stratified_group_folds(y, groups, min(folds, len(set(groups))), ctx.config.seed)
     with warnings.catch_warnings():  # a label with a single row is in one fold only: that is fine
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedKFold(folds, shuffle=True, random_state=ctx.config.seed)
