@@ -15,7 +15,8 @@ max_missed_defect_rate=0.02`` each model gets the inspection operating point `re
 (``training/operating_point.py``); write such runs, and others with a setting of their own (e.g.
 ``--set orientations=8 --name train_tiles_orientations``), under their own ``--name``. ``--dev`` chooses
 settings without the test images: each seed's 70% is split 70/30 again and that 30% is the test.
-``--group-column tile`` keeps each tile's photos on one side of the split (the manifest that
+``--group-column tile`` keeps each tile's photos on one side of the test split and of the
+validation split, as ``refit train --set group_column=tile`` does (the manifest that
 ``benchmarks.tile_twins --write-manifest`` writes has that column); ``--predictions DIR`` keeps each
 model's answer for every test image, which ``benchmarks.tile_twins`` reads.
 """
@@ -42,7 +43,7 @@ from training.config import TrainingConfig
 from training.context import TrainContext
 from training.data import DatasetSplits, split_frames, stratified_split
 from training.evaluation import evaluate_predictions
-from training.groups import stratified_group_folds
+from training.groups import GROUP, read_groups, stratified_group_folds
 from training.image_data import load_image_dataset
 from training.inference import Predictions
 from training.modality import ImageModality
@@ -84,6 +85,7 @@ def run_cell(
         seed=seed,
         source="tiles",
         column="image",
+        group_column=group_column,
     )
     config = TrainingConfig(
         name="tiles", strategy=strategy, seed=seed, modality="image", normal_label=NORMAL_LABEL, **overrides
@@ -132,7 +134,8 @@ def split_test(
     """The seed's 70% pool and 30% test set, stratified by label.
 
     With ``group_column`` (a manifest column, e.g. which tile a photo shows) the photos of one group
-    stay on one side: 3 of 10 stratified group folds are the test set.
+    stay on one side: 3 of 10 stratified group folds are the test set, and both parts carry the
+    ``group`` column, so that the validation split carved from the pool keeps the groups too.
     """
     if group_column is None:
         pool, _, test = stratified_split(images, (0.0, 0.3), seed)
@@ -141,7 +144,8 @@ def split_test(
     if column not in images.columns:
         found = [c.removeprefix("meta_") for c in images.columns if c.startswith("meta_")]
         raise SystemExit(f"--group-column {group_column!r} is not a manifest column; found {found}")
-    folds = stratified_group_folds(images["label"].to_numpy(), images[column].to_numpy(), 10, seed)
+    images = images.assign(**{GROUP: read_groups(images[column])})  # validation takes whole groups too
+    folds = stratified_group_folds(images["label"].to_numpy(), images[GROUP].to_numpy(), 10, seed)
     in_test = np.zeros(len(images), dtype=bool)
     for _, test in folds[:3]:
         in_test[test] = True
@@ -189,7 +193,11 @@ def render_markdown(
     """Medians over seeds, one line per strategy and budget; ``settings``: the run's ``--set`` values."""
     named = ", ".join(f"`{k}={v}`" for k, v in (settings or {}).items())
     group = (settings or {}).get("group_column")
-    split = f"split keeping each `{group}` on one side, about" if group else "stratified split,"
+    split = (
+        f"split keeping each `{group}` on one side (and validation too), about"
+        if group
+        else "stratified split,"
+    )
     lines = [
         f"# Magnetic tiles: strategies x budgets (test: 30% {split} {test_rows} images per "
         "seed; medians over seeds)",

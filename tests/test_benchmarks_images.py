@@ -226,7 +226,18 @@ def test_tile_twins_smoke(surfaces: Path, tiny_vision_model: Path, tmp_path: Pat
         )  # fmt: skip
         tested = set(pd.read_csv(tmp_path / "answers" / "by_tile" / f"baseline-all-seed{seed}.csv")["path"])
         assert (spot["path"] in tested) == (str(twin) in tested)
-    assert "split keeping each `tile` on one side" in (tmp_path / "tiles" / "by_tile.md").read_text()
+    assert (
+        "split keeping each `tile` on one side (and validation too)"
+        in (tmp_path / "tiles" / "by_tile.md").read_text()
+    )
+    # The validation split carved from the training tiles keeps them whole too.
+    from training.blobs import BlobStore
+    from training.data import split_frames
+    from training.image_data import load_image_dataset
+
+    pool, test = train_tiles.split_test(load_image_dataset(grouped, BlobStore(tmp_path / "store")), 0, "tile")
+    splits = split_frames(pool, test, validation_fraction=0.3, seed=0, column="image", group_column="tile")
+    assert len(splits.validation) and not set(splits.train["group"]) & set(splits.validation["group"])
     # Answers on another split than train_tiles' stratified one are not attributed to its test photos.
     again = tile_twins.main(
         ["--data", str(tmp_path), "--base-model", str(tiny_vision_model), "--seeds", "0",

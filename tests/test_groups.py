@@ -222,3 +222,12 @@ def test_a_retrain_child_keeps_the_groups_and_feedback_rows_are_their_own(
     }
     assert len([g for g in sides["train"] | sides["validation"] if g.startswith("row:")]) == 2
     assert groups_of(child, "test") == groups_of(production, "test")
+
+
+def test_labels_with_fewer_rows_than_folds_still_split() -> None:
+    from training.groups import GROUP, group_split
+
+    rows = tiny_rows(copies=1).assign(**{GROUP: lambda f: f["text"]})  # 4 rows a label, each alone
+    train, validation, test, _ = group_split(rows, (0.1, 0.2), 0, "customer")
+    assert len(test) and len(train) + len(validation) + len(test) == len(rows)
+    assert set(train["label"]) == set(rows["label"])

@@ -101,7 +101,7 @@ def group_split(
 
 def _one_fold(frame: pd.DataFrame, fraction: float, seed: int, column: str, part: str) -> pd.Index:
     """The index of about ``fraction`` of the rows, whole groups, stratified by label; with fewer
-    groups than ``1 / fraction``, one group in as many."""
+    groups (or rows of the largest label) than ``1 / fraction``, one fold of as many."""
     if fraction <= 0:
         return frame.index[:0]
     groups = frame[GROUP].nunique()
@@ -111,7 +111,9 @@ def _one_fold(frame: pd.DataFrame, fraction: float, seed: int, column: str, part
             "each group on one side needs at least 2. Expected a column naming what rows belong "
             "together (a part, a customer), or pass a --test-file, or no group_column."
         )
-    folds = min(max(2, round(1 / fraction)), groups)
+    # scikit-learn refuses more folds than the largest label has rows
+    largest = int(frame["label"].value_counts().max())
+    folds = max(2, min(round(1 / fraction), groups, largest))
     folded = stratified_group_folds(frame["label"].to_numpy(), frame[GROUP].to_numpy(), folds, seed)
     return frame.index[folded[0][1]]
 
