@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.helpers import run_cli, tiny_rows
+
+if TYPE_CHECKING:
+    from training.registry import ModelVersion
 
 
 def grouped_rows() -> pd.DataFrame:
@@ -18,10 +22,10 @@ def grouped_rows() -> pd.DataFrame:
     return rows.assign(customer=rows["text"].str.rsplit(" ", n=1).str[0].str.replace(" ", "-"))
 
 
-def groups_of(version: object, split: str) -> set[str]:
+def groups_of(version: ModelVersion, split: str) -> set[str]:
     from training.artifacts import read_split
 
-    return set(read_split(version, split)["group"])  # type: ignore[arg-type]
+    return set(read_split(version, split)["group"])
 
 
 @pytest.fixture
@@ -231,3 +235,28 @@ def test_labels_with_fewer_rows_than_folds_still_split() -> None:
     train, validation, test, _ = group_split(rows, (0.1, 0.2), 0, "customer")
     assert len(test) and len(train) + len(validation) + len(test) == len(rows)
     assert set(train["label"]) == set(rows["label"])
+
+
+def test_the_drift_reference_novelty_leaves_each_rows_group_out(
+    tiny_base_model: Path, tmp_path: Path
+) -> None:
+    from monitoring.features import NOVELTY_COLUMN
+    from monitoring.reference import load_reference
+    from training.config import TrainingConfig
+    from training.novelty import nearest_distance
+    from training.pipeline import train_model
+    from training.registry import ModelRegistry
+
+    data = tmp_path / "tickets.csv"
+    grouped_rows().to_csv(data, index=False)
+    config = TrainingConfig(
+        name="t", base_model=str(tiny_base_model), strategy="head", max_length=16, profile_rows=100,
+        group_column="customer",
+    )  # fmt: skip
+    version = train_model(data, config, registry=ModelRegistry(tmp_path / "bentoml")).version
+    assert version is not None
+    reference = load_reference(version)
+    novelty = reference.features[NOVELTY_COLUMN].to_numpy()
+    # A customer's other copies of a ticket no longer make it look familiar.
+    alone = nearest_distance(reference.embeddings, reference.embeddings, exclude_self=True)
+    assert np.all(novelty >= alone - 1e-6) and np.mean(novelty > alone + 1e-3) > 0.5
