@@ -60,6 +60,8 @@ def test_refit_train_keeps_each_group_on_one_side_of_the_splits(train_cli, tmp_p
     tested = version.manifest["test_set"]
     assert tested["group_column"] == "customer" and tested["groups"] == len(test)
     assert "belong to a group that also has training rows" not in out
+    report = (version.path / "report.html").read_text()
+    assert f"20% split of tickets.csv by customer, {tested['rows']} rows of {len(test)} groups" in report
     assert (
         f"on the test set (20% split of tickets.csv by customer, {tested['rows']} rows of {len(test)} groups"
         in out

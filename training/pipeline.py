@@ -24,7 +24,7 @@ from training.artifacts import (
 )
 from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
-from training.data import DatasetSplits, split_frames
+from training.data import DatasetSplits, describe_test_set, split_frames
 from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult, evaluate_predictions
 from training.groups import GROUP, group_ids, has_groups
@@ -271,6 +271,7 @@ def write_version(
         },
     }
     summary = {k: manifest[k] for k in ("strategy", "base_model", "data_fingerprint", "parent_version")}
+    summary["test set"] = describe_test_set(splits.test_set)  # what the test metrics below come from
     summary["trainable params"] = f"{result.trainable_params:,}"
     summary["train seconds"] = manifest["train_seconds"]
     point = result.details.get("operating_point")
