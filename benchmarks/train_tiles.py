@@ -42,9 +42,10 @@ from training.cli import parse_assignments
 from training.config import TrainingConfig
 from training.context import TrainContext
 from training.data import DatasetSplits, split_frames, stratified_split
+from training.errors import DataError
 from training.evaluation import evaluate_predictions
-from training.groups import GROUP, read_groups, stratified_group_folds
-from training.image_data import load_image_dataset
+from training.groups import GROUP, stratified_group_folds
+from training.image_data import attach_image_groups, load_image_dataset
 from training.inference import Predictions
 from training.modality import ImageModality
 from training.model import quiet_transformers
@@ -140,11 +141,10 @@ def split_test(
     if group_column is None:
         pool, _, test = stratified_split(images, (0.0, 0.3), seed)
         return pool, test
-    column = f"meta_{group_column}"
-    if column not in images.columns:
-        found = [c.removeprefix("meta_") for c in images.columns if c.startswith("meta_")]
-        raise SystemExit(f"--group-column {group_column!r} is not a manifest column; found {found}")
-    images = images.assign(**{GROUP: read_groups(images[column])})  # validation takes whole groups too
+    try:  # the `group` column: the validation split carved from the pool takes whole groups too
+        images = attach_image_groups(images, group_column, "the manifest", required=True)
+    except DataError as exc:
+        raise SystemExit(f"--group-column {group_column!r} is not a manifest column: {exc}") from exc
     folds = stratified_group_folds(images["label"].to_numpy(), images[GROUP].to_numpy(), 10, seed)
     in_test = np.zeros(len(images), dtype=bool)
     for _, test in folds[:3]:

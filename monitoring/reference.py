@@ -38,7 +38,7 @@ from training.artifacts import (
     read_labels,
     version_modality,
 )
-from training.groups import GROUP
+from training.groups import group_ids, has_groups
 from training.novelty import nearest_distance
 from training.processors import Processor
 from training.registry import ModelVersion
@@ -191,8 +191,8 @@ def _derive(
     calibration = fit_calibration(np.asarray(labelled["confidence"], dtype=np.float64), correct)
     # Rows of one group (group_column: a part's photos under other lights) are no evidence that a
     # row is familiar: live inputs are new parts.
-    groups = profile[GROUP].to_numpy() if GROUP in profile.columns else None
-    if groups is None or pd.isna(groups).any() or len(set(groups)) < 2:
+    groups = group_ids(profile) if has_groups(profile) else None
+    if groups is not None and len(set(groups)) < 2:
         groups = None
     familiar = (
         nearest_distance(embeddings, embeddings, exclude_self=True, groups=groups)

@@ -29,7 +29,7 @@ from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, read_split, version_images, version_modality
 from training.blobs import BlobStore
 from training.errors import ModelLoadError
-from training.groups import GROUP
+from training.groups import GROUP, is_own_group
 from training.inference import predict
 from training.promotion import promote_checked
 from training.registry import ModelRegistry, ModelVersion
@@ -158,7 +158,7 @@ def read_rows(version: ModelVersion, split: str) -> pd.DataFrame:
         return frame[["text", "label"]]
     # A row's own group is named by its place in one table; the child names them afresh in its own.
     groups = frame[GROUP].astype(str)
-    return frame[["text", "label"]].assign(**{GROUP: groups.where(~groups.str.startswith("row:"), "")})
+    return frame[["text", "label"]].assign(**{GROUP: groups.where(~is_own_group(groups), "")})
 
 
 def logged_inputs(version: ModelVersion, feedback: pd.DataFrame, settings: MonitorSettings) -> pd.DataFrame:

@@ -10,7 +10,6 @@ belong together").
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
@@ -18,17 +17,21 @@ import pandas as pd
 
 from training.errors import DataError
 
-logger = logging.getLogger(__name__)
-
 GROUP = "group"  # the frame column holding each row's group, when the config names one
+OWN_GROUP = "row:"  # the prefix of a blank cell's group: named by the row's place in its table
 
 
 def read_groups(values: pd.Series) -> pd.Series:
     """Each row's group from a data column; a blank cell is a group of its own (a row known to
     share nothing, such as a feedback row)."""
     text = values.astype("string").fillna("").str.strip()
-    own = pd.Series([f"row:{i}" for i in range(len(text))], index=text.index, dtype="string")
+    own = pd.Series([f"{OWN_GROUP}{i}" for i in range(len(text))], index=text.index, dtype="string")
     return text.where(text.ne(""), own).astype(str)
+
+
+def is_own_group(groups: pd.Series) -> pd.Series:
+    """Which groups are a single row's own (a blank cell), as opposed to a name the data gave."""
+    return groups.astype(str).str.startswith(OWN_GROUP)
 
 
 def has_groups(frame: pd.DataFrame) -> bool:
@@ -134,5 +137,5 @@ def count_shared_groups(train: pd.DataFrame, test: pd.DataFrame) -> int:
     """Test rows whose group also has rows in the training data (0 when either lacks groups)."""
     if not (has_groups(train) and has_groups(test)):
         return 0
-    named = test[GROUP][~test[GROUP].str.startswith("row:")]
+    named = test[GROUP][~is_own_group(test[GROUP])]
     return int(named.isin(set(train[GROUP])).sum())

@@ -114,7 +114,7 @@ def load_image_dataset(
 
 
 def attach_image_groups(
-    frame: pd.DataFrame, group_column: str | None, source: Path, *, required: bool
+    frame: pd.DataFrame, group_column: str | None, source: Path | str, *, required: bool
 ) -> pd.DataFrame:
     """``frame`` with each image's ``group`` read from the table's ``group_column`` (kept as the
     metadata column ``meta_<group_column>``); unchanged without a group column.

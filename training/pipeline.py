@@ -189,15 +189,17 @@ def fit_version_open_set(
     training embeddings its distance score reads (None without held-out rows).
 
     The held-out rows are the validation split's, or under ``selection: cv`` the training rows
-    scored out of fold (their distances then leave each row itself out)."""
+    scored out of fold (their distances then leave each row itself out, or its whole group)."""
     if validation is None and result.out_of_fold is None:
         return None
     if result.strategy in ("baseline", "head"):  # a frozen encoder: its embeddings are cached
         train = ctx.frozen_embeddings("train")
     else:
         train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
+    groups = None  # only the leave-one-out distances of cross-validated selection read the groups
     if result.out_of_fold is not None:
         held_out = (result.out_of_fold, train, ctx.label_ids("train"))
+        groups = group_ids(ctx.splits.train) if has_groups(ctx.splits.train) else None
     else:
         assert validation is not None
         held_out = (validation.probabilities, validation.embeddings, ctx.label_ids("validation"))
@@ -208,7 +210,7 @@ def fit_version_open_set(
         cfg.abstain_max_accuracy_loss,
         cfg.oos_label,
         leave_one_out=result.out_of_fold is not None,
-        groups=group_ids(ctx.splits.train) if has_groups(ctx.splits.train) else None,
+        groups=groups,
     )
     return None if open_set is None else (open_set, train)
 

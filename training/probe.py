@@ -51,12 +51,13 @@ def fold_indices(y: np.ndarray, ctx: TrainContext) -> list[tuple[np.ndarray, np.
     train = ctx.splits.train
     if has_groups(train):
         groups = group_ids(train)
-        if len(set(groups)) < 2:
+        count = len(set(groups))
+        if count < 2:
             raise DataError(
                 f"selection 'cv' keeping each {ctx.config.group_column} group in one fold needs at "
-                f"least 2 groups of training rows; found {len(set(groups))}."
+                f"least 2 groups of training rows; found {count}."
             )
-        return stratified_group_folds(y, groups, min(folds, len(set(groups))), ctx.config.seed)
+        return stratified_group_folds(y, groups, min(folds, count), ctx.config.seed)
     with warnings.catch_warnings():  # a label with a single row is in one fold only: that is fine
         warnings.simplefilter("ignore", UserWarning)
         splitter = StratifiedKFold(folds, shuffle=True, random_state=ctx.config.seed)
