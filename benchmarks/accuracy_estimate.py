@@ -38,7 +38,7 @@ from benchmarks.peers import PeerUnavailable, peer_version, run_peer
 from benchmarks.train_banking77 import describe_environment
 from monitoring.reference import Reference
 from training.artifacts import load_version_profile
-from training.model import quiet_transformers
+from training.console import quiet_transformers
 
 SCENARIOS = ("none", "label_mix", "unseen_25", "typos")
 REFERENCE = "reference"  # the cell of the reference rows themselves, in the markdown only

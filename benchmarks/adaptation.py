@@ -65,12 +65,12 @@ from training.adaptation import adapt_model
 from training.blobs import BlobStore
 from training.cli import parse_assignments
 from training.config import TrainingConfig
+from training.console import quiet_transformers
 from training.context import StrategyResult, TrainContext
 from training.data import split_frames, stratified_split
 from training.image_data import load_image_dataset
 from training.inference import predict
 from training.modality import ImageModality, Modality, TextModality
-from training.model import quiet_transformers
 from training.strategies import evaluate_split, run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"

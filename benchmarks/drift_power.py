@@ -62,9 +62,9 @@ from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from training.artifacts import load_version_profile
 from training.config import TrainingConfig
+from training.console import quiet_transformers
 from training.images import IMAGE_DESCRIPTORS
 from training.inference import softmax
-from training.model import quiet_transformers
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 

@@ -38,9 +38,9 @@ from benchmarks.arguments import banking77_parser, benchmark_config
 from benchmarks.train_banking77 import load_banking77
 from monitoring.reference import Encoder
 from training.artifacts import load_version_processor
+from training.console import quiet_transformers
 from training.data import stratified_split
 from training.inference import softmax
-from training.model import quiet_transformers
 from training.novelty import nearest_distance
 from training.open_set import OpenSet, choose_threshold, load_open_set
 from training.pipeline import train_model

@@ -51,7 +51,7 @@ from monitoring.retrain import answers
 from monitoring.settings import load_monitor_settings
 from service.keys import create_key
 from training.artifacts import read_split
-from training.model import quiet_transformers
+from training.console import quiet_transformers
 from training.onnx_export import export_version
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion

@@ -38,7 +38,7 @@ from demo.traffic import Answer, Traffic, send_traffic
 from monitoring.monitor import Monitor
 from monitoring.retrain import accuracy
 from monitoring.settings import load_monitor_settings
-from training.model import quiet_transformers
+from training.console import quiet_transformers
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 

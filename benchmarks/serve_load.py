@@ -71,8 +71,8 @@ from demo.processes import LoopbackProcess, free_port, start_process, start_serv
 from demo.traffic import Traffic, send_traffic
 from service.predictor import load_model
 from training.config import TrainingConfig
+from training.console import quiet_transformers
 from training.data import stratified_split
-from training.model import quiet_transformers
 from training.onnx_export import export_version, read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion

@@ -43,7 +43,7 @@ from demo.traffic import Answer, Traffic, TrafficStats, send_traffic
 from service.inference_log_db import create_log_engine, feedback, predictions
 from service.keys import create_key
 from training.config import TrainingConfig
-from training.model import quiet_transformers
+from training.console import quiet_transformers
 from training.onnx_export import export_version
 from training.pipeline import train_model
 from training.promotion import promote_checked

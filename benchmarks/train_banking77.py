@@ -40,9 +40,10 @@ import torch
 from benchmarks.peers import PeerUnavailable, peer_version, run_peer
 from training.cli import parse_assignments
 from training.config import TrainingConfig
+from training.console import quiet_transformers
 from training.context import TrainContext
 from training.data import split_frames
-from training.model import quiet_transformers, resolve_base_model
+from training.model import resolve_base_model
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")

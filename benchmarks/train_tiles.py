@@ -40,6 +40,7 @@ from benchmarks.train_banking77 import PeakRss, describe_environment, sample_per
 from training.blobs import BlobStore
 from training.cli import parse_assignments
 from training.config import TrainingConfig
+from training.console import quiet_transformers
 from training.context import TrainContext
 from training.data import DatasetSplits, split_frames, stratified_split
 from training.errors import DataError
@@ -48,7 +49,6 @@ from training.groups import GROUP, stratified_group_folds
 from training.image_data import attach_image_groups, load_image_dataset
 from training.inference import Predictions
 from training.modality import ImageModality
-from training.model import quiet_transformers
 from training.operating_point import apply_operating_point, choose_configured_operating_point
 from training.strategies import run_strategy
 

@@ -22,7 +22,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.backends import limit_numpy_threads, resolve_backend, worker_device
 from service.balance import ConnectionBalance
 from service.bentoml_patches import (
     bound_metric_paths,
@@ -37,7 +36,6 @@ from service.inference_log import InferenceLog, InferenceLogUnavailable, predict
 from service.metrics import initialise_series, observe_predictions, record_swap, service_metrics
 from service.model_holder import ModelHolder
 from service.openapi import complete_openapi, error_responses
-from service.predictor import LoadedModel, load_model
 from service.schemas import (
     FeedbackRequest,
     describe_validation_errors,
@@ -48,8 +46,10 @@ from service.schemas import (
 from service.settings import ServeSettings, load_serve_settings
 from training.blobs import BlobStore
 from training.errors import ModelLoadError, PinNotAllowedError, VersionLoadingError, VersionNotFoundError
-from training.onnx_export import read_export_record
 from training.registry import ModelRegistry, ModelVersion
+
+if TYPE_CHECKING:
+    from service.predictor import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,10 @@ class RefitClassifier:
     """Serves the production version of ``REFIT_SERVE_MODEL`` and follows its promotions."""
 
     def __init__(self) -> None:
+        # torch and the model code load here, in the workers: `bentoml serve` imports this module
+        # once more in its own process only to read the service's configuration.
+        from service.backends import limit_numpy_threads, resolve_backend, worker_device
+
         # Re-read: runtime settings may differ from import time (tests, a changed environment);
         # only the batching limits and request limits are fixed when the module is imported.
         self.settings = load_serve_settings()
@@ -187,6 +191,8 @@ class RefitClassifier:
         self.metrics.degraded.labels(self.settings.model).set(int(bool(reason)))
 
     def _load(self, version: ModelVersion) -> LoadedModel:
+        from service.predictor import load_model
+
         # The guard reads and checks requests by what the served model classifies.
         WORKER_STATUS.modality = str(version.manifest.get("modality", "text"))
         return load_model(
@@ -202,6 +208,9 @@ class RefitClassifier:
     def _load_pinned(self, version: ModelVersion) -> LoadedModel:
         # A version without an ONNX export is served by torch: exporting it would write into the
         # registry on behalf of whoever sent the request.
+        from service.predictor import load_model
+        from training.onnx_export import read_export_record
+
         record = read_export_record(version)
         if self.backend == "onnx-int8" and record is not None and "int8" not in record:
             return load_model(

@@ -15,14 +15,17 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from service.predictor import LoadedModel
 from training.errors import ModelLoadError, PinNotAllowedError, RefitError, VersionLoadingError
 from training.registry import ModelRegistry, ModelVersion
 
+if TYPE_CHECKING:
+    from service.predictor import LoadedModel
+
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[ModelVersion], LoadedModel]
+Loader = Callable[[ModelVersion], "LoadedModel"]
 
 
 class ModelHolder:

@@ -6,6 +6,7 @@ application arguments: the environment is how a deployment configures each repli
 
 from __future__ import annotations
 
+import ctypes
 import os
 from pathlib import Path
 from typing import Literal
@@ -156,6 +157,12 @@ MAX_CPU_WORKERS = 4  # default worker processes on CPU at most (each loads the m
 
 def cuda_present() -> bool:
     """Whether torch sees a GPU (``device: auto`` then serves on it, with one worker per GPU)."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        # No NVIDIA driver to load, so torch would find no GPU either. `bentoml serve` reads the
+        # worker count in its own process, which then need not import torch (1.5 s here) at all.
+        return False
     import torch
 
     return bool(torch.cuda.is_available())

@@ -153,7 +153,7 @@ def registry(tmp_path: Path) -> Any:
 
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_transformers() -> None:
-    from training.model import quiet_transformers
+    from training.console import quiet_transformers
 
     quiet_transformers()
 

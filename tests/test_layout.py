@@ -105,3 +105,29 @@ def test_every_module_imports_without_doing_work(module: str) -> None:
     import importlib
 
     importlib.import_module(module)
+
+
+HEAVY = ("torch", "transformers", "sklearn")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        # `bentoml serve` imports the service in its own process only to read its configuration,
+        # before any worker starts: every second spent there is a second more for each start.
+        "import service.app",
+        # A command that loads no model.
+        "from training.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass",
+    ],
+    ids=["bentoml-serve-process", "refit-models-list"],
+)
+def test_starting_a_server_or_listing_models_imports_no_model_library(code: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    report = f"import sys\nsys.argv = ['refit', 'models', 'list', '--home', {str(tmp_path)!r}]\n{code}\n"
+    report += f"print(sorted(set({HEAVY!r}) & set(sys.modules)))"
+    command = [sys.executable, "-c", report]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-2000:]

@@ -279,7 +279,7 @@ def main(plugins: bool = True) -> None:
             ``python -m monitoring`` registers them itself, for images where the project is
             not pip-installed (a Bento), and passes False.
     """
-    from training.model import quiet_transformers
+    from training.console import quiet_transformers
     from training.usage_tracking import turn_off_usage_tracking
 
     turn_off_usage_tracking()  # this process's saves, and the servers and monitors it starts

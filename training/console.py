@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,23 @@ from rich.table import Table
 
 # One console for the whole CLI: `training.cli.main` widens it once when the output is a log.
 console = Console()
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load reports and progress bars (CLI and benchmark entry points).
+
+    Before transformers is imported, its own environment variables do it (a value the user set
+    wins), so a command that loads no model (`refit models list`) does not import it and torch,
+    two seconds here, only to quiet them. The processes a command starts inherit the setting.
+    """
+    if "transformers" not in sys.modules:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 @contextlib.contextmanager

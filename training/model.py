@@ -185,11 +185,3 @@ def _rebuild_text_encoder(directory: Path) -> Any:
 def count_trainable(model: nn.Module) -> int:
     """Number of parameters that receive gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' per-load reports and progress bars (CLI and benchmark entry points)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
