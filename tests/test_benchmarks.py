@@ -200,12 +200,12 @@ def test_drift_power_names_uncalibrated_peers_whichever_run_wrote_the_table(tmp_
     assert "refit (w=50" not in table
 
 
-def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+def test_retrain_recovery_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import retrain_recovery
 
     result = retrain_recovery.main(
         [
-            "--data", str(banking_like),
+            "--data", str(small_banking),
             "--work", str(tmp_path / "work"),
             "--base-model", str(tiny_base_model),
             "--unseen", "2",
@@ -227,12 +227,12 @@ def test_retrain_recovery_smoke(banking_like: Path, tiny_base_model: Path, tmp_p
     assert "Checks" in (tmp_path / "retrain_recovery.md").read_text()
 
 
-def test_open_set_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+def test_open_set_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import open_set
 
     rows = open_set.main(
         [
-            "--data", str(banking_like), "--home", str(tmp_path / "home"),
+            "--data", str(small_banking), "--home", str(tmp_path / "home"),
             "--base-model", str(tiny_base_model), "--max-length", "16", "--out", str(tmp_path),
         ]
     )  # fmt: skip
@@ -245,12 +245,12 @@ def test_open_set_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Pat
     assert "| refit |" in (tmp_path / "open_set.md").read_text()
 
 
-def test_poisoning_smoke(banking_like: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+def test_poisoning_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
     from benchmarks import poisoning
 
     rows = poisoning.main(
         [
-            "--data", str(banking_like), "--home", str(tmp_path / "home"),
+            "--data", str(small_banking), "--home", str(tmp_path / "home"),
             "--base-model", str(tiny_base_model), "--max-length", "16", "--per-intent", "3",
             "--test-rows", "240", "--shares", "0.2", "--min-feedback", "10", "--out", str(tmp_path),
             "--attacks", "trigger_backdoor",  # one row: each starts a server and retrains
