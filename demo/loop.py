@@ -224,6 +224,9 @@ def loop_demo(
     """
     plan = plan or DemoPlan()
     start = time.monotonic()
+    # The service and the monitor run in the project root, not in the caller's folder: every path
+    # their environment names must hold from there.
+    out = out.absolute()
     prepare_directory(out)
     total = 5 + len(kind.phases)
     trained = train_demo_version(out, console, steps=f"1/{total} 2/{total}", kind=kind)

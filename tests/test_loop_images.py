@@ -20,8 +20,11 @@ def test_refit_demo_images_closes_the_loop(tmp_path: Path) -> None:
     refit = str(Path(sys.executable).with_name("refit"))
     env = {**os.environ, "BENTOML_HOME": str(out / "bentoml"), "COLUMNS": "140"}
     with (tmp_path / "demo.log").open("w") as log:
+        # From a folder of the user's, with a relative --out: the service and the monitor the demo
+        # starts run elsewhere, and the retrains read the logged images from a CSV elsewhere again.
         result = subprocess.run(
-            [refit, "demo", "--images", "--out", str(out)],
+            [refit, "demo", "--images", "--out", out.name],
+            cwd=tmp_path,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

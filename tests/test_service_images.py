@@ -207,7 +207,11 @@ def test_refit_retrain_trains_an_image_candidate_on_image_feedback(
     config = tmp_path / "monitor.yaml"
     config.write_text("min_feedback: 10\nmetrics_port: 0\n")
     home = image_client.home
-    args = ["retrain", "--model", "surfaces", "--home", str(home), "--config", str(config)]
+    # Run from the folder above the registry and name it relatively, as `--home bentoml` would:
+    # the candidate trains in a child process on a CSV elsewhere, whose relative paths would
+    # read from the CSV's own folder.
+    monkeypatch.chdir(home.parent)
+    args = ["retrain", "--model", "surfaces", "--home", home.name, "--config", str(config)]
     code, out = run_cli(args, capsys, monkeypatch)
     assert code == 0, out
     assert "failed" not in out, out

@@ -27,7 +27,9 @@ class BlobStore:
     """Files keyed by the sha256 of their bytes; writes are atomic and idempotent."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        # Absolute: its paths go into files that other processes read from other folders (a
+        # retrain's CSV, whose relative paths are read from the CSV's own folder).
+        self.root = Path(root).absolute()
 
     def path(self, key: str) -> Path:
         """Where the blob with ``key`` lives (whether or not it exists)."""
