@@ -30,9 +30,24 @@ def demo(
     from demo.kinds import IMAGE_DEMO, TEXT_DEMO
     from demo.loop import run_loop_demo
 
+    stop_on_sigterm()
     code = run_loop_demo(out, console, keep=keep, kind=IMAGE_DEMO if images else TEXT_DEMO)
     if code:
         raise SystemExit(code)
+
+
+def stop_on_sigterm() -> None:
+    """End on SIGTERM as on Ctrl-C, through the demo's cleanup: it stops the service, the monitor
+    and the Evidently UI it started, which SIGTERM's default (the process just ends) leaves running."""
+    import signal
+
+    def stop(signum: int, _: object) -> None:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL):
+            raise SystemExit(128 + signum)  # Ctrl-C is ignored here (a shell's background job)
+        # As Ctrl-C: while traffic flows, asyncio's own handler then cancels it cleanly.
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def demo_data(
