@@ -206,11 +206,11 @@ class RefitClassifier:
         )
 
     def _load_pinned(self, version: ModelVersion) -> LoadedModel:
-        # A version without an ONNX export is served by torch: exporting it would write into the
-        # registry on behalf of whoever sent the request.
         from service.predictor import load_model
         from training.onnx_export import read_export_record
 
+        # A version without an ONNX export is served by torch: exporting it would write into the
+        # registry on behalf of whoever sent the request.
         record = read_export_record(version)
         if self.backend == "onnx-int8" and record is not None and "int8" not in record:
             return load_model(
