@@ -1,4 +1,5 @@
-"""Terminal output shared by every `refit` command and the demo: one console, steps, the version table."""
+"""Terminal output shared by every `refit` command and the demo: one console, steps, the version table,
+and transformers kept from printing its own load reports and progress bars."""
 
 from __future__ import annotations
 
