@@ -261,6 +261,13 @@ def assess_estimate(distances: np.ndarray, threshold: float, alpha: float) -> tu
         f"{novel} of {total} inputs ({share:.1%}) are farther from every reference input "
         "than 99% of reference inputs"
     )
+    if trusted and p_value < alpha:  # more than chance, too few to move the estimate much
+        return (
+            True,
+            share,
+            f"{found} (expected 1%, binomial p {p_value:.1e}): more than chance, but under the 5% of "
+            "the window that would make the estimate untrusted; read it as an upper bound",
+        )
     if trusted:
         return (
             True,

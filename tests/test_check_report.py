@@ -98,17 +98,28 @@ def test_nearest_distance_is_cosine_and_leave_one_out_skips_the_row_itself() -> 
 
 
 @pytest.mark.parametrize(
-    ("novel", "total", "trusted"),
-    [(5, 500, True), (9, 500, True), (30, 500, False), (250, 500, False), (2, 40, True), (4, 40, False)],
+    ("novel", "total", "trusted", "excess"),
+    [
+        (5, 500, True, False),
+        (9, 500, True, False),  # binomial p 0.067
+        (17, 450, True, True),  # p 4e-6, but 3.8% of the window
+        (30, 500, False, True),
+        (250, 500, False, True),
+        (2, 40, True, False),
+        (4, 40, False, True),
+    ],
 )
 def test_the_estimate_is_untrusted_when_the_window_holds_many_novel_texts(
-    novel: int, total: int, trusted: bool
+    novel: int, total: int, trusted: bool, excess: bool
 ) -> None:
     distances = np.r_[np.full(novel, 0.9), np.full(total - novel, 0.1)]
     verdict, share, note = assess_estimate(distances, threshold=0.5, alpha=0.05)
     assert verdict is trusted and share == pytest.approx(novel / total)
     assert note.startswith("NOT TRUSTED") is (not trusted)
     assert f"{novel} of {total} inputs" in note
+    # A significant excess is never said to look like the reference, trusted or not.
+    assert ("look like the reference" in note) is (not excess)
+    assert ("more than chance" in note) is (trusted and excess)
 
 
 def test_progress_off_a_terminal_is_plain_lines() -> None:
