@@ -34,7 +34,8 @@ def list_sources(model: ModelOption = None, home: HomeOption = None, config: Con
     engine, name = _open(config, model, home)
     table = Table("source", "rows", "labels", "first", "last", "status", title=f"feedback of {name}")
     for row in summarise_sources(engine, name):
-        status = f"[red]quarantined[/] ({row['quarantined']})" if row["quarantined"] else "trained on"
+        # Whether retrains may read the source, not whether one has: rows after the last retrain wait.
+        status = f"[red]quarantined[/] ({row['quarantined']})" if row["quarantined"] else "retrains use it"
         when = [f"{t:%Y-%m-%d %H:%M}" if t else "" for t in (row["first"], row["last"])]
         table.add_row(row["source"], str(row["rows"]), str(row["labels"]), *when, status)
     console.print(table)
@@ -43,10 +44,14 @@ def list_sources(model: ModelOption = None, home: HomeOption = None, config: Con
         console.print("no retrain has screened this feedback yet")
         return
     numbers = last["numbers"]
-    console.print(f"last retrain ({last['started_at']:%Y-%m-%d %H:%M}, {last['outcome']}):")
-    for reason, rows in (numbers.get("quarantined") or {}).items():
+    kind = "adaptation" if last["trigger"].endswith("(adapt)") else "retrain"
+    console.print(f"last {kind} ({last['started_at']:%Y-%m-%d %H:%M}, {last['outcome']}):")
+    quarantined, capped = numbers.get("quarantined") or {}, numbers.get("capped") or {}
+    if not quarantined and not capped:
+        console.print("  no feedback quarantined or left out")
+    for reason, rows in quarantined.items():
         console.print(f"  quarantined {rows} rows: {reason}")
-    for source, rows in (numbers.get("capped") or {}).items():
+    for source, rows in capped.items():
         console.print(f"  left out {rows} rows of {source}: over the per-source share")
     for source, row in (numbers.get("per_source") or {}).items():
         console.print(

@@ -275,6 +275,7 @@ def test_a_backdoor_sent_as_feedback_is_quarantined_by_refit_retrain(
     assert sum(read_retrains(monitor.engine, "support")[0]["numbers"]["quarantined"].values()) == 200
     code, out = run_cli(["feedback", "list", "--model", "support", "--home", str(home)], capsys, monkeypatch)
     assert code == 0 and "rows: source mallory: contradicted 100%" in out, out
+    assert "last retrain (" in out, out
 
 
 def test_a_crashing_retrain_leaves_production_serving(
@@ -387,6 +388,9 @@ def test_refit_adapt_corrects_a_typo_channel_s_spelling_by_default_for_a_text_mo
     assert candidate.manifest["parent_version"] == demo_home["version"]
     spelling = candidate.manifest["details"]["adaptation"]["spelling"]
     assert spelling["unknown_word_share_after"] < spelling["unknown_word_share_before"], spelling
+    # The feedback listing names the run that last screened feedback for what it is.
+    code, out = run_cli(["feedback", "list", "--model", "support", "--home", str(home)], capsys, monkeypatch)
+    assert code == 0 and "last adaptation (" in out and "reported)" in out, out
 
 
 def test_reports_and_snapshots_are_kept_by_count(demo_home: dict[str, Any], home: Path, send: Any) -> None:

@@ -140,6 +140,8 @@ def test_refit_feedback_list_quarantine_release_and_purge(
     assert code == 0, out
     assert "mallory │ 5 │ 1" in out and "alice │ 3 │ 1" in out and "anonymous │ 1 │ 1" in out
     assert "no retrain has screened this feedback yet" in out
+    # Eligible, not already trained on: no retrain has run.
+    assert out.count("retrains use it") == 3 and "trained on" not in out
 
     code, out = run_cli(
         ["feedback", "quarantine", "--source", "mallory", "--reason", "spam", *home], capsys, monkeypatch
