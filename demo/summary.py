@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from demo.traffic import TrafficStats
-from monitoring.monitor import ADAPT_TRIGGER
+from monitoring.history import ADAPT_TRIGGER
 from training.console import render_versions
 from training.registry import ModelRegistry
 

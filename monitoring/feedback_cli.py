@@ -28,7 +28,7 @@ def _open(config: Any, model: str | None, home: Any) -> tuple[Any, str]:
 
 def list_sources(model: ModelOption = None, home: HomeOption = None, config: ConfigOption = None) -> None:
     """Feedback per source, operator quarantines, and what the last retrain quarantined or capped."""
-    from monitoring.history import read_retrains
+    from monitoring.history import ADAPT_TRIGGER, read_retrains
     from monitoring.sources import summarise_sources
 
     engine, name = _open(config, model, home)
@@ -44,7 +44,7 @@ def list_sources(model: ModelOption = None, home: HomeOption = None, config: Con
         console.print("no retrain has screened this feedback yet")
         return
     numbers = last["numbers"]
-    kind = "adaptation" if last["trigger"].endswith("(adapt)") else "retrain"
+    kind = "adaptation" if last["trigger"].endswith(ADAPT_TRIGGER) else "retrain"
     console.print(f"last {kind} ({last['started_at']:%Y-%m-%d %H:%M}, {last['outcome']}):")
     quarantined, capped = numbers.get("quarantined") or {}, numbers.get("capped") or {}
     if not quarantined and not capped:

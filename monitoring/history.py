@@ -53,6 +53,8 @@ drift_checks = Table(
     Column("detail", JSON, nullable=False),  # per-column scores, or why it was skipped
 )
 
+ADAPT_TRIGGER = " (adapt)"  # a retrain_runs trigger of an adaptation ends with this
+
 retrain_runs = Table(
     "retrain_runs",
     metadata,

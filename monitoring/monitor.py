@@ -16,6 +16,7 @@ from monitoring.check import CheckOutcome, DriftChecker
 from monitoring.drift import ACCURACY_COLUMNS
 from monitoring.features import PREDICTION_COLUMNS, is_probability_column
 from monitoring.history import (
+    ADAPT_TRIGGER,
     create_monitor_tables,
     read_checks,
     read_feedback,
@@ -36,7 +37,6 @@ from training.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
-ADAPT_TRIGGER = " (adapt)"  # the audit table's trigger of an adaptation ends with this
 
 # (registry, feedback rows, settings) -> what the retrain did; tests pass a recording one.
 Retrainer = Callable[[ModelRegistry, pd.DataFrame, MonitorSettings], RetrainResult]

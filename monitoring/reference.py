@@ -261,22 +261,18 @@ def assess_estimate(distances: np.ndarray, threshold: float, alpha: float) -> tu
         f"{novel} of {total} inputs ({share:.1%}) are farther from every reference input "
         "than 99% of reference inputs"
     )
-    if trusted and p_value < alpha:  # more than chance, too few to move the estimate much
+    if not trusted:
+        return (
+            False,
+            share,
+            f"NOT TRUSTED: {found} (expected 1%, binomial p {p_value:.1e}). CBPE assumes calibrated "
+            "confidences, which fails on inputs the model has no class for (it answers them confidently)",
+        )
+    if p_value < alpha:  # more than chance, too few to move the estimate much
         return (
             True,
             share,
             f"{found} (expected 1%, binomial p {p_value:.1e}): more than chance, but under the 5% of "
             "the window that would make the estimate untrusted; read it as an upper bound",
         )
-    if trusted:
-        return (
-            True,
-            share,
-            f"{found} (expected 1%): the inputs look like the reference, CBPE's assumption holds",
-        )
-    return (
-        False,
-        share,
-        f"NOT TRUSTED: {found} (expected 1%, binomial p {p_value:.1e}). CBPE assumes calibrated "
-        "confidences, which fails on inputs the model has no class for (it answers them confidently)",
-    )
+    return True, share, f"{found} (expected 1%): the inputs look like the reference, CBPE's assumption holds"
