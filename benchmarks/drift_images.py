@@ -32,9 +32,10 @@ from monitoring.reference import Reference, load_reference
 from training.config import TrainingConfig
 from training.data import stratified_split
 from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
-from training.inference import softmax
-from training.onnx_export import export_version, read_export_record
+from training.onnx_export import export_version
+from training.onnx_files import read_export_record
 from training.pipeline import train_model
+from training.probabilities import softmax
 from training.registry import ModelRegistry
 
 IMAGE_SCENARIOS = ("none", "lighting", "darken", "blur", "noise", "defect_rate")

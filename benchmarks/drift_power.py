@@ -64,8 +64,8 @@ from training.artifacts import load_version_profile
 from training.config import TrainingConfig
 from training.console import quiet_transformers
 from training.images import IMAGE_DESCRIPTORS
-from training.inference import softmax
 from training.pipeline import train_model
+from training.probabilities import softmax
 from training.registry import ModelRegistry
 
 SCENARIOS = ("none", "label_mix", "unseen_10", "unseen_25", "unseen_50", "typos", "length")

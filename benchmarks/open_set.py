@@ -40,10 +40,10 @@ from monitoring.reference import Encoder
 from training.artifacts import load_version_processor
 from training.console import quiet_transformers
 from training.data import stratified_split
-from training.inference import softmax
 from training.novelty import nearest_distance
 from training.open_set import OpenSet, choose_threshold, load_open_set
 from training.pipeline import train_model
+from training.probabilities import softmax
 from training.registry import ModelRegistry, ModelVersion
 
 console = Console()

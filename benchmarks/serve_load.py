@@ -73,7 +73,8 @@ from service.predictor import load_model
 from training.config import TrainingConfig
 from training.console import quiet_transformers
 from training.data import stratified_split
-from training.onnx_export import export_version, read_export_record
+from training.onnx_export import export_version
+from training.onnx_files import read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry, ModelVersion
 

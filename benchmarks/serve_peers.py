@@ -32,8 +32,8 @@ from benchmarks.peers import NO_TELEMETRY, PEERS, peer_python
 from demo.processes import LoopbackProcess, free_port, start_process
 from demo.traffic import Protocol, Traffic, send_traffic
 from training.artifacts import read_labels
-from training.model import CLASSIFIER_FILE
 from training.onnx_export import ensure_export
+from training.processors import CLASSIFIER_FILE
 from training.registry import ModelVersion
 
 SERVING_PEERS = ("naive-onnx", "litserve", "mosec", "ray-serve", "triton")

@@ -20,7 +20,7 @@ import yaml
 from training.artifacts import CONFIG_FILE, MODEL_DIR, read_json, read_split
 from training.config import ADAPTATION_STRATEGIES
 from training.groups import GROUP
-from training.onnx_export import read_export_record
+from training.onnx_files import read_export_record
 from training.registry import ModelRegistry, ModelVersion
 from training.spelling import SPELLING_FILE
 

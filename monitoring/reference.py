@@ -61,7 +61,8 @@ class Encoder:
         self, texts: list[str], names: tuple[str, ...] = ("logits", "embeddings")
     ) -> list[np.ndarray]:
         """The named outputs of ``texts``: ``logits`` (n, labels), ``embeddings`` (n, hidden)."""
-        from training.onnx_export import ONNX_FILE, onnx_outputs, onnx_session
+        from training.onnx_export import onnx_outputs, onnx_session
+        from training.onnx_files import ONNX_FILE
 
         export = self.version.path / ONNX_DIR / ONNX_FILE
         if export.is_file():

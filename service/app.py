@@ -207,7 +207,7 @@ class RefitClassifier:
 
     def _load_pinned(self, version: ModelVersion) -> LoadedModel:
         from service.predictor import load_model
-        from training.onnx_export import read_export_record
+        from training.onnx_files import read_export_record
 
         # A version without an ONNX export is served by torch: exporting it would write into the
         # registry on behalf of whoever sent the request.

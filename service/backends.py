@@ -12,14 +12,17 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from training.artifacts import load_version_model
-from training.model import Classifier
-from training.processors import Processor, TextProcessor
+from service.settings import cuda_present
+from training.onnx_files import QUANTIZED_FILE, find_export
+from training.processors import ImageProcessor, Processor, TextProcessor
 from training.registry import ModelVersion
+
+if TYPE_CHECKING:
+    from training.model import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +43,10 @@ def encode_inputs(processor: Processor, inputs: list[Any]) -> Encoded:
     """The processor's model inputs for ``inputs`` (texts, or image bytes already checked)."""
     if isinstance(processor, TextProcessor):
         return encode_texts(processor.tokenizer, processor.prepare(inputs), processor.max_length)
-    arrays = {
-        name: tensor.numpy()
-        for name, tensor in zip(processor.input_names, processor.encode(inputs), strict=True)
-    }
-    return Encoded(arrays, np.zeros(len(inputs), dtype=bool))
+    if not isinstance(processor, ImageProcessor):
+        raise TypeError(f"No encoding for a {type(processor).__name__}: expected a text or image processor")
+    [name] = processor.input_names
+    return Encoded({name: processor.pixels(inputs)}, np.zeros(len(inputs), dtype=bool))
 
 
 def encode_texts(tokenizer: Any, texts: list[str], max_length: int) -> Encoded:
@@ -182,10 +184,8 @@ def resolve_backend(backend: str, device: str) -> tuple[str, str]:
 
     On CPU ONNX Runtime is the default: `benchmarks/serve_load.py` measured it faster there.
     """
-    import torch
-
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if cuda_present() else "cpu"
     if backend == "auto":
         backend = "torch" if device == "cuda" else "onnx"
     return backend, device
@@ -197,17 +197,18 @@ def load_backend(version: ModelVersion, backend: str, device: str, threads: int)
     The ONNX backend reads only the export: the torch weights would cost seconds of a swap, and
     their memory, for nothing.
     """
-    if backend == "onnx":
-        from training.onnx_export import ensure_export
+    if backend in ("onnx", "onnx-int8"):
+        int8 = backend == "onnx-int8"
+        path = find_export(version, int8=int8)
+        if path is None:  # exporting runs torch: only a worker that must export imports it
+            from training.onnx_export import ensure_export, ensure_int8_export
 
-        return OnnxBackend(ensure_export(version), device, threads)
-    if backend == "onnx-int8":
-        from training.onnx_export import QUANTIZED_FILE, ensure_int8_export
-
-        path = ensure_int8_export(version)
+            path = ensure_int8_export(version) if int8 else ensure_export(version)
         onnx = OnnxBackend(path, device, threads)
         onnx.name = "onnx-int8" if path.name == QUANTIZED_FILE else "onnx"
         return onnx
+    from training.artifacts import load_version_model
+
     model, _ = load_version_model(version)
     if threads and device == "cpu":
         import torch

@@ -14,8 +14,8 @@ from service.backends import Backend, encode_inputs, load_backend
 from service.call_pool import SEQUENTIAL, CallPool, split_order
 from training.artifacts import load_version_processor, read_labels, read_metrics
 from training.errors import ModelLoadError
-from training.inference import softmax
 from training.open_set import OpenSet, load_open_set
+from training.probabilities import softmax
 from training.processors import Processor, TextProcessor
 from training.registry import ModelVersion
 

@@ -164,3 +164,20 @@ def wait_for_logged_predictions(home: Path, count: int, timeout_s: float = 15.0)
     finally:
         engine.dispose()
     raise AssertionError(f"{found} predictions logged after {timeout_s} s; expected {count}")
+
+
+def mapped_libraries(pid: int) -> set[str]:
+    """The file names of the shared libraries process ``pid`` has mapped."""
+    import psutil
+
+    return {Path(m.path).name for m in psutil.Process(pid).memory_maps() if ".so" in m.path}
+
+
+def onnx_workers_and_torch(server_pid: int) -> tuple[list[int], list[int]]:
+    """The processes under a `bentoml serve` that run ONNX Runtime, and those of them with libtorch."""
+    import psutil
+
+    tree = psutil.Process(server_pid)
+    maps = {p.pid: mapped_libraries(p.pid) for p in [tree, *tree.children(recursive=True)]}
+    workers = [pid for pid, names in maps.items() if any("onnxruntime" in name for name in names)]
+    return workers, [pid for pid in workers if any(name.startswith("libtorch") for name in maps[pid])]

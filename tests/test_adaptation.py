@@ -229,7 +229,8 @@ def test_tapt_lowers_the_masked_language_model_loss_on_the_target_texts(
     tiny_base_model: Path, tmp_path: Path
 ) -> None:
     from training.language_adaptation import continue_pretraining
-    from training.model import load_encoder, load_tokenizer
+    from training.model import load_encoder
+    from training.processors import load_tokenizer
 
     # Texts of the target channel, in the tiny vocabulary: repeated, so a few epochs learn them.
     target = ["parcel delivery late today", "reset my password now", "refund the invoice please"] * 12
@@ -322,7 +323,7 @@ def test_spelling_corrects_words_the_model_cannot_read_to_known_ones(
     text: str, expected: str, tiny_base_model: Path
 ) -> None:
     from tests.helpers import tiny_rows
-    from training.model import load_tokenizer
+    from training.processors import load_tokenizer
     from training.spelling import count_words, fit_spelling
 
     target = ["acct locked", "my acct", "acct closed", "refnud please"]
@@ -342,7 +343,7 @@ def test_spelling_prefers_the_word_the_texts_use_most() -> None:
 
 
 def test_fitting_spelling_tells_the_target_s_own_words_from_slips(tiny_base_model: Path) -> None:
-    from training.model import load_tokenizer
+    from training.processors import load_tokenizer
     from training.spelling import count_words, fit_spelling
 
     source = ["refund my card"] * 40 + ["card deleted"] * 5

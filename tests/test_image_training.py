@@ -125,7 +125,8 @@ def test_every_strategy_memorises_tiny_surfaces(
 def test_an_image_version_exports_to_onnx_with_parity_from_bytes(
     image_config: Callable[..., TrainingConfig], surfaces: Path, tmp_path: Path
 ) -> None:
-    from training.onnx_export import ONNX_FILE, export_version, onnx_logits, onnx_session
+    from training.onnx_export import export_version, onnx_logits, onnx_session
+    from training.onnx_files import ONNX_FILE
     from training.pipeline import train_model
 
     registry = ModelRegistry(tmp_path / "bentoml")
@@ -166,7 +167,8 @@ def test_eight_orientations_answer_alike_for_every_flip_and_turn_through_torch_a
     from PIL import Image
 
     from training.inference import predict
-    from training.onnx_export import ONNX_FILE, onnx_logits, onnx_session
+    from training.onnx_export import onnx_logits, onnx_session
+    from training.onnx_files import ONNX_FILE
 
     home = tmp_path / "bentoml"
     args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", strategy]

@@ -27,7 +27,7 @@ from monitoring.settings import MonitorSettings, load_monitor_settings
 from service.inference_log_db import create_log_engine
 from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli, save_tiny_bert
 from training.config import TrainingConfig
-from training.onnx_export import read_export_record
+from training.onnx_files import read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 

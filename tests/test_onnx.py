@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 from training.artifacts import load_version_model
 from training.errors import ExportError
 from training.inference import predict
-from training.onnx_export import export_version, onnx_logits, onnx_session, read_export_record
+from training.onnx_export import export_version, onnx_logits, onnx_session
+from training.onnx_files import find_export, read_export_record
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
@@ -31,6 +33,24 @@ def test_export_matches_torch_and_is_recorded(version: Any) -> None:
     assert int8["method"] == "dynamic" and int8["kept"] == (int8["accuracy_change"] >= -0.01)
     assert (version.path / "onnx" / "model.int8.onnx").is_file() == int8["kept"]
     assert int8["accuracy_change"] == pytest.approx(int8["accuracy"] - record["accuracy"])
+
+
+def test_find_export_names_what_serves_and_nothing_before_it_is_made(
+    version: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    onnx = version.path / "onnx"
+    assert find_export(version) is None and find_export(version, int8=True) is None
+    export_version(version)
+    assert find_export(version) == onnx / "model.onnx"
+    assert find_export(version, int8=True) is None  # exported, not yet quantised
+    record = export_version(version, quantize=True)
+    kept = record["int8"]["kept"]
+    assert find_export(version, int8=True) == onnx / ("model.int8.onnx" if kept else "model.onnx")
+    # An int8 model that lost too much accuracy is not served: its record says so.
+    record["int8"]["kept"] = False
+    (onnx / "export.json").write_text(json.dumps(record))
+    assert find_export(version, int8=True) == onnx / "model.onnx"
+    assert "int8 was not kept" in caplog.text
 
 
 def test_exported_graph_takes_any_batch_and_length(version: Any) -> None:

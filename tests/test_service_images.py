@@ -228,7 +228,7 @@ def test_the_int8_backend_serves_a_calibrated_int8_model_or_the_float_one(
     import shutil
 
     from service.predictor import load_model
-    from training.onnx_export import read_export_record
+    from training.onnx_files import read_export_record
     from training.registry import ModelRegistry
 
     home = tmp_path / "bentoml"

@@ -15,7 +15,7 @@ import pytest
 
 from demo.processes import start_service
 from demo.traffic import Traffic, TrafficStats, send_traffic
-from tests.helpers import service_env
+from tests.helpers import onnx_workers_and_torch, service_env
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -46,7 +46,7 @@ def image_server(
     service = start_service(env, root / "server.log")
     try:
         service.wait_ready()
-        yield {"url": service.url, "registry": registry, "v2": v2}
+        yield {"url": service.url, "registry": registry, "v2": v2, "pid": service.process.pid}
     finally:
         service.stop()
 
@@ -65,6 +65,8 @@ def test_multipart_and_base64_through_a_real_server(image_server: dict[str, Any]
     )
     assert bad.status_code == 422 and "image 1 (x.png)" in bad.json()["error"]
     assert httpx.get(f"{image_server['url']}/readyz").status_code == 200  # the worker did not crash
+    workers, with_torch = onnx_workers_and_torch(image_server["pid"])
+    assert workers and not with_torch  # decoding and the graph need no torch: tests/test_service_server.py
 
 
 def test_a_promotion_swaps_under_image_load_without_a_failed_request(

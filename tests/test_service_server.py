@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from demo.processes import start_service
 from demo.traffic import Traffic, TrafficStats, send_traffic
-from tests.helpers import metric_value, service_env, tiny_rows
+from tests.helpers import mapped_libraries, metric_value, onnx_workers_and_torch, service_env, tiny_rows
 from training.config import TrainingConfig
 from training.pipeline import train_model
 from training.registry import ModelRegistry
@@ -45,7 +46,13 @@ def server(
     service = start_service(env, root / "server.log")
     try:
         service.wait_ready()
-        yield {"url": service.url, "registry": registry, "v3": v3, "log": service.log_path}
+        yield {
+            "url": service.url,
+            "registry": registry,
+            "v3": v3,
+            "log": service.log_path,
+            "pid": service.process.pid,
+        }
     finally:
         service.stop()
 
@@ -71,6 +78,19 @@ def test_real_server_classifies_and_reports_metrics(server: dict[str, Any]) -> N
     bad = httpx.post(f"{server['url']}/classify", json={"texts": []})
     assert bad.status_code == 400 and "at least 1 item" in bad.text
     assert httpx.get(f"{server['url']}/model").json()["stage"] == "production"
+
+
+def test_onnx_workers_answer_without_loading_torch(server: dict[str, Any]) -> None:
+    # torch costs each worker about 190 MB and a second of its start (measured): serving an ONNX
+    # export tokenises, runs the graph and post-processes without it.
+    import torch
+
+    assert torch.tensor([1.0]).sum() == 1  # this process maps libtorch: the probe below sees it
+    assert any(name.startswith("libtorch_cpu") for name in mapped_libraries(os.getpid()))
+    answer = httpx.post(f"{server['url']}/classify", json={"texts": ["where is my parcel"]})
+    assert answer.status_code == 200
+    workers, with_torch = onnx_workers_and_torch(server["pid"])
+    assert workers and not with_torch
 
 
 def test_concurrent_requests_are_merged_into_batches(server: dict[str, Any]) -> None:

@@ -138,6 +138,20 @@ def test_truncation_is_detected_per_text(tiny_base_model: Path) -> None:
     assert encoded.arrays["input_ids"].shape == (3, 8) and encoded.arrays["attention_mask"][0].sum() == 5
 
 
+def test_a_saved_tokenizer_loads_as_auto_tokenizer_would(tiny_base_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from training.processors import load_tokenizer
+
+    texts = ["Reset MY password!", "", "parcel " * 30, "refund £5 €10 café 日本"]
+    expected, loaded = AutoTokenizer.from_pretrained(tiny_base_model), load_tokenizer(str(tiny_base_model))
+    assert type(loaded) is type(expected)
+    for cut in (64, 4):
+        a, b = encode_texts(expected, texts, cut), encode_texts(loaded, texts, cut)
+        assert a.truncated.tolist() == b.truncated.tolist()
+        assert all(np.array_equal(a.arrays[name], b.arrays[name]) for name in a.arrays)
+
+
 def test_pinned_versions_load_lazily_into_a_small_lru(served_home: Path) -> None:
     registry = ModelRegistry(served_home)
     loads: list[str] = []

@@ -18,17 +18,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from training.blobs import BlobStore, registry_images
 from training.errors import ModelLoadError
 from training.groups import GROUP
-from training.model import Classifier, load_classifier, load_processor, load_tokenizer
-from training.processors import Processor
+from training.processors import Processor, load_processor, load_tokenizer
 from training.reference_profile import PROFILE_FILE, read_reference_profile
 from training.registry import ModelVersion
+
+if TYPE_CHECKING:
+    from training.model import Classifier
 
 MODEL_DIR = "model"
 LABELS_FILE = "labels.json"
@@ -85,6 +87,10 @@ def read_metrics(version: ModelVersion) -> dict[str, Any]:
 
 def load_version_model(version: ModelVersion) -> tuple[Classifier, Processor]:
     """The version's classifier (eval mode, CPU) and processor."""
+    # Here, not at the top: what reads a version without running torch (the service's ONNX
+    # workers) then never imports it.
+    from training.model import load_classifier
+
     return load_classifier(version.path / MODEL_DIR)
 
 

@@ -150,7 +150,7 @@ def show_model(
     """Show one version's manifest, metrics, stage and path."""
     from training.artifacts import read_metrics
     from training.data import describe_test_set
-    from training.onnx_export import read_export_record
+    from training.onnx_files import read_export_record
 
     version = _registry(home).get(ref)
     test = read_metrics(version)["test"]

@@ -13,8 +13,8 @@ import numpy as np
 
 from training.calibration import calibrate, fit_temperature, fold_temperature
 from training.context import StrategyResult, TrainContext
-from training.inference import softmax
 from training.model import Classifier
+from training.probabilities import softmax
 from training.probe import fit_linear_probe, fold_indices, install_probe, set_head
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from training.model import Classifier
+from training.probabilities import softmax
 from training.processors import Processor
 
 
@@ -37,13 +38,6 @@ def autocast_dtype(device: torch.device, mixed_precision: str = "auto") -> torch
     if mixed_precision == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 @dataclass

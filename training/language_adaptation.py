@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.model import load_tokenizer, resolve_base_model
+from training.model import resolve_base_model
+from training.processors import load_tokenizer
 from training.progress import track_progress
 
 MASK_PROBABILITY = 0.15  # BERT's

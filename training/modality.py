@@ -83,7 +83,8 @@ class TextModality:
 
     def load_processor(self, base_model: str) -> Processor:
         """The encoder's tokenizer, truncating at ``max_length``."""
-        from training.model import load_tokenizer, resolve_base_model
+        from training.model import resolve_base_model
+        from training.processors import load_tokenizer
 
         return TextProcessor(load_tokenizer(resolve_base_model(base_model)), self.config.max_length)
 

@@ -17,15 +17,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from training.errors import ModelLoadError
-from training.processors import ImageProcessor, Processor, TextProcessor, read_preprocessing
-from training.spelling import load_spelling
+from training.processors import CLASSIFIER_FILE, Processor, load_processor
 from training.vision import rebuild_image_encoder, save_image_encoder
 
 logger = logging.getLogger(__name__)
 
 MINILM = "minilm"
 WEIGHTS_FILE = "model.safetensors"
-CLASSIFIER_FILE = "classifier.json"
 
 
 def resolve_base_model(name: str) -> str:
@@ -106,16 +104,6 @@ def load_encoder(path_or_id: str) -> nn.Module:
         ) from exc
 
 
-def load_tokenizer(path_or_id: str) -> Any:
-    """Load the fast tokenizer that belongs to an encoder."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path_or_id)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
-
-
 def save_classifier(model: Classifier, processor: Processor, directory: Path) -> None:
     """Write merged weights (safetensors), the encoder's architecture and the processor."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -153,23 +141,6 @@ def load_classifier(directory: Path) -> tuple[Classifier, Processor]:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"Saved model in {directory} cannot be loaded: {exc}") from exc
     return model.eval(), processor
-
-
-def load_processor(directory: Path) -> Processor:
-    """The processor saved with a classifier (no weights are read).
-
-    Raises:
-        ModelLoadError: its files are missing or corrupt.
-    """
-    try:
-        spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
-        if spec.get("modality", "text") == "image":
-            return ImageProcessor(read_preprocessing(directory))
-        tokenizer = load_tokenizer(str(directory))
-        spelling = load_spelling(directory, tokenizer)
-        return TextProcessor(tokenizer, int(spec.get("max_length") or 128), spelling)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ModelLoadError(f"Saved processor in {directory} cannot be loaded: {exc}") from exc
 
 
 def _rebuild_text_encoder(directory: Path) -> Any:

@@ -9,14 +9,10 @@ the service all run: so an input is preprocessed identically on every path.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +24,19 @@ from training.artifacts import ONNX_DIR, load_version_model, read_labels, read_s
 from training.errors import ExportError
 from training.inference import iter_batches, predict
 from training.model import Classifier
+from training.onnx_files import (
+    EXPORT_RECORD,
+    ONNX_FILE,
+    QUANTIZED_FILE,
+    export_lock,
+    find_export,
+    read_export_record,
+)
 from training.processors import Processor
 from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-QUANTIZED_FILE = "model.int8.onnx"
-EXPORT_RECORD = "export.json"
 CALIBRATION_ROWS = 128  # training images that calibrate a static int8 model's activation ranges
 MAX_INT8_ACCURACY_DROP = 0.01  # an int8 model that loses more accuracy than this is not kept
 PARITY_TOLERANCE = 1e-4  # of the largest |logit| (at least 1): float32 rounding grows with the scale
@@ -129,54 +130,37 @@ def onnx_outputs(
     return out or [np.zeros((0, 0), dtype=np.float32) for _ in names]
 
 
-@contextmanager
-def _export_lock(version: ModelVersion) -> Iterator[None]:
-    """Hold the version's export lock: service workers starting together export only once."""
-    directory = version.path / ONNX_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".export.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_export(version: ModelVersion) -> Path:
     """The version's ONNX file, exported now (with its parity check) unless it exists.
 
     Safe from several processes at once: the first exports while the others wait on the lock,
     then find the file and load it.
     """
+    found = find_export(version)
+    if found is not None:
+        return found
     target = version.path / ONNX_DIR / ONNX_FILE
-    if target.is_file():
-        return target
-    with _export_lock(version):
+    with export_lock(version):
         if not target.is_file():
             logger.info("%s has no ONNX export yet; exporting it now", version.tag)
-            _export_locked(version, quantize=False, max_eval_rows=2000)
+            write_export(version, quantize=False, max_eval_rows=2000)
     return target
 
 
 def ensure_int8_export(version: ModelVersion) -> Path:
-    """The version's int8 model, quantised now (see :func:`quantize_version`) unless it was.
-
-    Where int8 lost more than ``MAX_INT8_ACCURACY_DROP`` accuracy, the float export instead, with
-    a warning: accuracy comes before speed.
-    """
-    target = version.path / ONNX_DIR / QUANTIZED_FILE
-    with _export_lock(version):
+    """The int8 model that serves the version (see :func:`training.onnx_files.find_export`),
+    quantised now (see :func:`quantize_version`) unless it was."""
+    found = find_export(version, int8=True)
+    if found is not None:
+        return found
+    with export_lock(version):
         record = read_export_record(version)
         if record is None or "int8" not in record:
             logger.info("%s has no int8 export yet; quantising it now", version.tag)
-            record = _export_locked(version, quantize=True, max_eval_rows=2000)
-    if record["int8"].get("kept", True) and target.is_file():
-        return target
-    logger.warning(
-        "%s: int8 was not kept (accuracy %+.4f); serving the float ONNX export",
-        version.tag, record["int8"]["accuracy_change"],
-    )  # fmt: skip
-    return version.path / ONNX_DIR / ONNX_FILE
+            write_export(version, quantize=True, max_eval_rows=2000)
+    found = find_export(version, int8=True)
+    assert found is not None, "write_export(quantize=True) records the int8 model"
+    return found
 
 
 def export_version(
@@ -197,13 +181,14 @@ def export_version(
     Raises:
         ExportError: ONNX logits differ from torch by more than ``parity_tolerance``.
     """
-    with _export_lock(version):
-        return _export_locked(version, quantize, max_eval_rows, parity_tolerance)
+    with export_lock(version):
+        return write_export(version, quantize, max_eval_rows, parity_tolerance)
 
 
-def _export_locked(
+def write_export(
     version: ModelVersion, quantize: bool, max_eval_rows: int, parity_tolerance: float = PARITY_TOLERANCE
 ) -> dict[str, Any]:
+    """:func:`export_version`'s work, for a caller that holds the version's export lock."""
     model, processor = load_version_model(version)
     labels = read_labels(version)
     test = read_split(version, "test").head(max_eval_rows)
@@ -336,11 +321,3 @@ def quantize_statically(source: Path, target: Path, processor: Processor, calibr
         )
     finally:
         prepared.unlink(missing_ok=True)
-
-
-def read_export_record(version: ModelVersion) -> dict[str, Any] | None:
-    """The recorded export of a version, or None if it was never exported."""
-    path = version.path / ONNX_DIR / EXPORT_RECORD
-    if not path.is_file():
-        return None
-    return dict(json.loads(path.read_text(encoding="utf-8")))

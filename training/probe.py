@@ -19,8 +19,8 @@ from training.calibration import calibrate
 from training.context import LinearProbe, TrainContext
 from training.errors import DataError
 from training.groups import group_ids, has_groups, stratified_group_folds
-from training.inference import softmax
 from training.model import Classifier
+from training.probabilities import softmax
 from training.progress import track_progress
 
 logger = logging.getLogger(__name__)

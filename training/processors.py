@@ -2,6 +2,9 @@
 
 One per modality, with one interface: the order to batch inputs in, the tensors of a batch, and
 how to save and reload it with the model. Everything that runs a model goes through one.
+
+Loading one does not import torch: the service's ONNX workers tokenise and decode with a
+processor and never run torch, whose import costs each worker about a second and 190 MB.
 """
 
 from __future__ import annotations
@@ -9,15 +12,20 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
+from training.errors import ModelLoadError
 from training.images import ImageLimits, Preprocessing, augment_image, decode_image, to_pixels
-from training.spelling import SpellingCorrector
+from training.spelling import SpellingCorrector, load_spelling
+
+if TYPE_CHECKING:
+    import torch
 
 PREPROCESSING_FILE = "preprocessing.json"
+CLASSIFIER_FILE = "classifier.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class Processor(Protocol):
@@ -107,6 +115,8 @@ class ImageProcessor:
 
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two mid-grey images."""
+        import torch
+
         size = self.preprocessing.size
         return (torch.zeros((2, 3, size, size), dtype=torch.float32),)
 
@@ -124,12 +134,19 @@ class ImageProcessor:
         self, inputs: Sequence[Any], augment: bool = False, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, ...]:
         """Pixel values, float32; with ``augment`` each image is a random inspection-style view."""
+        import torch
+
+        return (torch.from_numpy(self.pixels(inputs, augment, rng)),)
+
+    def pixels(
+        self, inputs: Sequence[Any], augment: bool = False, rng: np.random.Generator | None = None
+    ) -> np.ndarray:
+        """What :meth:`encode` returns as a tensor, as an array (n, 3, size, size) float32."""
         images = [self.read(item) for item in inputs]
         if augment:
             rng = rng or np.random.default_rng()
             images = [augment_image(image, rng) for image in images]
-        pixels = np.stack([to_pixels(image, self.preprocessing) for image in images])
-        return (torch.from_numpy(pixels),)
+        return np.stack([to_pixels(image, self.preprocessing) for image in images])
 
     def save(self, directory: Path) -> None:
         """Write the preprocessing (size, mean, std) as JSON."""
@@ -145,3 +162,48 @@ def read_preprocessing(directory: Path) -> Preprocessing:
     """The preprocessing an :class:`ImageProcessor` saved in ``directory``."""
     spec = json.loads((directory / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     return Preprocessing(size=int(spec["size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]))
+
+
+def load_tokenizer(path_or_id: str) -> Any:
+    """Load the fast tokenizer that belongs to an encoder.
+
+    A saved tokenizer is loaded by the fast class its ``tokenizer_config.json`` names, as
+    ``AutoTokenizer`` would choose it: ``AutoTokenizer`` itself reads the model's config through
+    modules that import torch, which a service worker running ONNX never needs.
+    """
+    import transformers
+
+    try:
+        for name in _named_tokenizer_classes(Path(path_or_id)):
+            found = getattr(transformers, name, None)
+            if isinstance(found, type) and issubclass(found, transformers.PreTrainedTokenizerFast):
+                return found.from_pretrained(path_or_id)
+        return transformers.AutoTokenizer.from_pretrained(path_or_id)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"Could not load a tokenizer from {path_or_id!r}: {exc}") from exc
+
+
+def _named_tokenizer_classes(directory: Path) -> list[str]:
+    """The fast class, then the class, that a saved tokenizer's config names (none for a hub id)."""
+    config = directory / TOKENIZER_CONFIG
+    if not config.is_file():
+        return []
+    named = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+    return [f"{named.removesuffix('Fast')}Fast", named] if isinstance(named, str) else []
+
+
+def load_processor(directory: Path) -> Processor:
+    """The processor saved with a classifier (no weights are read).
+
+    Raises:
+        ModelLoadError: its files are missing or corrupt.
+    """
+    try:
+        spec = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
+        if spec.get("modality", "text") == "image":
+            return ImageProcessor(read_preprocessing(directory))
+        tokenizer = load_tokenizer(str(directory))
+        spelling = load_spelling(directory, tokenizer)
+        return TextProcessor(tokenizer, int(spec.get("max_length") or 128), spelling)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"Saved processor in {directory} cannot be loaded: {exc}") from exc

@@ -23,7 +23,8 @@ def check_servable(version: ModelVersion) -> None:
     Raises:
         ModelLoadError: something does not load, or the export's answers differ from torch's.
     """
-    from training.onnx_export import ONNX_FILE, PARITY_TOLERANCE, onnx_logits, onnx_session, parity_gap
+    from training.onnx_export import PARITY_TOLERANCE, onnx_logits, onnx_session, parity_gap
+    from training.onnx_files import ONNX_FILE
 
     try:
         model, processor = load_version_model(version)

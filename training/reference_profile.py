@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from training.errors import ModelLoadError
-from training.inference import Predictions
+
+if TYPE_CHECKING:
+    from training.inference import Predictions
 
 PROFILE_FILE = "reference_profile.parquet"
 PROFILE_COLUMNS = ("label", "predicted_label", "confidence", "probabilities", "embedding")
