@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tiny_rows
 
 
 @pytest.fixture
@@ -60,6 +60,14 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 2 and "Refusing to delete" in out
     code, out = cli("models", "delete", "tickets:latest", "--yes")
     assert code == 0 and "deleted" in out
+
+
+def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "tickets.csv"
+    tiny_rows().to_csv(data, sep=";", index=False, encoding="utf-8-sig")
+    code, out = cli("train", str(data), "--strategy", "baseline", "--name", "tickets", train_flags=True)
+    assert code == 0, out
+    assert "registered tickets:" in out and "not found" not in out
 
 
 def test_unknown_config_key_is_rejected_with_the_valid_keys(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from training.data import DatasetSplits, fingerprint_rows, load_dataset, stratif
 from training.errors import DataError
 from training.modality import TextModality
 from training.pipeline import load_splits
+from training.tables import read_table
 
 
 def prepare_splits(path: Path, test_file: Path | None = None) -> DatasetSplits:
@@ -39,6 +41,41 @@ def test_loads_every_supported_format(tmp_path: Path, name: str) -> None:
     assert len(frame) == len(tiny_rows())
 
 
+def test_a_spreadsheet_s_semicolon_csv_and_a_tsv_load_by_their_header_row(tmp_path: Path) -> None:
+    # What Excel saves as "CSV UTF-8" where the decimal mark is a comma: a BOM, semicolons, and
+    # quotes around a field that holds the separator.
+    excel = tmp_path / "excel.csv"
+    lines = ["text;label", '"card lost; please block it, now";card', "where is my parcel, please;shipping"]
+    excel.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    frame = read_table(excel)
+    assert list(frame.columns) == ["text", "label"]
+    assert frame["text"].tolist() == ["card lost; please block it, now", "where is my parcel, please"]
+    tsv = tmp_path / "data.tsv"
+    tiny_rows().to_csv(tsv, sep="\t", index=False)
+    assert load_dataset(tsv).equals(load_dataset(_write(tmp_path, tiny_rows())))
+    single = tmp_path / "texts.csv"
+    single.write_text('text\nhello; world\n"second, text"\n', encoding="utf-8")  # one column: commas
+    assert read_table(single)["text"].tolist() == ["hello; world", "second, text"]
+
+
+def test_a_json_array_loads_and_a_bad_json_line_is_named(tmp_path: Path) -> None:
+    records = tiny_rows().to_dict(orient="records")
+    array = tmp_path / "data.json"
+    array.write_text(json.dumps(records, indent=2), encoding="utf-8")  # what json.dump writes
+    assert load_dataset(array).equals(load_dataset(_write(tmp_path, tiny_rows(), "data.jsonl")))
+    lines = [json.dumps(r) for r in records[:3]] + ['{"text": "cut off", "label":', ""]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"Line 4 of .*broken\.jsonl is not JSON: Expecting value\. Expected JSON"
+    ):
+        read_table(broken)
+    strings = tmp_path / "strings.json"
+    strings.write_text(json.dumps(["a text", "another"]), encoding="utf-8")
+    with pytest.raises(DataError, match=r"2 record\(s\) of .* are not objects \(the first: a str\)"):
+        read_table(strings)
+
+
 def test_custom_column_names(tmp_path: Path) -> None:
     raw = tiny_rows().rename(columns={"text": "body", "label": "intent"})
     frame = load_dataset(_write(tmp_path, raw), text_column="body", label_column="intent")
@@ -47,7 +84,7 @@ def test_custom_column_names(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(
-        DataError, match=r"Data file not found: .*nope\.csv\. Expected a CSV, JSONL or Parquet"
+        DataError, match=r"Data file not found: .*nope\.csv\. Expected a CSV, TSV, JSONL or Parquet"
     ):
         load_dataset(tmp_path / "nope.csv")
 

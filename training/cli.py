@@ -51,7 +51,13 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="Labelled data: CSV, JSONL or Parquet.")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Labelled data: CSV (comma, semicolon or tab separated), TSV, JSON or Parquet; "
+            "or a folder of class folders of images."
+        ),
+    ],
     strategy: Annotated[
         str | None,
         typer.Option(

@@ -14,10 +14,10 @@ import pandas as pd
 
 from training.errors import DataError
 from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
+from training.tables import read_table
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _MAX_ROWS_LISTED = 5
 
 
@@ -67,51 +67,6 @@ class DatasetSplits:
 def _row_list(rows: np.ndarray) -> str:
     shown = ", ".join(str(int(r) + 1) for r in rows[:_MAX_ROWS_LISTED])
     return shown + (", ..." if len(rows) > _MAX_ROWS_LISTED else "")
-
-
-def _decode_error(path: Path) -> DataError:
-    # pandas reports offsets within its read buffer; decoding the whole file gives the real one.
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-        start = 0
-    except UnicodeDecodeError as exc:
-        start = exc.start
-    line = raw[:start].count(b"\n") + 1
-    return DataError(
-        f"{path} is not valid UTF-8: byte 0x{raw[start]:02x} at offset {start} (line {line}). "
-        "Expected UTF-8 text. Hint: re-save the file as UTF-8, e.g. "
-        f"`iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`."
-    )
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV, JSONL or Parquet file with every column as found.
-
-    Raises:
-        DataError: the file is missing, of an unsupported type, not UTF-8, or unparsable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"Data file not found: {path}. Expected a CSV, JSONL or Parquet file. "
-            "Hint: check the path (relative paths start from the current directory)."
-        )
-    suffix = path.suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
-        raise DataError(
-            f"Unsupported data file type '{suffix}' for {path}; expected one of {SUPPORTED_SUFFIXES}."
-        )
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
-        return pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise _decode_error(path) from exc
-    except (ValueError, pd.errors.ParserError, OSError) as exc:
-        raise DataError(f"Could not parse {path} as {suffix[1:].upper()}: {exc}") from exc
 
 
 def load_dataset(

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from training.blobs import BlobStore, hash_bytes
-from training.data import read_table
 from training.errors import DataError
 from training.groups import GROUP, read_groups
 from training.images import SUFFIXES, ImageError, ImageLimits, decode_image
 from training.progress import track_progress
+from training.tables import read_table
 
 logger = logging.getLogger(__name__)
 

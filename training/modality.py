@@ -17,9 +17,10 @@ from torch import nn
 
 from training.blobs import BlobStore
 from training.config import TrainingConfig
-from training.data import load_dataset, load_unlabelled_texts, read_table
+from training.data import load_dataset, load_unlabelled_texts
 from training.images import ImageLimits
 from training.processors import ImageProcessor, Processor, TextProcessor
+from training.tables import read_table
 
 
 class Modality(Protocol):
@@ -52,7 +53,7 @@ class Modality(Protocol):
 
 @dataclass
 class TextModality:
-    """Texts in a CSV, JSONL or Parquet file; a Hugging Face encoder and its tokenizer."""
+    """Texts in a CSV, TSV, JSONL or Parquet file; a Hugging Face encoder and its tokenizer."""
 
     config: TrainingConfig
     name: str = "text"

@@ -85,7 +85,7 @@ def train_model(
     """Train on ``data_path`` with ``config`` and register a new version.
 
     Args:
-        data_path: labelled data: texts in a CSV, JSONL or Parquet file; images in a folder of
+        data_path: labelled data: texts in a CSV, TSV, JSONL or Parquet file; images in a folder of
             class folders or listed in such a file (``image_column``).
         config: the training config (strategy, base model, hyperparameters).
         registry: where to register; defaults to ``$BENTOML_HOME``.
