@@ -47,9 +47,9 @@ def drift(
     from monitoring.monitor import Monitor
     from monitoring.report import shown_columns
 
+    minutes = parse_duration(since) if since else None
     settings = _settings(config, model, home)
     monitor = Monitor(settings)
-    minutes = parse_duration(since) if since else None
     outcome = monitor.checker.check(minutes=minutes, report=report)
     monitor.publish(outcome)
     result = outcome.result
@@ -123,8 +123,8 @@ def adapt(
     from monitoring.monitor import Monitor
 
     logging.getLogger("monitoring.candidate").setLevel(logging.INFO)  # the child's progress lines
-    settings = _settings(config, model, home, adapt_strategy=strategy)
     minutes = parse_duration(since) if since else None
+    settings = _settings(config, model, home, adapt_strategy=strategy)
     result = Monitor(settings).adapt("manual", minutes=minutes, promote=not dry_run)
     console.print(f"adapt: [bold]{result.outcome}[/] ({result.reason})")
     for key, value in (result.numbers.to_json() if result.numbers else {}).items():

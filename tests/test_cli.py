@@ -70,6 +70,22 @@ def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Pat
     assert "registered tickets:" in out and "not found" not in out
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train"], "Missing argument 'data'"),
+        (["models", "list", "--bogus"], "No such option: --bogus"),
+        (["drift", "--since", "5x"], "expected a duration like 30m, 2h or 1d; found '5x'"),
+        (["adapt", "--since", "1y"], "expected a duration like 30m, 2h or 1d; found '1y'"),
+    ],
+)
+def test_a_usage_error_is_a_short_message_not_a_traceback(cli, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]
+    code, out = cli(*args)
+    assert code == 2, out
+    assert message in out and "Try 'refit" in out
+    assert "Traceback" not in out and ".py" not in out, out  # no frames of a traceback
+
+
 def test_unknown_config_key_is_rejected_with_the_valid_keys(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "train.yaml"
     config.write_text("strategy: head\nepochz: 3\n")

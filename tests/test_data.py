@@ -143,6 +143,13 @@ def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
         load_dataset(path)
 
 
+def test_a_utf_16_file_is_named_as_such_with_the_conversion_that_fixes_it(tmp_path: Path) -> None:
+    path = tmp_path / "unicode.tsv"  # Excel's "Unicode Text": UTF-16 with a byte-order mark, tabs
+    path.write_bytes("text\tlabel\nhello\ta\n".encode("utf-16"))
+    with pytest.raises(DataError, match=r"is UTF-16 .* not UTF-8\. .*`iconv -f utf-16 -t utf-8 unicode\.tsv"):
+        load_dataset(path)
+
+
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "data.xlsx"
     path.write_text("x")

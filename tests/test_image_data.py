@@ -14,7 +14,7 @@ from training.blobs import BlobStore
 from training.config import TrainingConfig
 from training.data import fingerprint_rows
 from training.errors import DataError
-from training.image_data import load_image_dataset
+from training.image_data import list_image_folder, load_image_dataset
 from training.images import ImageError, ImageLimits, Preprocessing, decode_image, to_pixels
 from training.modality import ImageModality, detect_modality
 from training.pipeline import load_splits
@@ -128,10 +128,15 @@ def test_a_non_image_file_in_a_class_folder_is_named(surfaces: Path, tmp_path: P
     (root / "scratch").mkdir()
     (root / "free" / "notes.txt").write_text("not an image")
     (root / "scratch" / "ok.png").write_bytes(_encode(_grey()))
+    # What Windows and macOS leave in folders is skipped, not counted among the strays.
+    for name in ("Thumbs.db", "desktop.ini", ".DS_Store"):
+        (root / "scratch" / name).write_bytes(b"\x00metadata")
     with pytest.raises(
-        DataError, match=r"1 file\(s\) in .* are not images of a supported type: .*notes\.txt"
+        DataError, match=r"1 file\(s\) in .* are not images of a supported type: [^,]*notes\.txt\. Expected"
     ):
         load_image_dataset(root, BlobStore(tmp_path / "blobs"))
+    (root / "free" / "notes.txt").unlink()
+    assert list_image_folder(root)["path"].map(lambda p: Path(p).name).tolist() == ["ok.png"]
 
 
 def test_every_unusable_image_is_listed_at_once(tmp_path: Path) -> None:

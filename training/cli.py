@@ -296,21 +296,13 @@ def main(plugins: bool = True) -> None:
     if plugins:
         load_plugins()
     try:
-        code = app(standalone_mode=False)
+        # Standalone: typer shows a usage error (a missing argument, an unknown option) as a short
+        # message with exit code 2, and Ctrl-C as "Aborted!" with 1, whichever click it uses (its
+        # own copy since typer 0.2x, which an `except click.ClickException` here does not catch).
+        app()
     except RefitError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
-    except (typer.Abort, KeyboardInterrupt):
-        raise SystemExit(1) from None
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
 
 
 if __name__ == "__main__":  # `accelerate launch -m training.cli train ...`

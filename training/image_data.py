@@ -22,10 +22,13 @@ from training.tables import read_table
 logger = logging.getLogger(__name__)
 
 _LISTED = 5
+# What file managers leave in folders (thumbnail caches, folder settings): never data.
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
 
 
 def list_image_folder(root: Path) -> pd.DataFrame:
-    """``root/<label>/<image>`` as a frame of ``path`` and ``label`` (hidden files skipped).
+    """``root/<label>/<image>`` as a frame of ``path`` and ``label`` (hidden files and file
+    managers' thumbnail caches and folder settings skipped).
 
     Raises:
         DataError: no class folders, a file of another type, or images outside class folders.
@@ -42,7 +45,7 @@ def list_image_folder(root: Path) -> pd.DataFrame:
     other: list[tuple[str, str]] = []
     for folder in folders:
         for path in sorted(folder.rglob("*")):
-            if not path.is_file() or path.name.startswith("."):
+            if not path.is_file() or path.name.startswith(".") or path.name.lower() in SYSTEM_FILES:
                 continue
             (rows if path.suffix.lower() in SUFFIXES else other).append((str(path), folder.name))
     if other:

@@ -24,8 +24,14 @@ CSV_DELIMITERS = (",", ";", "\t", "|")
 
 
 def _decode_error(path: Path) -> DataError:
-    # pandas reports offsets within its read buffer; decoding the whole file gives the real one.
     raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return DataError(
+            f"{path} is UTF-16 (its byte-order mark says so: what Excel saves as Unicode Text), "
+            "not UTF-8. Expected UTF-8 text. Hint: re-save the file as UTF-8, e.g. "
+            f"`iconv -f utf-16 -t utf-8 {path.name} > fixed{path.suffix}`."
+        )
+    # pandas reports offsets within its read buffer; decoding the whole file gives the real one.
     try:
         raw.decode("utf-8")
         start = 0
