@@ -86,6 +86,15 @@ def test_a_usage_error_is_a_short_message_not_a_traceback(cli, args: list[str], 
     assert "Traceback" not in out and ".py" not in out, out  # no frames of a traceback
 
 
+def test_version_is_the_installed_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from importlib.metadata import version
+
+    code, out = run_cli(["--version"], capsys, monkeypatch)
+    assert code == 0 and out == f"refit {version('refit')}"
+
+
 def test_unknown_config_key_is_rejected_with_the_valid_keys(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "train.yaml"
     config.write_text("strategy: head\nepochz: 3\n")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from importlib.metadata import entry_points
+from importlib.metadata import entry_points, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +25,24 @@ models_app = typer.Typer(
     help="List, inspect, promote, roll back, export and delete versions.", no_args_is_help=True
 )
 app.add_typer(models_app, name="models")
+
+
+def show_version(value: bool) -> None:
+    """Print the installed Refit's version and exit (``--version``)."""
+    if value:
+        console.print(f"refit {version('refit')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    show: Annotated[
+        bool,
+        typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Refit: transfer learning in production."""
+
 
 HomeOption = Annotated[
     Path | None,
