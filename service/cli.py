@@ -74,6 +74,7 @@ def serve(
     }
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
     refuse_open_exposure(settings)
+    require_production(settings)
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -84,6 +85,26 @@ def serve(
     # Become the server: a process manager's SIGTERM then reaches it (it drains and flushes the
     # inference log), and no child is left behind on the port.
     os.execve(command[0], command, env)
+
+
+def require_production(settings: ServeSettings) -> None:
+    """Refuse to start a server with no production version to load: its workers would fail at
+    start-up and be restarted, a traceback each, for as long as it runs.
+
+    Raises:
+        ConfigError: the registry holds no model.
+        VersionNotFoundError: no such model, or it has no production version (the models or
+            versions there are listed).
+    """
+    from training.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.home)
+    if not registry.names():
+        raise ConfigError(
+            f"The registry {settings.home} holds no model to serve. Train one first "
+            f"(`refit train DATA --home {settings.home}`), or pass --home where your models are."
+        )
+    registry.get(f"{settings.model}:production")
 
 
 def refuse_open_exposure(settings: ServeSettings) -> None:

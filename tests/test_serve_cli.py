@@ -124,3 +124,20 @@ def test_refit_serve_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
     assert "TLS needs both ssl_certfile and ssl_keyfile; found only ssl_certfile" in " ".join(
         completed.stdout.split()
     )
+
+
+def test_refit_serve_refuses_to_start_with_nothing_to_serve(served_home: Path, tmp_path: Path) -> None:
+    # Started anyway, every worker would fail its start-up and be restarted, a traceback each,
+    # behind a line announcing what it serves.
+    refit = str(Path(sys.executable).parent / "refit")
+    for flags, expected in [
+        (
+            ["--home", str(tmp_path / "empty")],
+            "holds no model to serve. Train one first (`refit train DATA --home",
+        ),
+        (["--home", str(served_home), "--model", "nope"], "No model named 'nope' in"),
+    ]:
+        completed = subprocess.run([refit, "serve", *flags], capture_output=True, text=True, timeout=120)
+        output = " ".join((completed.stdout + completed.stderr).split())
+        assert completed.returncode == 2, output
+        assert expected in output and "Serving" not in output, output
