@@ -55,6 +55,8 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 0 and "is now production" in out
     code, out = cli("models", "rollback", "tickets")
     assert code == 0 and "rolled back" in out
+    code, out = cli("models", "rollback", "tick")  # a typo names the models there
+    assert code == 2 and "No model named 'tick'" in out and "Models: tickets." in out
 
     code, out = cli("models", "delete", "tickets:production", "--yes")
     assert code == 2 and "Refusing to delete" in out

@@ -169,6 +169,18 @@ class ModelRegistry:
             manifest=manifest,
         )
 
+    def existing_versions(self, name: str) -> list[ModelVersion]:
+        """:meth:`versions` of a model that exists.
+
+        Raises:
+            VersionNotFoundError: the model has no version; the message lists the models there.
+        """
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise VersionNotFoundError(f"No model named {name!r} in {self.home}. Models: {known}.")
+        return versions
+
     def get(self, ref: str) -> ModelVersion:
         """Resolve ``name``, ``name:production``, ``name:candidate``, ``name:latest`` or ``name:version``.
 
@@ -179,10 +191,7 @@ class ModelRegistry:
         """
         name, _, selector = ref.partition(":")
         selector = selector or "production"
-        versions = self.versions(name)
-        if not versions:
-            known = ", ".join(self.names()) or "none"
-            raise VersionNotFoundError(f"No model named {name!r} in {self.home}. Models: {known}.")
+        versions = self.existing_versions(name)
         if selector == "latest":
             return versions[-1]
         if selector in STAGES:
@@ -244,9 +253,10 @@ class ModelRegistry:
         """Restore the production version that preceded the current one.
 
         Raises:
+            VersionNotFoundError: no such model.
             RegistryError: there is no earlier production version to return to.
         """
-        existing = {v.version for v in self.versions(name)}
+        existing = {v.version for v in self.existing_versions(name)}
         with self._locked_stages(name) as state:
             current = state.production
             previous = _earlier_production(name, state, existing)
@@ -263,9 +273,10 @@ class ModelRegistry:
         """The version :meth:`rollback` would restore.
 
         Raises:
+            VersionNotFoundError: no such model.
             RegistryError: there is no earlier production version to return to.
         """
-        existing = {v.version for v in self.versions(name)}
+        existing = {v.version for v in self.existing_versions(name)}
         return self.get(f"{name}:{_earlier_production(name, self.read_stages(name), existing)}")
 
     def archive(self, ref: str, reason: str = "") -> ModelVersion:
