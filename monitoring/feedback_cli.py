@@ -16,11 +16,19 @@ SourceOption = Annotated[
 
 
 def _open(config: Any, model: str | None, home: Any) -> tuple[Any, str]:
+    """The inference log's engine and the model's name, once the registry knows the model.
+
+    Raises:
+        VersionNotFoundError: no such model (the models there are named); a misspelt name or
+            ``--home`` would otherwise read as "no feedback" and create an empty log.
+    """
     from monitoring.history import create_monitor_tables
     from monitoring.settings import load_monitor_settings
     from service.inference_log_db import create_log_engine
+    from training.registry import ModelRegistry
 
     settings = load_monitor_settings(config, {"model": model, "registry_home": home})
+    ModelRegistry(settings.home).existing_versions(settings.model)
     engine = create_log_engine(settings.resolved_log_url)
     create_monitor_tables(engine)
     return engine, settings.model

@@ -167,3 +167,18 @@ def test_refit_feedback_list_quarantine_release_and_purge(
     code, out = run_cli(["feedback", "purge", "--source", "mallory", "--yes", *home], capsys, monkeypatch)
     assert "deleted 5 feedback rows of mallory" in out
     assert sorted(monitor.trusted_feedback()[0]["source"]) == ["alice"] * 3
+
+
+def test_refit_feedback_refuses_a_model_the_registry_does_not_hold(
+    served_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["feedback", "list", "--model", "tyni", "--home", str(served_home)]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "No model named 'tyni'" in out and "Models: tiny" in out, out
+
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    for command in (["list"], ["quarantine", "--source", "a"], ["purge", "--source", "a", "--yes"]):
+        code, out = run_cli(["feedback", *command, "--home", str(empty)], capsys, monkeypatch)
+        assert code == 2 and "Models: none" in out, out
+    assert not (empty / "refit").exists()  # no inference log created for a model that is not there
