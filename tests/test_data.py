@@ -76,6 +76,20 @@ def test_a_json_array_loads_and_a_bad_json_line_is_named(tmp_path: Path) -> None
         read_table(strings)
 
 
+def test_a_json_object_wrapping_the_records_loads_its_array(tmp_path: Path) -> None:
+    records = tiny_rows().to_dict(orient="records")
+    wrapped = tmp_path / "export.json"
+    wrapped.write_text(json.dumps({"version": 2, "data": records}, indent=2), encoding="utf-8")
+    assert load_dataset(wrapped).equals(load_dataset(_write(tmp_path, tiny_rows(), "data.jsonl")))
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(records[0]) + "\n", encoding="utf-8")  # JSON lines of one line
+    assert read_table(one).to_dict(orient="records") == [records[0]]
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"train": records, "test": records[:2]}), encoding="utf-8")
+    with pytest.raises(DataError, match=r"several arrays of records \('train', 'test'\); which holds"):
+        read_table(two)
+
+
 def test_custom_column_names(tmp_path: Path) -> None:
     raw = tiny_rows().rename(columns={"text": "body", "label": "intent"})
     frame = load_dataset(_write(tmp_path, raw), text_column="body", label_column="intent")

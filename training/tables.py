@@ -74,6 +74,8 @@ def read_json_records(path: Path) -> pd.DataFrame:
             records = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}. {expected}") from exc
+    elif isinstance(document := _parse_whole(text), dict):
+        records = _unwrap_records(document, path, expected)
     else:
         records = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -89,6 +91,34 @@ def read_json_records(path: Path) -> pd.DataFrame:
             f"{len(others)} record(s) of {path} are not objects (the first: a {others[0]}). {expected}"
         )
     return pd.DataFrame.from_records(records)
+
+
+def _parse_whole(text: str) -> object:
+    """The file as one JSON document, or None when it is not one (JSON lines, or broken)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _unwrap_records(document: dict[str, object], path: Path, expected: str) -> list[object]:
+    """The rows of a file that is one object: the one array of objects it wraps (exports write
+    ``{"data": [...]}``), else the object itself as the only record (JSON lines of one line).
+
+    Raises:
+        DataError: it wraps several arrays of objects, and which holds the rows is a guess.
+    """
+    arrays = {
+        key: value
+        for key, value in document.items()
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)
+    }
+    if len(arrays) > 1:
+        raise DataError(
+            f"{path} is one object holding several arrays of records ({', '.join(map(repr, arrays))}); "
+            f"which holds the rows is not clear. {expected}"
+        )
+    return next(iter(arrays.values()), [document])
 
 
 def read_table(path: Path) -> pd.DataFrame:
