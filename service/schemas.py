@@ -6,7 +6,15 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"  # what /classify answers with (uuid4 hex)
 
@@ -79,6 +87,21 @@ def image_list_type(max_images: int) -> Any:
     ]
 
 
+def integer_as_label(value: Any) -> Any:
+    """An integer label as the text the model knows it by: labels read from a file of numbers
+    (``stars`` 0-5, class ids) are strings in the model, and clients send them as JSON numbers.
+    Booleans and fractions stay refused, as anything else that is not a string."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+LABEL_SCHEMA = {
+    "anyOf": [{"type": "string", "minLength": 1, "maxLength": 200}, {"type": "integer"}],
+    "description": "the true label (an integer stands for its digits: 3 for '3')",
+}
+
+
 class FeedbackRequest(BaseModel):
     """The true label of an earlier prediction (by request id) or of a text."""
 
@@ -93,9 +116,9 @@ class FeedbackRequest(BaseModel):
         },
     )
 
-    label: Annotated[str, AfterValidator(check_unicode)] = Field(
-        min_length=1, max_length=200, description="the true label"
-    )
+    label: Annotated[
+        str, BeforeValidator(integer_as_label), AfterValidator(check_unicode), WithJsonSchema(LABEL_SCHEMA)
+    ] = Field(min_length=1, max_length=200)
     request_id: str | None = Field(
         None, pattern=REQUEST_ID_PATTERN, description="request_id returned by /classify"
     )

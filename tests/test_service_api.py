@@ -201,6 +201,9 @@ FEEDBACK_ERRORS = [
         "label, run `refit models add-label tiny cancel_order` (no restart needed) or set "
         "REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
     ),
+    ({"text": "hi", "label": 7}, 422, "Unknown label '7': expected one of the 3 labels"),
+    ({"text": "hi", "label": True}, 400, "label: Input should be a valid string"),
+    ({"text": "hi", "label": 2.5}, 400, "label: Input should be a valid string"),
     ({"request_id": "0" * 32, "label": "refund"}, 404, "Unknown request_id"),
     ({"label": "refund"}, 400, "expected a request_id or a non-blank text"),
     ({"text": "hi"}, 400, "Field required"),
@@ -228,14 +231,19 @@ def test_bad_feedback_gets_a_4xx_and_stores_nothing(
 
 
 def test_feedback_accepts_configured_new_labels(
-    service_app: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    service_app: Any, serve_env: dict[str, str], served_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from starlette.testclient import TestClient
 
-    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", "cancel_order, upgrade")
+    monkeypatch.setenv("REFIT_SERVE_FEEDBACK_EXTRA_LABELS", "cancel_order, upgrade, 3")
     with TestClient(service_app) as client:
-        for label in ("cancel_order", "upgrade"):
+        for label in ("cancel_order", "upgrade", 3):  # a JSON number stands for its digits
             assert client.post("/feedback", json={"text": "cancel it", "label": label}).status_code == 200
+    assert [r["label"] for r in read_rows(served_home, "feedback")] == [
+        "cancel_order",
+        "upgrade",
+        "3",
+    ]
 
 
 def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
