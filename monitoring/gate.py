@@ -251,7 +251,13 @@ def judge_candidate(numbers: GateNumbers) -> GateDecision:
                 f"rows (> {numbers.source_tolerance})",
                 numbers,
             )
-    return GateDecision(True, f"feedback accuracy {gain:+.4f}, test accuracy change {-drop:+.4f}", numbers)
+    change = numbers.candidate_test_accuracy - numbers.production_test_accuracy  # not -drop: no "-0.0000"
+    return GateDecision(
+        True,
+        f"feedback accuracy {gain:+.4f} on {numbers.feedback_gate_rows} held-out rows, "
+        f"test accuracy change {change:+.4f}",
+        numbers,
+    )
 
 
 def judge_adaptation(numbers: GateNumbers) -> GateDecision:

@@ -77,6 +77,20 @@ def test_gate_rules(numbers: dict[str, float], outcome: str) -> None:
     assert decision.numbers.to_json()["tolerance"] == 0.01
 
 
+def test_the_gate_names_its_feedback_rows_and_an_unchanged_test_accuracy_as_plus_zero() -> None:
+    numbers = gate_numbers(
+        candidate_feedback_accuracy=1.0,
+        production_feedback_accuracy=0.8,
+        production_test_accuracy=1.0,
+        candidate_test_accuracy=1.0,
+    )
+    decision = judge_candidate(numbers)
+    rows = numbers.feedback_gate_rows
+    assert decision.reason == (
+        f"feedback accuracy +0.2000 on {rows} held-out rows, test accuracy change +0.0000"
+    )
+
+
 def test_the_gate_rejects_without_held_out_feedback() -> None:
     numbers = gate_numbers(
         candidate_feedback_accuracy=float("nan"),

@@ -295,8 +295,9 @@ def split_frames(
     report.train_test_overlap = count_overlap(train, test, column)
     report.shared_groups = count_shared_groups(pd.concat([train, val]), test)
     report.split_cost = describe_split_cost(class_counts, train, test_source is not None)
+    # INFO: `refit train` prints them once with its result, and the outcome and manifest carry them.
     for warning in report.warnings():
-        logger.warning("%s: %s", source, warning)
+        logger.info("%s: %s", source, warning)
     frames = [data] if test is None else [data, test]
     groups = {"group_column": group_column, "groups": int(test[GROUP].nunique())} if has_groups(test) else {}
     return DatasetSplits(
