@@ -43,13 +43,16 @@ def test_unknown_key_in_file_lists_the_valid_keys(tmp_path: Path) -> None:
     path.write_text("strategy: head\nlearnig_rate: 0.1\n")
     with pytest.raises(
         ConfigError,
-        match=r"Unknown config key\(s\) \['learnig_rate'\] in .*c\.yaml\. Valid keys: .*learning_rate",
+        match=(
+            r"Unknown config key\(s\) \['learnig_rate'\] in .*c\.yaml\. 'learnig_rate': did you mean "
+            r"'learning_rate'\? Valid keys: .*learning_rate"
+        ),
     ):
         load_training_config(path)
 
 
 def test_unknown_override_key() -> None:
-    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) \['colour'\] in the overrides"):
+    with pytest.raises(ConfigError, match=r"Unknown config key\(s\) \['colour'\] in the overrides\. Valid"):
         load_training_config(overrides={"colour": "blue"})
 
 

@@ -11,6 +11,7 @@ where its registry and inference log are: the service and the monitor share it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 import typing
@@ -239,7 +240,10 @@ def describe_invalid_settings(
     if unknown:
         source = "the overrides" if set(unknown) <= (explicit or set()) else str(path)
         valid = ", ".join(sorted(cls.model_fields))
-        return f"Unknown config key(s) {unknown} in {source}. Valid keys: {valid}."
+        close = {key: difflib.get_close_matches(key, cls.model_fields, n=1) for key in unknown}
+        hints = [f"{key!r}: did you mean {match[0]!r}?" for key, match in close.items() if match]
+        hint = f" {' '.join(hints)}" if hints else ""
+        return f"Unknown config key(s) {unknown} in {source}.{hint} Valid keys: {valid}."
     prefix = str(cls.model_config.get("env_prefix", ""))
     problems = []
     for err in exc.errors():
