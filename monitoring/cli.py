@@ -17,17 +17,28 @@ ModelOption = Annotated[str | None, typer.Option("--model", help="Registry model
 HomeOption = Annotated[Path | None, typer.Option("--home", help="Registry home (BentoML home).")]
 
 
-def parse_duration(text: str) -> float:
-    """Minutes in '30m', '2h', '1d' or '45' (minutes).
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_seconds(text: str, bare_unit: str) -> float:
+    """Seconds in '90s', '30m', '2h', '1d', or a bare number of ``bare_unit``.
 
     Raises:
         typer.BadParameter: any other form.
     """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd]?)\s*", text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not match:
-        raise typer.BadParameter(f"expected a duration like 30m, 2h or 1d; found {text!r}")
-    value, unit = float(match.group(1)), match.group(2) or "m"
-    return value * {"m": 1, "h": 60, "d": 1440}[unit]
+        raise typer.BadParameter(f"expected a duration like 30s, 30m, 2h or 1d; found {text!r}")
+    return float(match.group(1)) * UNIT_SECONDS[match.group(2) or bare_unit]
+
+
+def parse_duration(text: str) -> float:
+    """Minutes in '30m', '2h', '1d', '90s' or '45' (minutes).
+
+    Raises:
+        typer.BadParameter: any other form.
+    """
+    return parse_seconds(text, "m") / 60
 
 
 def _settings(config: Path | None, model: str | None, home: Path | None, **more: object):  # type: ignore[no-untyped-def]
@@ -137,7 +148,9 @@ def monitor(
     model: ModelOption = None,
     home: HomeOption = None,
     config: ConfigOption = None,
-    interval: Annotated[float | None, typer.Option(help="Seconds between checks.")] = None,
+    interval: Annotated[
+        str | None, typer.Option(help="Time between checks: 300 (seconds), 30s, 5m, 1h.")
+    ] = None,
     mode: Annotated[str | None, typer.Option(help="alert (report) or retrain (act).")] = None,
     port: Annotated[int | None, typer.Option(help="Port of the Prometheus metrics.")] = None,
 ) -> None:
@@ -146,7 +159,8 @@ def monitor(
 
     # The monitor's own log says what each check found and what a retrain is doing.
     logging.getLogger("monitoring").setLevel(logging.INFO)
-    settings = _settings(config, model, home, interval_s=interval, mode=mode, metrics_port=port)
+    interval_s = None if interval is None else parse_seconds(interval, "s")
+    settings = _settings(config, model, home, interval_s=interval_s, mode=mode, metrics_port=port)
     console.print(
         f"monitoring [bold]{settings.model}[/] every {settings.interval_s:.0f} s, mode {settings.mode}; "
         f"metrics on :{settings.metrics_port}/metrics; `evidently ui --workspace {settings.workspace_path}`"

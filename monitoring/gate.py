@@ -321,7 +321,7 @@ def judge_adaptation(numbers: GateNumbers) -> GateDecision:
         f"{window.production_confidence:.4f} -> {window.candidate_confidence:.4f}, label-mix distance "
         f"{window.production_mix_distance:.3f} -> {window.candidate_mix_distance:.3f}, "
         f"{window.overturned} of {window.confident} confident answers overturned; test accuracy "
-        f"change {-drop:+.4f}",
+        f"change {numbers.candidate_test_accuracy - numbers.production_test_accuracy:+.4f}",
         numbers,
     )
 

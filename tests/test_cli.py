@@ -77,8 +77,9 @@ def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Pat
     [
         (["train"], "Missing argument 'data'"),
         (["models", "list", "--bogus"], "No such option: --bogus"),
-        (["drift", "--since", "5x"], "expected a duration like 30m, 2h or 1d; found '5x'"),
-        (["adapt", "--since", "1y"], "expected a duration like 30m, 2h or 1d; found '1y'"),
+        (["drift", "--since", "5x"], "expected a duration like 30s, 30m, 2h or 1d; found '5x'"),
+        (["adapt", "--since", "1y"], "expected a duration like 30s, 30m, 2h or 1d; found '1y'"),
+        (["monitor", "--interval", "5y"], "expected a duration like 30s, 30m, 2h or 1d; found '5y'"),
     ],
 )
 def test_a_usage_error_is_a_short_message_not_a_traceback(cli, args: list[str], message: str) -> None:  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ def scrape_checks(url: str) -> dict[str, float]:
 def test_refit_monitor_checks_the_model_its_flags_name(served_home: Path, tmp_path: Path) -> None:
     port = free_port()
     command = [refit_command(), "monitor", "--model", "tiny", "--home", str(served_home)]
-    command += ["--mode", "alert", "--interval", "1", "--port", str(port)]
+    command += ["--mode", "alert", "--interval", "1s", "--port", str(port)]
     # Nothing from the environment may name the model: only the flags do.
     assert not any(key.startswith("REFIT_MONITOR_") for key in os.environ)
     monitor = start_process(command, {}, tmp_path / "monitor.log", f"http://127.0.0.1:{port}", "/metrics")
@@ -55,6 +55,7 @@ def test_refit_monitor_checks_the_model_its_flags_name(served_home: Path, tmp_pa
         checks,
         log[-2000:],
     )
+    assert "monitoring tiny every 1 s, mode alert" in log, log[-2000:]
     assert "refit-classifier" not in log and "check of tiny skipped" not in log, log[-2000:]
     assert checks.get('refit_drift_checks_total{model="tiny",status="skipped"}', 0) == 0
 
