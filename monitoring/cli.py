@@ -70,8 +70,9 @@ def drift(
     )
     if outcome.production and outcome.production != outcome.version:
         console.print(
-            f"[red]production is {outcome.production}, but {outcome.version} is what answers: "
-            "the service could not load production (see its /model and refit_degraded)[/]"
+            f"[red]production is {outcome.production}, but {outcome.version} answered the last logged "
+            "predictions: either no request has reached production since its promotion (the service "
+            "is stopped or idle), or the service could not load it (see its /model and refit_degraded)[/]"
         )
     if outcome.estimated_accuracy is not None:
         observed = "n/a" if outcome.observed_accuracy is None else f"{outcome.observed_accuracy:.3f}"

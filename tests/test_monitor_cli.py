@@ -75,7 +75,8 @@ def test_refit_drift_checks_the_version_that_answers_and_says_production_differs
     code, out = run_cli(["drift", "--model", "tiny", "--home", str(served_home)], capsys, monkeypatch)
     assert code == 0, out
     assert f"tiny:{served} window 2" in out, out
-    assert f"production is {promoted}, but {served} is what answers" in out
+    assert f"production is {promoted}, but {served} answered the last logged predictions" in out
+    assert "no request has reached production since its promotion" in out
 
 
 def test_refit_retrain_archives_the_candidate_its_gate_rejects(
