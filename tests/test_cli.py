@@ -72,6 +72,17 @@ def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Pat
     assert "registered tickets:" in out and "not found" not in out
 
 
+def test_a_test_file_without_the_training_columns_is_named_as_the_test_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data, test = tmp_path / "reviews.csv", tmp_path / "test.csv"
+    tiny_rows().rename(columns={"text": "review", "label": "stars"}).to_csv(data, index=False)
+    tiny_rows(copies=1).to_csv(test, index=False)  # text,label: the default names
+    columns = ["--text-column", "review", "--label-column", "stars", "--test-file", str(test)]
+    code, out = cli("train", str(data), "--strategy", "baseline", *columns, train_flags=True)
+    assert code == 2, out
+    assert "Column(s) ['review', 'stars'] not found in" in out and "Found columns: ['text', 'label']" in out
+    assert "a test file needs the training data's columns ('review', 'stars'); rename its columns" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

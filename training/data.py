@@ -76,9 +76,11 @@ def load_dataset(
     group_column: str | None = None,
     *,
     group_required: bool = True,
+    test_file: bool = False,
 ) -> pd.DataFrame:
     """Load and validate labelled texts into a frame with columns ``text`` and ``label`` (and
-    ``group`` from ``group_column``, when given and present).
+    ``group`` from ``group_column``, when given and present). ``test_file``: the file is the test
+    data of training data read with these columns (a missing one is named as such).
 
     Raises:
         DataError: a missing column (the group column only when ``group_required``), empty texts,
@@ -88,11 +90,15 @@ def load_dataset(
     wanted = [text_column, label_column] + ([group_column] if group_column and group_required else [])
     missing = [c for c in wanted if c not in raw.columns]
     if missing:
-        raise DataError(
-            f"Column(s) {missing} not found in {path}. Found columns: {list(raw.columns)}. "
-            "Hint: set text_column / label_column / group_column (--text-column / --label-column / "
+        hint = (
+            f"Hint: a test file needs the training data's columns ({text_column!r}, {label_column!r}); "
+            "rename its columns."
+            if test_file
+            else "Hint: set text_column / label_column / group_column (--text-column / --label-column / "
             "--set group_column=...)."
         )
+        found = list(raw.columns)
+        raise DataError(f"Column(s) {missing} not found in {path}. Found columns: {found}. {hint}")
     frame = pd.DataFrame(
         {
             "text": raw[text_column].astype("string").fillna(""),

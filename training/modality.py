@@ -65,8 +65,9 @@ class TextModality:
         read when it has the column."""
         cfg = self.config
         columns = (cfg.text_column, cfg.label_column, cfg.group_column)
-        held_out = load_dataset(test, *columns, group_required=False) if test is not None else None
-        return load_dataset(data, *columns), held_out
+        frame = load_dataset(data, *columns)  # first: its columns are the ones to fix first
+        held_out = load_dataset(test, *columns, group_required=False, test_file=True) if test else None
+        return frame, held_out
 
     def load_unlabelled(self, data: Path) -> pd.DataFrame:
         """Texts from the configured column."""
