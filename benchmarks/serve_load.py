@@ -420,7 +420,7 @@ def run_peer_rounds(
     names = [p for p in args.peers.split(",") if p]
     notes: dict[str, str] = {}
     knobs, tuning = tune_peers(names, spec, texts, args, notes)
-    systems = ["refit-onnx", *knobs]
+    systems = ["refit-onnx", *(f"refit-onnx:{label}" for label in args.variants), *knobs]
     cells: dict[tuple[str, int], list[dict[str, Any]]] = {}
     rss: dict[str, float] = {}
     batches = [int(b) for b in args.limit_batches.split(",")]

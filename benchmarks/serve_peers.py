@@ -320,7 +320,9 @@ def check_peer_targets(rows: list[dict[str, Any]], refit: str = "refit-onnx") ->
     """Refit against the best peer in the same run: throughput at 32 and 64, p99 at 8 and 32,
     errors, and its share of the in-process limit."""
     cell = {(r["system"], r["concurrency"]): r for r in rows}
-    peers = sorted({r["system"] for r in rows} - {"limit", refit})
+    # Refit's variants (``refit-onnx:LABEL``) are measured beside it, not against it.
+    systems = {r["system"] for r in rows}
+    peers = sorted(s for s in systems if s != "limit" and not s.startswith("refit-"))
     lines = []
     for concurrency, key in ((32, "rps"), (64, "rps"), (8, "p99_ms"), (32, "p99_ms")):
         ours = cell.get((refit, concurrency))

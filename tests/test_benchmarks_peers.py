@@ -175,12 +175,13 @@ def test_serve_load_peers_smoke(served_home: Path, tmp_path: Path) -> None:
     from benchmarks import serve_load
 
     data = write_look_alike(tmp_path)
-    rows = serve_load.main(serve_peers_args(served_home, data, tmp_path, "naive-onnx"))
+    variant = ["--variant", "chunk1:REFIT_SERVE_CHUNK_SIZE=1"]  # Refit with other settings, beside it
+    rows = serve_load.main([*serve_peers_args(served_home, data, tmp_path, "naive-onnx"), *variant])
     assert json.loads((tmp_path / "serve_peers.json").read_text()) == rows
     assert all(set(row) == ROW_KEYS for row in rows)
     cells = {(row["system"], row["concurrency"]) for row in rows}
     assert cells == {("limit", 1), ("limit", 32)} | {
-        (s, c) for s in ("refit-onnx", "naive-onnx") for c in (1, 32)
+        (s, c) for s in ("refit-onnx", "refit-onnx:chunk1", "naive-onnx") for c in (1, 32)
     }
     assert all(row["rps"] > 0 and row["errors"] == 0 for row in rows)
     report = (tmp_path / "serve_peers.md").read_text()
@@ -227,6 +228,7 @@ def test_peer_targets_compare_refit_with_the_best_peer() -> None:
         + [row("refit-onnx", c, 400, 100) for c in (8, 32, 64)]
         + [row("mosec", c, 450, 90) for c in (8, 32, 64)]
         + [row("litserve", c, 300, 200) for c in (8, 32, 64)]
+        + [row("refit-onnx:variant", c, 900, 10) for c in (8, 32, 64)]  # not a peer
     )
     assert winners == {32: "2x1", 64: "1x2"}
     assert [(r["concurrency"], r["rps"]) for r in rows if r["system"] == "limit"] == [(32, 600), (64, 520)]
