@@ -76,11 +76,11 @@ def load_dataset(
     group_column: str | None = None,
     *,
     group_required: bool = True,
-    test_file: bool = False,
+    is_test_file: bool = False,
 ) -> pd.DataFrame:
     """Load and validate labelled texts into a frame with columns ``text`` and ``label`` (and
-    ``group`` from ``group_column``, when given and present). ``test_file``: the file is the test
-    data of training data read with these columns (a missing one is named as such).
+    ``group`` from ``group_column``, when given and present). ``is_test_file``: the file is the
+    test data of training data read with these columns (a missing one is named as such).
 
     Raises:
         DataError: a missing column (the group column only when ``group_required``), empty texts,
@@ -93,7 +93,7 @@ def load_dataset(
         hint = (
             f"Hint: a test file needs the training data's columns ({text_column!r}, {label_column!r}); "
             "rename its columns."
-            if test_file
+            if is_test_file
             else "Hint: set text_column / label_column / group_column (--text-column / --label-column / "
             "--set group_column=...)."
         )

@@ -66,7 +66,7 @@ class TextModality:
         cfg = self.config
         columns = (cfg.text_column, cfg.label_column, cfg.group_column)
         frame = load_dataset(data, *columns)  # first: its columns are the ones to fix first
-        held_out = load_dataset(test, *columns, group_required=False, test_file=True) if test else None
+        held_out = load_dataset(test, *columns, group_required=False, is_test_file=True) if test else None
         return frame, held_out
 
     def load_unlabelled(self, data: Path) -> pd.DataFrame:

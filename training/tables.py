@@ -61,10 +61,12 @@ def detect_delimiter(path: Path) -> str:
 
 
 def read_json_records(path: Path) -> pd.DataFrame:
-    """A JSON array of objects, or JSON lines (one object per line; blank lines skipped), as a frame.
+    """A JSON array of objects, an object wrapping one such array, or JSON lines (one object per
+    line; blank lines skipped), as a frame.
 
     Raises:
-        DataError: text that is not JSON (named by its line), or a record that is not an object.
+        DataError: text that is not JSON (named by its line), a record that is not an object, or
+            an object wrapping several arrays of records.
         UnicodeDecodeError: the file is not UTF-8.
     """
     text = path.read_text(encoding="utf-8-sig")
@@ -123,7 +125,7 @@ def _unwrap_records(document: dict[str, object], path: Path, expected: str) -> l
 
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV (comma, semicolon, tab or ``|`` separated, as its header row shows), TSV, JSON
-    (lines or an array of objects) or Parquet file with every column as found.
+    (lines, an array of objects, or an object wrapping one) or Parquet file with every column as found.
 
     Raises:
         DataError: the file is missing, of an unsupported type, not UTF-8, or unparsable.
