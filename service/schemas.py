@@ -96,8 +96,11 @@ def integer_as_label(value: Any) -> Any:
     return value
 
 
+MAX_LABEL_CHARS = 200
+# What the label's validators accept, stated once for the OpenAPI document (the Field's length
+# limits would otherwise describe the string branch only).
 LABEL_SCHEMA = {
-    "anyOf": [{"type": "string", "minLength": 1, "maxLength": 200}, {"type": "integer"}],
+    "anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS}, {"type": "integer"}],
     "description": "the true label (an integer stands for its digits: 3 for '3')",
 }
 
@@ -118,7 +121,7 @@ class FeedbackRequest(BaseModel):
 
     label: Annotated[
         str, BeforeValidator(integer_as_label), AfterValidator(check_unicode), WithJsonSchema(LABEL_SCHEMA)
-    ] = Field(min_length=1, max_length=200)
+    ] = Field(min_length=1, max_length=MAX_LABEL_CHARS)
     request_id: str | None = Field(
         None, pattern=REQUEST_ID_PATTERN, description="request_id returned by /classify"
     )
