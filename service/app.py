@@ -190,38 +190,32 @@ class RefitClassifier:
         WORKER_STATUS.degraded = reason
         self.metrics.degraded.labels(self.settings.model).set(int(bool(reason)))
 
-    def _load(self, version: ModelVersion) -> LoadedModel:
+    def _load(self, version: ModelVersion, backend: str | None = None) -> LoadedModel:
         from service.predictor import load_model
 
         # The guard reads and checks requests by what the served model classifies.
         WORKER_STATUS.modality = str(version.manifest.get("modality", "text"))
         return load_model(
             version,
-            self.backend,
+            backend or self.backend,
             self.device,
             self.threads,
             self.settings.top_k,
             self.settings.chunk_size,
             abstain=self.settings.abstain,
+            max_padding=self.settings.max_padding,
         )
 
     def _load_pinned(self, version: ModelVersion) -> LoadedModel:
-        from service.predictor import load_model
         from training.onnx_files import read_export_record
 
         # A version without an ONNX export is served by torch: exporting it would write into the
         # registry on behalf of whoever sent the request.
         record = read_export_record(version)
         if self.backend == "onnx-int8" and record is not None and "int8" not in record:
-            return load_model(
-                version, "onnx", self.device, self.threads, self.settings.top_k, self.settings.chunk_size,
-                abstain=self.settings.abstain,
-            )  # fmt: skip
+            return self._load(version, "onnx")
         if self.backend in ("onnx", "onnx-int8") and record is None:
-            return load_model(
-                version, "torch", self.device, self.threads, self.settings.top_k, self.settings.chunk_size,
-                abstain=self.settings.abstain,
-            )  # fmt: skip
+            return self._load(version, "torch")
         return self._load(version)
 
     def _settle_heap(self) -> None:

@@ -38,6 +38,19 @@ class Encoded:
     arrays: dict[str, np.ndarray]
     truncated: np.ndarray  # (n,) bool: the text had more tokens than the model's maximum
 
+    def sizes(self) -> np.ndarray:
+        """What a model call's cost grows with, per input: its tokens; 1 for an image."""
+        mask = self.arrays.get("attention_mask")
+        return mask.sum(axis=1) if mask is not None else np.ones(len(self.truncated), dtype=np.int64)
+
+    def take(self, rows: np.ndarray) -> Encoded:
+        """The inputs at ``rows``, texts padded only to the longest of them."""
+        arrays = {name: array[rows] for name, array in self.arrays.items()}
+        if "attention_mask" in arrays:
+            width = int(arrays["attention_mask"].sum(axis=1).max()) if len(rows) else 0
+            arrays = {name: array[:, :width] for name, array in arrays.items()}
+        return Encoded(arrays, self.truncated[rows])
+
 
 def encode_inputs(processor: Processor, inputs: list[Any]) -> Encoded:
     """The processor's model inputs for ``inputs`` (texts, or image bytes already checked)."""

@@ -48,10 +48,35 @@ class CallPool:
 SEQUENTIAL = CallPool(1)
 
 
-def split_order(order: np.ndarray, chunk_size: int, calls: int) -> list[np.ndarray]:
-    """Contiguous parts of ``order`` (input indices sorted by length): at most ``chunk_size`` each,
-    and at least ``calls`` parts when there are as many inputs, so that every call has work."""
-    if not len(order):
-        return []
-    parts = max(-(-len(order) // chunk_size), min(calls, len(order)))
-    return np.array_split(order, parts)
+def split_batch(
+    sizes: np.ndarray, chunk_size: int, calls: int, max_padding: float | None
+) -> list[np.ndarray]:
+    """The model calls for one batch: index arrays, each of inputs of similar size.
+
+    Inputs are sorted by size (tokens) and cut where the next input would make a run's padding
+    exceed ``max_padding`` of its real tokens: on a CPU a padded token costs as much as a real
+    one, and 8 texts taken in arrival order carried 1.7 tokens per real one on BANKING77. Each
+    run is then split evenly into parts of at most ``chunk_size``, the widest runs into more parts
+    until there are ``calls`` (when there are as many inputs), so that every call has work.
+
+    Args:
+        sizes: (n,) each input's size, as :meth:`service.backends.Encoded.sizes` gives it.
+        chunk_size: inputs per part, at most.
+        calls: parts to make at least (the model calls that run at once).
+        max_padding: padded tokens over real ones a run may add; None: no limit.
+    """
+    order = np.argsort(sizes, kind="stable")
+    runs: list[np.ndarray] = []
+    start, total = 0, 0
+    for end, index in enumerate(order):
+        total += int(sizes[index])
+        if max_padding is not None and (end + 1 - start) * sizes[index] > (1 + max_padding) * total:
+            runs.append(order[start:end])
+            start, total = end, int(sizes[index])
+    if len(order):
+        runs.append(order[start:])
+    counts = [-(-len(run) // chunk_size) for run in runs]
+    while sum(counts) < min(calls, len(order)):
+        widest = max(range(len(runs)), key=lambda i: len(runs[i]) / counts[i])
+        counts[widest] += 1
+    return [part for run, count in zip(runs, counts, strict=True) for part in np.array_split(run, count)]

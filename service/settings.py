@@ -45,6 +45,9 @@ class ServeSettings(ServedModelSettings):
     max_latency_ms: int = Field(1000, ge=1)  # batching SLO: predicted to exceed it -> 503
     batch_wait: Literal["greedy", "adaptive"] = "greedy"  # see service/bentoml_patches.py
     chunk_size: int = Field(0, ge=0)  # texts per model call after length sorting; 0: 8 on CPU, 64 on CUDA
+    # padded tokens over real ones a model call may add (service/call_pool.py); None: 0.1 on CPU,
+    # no limit on CUDA
+    max_padding: float | None = Field(None, ge=0)
     max_texts: int = Field(64, ge=1)  # texts per /classify request
     max_chars: int = Field(4000, ge=1)  # characters per text; longer is a 4xx, not a silent cut
     max_body_bytes: int = Field(1_000_000, ge=1024)  # request bodies over this get a 413

@@ -16,7 +16,7 @@ import pytest
 
 from service.backends import encode_texts
 from service.balance import ConnectionBalance
-from service.call_pool import CallPool, split_order
+from service.call_pool import CallPool, split_batch
 from service.guard import RequestGuard
 from service.heap import freeze_heap
 from service.model_holder import ModelHolder
@@ -347,14 +347,28 @@ def test_the_visible_character_rule_is_the_unicode_categories_it_names() -> None
 
 
 def test_parts_of_a_batch_cover_every_input_once_and_give_each_call_work() -> None:
-    order = np.argsort(np.arange(20)[::-1])
-    for calls, sizes in ((1, [7, 7, 6]), (2, [7, 7, 6]), (4, [5, 5, 5, 5])):
-        parts = split_order(order, chunk_size=8, calls=calls)
-        assert [len(p) for p in parts] == sizes
+    sizes = np.arange(20)[::-1] + 100  # within 10% of each other: one run, cut by chunk_size alone
+    order = np.argsort(sizes, kind="stable")
+    for calls, lengths in ((1, [7, 7, 6]), (2, [7, 7, 6]), (4, [5, 5, 5, 5])):
+        parts = split_batch(sizes, chunk_size=8, calls=calls, max_padding=0.1)
+        assert [len(p) for p in parts] == lengths
         assert np.array_equal(np.concatenate(parts), order)
-    assert [len(p) for p in split_order(order[:5], chunk_size=8, calls=2)] == [3, 2]
-    assert [len(p) for p in split_order(order[:1], chunk_size=8, calls=2)] == [1]
-    assert split_order(order[:0], chunk_size=8, calls=2) == []
+    assert [len(p) for p in split_batch(sizes[:5], chunk_size=8, calls=2, max_padding=0.1)] == [3, 2]
+    assert [len(p) for p in split_batch(sizes[:1], chunk_size=8, calls=2, max_padding=0.1)] == [1]
+    assert split_batch(sizes[:0], chunk_size=8, calls=2, max_padding=0.1) == []
+
+
+def test_a_batch_is_cut_where_padding_would_exceed_its_limit() -> None:
+    sizes = np.array([10, 40, 11, 10, 12, 41, 10])  # tokens: short texts and two long ones
+    parts = split_batch(sizes, chunk_size=8, calls=1, max_padding=0.1)
+    assert [sorted(sizes[p].tolist()) for p in parts] == [[10, 10, 10, 11], [12], [40, 41]]
+    for part in parts:
+        assert len(part) * sizes[part].max() <= 1.1 * sizes[part].sum()
+    # Without a limit (a GPU's default), the sorted batch is one call.
+    assert [len(p) for p in split_batch(sizes, chunk_size=8, calls=1, max_padding=None)] == [7]
+    # More calls than runs: the widest run is split, so that both calls have work.
+    short = sizes[[0, 2, 3, 6]]
+    assert [len(p) for p in split_batch(short, chunk_size=8, calls=2, max_padding=0.1)] == [2, 2]
 
 
 def test_calls_side_by_side_answer_as_one_call_at_a_time(served_home: Path) -> None:
@@ -368,6 +382,30 @@ def test_calls_side_by_side_answer_as_one_call_at_a_time(served_home: Path) -> N
     alone = model.classify(texts)
     assert [p.label for p in together] == [p.label for p in alone]
     assert np.allclose([p.probabilities for p in together], [p.probabilities for p in alone], atol=1e-6)
+
+
+def test_texts_cut_by_padding_answer_as_each_text_alone(served_home: Path) -> None:
+    model = load_model(ModelRegistry(served_home).get("tiny:production"), "onnx", "cpu", 1, 3)
+    assert model.max_padding == 0.1  # the CPU default
+    texts = [f"reset my password number {i} " * (1 + i % 5) for i in range(23)]
+    batched = model.classify(texts)
+    alone = [model.classify([text])[0] for text in texts]
+    assert np.allclose([p.probabilities for p in batched], [p.probabilities for p in alone], atol=1e-5)
+
+
+def test_encoded_rows_are_padded_only_to_their_longest() -> None:
+    from service.backends import Encoded
+
+    mask = np.array([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    encoded = Encoded({"input_ids": mask * 7, "attention_mask": mask}, np.array([False, True, False]))
+    assert encoded.sizes().tolist() == [2, 5, 3]
+    part = encoded.take(np.array([2, 0]))
+    assert part.arrays["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert part.arrays["input_ids"].shape == (2, 3)
+    assert part.truncated.tolist() == [False, False]
+    images = Encoded({"pixel_values": np.zeros((3, 3, 4, 4), np.float32)}, np.zeros(3, bool))
+    assert images.sizes().tolist() == [1, 1, 1]
+    assert images.take(np.array([1])).arrays["pixel_values"].shape == (1, 3, 4, 4)
 
 
 def test_a_worker_runs_a_call_per_core_on_cpu_and_one_on_a_gpu() -> None:

@@ -68,7 +68,9 @@ def load_open_set(directory: Path) -> tuple[OpenSet, np.ndarray] | None:
     if not path.is_file():
         return None
     calibration = OpenSet(**json.loads(path.read_text(encoding="utf-8")))
-    return calibration, unit_rows(np.load(directory / REFERENCE_FILE))
+    # Stored column-major: the product with the queries (``queries @ reference.T``) then reads a
+    # row-major matrix, which took half the time for 2-64 queries (7,002 x 384, one thread).
+    return calibration, np.asfortranarray(unit_rows(np.load(directory / REFERENCE_FILE)))
 
 
 def fit_open_set(
