@@ -38,6 +38,7 @@ from service.model_holder import ModelHolder
 from service.openapi import complete_openapi, error_responses
 from service.schemas import (
     FeedbackRequest,
+    describe_unknown_label,
     describe_validation_errors,
     feedback_request_type,
     image_list_type,
@@ -316,11 +317,7 @@ class RefitClassifier:
         allowed = [*current.labels, *(x for x in dict.fromkeys(extra) if x not in current.labels)]
         if body.label not in allowed:
             return error(
-                422,
-                f"Unknown label {body.label!r}: expected one of the {len(allowed)} labels in "
-                f"'allowed_labels'. For a new label, run `refit models add-label {self.settings.model} "
-                f"{body.label}` (no restart needed) or set REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
-                allowed_labels=allowed,
+                422, describe_unknown_label(body.label, allowed, self.settings.model), allowed_labels=allowed
             )
         text = body.text
         if current.modality == "image":  # an image's label needs the logged image: by request_id

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from training.label_variants import matching_label
+
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"  # what /classify answers with (uuid4 hex)
 
 
@@ -154,3 +156,19 @@ def describe_validation_errors(errors: list[Any]) -> dict[str, Any]:
     ]
     summary = "; ".join(f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in detail)
     return {"error": f"Invalid request: {summary}", "detail": detail}
+
+
+def describe_unknown_label(label: str, allowed: list[str], model: str) -> str:
+    """The 422 message for a feedback label the model does not accept: the label it is another
+    spelling of, when there is one, else how to add a new label."""
+    same = matching_label(label, allowed)
+    if same is not None:
+        return (
+            f"Unknown label {label!r}: did you mean {same!r}? Labels are compared exactly; "
+            f"expected one of the {len(allowed)} labels in 'allowed_labels'."
+        )
+    return (
+        f"Unknown label {label!r}: expected one of the {len(allowed)} labels in 'allowed_labels'. "
+        f"For a new label, run `refit models add-label {model} {label}` (no restart needed) or set "
+        "REFIT_SERVE_FEEDBACK_EXTRA_LABELS."
+    )

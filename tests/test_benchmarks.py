@@ -133,6 +133,23 @@ def test_serve_load_smoke(banking_like: Path, served_home: Path, tmp_path: Path)
     assert "## Targets" in (tmp_path / "serve_load.md").read_text()
 
 
+def test_the_serving_limit_leaves_out_an_int8_export_not_kept(served_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from benchmarks import serve_load
+    from training.onnx_export import export_version
+    from training.registry import ModelRegistry
+
+    home = tmp_path / "home"
+    shutil.copytree(served_home, home)
+    version = ModelRegistry(home).get("tiny:production")
+    record = export_version(version, quantize=True)
+    record["int8"]["kept"] = False  # as when int8 lost more than a point of accuracy
+    (version.path / "onnx" / "export.json").write_text(json.dumps(record))
+    models = serve_load.load_limit_models(version)
+    assert "onnx" in models and "onnx-int8" not in models
+
+
 def test_serve_load_variants_name_extra_systems() -> None:
     from benchmarks import serve_load
 

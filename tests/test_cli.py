@@ -83,6 +83,17 @@ def test_a_test_file_without_the_training_columns_is_named_as_the_test_file(cli,
     assert "a test file needs the training data's columns ('review', 'stars'); rename its columns" in out
 
 
+def test_train_warns_of_a_label_written_two_ways(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "tickets.csv"
+    rows = tiny_rows()
+    rows.loc[rows.index[::4], "label"] = rows["label"].str.capitalize()  # 'Refund' beside 'refund'
+    rows.to_csv(data, index=False)
+    code, out = cli("train", str(data), "--strategy", "baseline", "--name", "tickets", train_flags=True)
+    assert code == 0, out
+    assert "written more than one way (case or separators), each spelling trained as a class" in out
+    assert "'refund' (" in out and "'Refund' (" in out
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

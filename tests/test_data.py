@@ -213,3 +213,25 @@ def test_fingerprint_ignores_row_order_and_whitespace_but_not_content() -> None:
     changed.loc[0, "label"] = "password"
     assert fingerprint_rows([frame]) != fingerprint_rows([changed])
     assert fingerprint_rows([frame]).startswith("sha256:")
+
+
+def test_labels_written_two_ways_are_found_by_case_and_separators() -> None:
+    from training.label_variants import describe_label_variants, find_label_variants, matching_label
+
+    labels = [
+        "account_locked",
+        "Account Locked",
+        "account-locked",
+        "refund",
+        "REFUND",
+        "shipping",
+        "ship ping",
+    ]
+    # Separators between words count as one; their absence does not ("ship ping" is not "shipping").
+    assert find_label_variants(labels) == [
+        ["account_locked", "Account Locked", "account-locked"],
+        ["refund", "REFUND"],
+    ]
+    assert matching_label("Refund", ["refund", "shipping"]) == "refund"
+    assert matching_label("refund", ["refund"]) is None  # the label itself is no other spelling
+    assert describe_label_variants({"refund": 30, "shipping": 20}) == ""

@@ -202,6 +202,7 @@ FEEDBACK_ERRORS = [
         "REFIT_SERVE_FEEDBACK_EXTRA_LABELS.",
     ),
     ({"text": "hi", "label": 7}, 422, "Unknown label '7': expected one of the 3 labels"),
+    ({"text": "hi", "label": "Refund"}, 422, "Unknown label 'Refund': did you mean 'refund'?"),
     ({"text": "hi", "label": True}, 400, "label: Input should be a valid string"),
     ({"text": "hi", "label": 2.5}, 400, "label: Input should be a valid string"),
     ({"request_id": "0" * 32, "label": "refund"}, 404, "Unknown request_id"),
@@ -256,6 +257,12 @@ def test_a_label_added_with_the_cli_is_accepted_without_a_restart(
     )
     assert code == 0 and "close_account" in out
     assert client.post("/feedback", json=body).status_code == 200
+    # Another spelling of a label the model has (or was given) would split its feedback in two.
+    for variant, same in (("Close-Account", "close_account"), ("Password", "password")):
+        code, out = run_cli(
+            ["models", "add-label", "tiny", variant, "--home", str(served_home)], capsys, monkeypatch
+        )
+        assert code == 2 and f"Refusing to add {variant!r}: it is {same!r} written another way" in out, out
     assert (
         "close_account"
         in client.post("/feedback", json={"text": "x", "label": "nope"}).json()["allowed_labels"]

@@ -18,7 +18,7 @@ import yaml
 from rich.table import Table
 
 from training.console import console, render_versions
-from training.errors import ConfigError, RefitError
+from training.errors import ConfigError, RefitError, RegistryError
 
 app = typer.Typer(help="Refit: transfer learning in production.", no_args_is_help=True)
 models_app = typer.Typer(
@@ -269,7 +269,19 @@ def add_label(
     home: HomeOption = None,
 ) -> None:
     """Accept feedback with new labels (a new intent) now, without restarting the service."""
-    accepted = _registry(home).add_feedback_labels(name, labels)
+    from training.artifacts import read_labels
+    from training.label_variants import matching_label
+
+    registry = _registry(home)
+    known = [*read_labels(registry.get(name)), *registry.feedback_labels(name)]
+    for label in labels:
+        same = matching_label(label, known)
+        if same is not None:
+            raise RegistryError(
+                f"Refusing to add {label!r}: it is {same!r} written another way (case or separators), "
+                f"a label {name} already has. Send feedback with {same!r}."
+            )
+    accepted = registry.add_feedback_labels(name, labels)
     console.print(f"feedback for {name} may now also carry: {', '.join(accepted)}")
 
 

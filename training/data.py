@@ -14,6 +14,7 @@ import pandas as pd
 
 from training.errors import DataError
 from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
+from training.label_variants import describe_label_variants
 from training.tables import read_table
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class DataReport:
     split_cost: str = ""  # what carving validation and test out of few rows per label costs
     shared_groups: int = 0  # test rows of a group (group_column) that also has training rows
     group_notes: list[str] = field(default_factory=list)  # what keeping groups whole cost the splits
+    label_variants: str = ""  # labels written more than one way (training.label_variants)
 
     def warnings(self) -> list[str]:
         """Human-readable warnings for each non-zero finding."""
@@ -41,6 +43,8 @@ class DataReport:
             found.append(f"{self.duplicate_rows} duplicate rows (same text and label)")
         if self.conflicting_texts:
             found.append(f"{self.conflicting_texts} texts appear with more than one label")
+        if self.label_variants:
+            found.append(self.label_variants)
         if self.train_test_overlap:
             found.append(f"{self.train_test_overlap} test texts also appear in the training data")
         if self.shared_groups:
@@ -287,6 +291,7 @@ def split_frames(
         duplicate_rows=int(pd.DataFrame({"t": normalized, "l": data["label"]}).duplicated().sum()),
         conflicting_texts=int((data.assign(t=normalized).groupby("t")["label"].nunique() > 1).sum()),
         class_counts=class_counts,
+        label_variants=describe_label_variants(class_counts),
     )
     if test is not None:
         unknown = sorted(set(test["label"]) - set(class_counts))
