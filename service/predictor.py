@@ -105,10 +105,9 @@ class LoadedModel:
     def classify(self, inputs: list[Any], calls: CallPool = SEQUENTIAL) -> list[Prediction]:
         """Predictions for ``inputs`` (texts, or checked image bytes) in order.
 
-        Texts of similar length share a model call (``service.call_pool.split_batch``); the calls
-        run ``calls.size`` at once. Inputs
-        are encoded in this thread: a fast tokenizer shared between threads can refuse a call
-        ("Already borrowed").
+        Inputs are encoded once, in this thread (a fast tokenizer shared between threads can
+        refuse a call: "Already borrowed"); texts of similar length then share a model call
+        (``service.call_pool.split_batch``), and the calls run ``calls.size`` at once.
         """
         if not inputs:
             return []
