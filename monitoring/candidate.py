@@ -46,7 +46,8 @@ def train_candidate(
 ) -> str:
     """Run `refit train` on ``data`` in a child process; returns the new version.
 
-    With ``export``, the child also exports the version to ONNX when production has an export.
+    With ``export``, the child also exports the version to ONNX when production has an export,
+    and quantises it when production was quantised.
     ``test``: production's test split as ``text`` and ``label`` rows (for an image version,
     ``text`` holds the image files); by default read from production. ``overrides``: config
     values that replace production's (an adaptation's target file, its base strategy).
@@ -88,10 +89,12 @@ def train_candidate(
     )
     before = {v.version for v in registry.versions(production.name)}
     arguments = ["train", str(data_path), "--config", str(config_path), "--home", str(registry.home)]
-    if export and read_export_record(production) is not None:
+    record = read_export_record(production) if export else None
+    if record is not None:
         # A service on the ONNX backend would otherwise export the candidate itself when it is
-        # promoted: 20+ s of a swap spent on a serving machine (and its parity check) instead of here.
-        arguments.append("--export-onnx")
+        # promoted: 20+ s of a swap spent on a serving machine (and its parity check) instead of
+        # here; one on `onnx-int8` would quantise it there too, importing torch into a lean worker.
+        arguments.append("--quantize" if "int8" in record else "--export-onnx")
     run_refit(arguments, timeout_s, workdir / "retrain.log")
     new = [v.version for v in registry.versions(production.name) if v.version not in before]
     if not new:

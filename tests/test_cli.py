@@ -49,7 +49,7 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
 
     code, out = cli("models", "export", "tickets", "--quantize")
     assert code == 0 and "parity max |diff|" in out and "on the test split (" in out
-    assert "int8 (dynamic): accuracy" in out
+    assert "int8 (dynamic (per-channel weights)): accuracy" in out
 
     code, out = cli("models", "promote", "tickets:latest")
     assert code == 0 and "is now production" in out
@@ -62,6 +62,19 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 2 and "Refusing to delete" in out
     code, out = cli("models", "delete", "tickets:latest", "--yes")
     assert code == 0 and "deleted" in out
+
+
+def test_train_quantises_the_new_version_when_asked(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training.onnx_files import read_export_record
+    from training.registry import ModelRegistry
+
+    code, out = cli(
+        "train", str(tiny_csv), "--strategy", "head", "--name", "t", "--quantize", train_flags=True
+    )
+    assert code == 0, out
+    assert "exported to ONNX: parity" in out and "int8 (dynamic (per-channel weights)): accuracy" in out
+    record = read_export_record(ModelRegistry(tmp_path / "home").get("t:production"))
+    assert record is not None and "int8" in record
 
 
 def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 
 from training.artifacts import load_version_model
@@ -55,6 +56,24 @@ def test_int8_quantises_the_encoder_and_leaves_the_head_in_float(
     weight, bias = (t.detach().numpy() for t in (model.head.weight, model.head.bias))
     # The head reads the int8 encoder's embeddings in float: its logits are the float layer's.
     np.testing.assert_allclose(logits, embeddings @ weight.T + bias, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # a `refit train` child
+def test_a_retrain_child_is_quantised_when_production_was(
+    version: Any, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    from monitoring.candidate import train_candidate
+    from monitoring.retrain import read_rows
+
+    # A service on `onnx-int8` would otherwise quantise the candidate itself when it is promoted.
+    export_version(version, quantize=True)
+    rows = pd.concat([read_rows(version, s) for s in ("train", "validation")], ignore_index=True)
+    test = read_rows(version, "test")
+    child = train_candidate(
+        version, rows, registry, strategy="head", timeout_s=300, workdir=tmp_path, test=test
+    )
+    record = read_export_record(registry.get(f"{version.name}:{child}"))
+    assert record is not None and record["int8"]["method"] == "dynamic (per-channel weights)"
 
 
 def test_find_export_names_what_serves_and_nothing_before_it_is_made(

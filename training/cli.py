@@ -104,6 +104,12 @@ def train(
     export_onnx: Annotated[
         bool, typer.Option(help="Also export the new version to ONNX (with its parity check).")
     ] = False,
+    quantize: Annotated[
+        bool,
+        typer.Option(
+            help="Also an int8 export, as `refit models export --quantize` (implies --export-onnx)."
+        ),
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Fine-tune a model on DATA and register a new version."""
@@ -145,11 +151,12 @@ def train(
         from training.operating_point import describe_operating_point
 
         console.print(f"operating point: {describe_operating_point(point)}")
-    if export_onnx:
+    if export_onnx or quantize:
         from training.onnx_export import export_version
 
-        record = export_version(v)
+        record = export_version(v, quantize=quantize)
         console.print(f"exported to ONNX: parity max |diff| {record['parity_max_abs_diff']:.2e}")
+        _print_int8(record)
 
 
 @models_app.command("list")
@@ -243,13 +250,18 @@ def export_model(
         f"(tolerance {record['parity_tolerance']:.0e}), accuracy {record['accuracy']:.4f} "
         f"on the test split ({record['parity_rows']} rows)"
     )
-    if "int8" in record:
-        q = record["int8"]
-        kept = "kept" if q["kept"] else "[red]not kept[/]: it loses more than 1 point"
-        console.print(
-            f"int8 ({q['method']}): accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}) "
-            f"on the same rows, {q['size_mb']} MB vs {q['fp32_size_mb']} MB; {kept}"
-        )
+    _print_int8(record)
+
+
+def _print_int8(record: dict[str, Any]) -> None:
+    if "int8" not in record:
+        return
+    q = record["int8"]
+    kept = "kept" if q["kept"] else "[red]not kept[/]: it loses more than 1 point"
+    console.print(
+        f"int8 ({q['method']}): accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}) "
+        f"on the same rows, {q['size_mb']} MB vs {q['fp32_size_mb']} MB; {kept}"
+    )
 
 
 @models_app.command("allow-pin")
