@@ -94,6 +94,33 @@ def test_refit_train_on_a_folder_registers_an_image_version(
     assert code == 0 and "image" in out
 
 
+def test_a_folder_of_split_folders_is_refused_with_the_command_that_reads_it(
+    surfaces: Path,
+    tiny_vision_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The layout datasets ship in: data/train/<label>/..., data/test/<label>/...
+    data = tmp_path / "data"
+    for label in ("free", "scratch"):
+        images = sorted((surfaces / label).iterdir())
+        for split, part in (("train", images[:7]), ("test", images[7:])):
+            (data / split / label).mkdir(parents=True)
+            for image in part:
+                (data / split / label / image.name).symlink_to(image)
+    common = ["--base-model", str(tiny_vision_model), "--strategy", "head", "--home", str(tmp_path / "home")]
+    code, out = run_cli(["train", str(data), *common], capsys, monkeypatch)
+    assert code == 2
+    assert f"{data} holds split folders (test, train)" in " ".join(out.split())
+    assert "'test' and 'train' would be trained as the labels" in " ".join(out.split())
+    command = f"refit train {data / 'train'} --test-file {data / 'test'}"
+    assert command in " ".join(out.split())
+    code, out = run_cli([*command.split()[1:], *common], capsys, monkeypatch)
+    assert code == 0, out
+    assert "on the test set (file test, 6 rows" in " ".join(out.split())
+
+
 @pytest.mark.parametrize(
     ("strategy", "min_train_accuracy", "trainable"),
     [

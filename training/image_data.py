@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 _LISTED = 5
 # What file managers leave in folders (thumbnail caches, folder settings): never data.
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
+# Names datasets give their splits (`data/train/<label>/...`), never labels of their own.
+SPLIT_NAMES = frozenset(
+    {"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval", "holdout"}
+)
 
 
 def list_image_folder(root: Path) -> pd.DataFrame:
@@ -41,6 +45,7 @@ def list_image_folder(root: Path) -> pd.DataFrame:
             f"{len(loose)} image(s) directly inside ({', '.join(loose[:_LISTED])}). Expected "
             f"{root}/<label>/<image>, one folder per label, or a CSV with path and label columns."
         )
+    check_not_split_folders(root, folders)
     rows: list[tuple[str, str]] = []
     other: list[tuple[str, str]] = []
     for folder in folders:
@@ -55,6 +60,44 @@ def list_image_folder(root: Path) -> pd.DataFrame:
             f"Expected suffixes {', '.join(SUFFIXES)}. Hint: move other files out of the class folders."
         )
     return pd.DataFrame(rows, columns=["path", "label"])
+
+
+def check_not_split_folders(root: Path, folders: list[Path]) -> None:
+    """Refuse ``root/train/<label>/...`` beside ``root/test/<label>/...``: read as class folders,
+    the splits would be trained as the labels (a model of `test` against `train`).
+
+    Raises:
+        DataError: every folder is named as a split and holds folders of its own.
+    """
+    names = [f.name for f in folders]
+    if not all(n.lower() in SPLIT_NAMES for n in names):
+        return
+    if not all(any(p.is_dir() and not p.name.startswith(".") for p in f.iterdir()) for f in folders):
+        return
+    test = next((n for n in names if n.lower() in ("test", "testing", "holdout", "eval")), None)
+    train = next((n for n in names if n.lower() in ("train", "training")), None)
+    hint = (
+        f"refit train {root / train} --test-file {root / test}"
+        if train and test
+        else f"refit train {root / (train or names[0])}"
+    )
+    others = [n for n in names if n not in (train, test)]
+    rest = (
+        f" Refit holds out its own validation rows from the training data; to train on "
+        f"{', '.join(others)} too, move its images into the same class folders of {train or names[0]}."
+        if others
+        else ""
+    )
+    raise DataError(
+        f"{root} holds split folders ({', '.join(names)}), each a folder of class folders: read as "
+        f"{root}/<label>/<image>, {_join(names)} would be trained as the labels. "
+        f"Train on the training split and test on the test split: {hint}.{rest}"
+    )
+
+
+def _join(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} and {quoted[-1]}"
 
 
 def list_image_table(csv: Path, image_column: str, label_column: str) -> pd.DataFrame:
