@@ -68,6 +68,12 @@ def drift(
         f"[bold]{settings.model}:{outcome.version}[/] window {result.window_size}: "
         f"[{'red' if result.drifted else 'green'}]{result.status}[/] (share {result.share:.2f})"
     )
+    if result.status == "insufficient_data":
+        window = f"the last {since}" if since else "the window"
+        console.print(
+            f"{result.window_size} predictions to test in {window}, fewer than min_window "
+            f"({settings.min_window}): no test was run. Widen --since, or wait for more traffic."
+        )
     if outcome.production and outcome.production != outcome.version:
         console.print(
             f"[red]production is {outcome.production}, but {outcome.version} answered the last logged "

@@ -117,6 +117,8 @@ def test_without_model_the_registrys_only_model_is_used(
     code, out = run_cli(["drift", "--home", str(served_home)], capsys, monkeypatch)
     assert code == 0, out
     assert "tiny:" in out and "insufficient_data" in out
+    # A new user's first check: how many there were, how many it takes, and what to do.
+    assert "fewer than min_window (100): no test was run. Widen --since" in " ".join(out.split())
 
 
 def test_without_model_a_registry_of_several_is_a_clear_error(
