@@ -409,7 +409,7 @@ def test_refit_train_spelling_names_a_lexicon_that_is_not_a_saved_corrector(
     lexicon.write_text('{"min_length": 3}', encoding="utf-8")
     args = [
         "train", str(tiny_csv), "--name", "tiny", "--base-model", str(tiny_base_model),
-        "--set", f"spelling_lexicon={lexicon}",
+        "--set", "max_length=16", "--set", f"spelling_lexicon={lexicon}",
     ]  # fmt: skip
     spelling = ["--strategy", "spelling", "--set", f"target_file={target}"]
     code, out = run_cli([*args, *spelling], capsys, monkeypatch)

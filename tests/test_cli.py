@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -105,6 +106,31 @@ def test_train_warns_of_a_label_written_two_ways(cli, tmp_path: Path) -> None:  
     assert code == 0, out
     assert "written more than one way (case or separators), each spelling trained as a class" in out
     assert "'refund' (" in out and "'Refund' (" in out
+
+
+def test_train_says_when_texts_are_cut(cli, tmp_path: Path, tiny_base_model: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "documents.csv"
+    rows = tiny_rows()
+    rows["text"] = (rows["text"] + " ") * 8  # 16-40 tokens a text; the tiny BERT reads at most 64
+    rows.to_csv(data, index=False)
+    common = ["--base-model", str(tiny_base_model), "--strategy", "baseline", "--name", "docs"]
+    code, out = cli("train", str(data), *common, "--set", "max_length=16", "--set", "profile_rows=10")
+    assert code == 0, out
+    said = " ".join(out.split())
+    assert "training texts (100%) are longer than max_length (16 tokens) and are read only up to it" in said
+    assert "what comes later in them is never seen. --set max_length=64 reads more" in said
+    # What the advice allows is what the encoder reads; beyond it, a clear refusal, not a traceback.
+    code, out = cli("train", str(data), *common, "--set", "max_length=100")
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert "max_length 100 is more than" in said and "its position embeddings stop at 64 tokens" in said
+    # The default (128), never asked for, becomes what the encoder reads, and the version records it.
+    code, out = cli("train", str(data), *common, "--set", "profile_rows=10")
+    assert code == 0, out
+    from training.registry import ModelRegistry
+
+    version = ModelRegistry(tmp_path / "home").get("docs:latest")
+    assert json.loads((version.path / "training_config.json").read_text())["max_length"] == 64
 
 
 @pytest.mark.parametrize(

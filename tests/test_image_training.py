@@ -18,7 +18,7 @@ from training.blobs import BlobStore
 from training.config import TrainingConfig
 from training.context import TrainContext
 from training.modality import ImageModality
-from training.pipeline import load_splits
+from training.pipeline import load_splits, seed_everything
 from training.registry import ModelRegistry
 from training.strategies import evaluate_split, run_strategy
 
@@ -122,25 +122,29 @@ def test_a_folder_of_split_folders_is_refused_with_the_command_that_reads_it(
 
 
 @pytest.mark.parametrize(
-    ("strategy", "min_train_accuracy", "trainable"),
+    ("strategy", "rate", "min_train_accuracy", "trainable"),
     [
-        # A random tiny encoder's frozen features separate these shapes only in part.
-        ("head", 0.6, lambda n: n == 32 * 4 + 4),
-        ("partial", 0.9, lambda n: 0 < n < 20_000),
-        ("lora", 0.9, lambda n: 0 < n < 10_000),
-        ("full", 0.9, lambda n: n > 20_000),  # at 1e-3: the shared 3e-3 overshoots every weight
+        # A random tiny encoder's frozen features separate these shapes only in part. The model
+        # kept is the best on 8 validation images, not the last: seeds 0, 1 and 42 put the others
+        # at 0.83-0.96 of the 24 training images (LoRA at 3e-3: 0.75-0.88).
+        ("head", 3e-3, 0.6, lambda n: n == 32 * 4 + 4),
+        ("partial", 3e-3, 0.8, lambda n: 0 < n < 20_000),
+        ("lora", 1e-2, 0.8, lambda n: 0 < n < 10_000),
+        ("full", 1e-3, 0.8, lambda n: n > 20_000),  # at 1e-3: the shared 3e-3 overshoots every weight
     ],
 )
-def test_every_strategy_memorises_tiny_surfaces(
+def test_every_strategy_learns_tiny_surfaces(
     image_config: Callable[..., TrainingConfig],
     surfaces: Path,
     tmp_path: Path,
     strategy: str,
+    rate: float,
     min_train_accuracy: float,
     trainable: Callable[[int], bool],
 ) -> None:
-    rate = 1e-3 if strategy == "full" else 3e-3
     config = image_config(strategy=strategy, partial_layers=1, learning_rate=rate)
+    # Seeded here, as `train_model` seeds: whatever ran before in this process leaves its state.
+    seed_everything(config.seed)
     ctx = _context(config, surfaces, tmp_path / "blobs")
     result = run_strategy(strategy, ctx)
     train = evaluate_split(result, ctx, "train")

@@ -35,6 +35,7 @@ class DataReport:
     shared_groups: int = 0  # test rows of a group (group_column) that also has training rows
     group_notes: list[str] = field(default_factory=list)  # what keeping groups whole cost the splits
     label_variants: str = ""  # labels written more than one way (training.label_variants)
+    truncated_texts: str = ""  # many texts longer than the model reads (training.truncation)
 
     def warnings(self) -> list[str]:
         """Human-readable warnings for each non-zero finding."""
@@ -45,6 +46,8 @@ class DataReport:
             found.append(f"{self.conflicting_texts} texts appear with more than one label")
         if self.label_variants:
             found.append(self.label_variants)
+        if self.truncated_texts:
+            found.append(self.truncated_texts)
         if self.train_test_overlap:
             found.append(f"{self.train_test_overlap} test texts also appear in the training data")
         if self.shared_groups:

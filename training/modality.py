@@ -8,6 +8,7 @@ modality=image``), and never when the data says it (a folder of class folders is
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +22,8 @@ from training.data import load_dataset, load_unlabelled_texts
 from training.images import ImageLimits
 from training.processors import ImageProcessor, Processor, TextProcessor
 from training.tables import read_table
+
+logger = logging.getLogger(__name__)
 
 
 class Modality(Protocol):
@@ -48,6 +51,14 @@ class Modality(Protocol):
 
     def load_processor(self, base_model: str) -> Processor:
         """The processor that belongs to the pretrained encoder."""
+        ...
+
+    def describe_truncation(self, processor: Processor, frame: pd.DataFrame) -> str:
+        """A warning when ``processor`` reads only part of many of ``frame``'s inputs; else empty."""
+        ...
+
+    def settle(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` with what depends on the encoder made to fit it (see each modality)."""
         ...
 
 
@@ -89,6 +100,38 @@ class TextModality:
         from training.processors import load_tokenizer
 
         return TextProcessor(load_tokenizer(resolve_base_model(base_model)), self.config.max_length)
+
+    def settle(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` with ``max_length`` within what its encoder reads: a default beyond it
+        becomes the encoder's limit; a ``max_length`` asked for beyond it is refused.
+
+        Raises:
+            ConfigError: ``max_length`` was set to more than the encoder reads.
+        """
+        from training.model import resolve_base_model
+        from training.processors import load_tokenizer
+        from training.truncation import check_max_length, encoder_max_tokens
+
+        name = config.base_model or self.default_base_model
+        path = resolve_base_model(name)
+        limit = encoder_max_tokens(load_tokenizer(path), path)
+        if limit is None or config.max_length <= limit:
+            return config
+        if "max_length" in config.model_fields_set:
+            check_max_length(config.max_length, limit, name)
+        logger.info("%s reads at most %d tokens: max_length %d -> %d", name, limit, config.max_length, limit)
+        return config.model_copy(update={"max_length": limit})
+
+    def describe_truncation(self, processor: Processor, frame: pd.DataFrame) -> str:
+        """A warning when many of ``frame``'s texts are longer than ``processor`` reads."""
+        from training.model import resolve_base_model
+        from training.truncation import describe_truncation, encoder_max_tokens
+
+        if not isinstance(processor, TextProcessor):
+            return ""
+        name = self.config.base_model or self.default_base_model
+        limit = encoder_max_tokens(processor.tokenizer, resolve_base_model(name))
+        return describe_truncation(processor, self.inputs(frame), limit, name, self.config.seed)
 
 
 @dataclass
@@ -134,6 +177,14 @@ class ImageModality:
     def inputs(self, frame: pd.DataFrame) -> list[Any]:
         """Paths of the stored images (the bytes the content keys name)."""
         return [self.store.path(key) for key in frame["image"]]
+
+    def describe_truncation(self, processor: Processor, frame: pd.DataFrame) -> str:
+        """Nothing: an image is resized whole, never cut."""
+        return ""
+
+    def settle(self, config: TrainingConfig) -> TrainingConfig:
+        """``config`` as it is: nothing in it depends on the encoder."""
+        return config
 
     def load_encoder(self, base_model: str) -> nn.Module:
         """An EfficientNet-Lite or HF vision encoder with global average pooling."""

@@ -96,14 +96,19 @@ def train_model(
         DataError: the data is unusable. ConfigError / ModelLoadError: see their messages.
     """
     registry = registry or ModelRegistry()
-    modality = create_modality(detect_modality(data_path, config), config, registry.home)
+    name = detect_modality(data_path, config)
+    modality = create_modality(name, config, registry.home)
     # The saved config names the modality and base model it ran with: a retrain reads them.
-    config = config.model_copy(
-        update={"modality": modality.name, "base_model": config.base_model or modality.default_base_model}
+    config = modality.settle(
+        config.model_copy(
+            update={"modality": modality.name, "base_model": config.base_model or modality.default_base_model}
+        )
     )
+    modality = create_modality(name, config, registry.home)  # reads the config as it will run
     splits = load_splits(data_path, config, modality)
     seed_everything(config.seed)
     ctx = TrainContext.create(config, splits, modality)
+    splits.report.truncated_texts = modality.describe_truncation(ctx.processor, splits.train)
     ladder: list[dict[str, Any]] = []
     if config.strategy == "auto":
         outcome = run_ladder(ctx, console or Console())
