@@ -108,6 +108,26 @@ def test_train_warns_of_a_label_written_two_ways(cli, tmp_path: Path) -> None:  
     assert "'refund' (" in out and "'Refund' (" in out
 
 
+def test_train_warns_of_labels_that_join_other_labels(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "tagged.csv"
+    rows = tiny_rows()
+    rows.loc[rows.index[::5], "label"] = "refund; password"  # a tags column read as one label
+    rows.to_csv(data, index=False)
+    code, out = cli("train", str(data), "--strategy", "baseline", "--name", "tagged", train_flags=True)
+    assert code == 0, out
+    said = " ".join(out.split())
+    assert "1 label(s) join other labels, each trained as a class of its own from its own rows only" in said
+    assert "'refund; password' (" in said and ") = 'refund' + 'password'." in said
+    assert "Refit answers one label per text" in said
+    # Combinations of one row each stop training; the error says why there are so many labels.
+    rows.loc[rows.index[0], "label"] = "shipping, refund"
+    rows.to_csv(data, index=False)
+    code, out = cli("train", str(data), "--strategy", "baseline", "--name", "tagged", train_flags=True)
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert "1 of them join other labels ('shipping, refund'): the label column holds several tags" in said
+
+
 def test_train_says_when_texts_are_cut(cli, tmp_path: Path, tiny_base_model: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "documents.csv"
     rows = tiny_rows()

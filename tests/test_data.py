@@ -235,3 +235,11 @@ def test_labels_written_two_ways_are_found_by_case_and_separators() -> None:
     assert matching_label("Refund", ["refund", "shipping"]) == "refund"
     assert matching_label("refund", ["refund"]) is None  # the label itself is no other spelling
     assert describe_label_variants({"refund": 30, "shipping": 20}) == ""
+
+
+def test_only_labels_made_of_other_labels_count_as_joined() -> None:
+    from training.label_combinations import find_label_combinations
+
+    labels = ["billing", "Refund", "billing;refund", "billing | shipping", "hardware/printer", "hardware"]
+    # 'shipping' is no label of its own; '/' names a class of a hierarchy, not two tags.
+    assert find_label_combinations(labels) == {"billing;refund": ["billing", "Refund"]}

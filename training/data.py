@@ -14,6 +14,7 @@ import pandas as pd
 
 from training.errors import DataError
 from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
+from training.label_combinations import describe_label_combinations, find_label_combinations
 from training.label_variants import describe_label_variants
 from training.tables import read_table
 
@@ -35,6 +36,7 @@ class DataReport:
     shared_groups: int = 0  # test rows of a group (group_column) that also has training rows
     group_notes: list[str] = field(default_factory=list)  # what keeping groups whole cost the splits
     label_variants: str = ""  # labels written more than one way (training.label_variants)
+    label_combinations: str = ""  # labels that join other labels (training.label_combinations)
     truncated_texts: str = ""  # many texts longer than the model reads (training.truncation)
 
     def warnings(self) -> list[str]:
@@ -46,6 +48,8 @@ class DataReport:
             found.append(f"{self.conflicting_texts} texts appear with more than one label")
         if self.label_variants:
             found.append(self.label_variants)
+        if self.label_combinations:
+            found.append(self.label_combinations)
         if self.truncated_texts:
             found.append(self.truncated_texts)
         if self.train_test_overlap:
@@ -172,9 +176,16 @@ def validate_classes(frame: pd.DataFrame, source: Path | str, min_examples: int 
     rare = counts[counts < min_examples]
     if len(rare):
         listed = ", ".join(f"{label!r} ({n})" for label, n in rare.items())
+        joined = [label for label in find_label_combinations(list(counts.index)) if label in rare.index]
+        tags = (
+            f" {len(joined)} of them join other labels ({joined[0]!r}): the label column holds several "
+            "tags per row, and Refit answers one label per text; keep each row's main tag."
+            if joined
+            else ""
+        )
         raise DataError(
             f"Label(s) with fewer than {min_examples} examples in {source}: {listed}. Expected at "
-            f"least {min_examples} examples per label so that it can be both learnt and evaluated. "
+            f"least {min_examples} examples per label so that it can be both learnt and evaluated.{tags} "
             "Hint: add examples, drop these labels, or give a separate test file."
         )
     return {str(k): int(v) for k, v in counts.items()}
@@ -295,6 +306,7 @@ def split_frames(
         conflicting_texts=int((data.assign(t=normalized).groupby("t")["label"].nunique() > 1).sum()),
         class_counts=class_counts,
         label_variants=describe_label_variants(class_counts),
+        label_combinations=describe_label_combinations(class_counts),
     )
     if test is not None:
         unknown = sorted(set(test["label"]) - set(class_counts))
