@@ -141,3 +141,18 @@ def test_refit_serve_refuses_to_start_with_nothing_to_serve(served_home: Path, t
         output = " ".join((completed.stdout + completed.stderr).split())
         assert completed.returncode == 2, output
         assert expected in output and "Serving" not in output, output
+
+
+def test_refit_serve_refuses_a_port_in_use(served_home: Path) -> None:
+    # Grafana, another Refit server, a forgotten demo: port 3000 is often taken.
+    refit = str(Path(sys.executable).parent / "refit")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = [refit, "serve", "--home", str(served_home), "--port", str(port)]
+        completed = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    output = " ".join((completed.stdout + completed.stderr).split())
+    assert completed.returncode == 2, output
+    assert f"Cannot listen on 127.0.0.1:{port}: another process listens there" in output
+    assert "Serving" not in output and "Traceback" not in output
