@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from training.console import console
+from training.listen import require_free_port
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Monitor settings file (YAML or TOML).")]
 ModelOption = Annotated[str | None, typer.Option("--model", help="Registry model name.")]
@@ -168,6 +169,8 @@ def monitor(
     logging.getLogger("monitoring").setLevel(logging.INFO)
     interval_s = None if interval is None else parse_seconds(interval, "s")
     settings = _settings(config, model, home, interval_s=interval_s, mode=mode, metrics_port=port)
+    if settings.metrics_port:
+        require_free_port(settings.metrics_host, settings.metrics_port, "pass --port (0: no metrics)")
     console.print(
         f"monitoring [bold]{settings.model}[/] every {settings.interval_s:.0f} s, mode {settings.mode}; "
         f"metrics on :{settings.metrics_port}/metrics; `evidently ui --workspace {settings.workspace_path}`"

@@ -12,6 +12,7 @@ import typer
 
 from training.console import console
 from training.errors import ConfigError
+from training.listen import require_free_port
 
 if TYPE_CHECKING:
     from service.settings import ServeSettings
@@ -75,7 +76,7 @@ def serve(
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
     refuse_open_exposure(settings)
     require_production(settings)
-    require_free_port(settings.host, settings.port)
+    require_free_port(settings.host, settings.port, "pass --port (or --host)")
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -106,31 +107,6 @@ def require_production(settings: ServeSettings) -> None:
             f"(`refit train DATA --home {settings.home}`), or pass --home where your models are."
         )
     registry.get(f"{settings.model}:production")
-
-
-def require_free_port(host: str, port: int) -> None:
-    """Refuse an address this process cannot listen on (another server holds the port, the host is
-    no address of this machine): `bentoml serve` would stop there with a page of traceback, after
-    the line announcing what it serves.
-
-    Raises:
-        ConfigError: binding ``host:port`` failed; the message says why.
-    """
-    import errno
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            busy = "another process listens there (another Refit server, or any service)"
-            why = busy if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise ConfigError(
-                f"Cannot listen on {host}:{port}: {why}. Expected a free port on an address of this "
-                "machine: pass --port (or --host), or stop what holds it."
-            ) from exc
 
 
 def refuse_open_exposure(settings: ServeSettings) -> None:

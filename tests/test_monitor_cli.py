@@ -133,3 +133,20 @@ def test_without_model_a_registry_of_several_is_a_clear_error(
     assert code == 2
     assert f"No model named and the registry {served_home} holds 2: other, tiny." in out
     assert "Pass --model NAME or set REFIT_MONITOR_MODEL." in out
+
+
+def test_monitor_refuses_a_metrics_port_in_use(
+    served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = ["monitor", "--home", str(served_home), "--port", str(port), "--interval", "1m"]
+        code, out = run_cli(args, capsys, monkeypatch)
+    said = " ".join(out.split())
+    assert code == 2, said
+    assert f"Cannot listen on 127.0.0.1:{port}: another process listens there" in said
+    assert "pass --port (0: no metrics)" in said and "monitoring tiny" not in said
