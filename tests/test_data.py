@@ -167,7 +167,11 @@ def test_a_utf_16_file_is_named_as_such_with_the_conversion_that_fixes_it(tmp_pa
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "data.xlsx"
     path.write_text("x")
-    with pytest.raises(DataError, match=r"Unsupported data file type '\.xlsx'"):
+    with pytest.raises(DataError, match=r"Unsupported data file type '\.xlsx'.* Hint: save it as CSV UTF-8"):
+        load_dataset(path)
+    path = tmp_path / "export.txt"
+    path.write_text("text,label\nhello,a\n")
+    with pytest.raises(DataError, match=r"'\.txt'.* Hint: if it holds comma- or tab-separated columns"):
         load_dataset(path)
 
 

@@ -123,6 +123,21 @@ def _unwrap_records(document: dict[str, object], path: Path, expected: str) -> l
     return next(iter(arrays.values()), [document])
 
 
+# What a spreadsheet or a text export needs to become a file Refit reads.
+_SPREADSHEET = (
+    " Hint: save it as CSV UTF-8 (Excel: File > Save As > CSV UTF-8; LibreOffice: Save As > Text CSV)."
+)
+_SUFFIX_HINTS = {
+    ".xlsx": _SPREADSHEET,
+    ".xls": _SPREADSHEET,
+    ".xlsm": _SPREADSHEET,
+    ".ods": _SPREADSHEET,
+    ".numbers": " Hint: export it as CSV (Numbers: File > Export To > CSV, Unicode UTF-8).",
+    ".txt": " Hint: if it holds comma- or tab-separated columns with a header row, name it .csv or .tsv.",
+    "": " Hint: name it by its format (.csv, .tsv, .jsonl, .json or .parquet).",
+}
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV (comma, semicolon, tab or ``|`` separated, as its header row shows), TSV, JSON
     (lines, an array of objects, or an object wrapping one) or Parquet file with every column as found.
@@ -140,6 +155,7 @@ def read_table(path: Path) -> pd.DataFrame:
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
             f"Unsupported data file type '{suffix}' for {path}; expected one of {SUPPORTED_SUFFIXES}."
+            + _SUFFIX_HINTS.get(suffix, "")
         )
     try:
         if suffix in (".csv", ".tsv"):
