@@ -128,6 +128,18 @@ def test_train_warns_of_labels_that_join_other_labels(cli, tmp_path: Path) -> No
     assert "1 of them join other labels ('shipping, refund'): the label column holds several tags" in said
 
 
+def test_train_warns_of_a_label_that_stands_for_none(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "export.csv"
+    rows = tiny_rows()
+    rows.loc[rows.index[::6], "label"] = "N/A"  # a database export's empty cells
+    rows.to_csv(data, index=False)
+    code, out = cli("train", str(data), "--strategy", "baseline", "--name", "export", train_flags=True)
+    assert code == 0, out
+    said = " ".join(out.split())
+    assert "label(s) 'N/A' (" in said and "rows) look like a missing label" in said
+    assert "If those rows have no label, drop them or label them" in said
+
+
 def test_train_says_when_texts_are_cut(cli, tmp_path: Path, tiny_base_model: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "documents.csv"
     rows = tiny_rows()

@@ -16,6 +16,7 @@ from training.errors import DataError
 from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
 from training.label_combinations import describe_label_combinations, find_label_combinations
 from training.label_variants import describe_label_variants
+from training.placeholder_labels import describe_placeholder_labels
 from training.tables import read_table
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class DataReport:
     group_notes: list[str] = field(default_factory=list)  # what keeping groups whole cost the splits
     label_variants: str = ""  # labels written more than one way (training.label_variants)
     label_combinations: str = ""  # labels that join other labels (training.label_combinations)
+    placeholder_labels: str = ""  # labels that stand for none, "N/A" (training.placeholder_labels)
     truncated_texts: str = ""  # many texts longer than the model reads (training.truncation)
 
     def warnings(self) -> list[str]:
@@ -50,6 +52,8 @@ class DataReport:
             found.append(self.label_variants)
         if self.label_combinations:
             found.append(self.label_combinations)
+        if self.placeholder_labels:
+            found.append(self.placeholder_labels)
         if self.truncated_texts:
             found.append(self.truncated_texts)
         if self.train_test_overlap:
@@ -307,6 +311,7 @@ def split_frames(
         class_counts=class_counts,
         label_variants=describe_label_variants(class_counts),
         label_combinations=describe_label_combinations(class_counts),
+        placeholder_labels=describe_placeholder_labels(class_counts),
     )
     if test is not None:
         unknown = sorted(set(test["label"]) - set(class_counts))
