@@ -77,6 +77,7 @@ def serve(
     refuse_open_exposure(settings)
     require_production(settings)
     require_free_port(settings.host, settings.port, "pass --port (or --host)")
+    prepare_export(settings)
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -87,6 +88,36 @@ def serve(
     # Become the server: a process manager's SIGTERM then reaches it (it drains and flushes the
     # inference log), and no child is left behind on the port.
     os.execve(command[0], command, env)
+
+
+def prepare_export(settings: ServeSettings) -> None:
+    """Export (on ``onnx-int8``, also quantise) the production version now, when its backend reads
+    an export it does not have yet.
+
+    Made here, once, before the workers start: a worker that makes it imports torch for the rest
+    of its life (a tiny model's workers held 535-730 MB instead of 290), and the server is not
+    ready until it is done. A version promoted later is exported by the monitor's retrain, or by
+    the worker that loads it.
+    """
+    from service.backends import resolve_backend
+
+    backend, _ = resolve_backend(settings.backend, settings.device)
+    if backend not in ("onnx", "onnx-int8"):
+        return
+    from training.onnx_files import QUANTIZED_FILE, find_export
+    from training.registry import ModelRegistry
+
+    version = ModelRegistry(settings.home).get(f"{settings.model}:production")
+    int8 = backend == "onnx-int8"
+    if find_export(version, int8=int8) is not None:
+        return
+    from training.onnx_export import ensure_export, ensure_int8_export
+
+    kind = "int8 ONNX export" if int8 else "ONNX export"
+    with console.status(f"{version.tag} has no {kind} yet: making it (once, with its checks)"):
+        path = ensure_int8_export(version) if int8 else ensure_export(version)
+    served = "" if path.name == QUANTIZED_FILE or not int8 else " (int8 lost too much accuracy: float serves)"
+    console.print(f"made the {kind} of {version.tag}: {path.relative_to(version.path)}{served}")
 
 
 def require_production(settings: ServeSettings) -> None:

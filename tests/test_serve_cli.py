@@ -17,7 +17,7 @@ import pytest
 
 from demo.processes import free_port
 from demo.traffic import Traffic, send_traffic
-from tests.helpers import SERVICE_LIMITS
+from tests.helpers import SERVICE_LIMITS, onnx_workers_and_torch
 
 pytestmark = pytest.mark.slow  # a real `refit serve` process
 
@@ -156,3 +156,25 @@ def test_refit_serve_refuses_a_port_in_use(served_home: Path) -> None:
     assert completed.returncode == 2, output
     assert f"Cannot listen on 127.0.0.1:{port}: another process listens there" in output
     assert "Serving" not in output and "Traceback" not in output
+
+
+def test_refit_serve_exports_the_production_version_before_its_workers_start(
+    served_home: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from training.registry import ModelRegistry
+
+    production = ModelRegistry(served_home).get("tiny:production")
+    shutil.rmtree(production.path / "onnx")  # trained without --export-onnx
+    port, log = free_port(), tmp_path / "serve.log"
+    process = start_refit_serve(served_home, port, log)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log)
+        assert f"made the ONNX export of {production.tag}: onnx/model.onnx" in log.read_text()
+        # A worker that exported would carry torch for its life.
+        workers, with_torch = onnx_workers_and_torch(process.pid)
+        assert workers and not with_torch, (workers, with_torch)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
