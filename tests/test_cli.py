@@ -78,6 +78,24 @@ def test_train_quantises_the_new_version_when_asked(cli, tiny_csv: Path, tmp_pat
     assert record is not None and "int8" in record
 
 
+def test_promote_exports_a_version_as_production_was(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training.onnx_files import read_export_record
+    from training.registry import ModelRegistry
+
+    for strategy, flags in (("head", ["--quantize"]), ("baseline", [])):
+        args = ("train", str(tiny_csv), "--strategy", strategy, "--name", "t", *flags)
+        code, out = cli(*args, train_flags=True)
+        assert code == 0, out
+    candidate = ModelRegistry(tmp_path / "home").get("t:candidate")
+    assert read_export_record(candidate) is None
+    # A service on onnx-int8 would otherwise quantise it in the worker that swaps to it.
+    code, out = cli("models", "promote", candidate.tag)
+    assert code == 0, out
+    assert f"exported and quantised {candidate.tag} as production was" in " ".join(out.split())
+    record = read_export_record(candidate)
+    assert record is not None and "int8" in record
+
+
 def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "tickets.csv"
     tiny_rows().to_csv(data, sep=";", index=False, encoding="utf-8-sig")

@@ -213,9 +213,15 @@ def show_model(
 @models_app.command("promote")
 def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home: HomeOption = None) -> None:
     """Make a version production once it loads and answers (the previous one is archived)."""
-    from training.promotion import promote_checked
+    from training.promotion import export_as_production, promote_checked
 
-    version = promote_checked(_registry(home), ref, reason="refit models promote")
+    registry = _registry(home)
+    target = registry.get(ref)
+    record = export_as_production(registry, target)
+    if record is not None:
+        made = " and quantised" if "int8" in record else ""
+        console.print(f"exported{made} {target.tag} as production was, for the services that follow it")
+    version = promote_checked(registry, ref, reason="refit models promote")
     console.print(f"[green]{version.tag} is now production[/]")
 
 

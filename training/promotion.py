@@ -9,6 +9,8 @@ test texts, with torch and, when it has one, with its ONNX export (whose logits 
 
 from __future__ import annotations
 
+from typing import Any
+
 from training.artifacts import ONNX_DIR, load_version_model, read_split, split_inputs
 from training.errors import ModelLoadError
 from training.inference import predict
@@ -46,6 +48,29 @@ def check_servable(version: ModelVersion) -> None:
             f"(max |logit diff| {gap:.2e} of the logits' scale, expected <= {PARITY_TOLERANCE:.0e}). "
             f"Re-export it: `refit models export {version.tag}`."
         )
+
+
+def export_as_production(registry: ModelRegistry, version: ModelVersion) -> dict[str, Any] | None:
+    """Export ``version`` (and quantise it) when the production version it would replace was, and
+    it was not; the export record, or None when nothing was made.
+
+    A service on ONNX would otherwise make the export in the worker that swaps to it, importing
+    torch there for that worker's life (see `refit serve`), while it serves.
+    """
+    from training.onnx_export import export_version
+    from training.onnx_files import read_export_record
+
+    if version.stage == "production":
+        return None
+    production = next((v for v in registry.versions(version.name) if v.stage == "production"), None)
+    theirs = read_export_record(production) if production is not None else None
+    if theirs is None:
+        return None
+    ours = read_export_record(version)
+    int8 = "int8" in theirs
+    if ours is not None and (not int8 or "int8" in ours):
+        return None
+    return export_version(version, quantize=int8)
 
 
 def promote_checked(registry: ModelRegistry, ref: str, reason: str = "") -> ModelVersion:
