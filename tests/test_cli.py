@@ -51,6 +51,10 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     code, out = cli("models", "export", "tickets", "--quantize")
     assert code == 0 and "parity max |diff|" in out and "on the test split (" in out
     assert "int8 (dynamic (per-channel weights)): accuracy" in out
+    code, out = cli("models", "show", "tickets")
+    said = " ".join(out.split())
+    assert code == 0 and "onnx/model.onnx: parity max |diff|" in said and "{'file'" not in said
+    assert "int8 (dynamic (per-channel weights)): accuracy" in said
 
     code, out = cli("models", "promote", "tickets:latest")
     assert code == 0 and "is now production" in out

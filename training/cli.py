@@ -205,7 +205,10 @@ def show_model(
         f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}",
     )
     table.add_row("test set", describe_test_set(version.manifest.get("test_set")))
-    table.add_row("onnx", str(read_export_record(version) or "not exported"))
+    record = read_export_record(version)
+    table.add_row("onnx", f"{record['file']}: {describe_export(record)}" if record else "not exported")
+    if record is not None:
+        table.add_row("int8", describe_int8(record) or "not quantised (`refit models export --quantize`)")
     table.add_row("path", str(version.path))
     console.print(table)
 
@@ -251,23 +254,35 @@ def export_model(
 
     version = _registry(home).get(ref)
     record = export_version(version, quantize=quantize)
-    console.print(
-        f"[green]exported[/] {version.tag}: parity max |diff| {record['parity_max_abs_diff']:.2e} "
-        f"(tolerance {record['parity_tolerance']:.0e}), accuracy {record['accuracy']:.4f} "
-        f"on the test split ({record['parity_rows']} rows)"
-    )
+    console.print(f"[green]exported[/] {version.tag}: {describe_export(record)}")
     _print_int8(record)
 
 
-def _print_int8(record: dict[str, Any]) -> None:
+def describe_export(record: dict[str, Any]) -> str:
+    """One line of an export record: parity against torch and accuracy on the test split."""
+    diff, tolerance = record["parity_max_abs_diff"], record["parity_tolerance"]
+    accuracy, rows = record["accuracy"], record["parity_rows"]
+    return (
+        f"parity max |diff| {diff:.2e} (tolerance {tolerance:.0e}), "
+        f"accuracy {accuracy:.4f} on the test split ({rows} rows)"
+    )
+
+
+def describe_int8(record: dict[str, Any]) -> str:
+    """One line of an export record's int8 model, or "" when it has none."""
     if "int8" not in record:
-        return
+        return ""
     q = record["int8"]
     kept = "kept" if q["kept"] else "[red]not kept[/]: it loses more than 1 point"
-    console.print(
+    return (
         f"int8 ({q['method']}): accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}) "
         f"on the same rows, {q['size_mb']} MB vs {q['fp32_size_mb']} MB; {kept}"
     )
+
+
+def _print_int8(record: dict[str, Any]) -> None:
+    if "int8" in record:
+        console.print(describe_int8(record))
 
 
 @models_app.command("allow-pin")
