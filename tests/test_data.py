@@ -164,6 +164,12 @@ def test_a_utf_16_file_is_named_as_such_with_the_conversion_that_fixes_it(tmp_pa
         load_dataset(path)
 
 
+def test_a_folder_where_a_table_is_expected_is_named_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "test" / "refund").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"test is a folder; expected a CSV, TSV, JSONL or Parquet file here"):
+        load_dataset(tmp_path / "test")
+
+
 def test_unsupported_extension(tmp_path: Path) -> None:
     path = tmp_path / "data.xlsx"
     path.write_text("x")

@@ -146,6 +146,12 @@ def read_table(path: Path) -> pd.DataFrame:
         DataError: the file is missing, of an unsupported type, not UTF-8, or unparsable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{path} is a folder; expected a CSV, TSV, JSONL or Parquet file here. A folder of class "
+            "folders is read as images when the training data is one (the training data decides the "
+            "modality)."
+        )
     if not path.is_file():
         raise DataError(
             f"Data file not found: {path}. Expected a CSV, TSV, JSONL or Parquet file. "
