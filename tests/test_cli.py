@@ -65,6 +65,8 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
 
     code, out = cli("models", "delete", "tickets:production", "--yes")
     assert code == 2 and "Refusing to delete" in out
+    code, out = cli("models", "delete", "tickets:production")  # refused before asking, not after
+    assert code == 2 and "Refusing to delete" in out and "?" not in out.split("Refusing")[0]
     code, out = cli("models", "delete", "tickets:latest", "--yes")
     assert code == 0 and "deleted" in out
 

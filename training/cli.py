@@ -326,7 +326,7 @@ def delete_model(
 ) -> None:
     """Delete a version (refused for the production version)."""
     registry = _registry(home)
-    version = registry.get(ref)
+    version = registry.deletable(ref)  # refused before the question, not after it
     if not yes:
         typer.confirm(f"Delete {version.tag} ({version.stage})?", abort=True)
     registry.delete(version.tag)

@@ -325,8 +325,8 @@ class ModelRegistry:
                 state.record("add_feedback_labels", ", ".join(added))
         return known + added
 
-    def delete(self, ref: str) -> None:
-        """Delete a version that is not in production.
+    def deletable(self, ref: str) -> ModelVersion:
+        """The version ``ref`` names, when it may be deleted.
 
         Raises:
             RegistryError: the version is production.
@@ -337,6 +337,15 @@ class ModelRegistry:
                 f"Refusing to delete {target.tag}: it is the production version. "
                 "Promote another version or roll back first."
             )
+        return target
+
+    def delete(self, ref: str) -> None:
+        """Delete a version that is not in production.
+
+        Raises:
+            RegistryError: the version is production.
+        """
+        target = self.deletable(ref)
         with self._locked_stages(target.name) as state:
             self.store.delete(target.tag)
             state.archived = [v for v in state.archived if v != target.version]
