@@ -152,6 +152,30 @@ def test_train_warns_of_labels_that_join_other_labels(cli, tmp_path: Path) -> No
     assert "1 of them join other labels ('shipping, refund'): the label column holds several tags" in said
 
 
+def test_a_json_tags_column_is_read_as_one_label_per_row_or_refused(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training.registry import ModelRegistry
+
+    data, rows = tmp_path / "tagged.jsonl", tiny_rows()
+    tags = [[label] for label in rows["label"]]  # an export's tags: a list per row
+
+    def write() -> None:
+        lines = [json.dumps({"text": t, "tags": g}) for t, g in zip(rows["text"], tags, strict=True)]
+        data.write_text("\n".join(lines) + "\n")
+
+    write()
+    args = ("train", str(data), "--label-column", "tags", "--strategy", "baseline", "--name", "tagged")
+    code, out = cli(*args, train_flags=True)
+    assert code == 0, out
+    labels = ModelRegistry(tmp_path / "home").get("tagged").manifest["labels"]
+    assert sorted(labels) == sorted(set(rows["label"]))  # a list of one is that label
+    tags[2] = ["refund", "shipping"]
+    write()
+    code, out = cli(*args, train_flags=True)
+    assert code == 2, out
+    assert "carry several labels in 'tags' (data rows 3; e.g. ['refund', 'shipping'])" in out
+    assert "Refit answers one label per text" in out
+
+
 def test_train_warns_of_a_label_that_stands_for_none(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "export.csv"
     rows = tiny_rows()

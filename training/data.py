@@ -14,7 +14,11 @@ import pandas as pd
 
 from training.errors import DataError
 from training.groups import GROUP, count_shared_groups, group_split, has_groups, read_groups
-from training.label_combinations import describe_label_combinations, find_label_combinations
+from training.label_combinations import (
+    describe_label_combinations,
+    find_label_combinations,
+    read_single_labels,
+)
 from training.label_variants import describe_label_variants
 from training.placeholder_labels import describe_placeholder_labels
 from training.tables import read_table
@@ -117,7 +121,10 @@ def load_dataset(
     frame = pd.DataFrame(
         {
             "text": raw[text_column].astype("string").fillna(""),
-            "label": raw[label_column].astype("string").fillna("").str.strip(),
+            "label": read_single_labels(raw[label_column], path, label_column)
+            .astype("string")
+            .fillna("")
+            .str.strip(),
         }
     )
     if group_column and group_column in raw.columns:
