@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from training.blobs import BlobStore
 from training.config import TrainingConfig
 from training.data import fingerprint_rows
 from training.errors import DataError
-from training.image_data import list_image_folder, load_image_dataset
+from training.image_data import list_image_folder, list_image_table, load_image_dataset
 from training.images import ImageError, ImageLimits, Preprocessing, decode_image, to_pixels
 from training.modality import ImageModality, detect_modality
 from training.pipeline import load_splits
@@ -120,6 +121,18 @@ def test_a_csv_keeps_other_columns_as_metadata(surfaces: Path, tmp_path: Path) -
         csv.unlink()
     assert set(splits.train["meta_lighting"]) == {"exp0", "exp1", "exp2"}
     assert splits.fingerprint.startswith("sha256:")
+
+
+def test_a_json_manifest_of_tag_lists_reads_one_label_a_row(surfaces: Path) -> None:
+    images = sorted(surfaces.rglob("*.png"))[:4]
+    manifest = surfaces.parent / "tags.jsonl"
+    lines = [json.dumps({"path": str(p), "tags": [p.parent.name]}) for p in images]
+    manifest.write_text("\n".join(lines) + "\n")
+    assert list(list_image_table(manifest, "path", "tags")["label"]) == [p.parent.name for p in images]
+    lines[1] = json.dumps({"path": str(images[1]), "tags": ["crack", "spot"]})
+    manifest.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"1 row\(s\) of .* carry several labels in 'tags' \(data rows 2;"):
+        list_image_table(manifest, "path", "tags")
 
 
 def test_a_non_image_file_in_a_class_folder_is_named(surfaces: Path, tmp_path: Path) -> None:

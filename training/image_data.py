@@ -16,6 +16,7 @@ from training.blobs import BlobStore, hash_bytes
 from training.errors import DataError
 from training.groups import GROUP, read_groups
 from training.images import SUFFIXES, ImageError, ImageLimits, decode_image
+from training.label_combinations import read_single_labels
 from training.progress import track_progress
 from training.tables import read_table
 
@@ -118,7 +119,11 @@ def list_image_table(csv: Path, image_column: str, label_column: str) -> pd.Data
     frame = pd.DataFrame(
         {
             "path": [str((csv.parent / str(p)).resolve()) for p in table[image_column]],
-            "label": table[label_column].astype("string").fillna("").str.strip().astype(str),
+            "label": read_single_labels(table[label_column], csv, label_column)
+            .astype("string")
+            .fillna("")
+            .str.strip()
+            .astype(str),
         }
     )
     unlabelled = frame.index[frame["label"].eq("")].tolist()
