@@ -119,6 +119,13 @@ def test_a_folder_of_split_folders_is_refused_with_the_command_that_reads_it(
     code, out = run_cli([*command.split()[1:], *common], capsys, monkeypatch)
     assert code == 0, out
     assert "on the test set (file test, 6 rows" in " ".join(out.split())
+    # A test split among the class folders would be a class named 'test'.
+    (data / "train" / "test").symlink_to(data / "test", target_is_directory=True)
+    code, out = run_cli(["train", str(data / "train"), *common], capsys, monkeypatch)
+    assert code == 2, out
+    said = " ".join(out.split())
+    assert f"{data / 'train' / 'test'} holds class folders of its own (free, scratch)" in said
+    assert "'test' would be trained as a label" in said
 
 
 @pytest.mark.parametrize(

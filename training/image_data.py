@@ -71,6 +71,7 @@ def check_not_split_folders(root: Path, folders: list[Path]) -> None:
         DataError: every folder is named as a split and holds folders of its own.
     """
     names = [f.name for f in folders]
+    check_no_split_beside_classes(root, folders)
     if not all(n.lower() in SPLIT_NAMES for n in names):
         return
     if not all(any(p.is_dir() and not p.name.startswith(".") for p in f.iterdir()) for f in folders):
@@ -94,6 +95,25 @@ def check_not_split_folders(root: Path, folders: list[Path]) -> None:
         f"{root}/<label>/<image>, {_join(names)} would be trained as the labels. "
         f"Train on the training split and test on the test split: {hint}.{rest}"
     )
+
+
+def check_no_split_beside_classes(root: Path, folders: list[Path]) -> None:
+    """Refuse a split folder among class folders (``root/cat``, ``root/dog``, ``root/test/cat``):
+    it would be trained as a label of its own.
+
+    Raises:
+        DataError: a folder named as a split holds folders named as the others.
+    """
+    labels = {f.name for f in folders}
+    for folder in folders:
+        inside = {p.name for p in folder.iterdir() if p.is_dir()}
+        shared = sorted(inside & labels)
+        if folder.name.lower() in SPLIT_NAMES and shared and folder.name not in inside:
+            raise DataError(
+                f"{folder} holds class folders of its own ({', '.join(shared)}): read as "
+                f"{root}/<label>/<image>, {folder.name!r} would be trained as a label. Move it out of "
+                f"{root} and pass it as the test data: refit train {root} --test-file <its new path>."
+            )
 
 
 def _join(names: list[str]) -> str:
