@@ -65,10 +65,12 @@ def list_image_folder(root: Path) -> pd.DataFrame:
 
 def check_not_split_folders(root: Path, folders: list[Path]) -> None:
     """Refuse ``root/train/<label>/...`` beside ``root/test/<label>/...``: read as class folders,
-    the splits would be trained as the labels (a model of `test` against `train`).
+    the splits would be trained as the labels (a model of `test` against `train`); and a split
+    folder among the class folders (see :func:`check_no_split_beside_classes`).
 
     Raises:
-        DataError: every folder is named as a split and holds folders of its own.
+        DataError: every folder is named as a split and holds folders of its own, or one split
+            folder holds folders named as the class folders beside it.
     """
     names = [f.name for f in folders]
     check_no_split_beside_classes(root, folders)
@@ -112,7 +114,8 @@ def check_no_split_beside_classes(root: Path, folders: list[Path]) -> None:
             raise DataError(
                 f"{folder} holds class folders of its own ({', '.join(shared)}): read as "
                 f"{root}/<label>/<image>, {folder.name!r} would be trained as a label. Move it out of "
-                f"{root} and pass it as the test data: refit train {root} --test-file <its new path>."
+                f"{root}; a test split is passed as the test data: refit train {root} --test-file "
+                "<its new path>."
             )
 
 
