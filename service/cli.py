@@ -16,6 +16,7 @@ from training.listen import require_free_port
 
 if TYPE_CHECKING:
     from service.settings import ServeSettings
+    from training.registry import ModelVersion
 
 SERVICE_IMPORT = "service.app:RefitClassifier"
 
@@ -75,9 +76,9 @@ def serve(
     }
     settings = load_serve_settings(config, overrides)  # a bad value fails here, with its reason
     refuse_open_exposure(settings)
-    require_production(settings)
+    production = require_production(settings)
     require_free_port(settings.host, settings.port, "pass --port (or --host)")
-    prepare_export(settings)
+    prepare_export(settings, production)
     overrides["model"] = settings.model  # the registry's only model when none was named
     env = {**os.environ, **settings_environment(config, overrides)}
     url = f"{settings.scheme}://{settings.host}:{settings.port}"
@@ -90,7 +91,7 @@ def serve(
     os.execve(command[0], command, env)
 
 
-def prepare_export(settings: ServeSettings) -> None:
+def prepare_export(settings: ServeSettings, version: ModelVersion) -> None:
     """Export (on ``onnx-int8``, also quantise) the production version now, when its backend reads
     an export it does not have yet.
 
@@ -106,9 +107,7 @@ def prepare_export(settings: ServeSettings) -> None:
     if backend not in ("onnx", "onnx-int8"):
         return
     from training.onnx_files import QUANTIZED_FILE, find_export
-    from training.registry import ModelRegistry
 
-    version = ModelRegistry(settings.home).get(f"{settings.model}:production")
     int8 = backend == "onnx-int8"
     if find_export(version, int8=int8) is not None:
         return
@@ -121,9 +120,9 @@ def prepare_export(settings: ServeSettings) -> None:
     console.print(f"made the {kind} of {version.tag}: {path.relative_to(version.path)}{served}")
 
 
-def require_production(settings: ServeSettings) -> None:
-    """Refuse to start a server with no production version to load: its workers would fail at
-    start-up and be restarted, a traceback each, for as long as it runs.
+def require_production(settings: ServeSettings) -> ModelVersion:
+    """The production version to serve; refuse to start a server without one: its workers would
+    fail at start-up and be restarted, a traceback each, for as long as it runs.
 
     Raises:
         ConfigError: the registry holds no model.
@@ -138,7 +137,7 @@ def require_production(settings: ServeSettings) -> None:
             f"The registry {settings.home} holds no model to serve. Train one first "
             f"(`refit train DATA --home {settings.home}`), or pass --home where your models are."
         )
-    registry.get(f"{settings.model}:production")
+    return registry.get(f"{settings.model}:production")
 
 
 def refuse_open_exposure(settings: ServeSettings) -> None:

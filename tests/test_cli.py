@@ -191,7 +191,7 @@ def test_train_warns_of_a_label_that_stands_for_none(cli, tmp_path: Path) -> Non
 def test_train_says_when_texts_are_cut(cli, tmp_path: Path, tiny_base_model: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "documents.csv"
     rows = tiny_rows()
-    rows["text"] = (rows["text"] + " ") * 8  # 16-40 tokens a text; the tiny BERT reads at most 64
+    rows["text"] = (rows["text"] + " ") * 8  # 26-42 tokens a text; the tiny BERT reads at most 64
     rows.to_csv(data, index=False)
     common = ["--base-model", str(tiny_base_model), "--strategy", "baseline", "--name", "docs"]
     code, out = cli("train", str(data), *common, "--set", "max_length=16", "--set", "profile_rows=10")

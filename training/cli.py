@@ -281,8 +281,9 @@ def describe_int8(record: dict[str, Any]) -> str:
 
 
 def _print_int8(record: dict[str, Any]) -> None:
-    if "int8" in record:
-        console.print(describe_int8(record))
+    line = describe_int8(record)
+    if line:
+        console.print(line)
 
 
 @models_app.command("allow-pin")

@@ -62,8 +62,7 @@ def export_as_production(registry: ModelRegistry, version: ModelVersion) -> dict
 
     if version.stage == "production":
         return None
-    production = next((v for v in registry.versions(version.name) if v.stage == "production"), None)
-    theirs = read_export_record(production) if production is not None else None
+    theirs = read_export_record(registry.get(f"{version.name}:production"))
     if theirs is None:
         return None
     ours = read_export_record(version)
