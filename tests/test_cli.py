@@ -102,6 +102,32 @@ def test_promote_exports_a_version_as_production_was(cli, tiny_csv: Path, tmp_pa
     assert record is not None and "int8" in record
 
 
+def test_rollback_exports_the_version_it_restores_as_production_was(  # type: ignore[no-untyped-def]
+    cli, tiny_csv: Path, tmp_path: Path
+) -> None:
+    from training.onnx_files import read_export_record
+    from training.registry import ModelRegistry
+
+    for strategy in ("head", "baseline"):
+        code, out = cli("train", str(tiny_csv), "--strategy", strategy, "--name", "t", train_flags=True)
+        assert code == 0, out
+    registry = ModelRegistry(tmp_path / "home")
+    earlier, later = registry.get("t:production"), registry.get("t:candidate")
+    code, out = cli("models", "promote", later.tag)
+    assert code == 0, out
+    code, out = cli("models", "export", later.tag, "--quantize")  # quantised once it served
+    assert code == 0, out
+    assert read_export_record(earlier) is None
+
+    code, out = cli("models", "rollback", "t")
+    assert code == 0, out
+    said = " ".join(out.split())
+    assert f"exported and quantised {earlier.tag} as production was" in said
+    assert f"rolled back: {earlier.tag} is production again" in said
+    record = read_export_record(earlier)
+    assert record is not None and "int8" in record
+
+
 def test_train_reads_a_semicolon_separated_spreadsheet_export(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "tickets.csv"
     tiny_rows().to_csv(data, sep=";", index=False, encoding="utf-8-sig")

@@ -213,6 +213,12 @@ def show_model(
     console.print(table)
 
 
+def _print_export_as_production(record: dict[str, Any] | None, tag: str) -> None:
+    if record is not None:
+        made = " and quantised" if "int8" in record else ""
+        console.print(f"exported{made} {tag} as production was, for the services that follow it")
+
+
 @models_app.command("promote")
 def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home: HomeOption = None) -> None:
     """Make a version production once it loads and answers (the previous one is archived)."""
@@ -220,10 +226,7 @@ def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home
 
     registry = _registry(home)
     target = registry.get(ref)
-    record = export_as_production(registry, target)
-    if record is not None:
-        made = " and quantised" if "int8" in record else ""
-        console.print(f"exported{made} {target.tag} as production was, for the services that follow it")
+    _print_export_as_production(export_as_production(registry, target), target.tag)
     version = promote_checked(registry, ref, reason="refit models promote")
     console.print(f"[green]{version.tag} is now production[/]")
 
@@ -231,9 +234,12 @@ def promote_model(ref: Annotated[str, typer.Argument(help="NAME:VERSION")], home
 @models_app.command("rollback")
 def rollback_model(name: Annotated[str, typer.Argument()], home: HomeOption = None) -> None:
     """Restore the previous production version."""
-    from training.promotion import rollback_checked
+    from training.promotion import export_as_production, rollback_checked
 
-    version = rollback_checked(_registry(home), name, reason="refit models rollback")
+    registry = _registry(home)
+    target = registry.rollback_target(name)
+    _print_export_as_production(export_as_production(registry, target), target.tag)
+    version = rollback_checked(registry, name, reason="refit models rollback")
     console.print(f"[green]rolled back: {version.tag} is production again[/]")
 
 

@@ -51,8 +51,8 @@ def check_servable(version: ModelVersion) -> None:
 
 
 def export_as_production(registry: ModelRegistry, version: ModelVersion) -> dict[str, Any] | None:
-    """Export ``version`` (and quantise it) when the production version it would replace was, and
-    it was not; the export record, or None when nothing was made.
+    """Export ``version`` (and quantise it) when the production version it would replace (by a
+    promotion or a rollback) was, and it was not; the export record, or None when nothing was made.
 
     A service on ONNX would otherwise make the export in the worker that swaps to it, importing
     torch there for that worker's life (see `refit serve`), while it serves.
