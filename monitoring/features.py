@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from training.images import IMAGE_DESCRIPTORS
+from training.probabilities import round_as_logged
 
 PREDICTION_COLUMNS = ("predicted_label", "confidence", "entropy")
 TEXT_COLUMNS = (
@@ -168,7 +169,11 @@ def text_descriptors(texts: Sequence[str], tokenizer: Any) -> pd.DataFrame:
 def build_features(
     space: FeatureSpace, rows: pd.DataFrame, probabilities: np.ndarray, embeddings: np.ndarray
 ) -> pd.DataFrame:
-    """All features of a set of predictions (``rows``: the profile's or the log window's), one row each."""
+    """All features of a set of predictions (``rows``: the profile's or the log window's), one row each.
+
+    Probabilities are read as the inference log rounds them, whichever side they come from.
+    """
+    probabilities = round_as_logged(probabilities)
     projected = (embeddings - space.mean) @ space.components.T
     frames = [
         prediction_features(probabilities, space.labels),

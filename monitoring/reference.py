@@ -45,7 +45,7 @@ from training.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4  # bump when what is cached changes
+CACHE_FORMAT = 5  # bump when what is cached changes
 
 
 class Encoder:

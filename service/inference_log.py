@@ -30,6 +30,7 @@ from service.inference_log_db import (
 )
 from training.blobs import BlobStore
 from training.images import ImageError, decode_image, describe_image
+from training.probabilities import round_as_logged
 
 if TYPE_CHECKING:
     from service.predictor import Prediction
@@ -62,7 +63,7 @@ def prediction_records(
             **({"text": "", IMAGE_FIELD: item} if isinstance(item, bytes) else {"text": item}),
             "label": p.label,
             "confidence": p.confidence,
-            "probabilities": [round(float(x), 6) for x in p.probabilities],
+            "probabilities": round_as_logged(p.probabilities).tolist(),
             "latency_ms": latency_ms,
             "truncated": p.truncated,
         }

@@ -436,3 +436,55 @@ def test_a_skipped_retrain_starts_no_cooldown(demo_home: dict[str, Any], home: P
     send(list(traffic(demo_home, "drift_new_intents")["text"]))
     wait_logged(monitor, 200)
     assert [monitor.run().decision.action for _ in range(2)] == ["retrain", "retrain"]
+
+
+def test_a_confident_model_s_unchanged_traffic_is_not_drift(
+    service_class: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its other classes' probabilities sit far below the log's 6 decimals: read as logged (0) beside
+    the reference's full values, every class probability of an unchanged stream was drift."""
+    import numpy as np
+    from starlette.testclient import TestClient
+
+    from training.artifacts import load_version_profile
+
+    rng = np.random.default_rng(0)
+    words = {label: [f"{label}{i}" for i in range(8)] for label in ("alpha", "bravo", "charlie", "delta")}
+
+    def rows(per_label: int) -> pd.DataFrame:
+        made = [
+            (" ".join(rng.choice(vocabulary, size=int(rng.integers(3, 7)))), label)
+            for label, vocabulary in words.items()
+            for _ in range(per_label)
+        ]
+        return pd.DataFrame(made, columns=["text", "label"])
+
+    rows(120).to_csv(tmp_path / "train.csv", index=False)
+    encoder = save_tiny_bert(tmp_path / "encoder", {w for vocabulary in words.values() for w in vocabulary})
+    home = tmp_path / "bentoml"
+    config = TrainingConfig(name="sharp", base_model=str(encoder), strategy="head")
+    version = train_model(tmp_path / "train.csv", config, registry=ModelRegistry(home)).version
+    assert version is not None
+    profiled = np.stack(load_version_profile(version)["probabilities"].to_numpy())
+    assert (profiled < 5e-7).mean() > 0.5, "the model is confident: most probabilities log as 0"
+
+    for key, value in {
+        **SERVICE_LIMITS,
+        "REFIT_SERVE_MODEL": "sharp",
+        "REFIT_SERVE_REGISTRY_HOME": str(home),
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("REFIT_SERVE_LOG_FLUSH_MS", "10")
+    texts = list(rows(50)["text"])
+    with TestClient(build_service_app(service_class)) as client:
+        for start in range(0, len(texts), 8):
+            response = client.post("/classify", json={"texts": texts[start : start + 8]})
+            assert response.status_code == 200, response.text
+    wait_logged(Monitor(settings_for(home, model="sharp")), len(texts))
+
+    code, out = run_cli(["drift", "--model", "sharp", "--home", str(home)], capsys, monkeypatch)
+    assert code == 0, out
+    assert f"window {len(texts)}: ok" in out, out[:1500]
