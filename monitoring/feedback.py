@@ -50,7 +50,7 @@ def merge_feedback(original: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def drop_seen_rows(seen: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """The ``rows`` whose text is not among the ``seen`` rows (a version's training data).
+    """The ``rows`` whose text is not among the ``seen`` rows (a version's training or test data).
 
     A refitted production version has learnt the gate rows of its own retrain; compared on them,
     it would win against any candidate.
@@ -82,22 +82,35 @@ class RetrainData:
     gate: pd.DataFrame  # held-out feedback production never trained on
     refit: pd.DataFrame  # feedback the refit trains on: all of it, rare new labels held back
     held_back: dict[str, int]  # new labels waiting for more rows, with their row counts
+    test_rows: int = 0  # feedback texts of the test split, left out
 
 
 def split_retrain_data(
-    original: pd.DataFrame, known: list[str], feedback: pd.DataFrame, holdout: float, min_examples: int
+    original: pd.DataFrame,
+    test: pd.DataFrame,
+    known: list[str],
+    feedback: pd.DataFrame,
+    holdout: float,
+    min_examples: int,
 ) -> RetrainData:
     """Split the feedback for the candidate, the gate and the refit of one retrain.
 
+    Feedback on a text of the test split is left out of all three: trained on, it would pass the
+    gate's test-split check on rows it had learnt and report test metrics it had seen (traffic
+    repeats short texts, and a test split is often drawn from past traffic).
+
     Args:
         original: the rows production trained on (its train and validation splits).
+        test: production's test split, which the gate and the new version's metrics read.
         known: production's labels.
         feedback: the feedback log's rows (``text``, ``label``), oldest first.
         holdout: share of the feedback texts kept for the gate.
         min_examples: rows a new label needs before it is trained on.
     """
-    train_part, gate_part = split_feedback(feedback, holdout)
+    rows = labelled_rows(feedback)
+    unseen = drop_seen_rows(test, rows)
+    train_part, gate_part = split_feedback(unseen, holdout)
     gate_part = drop_seen_rows(original, gate_part)
     train_rows, held_back = hold_back_rare_new_labels(train_part, known, min_examples)
     refit_rows, _ = hold_back_rare_new_labels(pd.concat([train_part, gate_part]), known, min_examples)
-    return RetrainData(original, train_rows, gate_part, refit_rows, held_back)
+    return RetrainData(original, train_rows, gate_part, refit_rows, held_back, len(rows) - len(unseen))

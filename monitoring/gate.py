@@ -189,6 +189,7 @@ class GateNumbers:
     feedback_train_rows: int
     feedback_gate_rows: int
     tolerance: float  # the largest test-accuracy drop allowed
+    feedback_test_rows: int = 0  # feedback on test-split texts: trained on by neither candidate nor refit
     held_back_labels: dict[str, int] = field(default_factory=dict)
     # Source -> {"rows", "production", "candidate"}: the gate rows of each source and both accuracies.
     per_source: dict[str, dict[str, float]] = field(default_factory=dict)

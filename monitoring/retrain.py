@@ -106,13 +106,21 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
             f"{'; '.join(trusted.findings) or 'none'}); at least {settings.min_feedback} needed"
         )
         return RetrainResult("skipped", reason, production.version)
+    test = read_rows(production, "test")
     data = split_retrain_data(
         original,
+        test,
         read_labels(production),
         trusted.kept,
         settings.feedback_holdout,
         settings.min_new_label_examples,
     )
+    if len(trusted.kept) - data.test_rows < settings.min_feedback:
+        reason = (
+            f"{len(trusted.kept) - data.test_rows} feedback labels besides the {data.test_rows} on texts "
+            f"of the test split (never trained on); at least {settings.min_feedback} needed"
+        )
+        return RetrainResult("skipped", reason, production.version)
     start = time.perf_counter()
     refit = settings.refit_with_gate_rows
     try:
@@ -121,7 +129,6 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     except RuntimeError as exc:
         logger.error("retrain of %s failed; production untouched: %s", production.tag, exc)
         return RetrainResult("failed", str(exc)[:2000], production.version)
-    test = read_rows(production, "test")
     numbers = measure_gate(production, candidate, test, data, settings)
     numbers.quarantined, numbers.capped = trusted.findings, capped
     decision = judge_candidate(numbers)
@@ -275,6 +282,7 @@ def measure_gate(
         candidate_feedback_accuracy=share(candidate_gate),
         feedback_train_rows=len(data.train),
         feedback_gate_rows=len(data.gate),
+        feedback_test_rows=data.test_rows,
         tolerance=settings.gate_tolerance,
         held_back_labels=data.held_back,
         per_source=per_source,

@@ -111,6 +111,30 @@ def test_refit_retrain_archives_the_candidate_its_gate_rejects(
     assert pinned.status_code == 403 and "allow-pin" in pinned.text, pinned.text
 
 
+def test_refit_retrain_trains_on_no_feedback_about_texts_of_the_test_split(
+    client: Any,
+    served_home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training.artifacts import read_split
+    from training.registry import ModelRegistry
+
+    # Traffic repeats short texts: labels sent for the test split's own texts would be trained on,
+    # and the gate's test-split check and the new version's test metrics would read learnt rows.
+    test = read_split(ModelRegistry(served_home).get("tiny:production"), "test")
+    for text, label in zip(test["text"], test["label"], strict=True):
+        assert client.post("/feedback", json={"text": text, "label": label}).status_code == 200
+    config = tmp_path / "monitor.yaml"
+    config.write_text("min_feedback: 1\nmetrics_port: 0\n")
+    args = ["retrain", "--model", "tiny", "--home", str(served_home), "--config", str(config)]
+    code, out = run_cli(args, capsys, monkeypatch)
+    texts = test["text"].nunique()
+    assert code == 0 and "retrain: skipped" in out, out
+    assert f"0 feedback labels besides the {texts} on texts of the test split (never trained on)" in out
+
+
 def test_without_model_the_registrys_only_model_is_used(
     served_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -189,8 +189,21 @@ def test_feedback_for_a_retrain_is_split_three_ways() -> None:
     original = pd.DataFrame({"text": ["seen one", "seen two"], "label": ["a", "b"]})
     texts = [f"feedback {i}" for i in range(60)] + ["seen one"]
     feedback = pd.DataFrame({"text": texts, "label": ["a", "b", "new"] * 20 + ["a"]})
-    data = split_retrain_data(original, ["a", "b"], feedback, holdout=0.3, min_examples=1)
+    test = pd.DataFrame({"text": ["tested one"], "label": ["a"]})
+    data = split_retrain_data(original, test, ["a", "b"], feedback, holdout=0.3, min_examples=1)
     gate, train, refit = set(data.gate["text"]), set(data.train["text"]), set(data.refit["text"])
     assert gate and train and not gate & train and refit == gate | train
     assert "seen one" not in gate  # production trained on it
+    assert data.test_rows == 0
+
+
+def test_feedback_on_a_test_text_is_trained_on_by_neither_the_candidate_nor_the_refit() -> None:
+    original = pd.DataFrame({"text": ["seen one"], "label": ["a"]})
+    test = pd.DataFrame({"text": ["Where is my card?", "tested two"], "label": ["a", "b"]})
+    texts = [f"feedback {i}" for i in range(40)] + ["Where is  my card? ", "tested two"]
+    feedback = pd.DataFrame({"text": texts, "label": ["a", "b"] * 21})
+    data = split_retrain_data(original, test, ["a", "b"], feedback, holdout=0.3, min_examples=1)
+    used = set(data.train["text"]) | set(data.gate["text"]) | set(data.refit["text"])
+    assert len(used) == 40 and not {t for t in used if not t.startswith("feedback")}
+    assert data.test_rows == 2  # compared as texts are: spacing aside
     assert data.held_back == {}
