@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -70,7 +71,8 @@ def start_scheduler(settings: MonitorSettings) -> Any:
 
     The job is added only when the store does not have it yet, so a restart keeps its schedule
     (and a run missed while the monitor was down runs once, coalesced); its settings and interval
-    are those of this start.
+    are those of this start. A new job checks at once: waiting an interval (5 minutes by
+    default) left the metrics without a drift gauge and the console silent.
     """
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -83,7 +85,12 @@ def start_scheduler(settings: MonitorSettings) -> Any:
     job = scheduler.get_job(job_id(settings.model))
     if job is None:
         scheduler.add_job(
-            scheduled_check, "interval", seconds=settings.interval_s, id=job_id(settings.model), args=args
+            scheduled_check,
+            "interval",
+            seconds=settings.interval_s,
+            id=job_id(settings.model),
+            args=args,
+            next_run_time=datetime.now(UTC),
         )
     else:
         scheduler.modify_job(job.id, func=scheduled_check, args=args)

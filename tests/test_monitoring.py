@@ -13,6 +13,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -322,9 +323,17 @@ def test_the_schedule_survives_a_restart(home: Path) -> None:
 
     settings = settings_for(home, interval_s=3600)
     Monitor(settings)  # creates the database
+    started = datetime.now(UTC)
     first = start_scheduler(settings)
+    engine = Monitor(settings).engine
+    for _ in range(400):  # a new job checks at once, not an interval later
+        if read_checks(engine, "support"):
+            break
+        time.sleep(0.05)
+    assert read_checks(engine, "support"), "the first check runs when the monitor starts"
     planned = first.get_job(job_id("support")).next_run_time
-    first.shutdown(wait=False)
+    assert planned > started + timedelta(seconds=3000)
+    first.shutdown(wait=True)
     second = start_scheduler(settings)
     try:
         job = second.get_job(job_id("support"))
