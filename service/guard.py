@@ -15,6 +15,8 @@
   count any 2xx as ready), but a probe or a person can tell it from a healthy 200.
 - ``GET /docs.json`` (BentoML's OpenAPI document) is passed through ``edit_openapi`` (see
   ``service/openapi.py``), so that it lists the statuses and headers this middleware adds.
+- A text classify body of the wrong shape (``{"text": "..."}``, a bare list, ``{"texts": "..."}``)
+  gets a 400 that says what was expected and what was found.
 - A body that says it is not JSON (multipart, form, text, XML) gets a 415: BentoML would try to
   parse a multipart body as files and fail with a 500. A body without a Content-Type is read as
   JSON.
@@ -45,6 +47,7 @@ from service.image_requests import (
     to_json_body,
 )
 from service.keys import KeyRing
+from service.schemas import describe_texts_body_shape
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -176,6 +179,11 @@ class RequestGuard:
             return
         body = await self._read_limited(receive, send, self.max_body_bytes)
         if body is None:
+            return
+        problem = describe_texts_body_shape(body) if scope["path"] in CLASSIFY_PATHS else None
+        if problem is not None:
+            detail = [{"loc": ["body"], "msg": problem, "type": "body_shape"}]
+            await send_json(send, 400, {"error": f"Invalid request: {problem}", "detail": detail}, [])
             return
         await self._forward(scope, body, receive, send, is_classify=scope["path"] in CLASSIFY_PATHS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -172,3 +173,29 @@ def describe_unknown_label(label: str, allowed: list[str], model: str) -> str:
         f"For a new label, run `refit models add-label {model} {label}` (no restart needed) or set "
         "REFIT_SERVE_FEEDBACK_EXTRA_LABELS."
     )
+
+
+def describe_texts_body_shape(body: bytes) -> str | None:
+    """What is wrong with the shape of a /classify body for a text model, or None.
+
+    None also for a body that is not JSON or whose texts are wrong one by one: the service's own
+    validation names those. This catches the shapes a first request tends to have (``{"text":
+    "..."}``, a bare list, ``{"texts": "..."}``), which that validation answered with "Field
+    required" or "Input should be an object" and not what it found.
+    """
+    try:
+        value = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    expected = 'expected a JSON object {"texts": ["...", ...]}'
+    if isinstance(value, list):
+        return f'{expected}; found an array (send it as the value of "texts")'
+    if not isinstance(value, dict):
+        return f"{expected}; found {json.dumps(value)[:60]}"
+    if "texts" not in value:
+        hint = ' (one text goes in a list: {"texts": ["..."]})' if "text" in value else ""
+        hint = " (this model classifies texts, not images)" if "images" in value else hint
+        return f"{expected}; found the keys {sorted(value)[:10]}{hint}"
+    if isinstance(value["texts"], str):
+        return f'{expected}; found "texts" holding one string, not a list (wrap it: ["..."])'
+    return None

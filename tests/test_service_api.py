@@ -52,9 +52,12 @@ def test_a_text_longer_than_the_model_maximum_is_truncated_and_says_so(client: A
 
 BAD_INPUTS = [
     ("invalid json", {"content": b'{"texts": ['}, 400, "Invalid JSON"),
-    ("not an object", {"json": ["reset my password"]}, 400, "Input should be an object"),
-    ("missing field", {"json": {"text": ["hi"]}}, 400, "Field required"),
-    ("wrong type", {"json": {"texts": "reset my password"}}, 400, "valid array"),
+    ("not an object", {"json": ["reset my password"]}, 400, "found an array (send it as the value of"),
+    ("missing field", {"json": {"text": "hi"}}, 400, "found the keys ['text'] (one text goes in a list"),
+    ("other keys", {"json": {"inputs": ["hi"]}}, 400, "...]}; found the keys ['inputs']"),
+    ("a number", {"json": 7}, 400, "...]}; found 7"),
+    ("images", {"json": {"images": ["aGk="]}}, 400, "found the keys ['images'] (this model classifies texts"),
+    ("wrong type", {"json": {"texts": "reset my password"}}, 400, "holding one string, not a list"),
     ("wrong item type", {"json": {"texts": ["ok", 7]}}, 400, "valid string"),
     ("empty list", {"json": {"texts": []}}, 400, "at least 1 item"),
     ("empty text", {"json": {"texts": [""]}}, 400, "at least one visible character"),
