@@ -192,6 +192,8 @@ def gate_inputs(
         answers = np.asarray(labels, dtype=object)[tested.argmax(axis=1)]
         arrays[f"{name}_correct"] = np.asarray(answers == truth, dtype=bool)
         arrays[f"{name}_window"] = predict(model, processor, window, device=ctx.device).probabilities
+        rewrites = getattr(processor, "rewrites", None)  # as the monitor's gate reads them
+        arrays[f"{name}_rewritten"] = np.asarray(rewrites(window) if rewrites else [False] * len(window))
     mix = Counter(ctx.splits.train["label"])
     arrays["labels"] = np.asarray(labels, dtype=str)
     arrays["prior"] = np.asarray([mix[label] / len(ctx.splits.train) for label in labels])
@@ -218,6 +220,7 @@ def judge(inputs: dict[str, np.ndarray]) -> str:
             prior,
             defaults.adapt_max_mix_growth,
             defaults.adapt_max_confidence_fall,
+            inputs.get("candidate_rewritten"),  # absent from gate inputs saved before it was read
         ),
         test_changes=count_test_changes(before, after),
     )

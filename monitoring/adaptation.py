@@ -185,12 +185,15 @@ def measure_adaptation(
     candidate_test, candidate_labels = correct_answers(candidate, test, labels)
     train_labels = read_rows(production, "train")["label"]
     prior = {str(k): v / len(train_labels) for k, v in Counter(train_labels).items()}
+    production_window, _ = _probabilities(production, inputs)
+    candidate_window, rewritten = _probabilities(candidate, inputs)
     window = measure_window(
-        _probabilities(production, inputs),
-        _probabilities(candidate, inputs),
+        production_window,
+        candidate_window,
         prior,
         settings.adapt_max_mix_growth,
         settings.adapt_max_confidence_fall,
+        rewritten,
     )
     return GateNumbers(
         test_changes=count_test_changes(production_test, candidate_test),
@@ -205,6 +208,11 @@ def measure_adaptation(
     )
 
 
-def _probabilities(version: ModelVersion, inputs: list[str]) -> tuple[np.ndarray, list[str]]:
+def _probabilities(
+    version: ModelVersion, inputs: list[str]
+) -> tuple[tuple[np.ndarray, list[str]], np.ndarray]:
+    """(probabilities, labels) of ``version`` on ``inputs``, and which inputs it reads rewritten."""
     model, processor = load_version_model(version)
-    return predict(model, processor, inputs).probabilities, read_labels(version)
+    rewrites = getattr(processor, "rewrites", None)  # texts only: an image is read as it is
+    rewritten = np.asarray(rewrites(inputs) if rewrites else [False] * len(inputs), dtype=bool)
+    return (predict(model, processor, inputs).probabilities, read_labels(version)), rewritten

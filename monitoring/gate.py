@@ -59,6 +59,10 @@ class WindowNumbers:
     confident: int = 0
     overturned: int = 0
     expected_wrong: float = 0.0
+    # Window inputs the candidate reads rewritten (a `spelling` corrector's words): left out of
+    # the three above, since production read other words there (ones it could not read), and
+    # changing those answers is what the adaptation is for.
+    rewritten: int = 0
 
 
 def label_mix_distance(probabilities: np.ndarray, labels: Sequence[str], prior: Mapping[str, float]) -> float:
@@ -128,8 +132,11 @@ def measure_window(
     prior: Mapping[str, float],
     max_mix_growth: float,
     max_confidence_fall: float,
+    rewritten: np.ndarray | None = None,
 ) -> WindowNumbers:
-    """Both versions' label-free numbers from their (probabilities, labels) on the same window."""
+    """Both versions' label-free numbers from their (probabilities, labels) on the same window;
+    ``rewritten`` marks the inputs the candidate reads rewritten (see :class:`WindowNumbers`)."""
+    kept = np.ones(len(production[0]), dtype=bool) if rewritten is None else ~np.asarray(rewritten, bool)
     return WindowNumbers(
         rows=len(production[0]),
         production_confidence=round(float(np.max(production[0], axis=1).mean()), 4),
@@ -139,7 +146,8 @@ def measure_window(
         max_mix_growth=max_mix_growth,
         max_confidence_fall=max_confidence_fall,
         vanished=vanished_labels(production, candidate, prior),
-        **count_overturned(production[0], candidate[0]),
+        **count_overturned(production[0][kept], candidate[0][kept]),
+        rewritten=int((~kept).sum()),
     )
 
 

@@ -279,6 +279,26 @@ def test_overturning_production_s_confident_answers_beyond_its_expected_errors_i
         assert judge_adaptation(kept).promoted, judge_adaptation(kept).reason
 
 
+def test_answers_on_inputs_the_candidate_reads_rewritten_are_not_counted_as_overturned() -> None:
+    from monitoring.gate import judge_adaptation, measure_window
+
+    labels = ["crack", "free", "spot"]
+    prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
+    production = np.array([[0.02, 0.96, 0.02]] * 49)
+    candidate = production.copy()
+    candidate[[0, 1, 2]] = [0.9, 0.05, 0.05]
+    # A spelling corrector rewrote those three texts: production read words it could not read
+    # there (BANKING77 with typos: 9% of its answers of >= 0.9 were wrong, where they said 1%).
+    rewritten = np.zeros(49, dtype=bool)
+    rewritten[[0, 1, 2]] = True
+    window = measure_window((production, labels), (candidate, labels), prior, 0.2, 0.01, rewritten)
+    assert (window.confident, window.overturned, window.rewritten) == (46, 0, 3)
+    numbers = _numbers(confident=window.confident, overturned=window.overturned, expected_wrong=1.8)
+    assert judge_adaptation(numbers).promoted
+    unmarked = measure_window((production, labels), (candidate, labels), prior, 0.2, 0.01)
+    assert (unmarked.confident, unmarked.overturned, unmarked.rewritten) == (49, 3, 0)
+
+
 def test_the_default_adaptation_tolerance_separates_the_measured_tile_rows() -> None:
     from monitoring.gate import judge_adaptation
     from monitoring.settings import MonitorSettings

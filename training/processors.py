@@ -75,6 +75,10 @@ class TextProcessor:
             return list(texts)
         return [self.spelling.correct(text) for text in texts]
 
+    def rewrites(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the corrector changes each text (none without a corrector)."""
+        return [corrected != text for corrected, text in zip(self.prepare(texts), texts, strict=True)]
+
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two texts of different lengths: the traced graph keeps the padded (masked) path."""
         return self.encode(["an example input", "a second, longer example input"])
