@@ -61,8 +61,10 @@ def train_candidate(
     # gate compares against.
     # The candidate is tested on production's own test split, given as a test file: its registered
     # metrics compare with production's, and none of the (few) feedback rows of a new intent is
-    # spent on a second test split.
-    data_path, config_path, test_path = (workdir / n for n in ("retrain.csv", "retrain.yaml", "test.csv"))
+    # spent on a second test split. The file's name is what the new version's metrics name as their
+    # test set (`refit models list`), so it says whose split it is.
+    test_file = f"test-split-of-{production.name}-{production.version}.csv"
+    data_path, config_path, test_path = (workdir / n for n in ("retrain.csv", "retrain.yaml", test_file))
     (read_split(production, "test") if test is None else test).to_csv(test_path, index=False)
     config.update(parent_version=production.version, test_file=str(test_path))
     # The tables written here hold `text` (for images: the image files) and `label` columns,

@@ -105,6 +105,9 @@ def test_refit_retrain_archives_the_candidate_its_gate_rejects(
     audit = read_retrains(create_log_engine(url), "tiny")[0]
     candidate = ModelRegistry(served_home).get(f"tiny:{audit['candidate_version']}")
     assert candidate.stage == "archived"  # a rejected candidate may not be pinned any more
+    code, out = run_cli(["models", "show", candidate.tag, "--home", str(served_home)], capsys, monkeypatch)
+    # Its metrics name production's test split, not the retrain's temporary test.csv.
+    assert code == 0 and f"file test-split-of-tiny-{audit['production_version']}.csv" in out, out
     pinned = client.post(
         "/classify", json={"texts": ["refund now"]}, headers={"X-Model-Version": candidate.version}
     )
