@@ -71,6 +71,25 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 0 and "deleted" in out
 
 
+def test_models_list_shows_whole_tags_on_a_narrow_terminal(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from rich.console import Console
+
+    from training.console import render_versions
+    from training.registry import ModelRegistry
+
+    for strategy in ("baseline", "head"):
+        code, out = cli("train", str(tiny_csv), "--strategy", strategy, "--name", "tickets", train_flags=True)
+        assert code == 0, out
+    versions = ModelRegistry(tmp_path / "home").versions("tickets")
+    narrow = Console(file=io.StringIO(), width=100)
+    narrow.print(render_versions(versions))
+    shown = narrow.file.getvalue()  # type: ignore[attr-defined]
+    # The tag is what `refit models promote` takes; it was cut to "tickets:ab12cd…" at 140 columns.
+    assert all(v.tag in shown and v.version in shown for v in versions), shown
+
+
 def test_train_quantises_the_new_version_when_asked(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from training.onnx_files import read_export_record
     from training.registry import ModelRegistry

@@ -52,8 +52,11 @@ def render_versions(versions: list[Any]) -> Table:
 
     table = Table(title="model versions")
     columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")
+    longest_tag = max((len(v.tag) for v in versions), default=0)
     for column in columns:
-        table.add_column(column)
+        # A tag or a version is what one copies into the next command: the other columns wrap.
+        whole = column in ("tag", "parent")
+        table.add_column(column, no_wrap=whole, min_width=longest_tag if column == "tag" else None)
     test_sets = {str(v.manifest.get("test_set", {}).get("fingerprint")) for v in versions}
     for v in versions:
         m = v.manifest
