@@ -26,7 +26,7 @@ from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
 from service.inference_log_db import create_log_engine
-from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli, save_tiny_bert
+from tests.helpers import SERVICE_LIMITS, build_service_app, run_cli, save_tiny_bert, service_env
 from training.config import TrainingConfig
 from training.onnx_files import read_export_record
 from training.pipeline import train_model
@@ -480,13 +480,8 @@ def test_a_confident_model_s_unchanged_traffic_is_not_drift(
     profiled = np.stack(load_version_profile(version)["probabilities"].to_numpy())
     assert (profiled < 5e-7).mean() > 0.5, "the model is confident: most probabilities log as 0"
 
-    for key, value in {
-        **SERVICE_LIMITS,
-        "REFIT_SERVE_MODEL": "sharp",
-        "REFIT_SERVE_REGISTRY_HOME": str(home),
-    }.items():
+    for key, value in service_env("sharp", home, log_flush_ms="10").items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("REFIT_SERVE_LOG_FLUSH_MS", "10")
     texts = list(rows(50)["text"])
     with TestClient(build_service_app(service_class)) as client:
         for start in range(0, len(texts), 8):
