@@ -55,8 +55,13 @@ def list_sources(model: ModelOption = None, home: HomeOption = None, config: Con
     kind = "adaptation" if last["trigger"].endswith(ADAPT_TRIGGER) else "retrain"
     console.print(f"last {kind} ({last['started_at']:%Y-%m-%d %H:%M}, {last['outcome']}):")
     quarantined, capped = numbers.get("quarantined") or {}, numbers.get("capped") or {}
-    if not quarantined and not capped:
+    tested = int(numbers.get("feedback_test_rows") or 0)
+    if not quarantined and not capped and not tested:
         console.print("  no feedback quarantined or left out")
+    if tested:
+        console.print(
+            f"  left out {tested} rows on texts of production's test split (the gate tests on them)"
+        )
     for reason, rows in quarantined.items():
         console.print(f"  quarantined {rows} rows: {reason}")
     for source, rows in capped.items():

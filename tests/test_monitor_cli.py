@@ -108,6 +108,13 @@ def test_refit_retrain_archives_the_candidate_its_gate_rejects(
     code, out = run_cli(["models", "show", candidate.tag, "--home", str(served_home)], capsys, monkeypatch)
     # Its metrics name production's test split, not the retrain's temporary test.csv.
     assert code == 0 and f"file test-split-of-tiny-{audit['production_version']}.csv" in out, out
+    # The feedback repeats the training file, test split included: those rows were not trained on.
+    tested = audit["numbers"]["feedback_test_rows"]
+    code, out = run_cli(
+        ["feedback", "list", "--model", "tiny", "--home", str(served_home)], capsys, monkeypatch
+    )
+    assert code == 0 and tested > 0, out
+    assert f"left out {tested} rows on texts of production's test split (the gate tests on them)" in out
     pinned = client.post(
         "/classify", json={"texts": ["refund now"]}, headers={"X-Model-Version": candidate.version}
     )
