@@ -203,6 +203,8 @@ def ship(
     refit_version = decision.numbers.refit_version
     if refit_version and refit_version != shipped.version:  # below the tolerance: not servable
         registry.archive(f"{candidate.name}:{refit_version}", reason="refit below the gate's tolerance")
+    if shipped is not candidate:  # else `name:candidate` (canaries pin it) would name this stale one
+        registry.archive(candidate.tag, reason=f"its refit with the gate rows, {shipped.version}, shipped")
     return shipped
 
 

@@ -204,8 +204,10 @@ def test_gate_promotes_a_better_candidate_and_the_service_swaps(
     assert numbers.refit_version not in (None, result.candidate)
     assert production.version == numbers.shipped_version == numbers.refit_version
     assert production.manifest["parent_version"] == demo_home["version"]
-    candidate_rows = registry.get(f"support:{result.candidate}").manifest["rows"]
-    assert production.manifest["rows"]["train"] > candidate_rows["train"]
+    gated = registry.get(f"support:{result.candidate}")
+    assert production.manifest["rows"]["train"] > gated.manifest["rows"]["train"]
+    # Superseded by its refit: no longer what `support:candidate` names or a pinnable candidate.
+    assert gated.stage == "archived"
     # The service exported v1 when it loaded it, so the retrain exported the refit before the
     # gate promoted it: a swap never waits for an export.
     assert read_export_record(registry.get(f"support:{demo_home['version']}")) is not None
