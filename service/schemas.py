@@ -183,11 +183,13 @@ def describe_texts_body_shape(body: bytes) -> str | None:
     "..."}``, a bare list, ``{"texts": "..."}``), which that validation answered with "Field
     required" or "Input should be an object" and not what it found.
     """
+    expected = 'expected a JSON object {"texts": ["...", ...]}'
+    if not body.strip():
+        return f"{expected}; found an empty body"
     try:
-        value = json.loads(body or b"{}")
+        value = json.loads(body)
     except ValueError:
         return None
-    expected = 'expected a JSON object {"texts": ["...", ...]}'
     if isinstance(value, list):
         return f'{expected}; found an array (send it as the value of "texts")'
     if not isinstance(value, dict):

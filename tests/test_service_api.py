@@ -56,6 +56,7 @@ BAD_INPUTS = [
     ("missing field", {"json": {"text": "hi"}}, 400, "found the keys ['text'] (one text goes in a list"),
     ("other keys", {"json": {"inputs": ["hi"]}}, 400, "...]}; found the keys ['inputs']"),
     ("a number", {"json": 7}, 400, "...]}; found 7"),
+    ("empty body", {"content": b""}, 400, "...]}; found an empty body"),
     ("images", {"json": {"images": ["aGk="]}}, 400, "found the keys ['images'] (this model classifies texts"),
     ("wrong type", {"json": {"texts": "reset my password"}}, 400, "holding one string, not a list"),
     ("wrong item type", {"json": {"texts": ["ok", 7]}}, 400, "valid string"),
