@@ -166,6 +166,17 @@ def test_a_test_file_without_the_training_columns_is_named_as_the_test_file(cli,
     assert "a test file needs the training data's columns ('review', 'stars'); rename its columns" in out
 
 
+def test_train_warns_of_labels_the_test_file_never_tests(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data, test = tmp_path / "tickets.csv", tmp_path / "test.csv"
+    tiny_rows().to_csv(data, index=False)
+    rows = tiny_rows(copies=1)
+    rows[rows["label"] != "shipping"].to_csv(test, index=False)
+    args = ("train", str(data), "--strategy", "baseline", "--name", "tickets", "--test-file", str(test))
+    code, out = cli(*args, train_flags=True)
+    assert code == 0, out
+    assert "1 of 3 labels have no test rows, so the test metrics say nothing of them: ['shipping']" in out
+
+
 def test_train_warns_of_a_label_written_two_ways(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "tickets.csv"
     rows = tiny_rows()

@@ -44,6 +44,7 @@ class DataReport:
     label_combinations: str = ""  # labels that join other labels (training.label_combinations)
     placeholder_labels: str = ""  # labels that stand for none, "N/A" (training.placeholder_labels)
     truncated_texts: str = ""  # many texts longer than the model reads (training.truncation)
+    untested_labels: list[str] = field(default_factory=list)  # labels the test file has no row of
 
     def warnings(self) -> list[str]:
         """Human-readable warnings for each non-zero finding."""
@@ -62,6 +63,11 @@ class DataReport:
             found.append(self.truncated_texts)
         if self.train_test_overlap:
             found.append(f"{self.train_test_overlap} test texts also appear in the training data")
+        if self.untested_labels:
+            found.append(
+                f"{len(self.untested_labels)} of {len(self.class_counts)} labels have no test rows, so the "
+                f"test metrics say nothing of them: {self.untested_labels[:_MAX_ROWS_LISTED]}"
+            )
         if self.shared_groups:
             found.append(f"{self.shared_groups} test rows belong to a group that also has training rows")
         if self.split_cost:
@@ -328,6 +334,7 @@ def split_frames(
                 f"Expected only labels of {source}: {sorted(class_counts)[:10]}..."
             )
         train, val, _ = _split(data, (validation_fraction, 0.0), seed, group_column, report)
+        report.untested_labels = sorted(set(class_counts) - set(test["label"]))
     else:
         train, val, test = _split(data, (validation_fraction, test_fraction), seed, group_column, report)
     report.train_test_overlap = count_overlap(train, test, column)
