@@ -72,7 +72,7 @@ def start_scheduler(settings: MonitorSettings) -> Any:
     The job is added only when the store does not have it yet, so a restart keeps its schedule
     (and a run missed while the monitor was down runs once, coalesced); its settings and interval
     are those of this start. A new job checks at once: waiting an interval (5 minutes by
-    default) left the metrics without a drift gauge and the console silent.
+    default) would leave the metrics without a drift gauge and the console silent.
     """
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler

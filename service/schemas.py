@@ -180,8 +180,8 @@ def describe_texts_body_shape(body: bytes) -> str | None:
 
     None also for a body that is not JSON or whose texts are wrong one by one: the service's own
     validation names those. This catches the shapes a first request tends to have (``{"text":
-    "..."}``, a bare list, ``{"texts": "..."}``), which that validation answered with "Field
-    required" or "Input should be an object" and not what it found.
+    "..."}``, a bare list, ``{"texts": "..."}``), which that validation would answer with "Field
+    required" or "Input should be an object", not with what it found.
     """
     expected = 'expected a JSON object {"texts": ["...", ...]}'
     if not body.strip():

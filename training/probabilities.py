@@ -24,7 +24,7 @@ def round_as_logged(probabilities: np.ndarray) -> np.ndarray:
 
     The monitor compares a version's reference (probabilities kept in full) with windows read
     back from the log, so it reads both on this grid: a confident model's other classes sit
-    around 1e-9, which the log writes as 0, and compared unrounded every class probability of
-    an unchanged stream read as drift (p < 1e-120 on 480 texts).
+    around 1e-9, which the log writes as 0: compared unrounded, every class probability of an
+    unchanged stream reads as drift (p < 1e-120 on 480 texts).
     """
     return np.round(np.asarray(probabilities, dtype=np.float64), LOGGED_DECIMALS)
