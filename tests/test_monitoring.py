@@ -456,7 +456,7 @@ def test_a_confident_model_s_unchanged_traffic_is_not_drift(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Its other classes' probabilities sit far below the log's 6 decimals: read as logged (0) beside
-    the reference's full values, every class probability of an unchanged stream was drift."""
+    the reference's full values, every class probability of an unchanged stream would be drift."""
     import numpy as np
     from starlette.testclient import TestClient
 
