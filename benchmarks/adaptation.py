@@ -71,6 +71,7 @@ from training.data import split_frames, stratified_split
 from training.image_data import load_image_dataset
 from training.inference import predict
 from training.modality import ImageModality, Modality, TextModality
+from training.processors import rewritten_inputs
 from training.strategies import evaluate_split, run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -192,8 +193,7 @@ def gate_inputs(
         answers = np.asarray(labels, dtype=object)[tested.argmax(axis=1)]
         arrays[f"{name}_correct"] = np.asarray(answers == truth, dtype=bool)
         arrays[f"{name}_window"] = predict(model, processor, window, device=ctx.device).probabilities
-        rewrites = getattr(processor, "rewrites", None)  # as the monitor's gate reads them
-        arrays[f"{name}_rewritten"] = np.asarray(rewrites(window) if rewrites else [False] * len(window))
+    arrays["candidate_rewritten"] = rewritten_inputs(ctx.reading_as(adapted).processor, window)
     mix = Counter(ctx.splits.train["label"])
     arrays["labels"] = np.asarray(labels, dtype=str)
     arrays["prior"] = np.asarray([mix[label] / len(ctx.splits.train) for label in labels])

@@ -33,6 +33,7 @@ from training.blobs import BlobStore
 from training.config import FINETUNE_STRATEGIES
 from training.errors import ModelLoadError
 from training.inference import predict
+from training.processors import rewritten_inputs
 from training.promotion import promote_checked
 from training.registry import ModelRegistry, ModelVersion
 
@@ -213,6 +214,5 @@ def _probabilities(
 ) -> tuple[tuple[np.ndarray, list[str]], np.ndarray]:
     """(probabilities, labels) of ``version`` on ``inputs``, and which inputs it reads rewritten."""
     model, processor = load_version_model(version)
-    rewrites = getattr(processor, "rewrites", None)  # texts only: an image is read as it is
-    rewritten = np.asarray(rewrites(inputs) if rewrites else [False] * len(inputs), dtype=bool)
-    return (predict(model, processor, inputs).probabilities, read_labels(version)), rewritten
+    probabilities = predict(model, processor, inputs).probabilities
+    return (probabilities, read_labels(version)), rewritten_inputs(processor, inputs)

@@ -125,7 +125,7 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     refit = settings.refit_with_gate_rows
     try:
         # The refit is the version that ships, so only it needs the ONNX export.
-        candidate = _train(registry, production, data.original, data.train, settings, export=not refit)
+        candidate = _train(registry, production, data.original, data.train, test, settings, export=not refit)
     except RuntimeError as exc:
         logger.error("retrain of %s failed; production untouched: %s", production.tag, exc)
         return RetrainResult("failed", str(exc)[:2000], production.version)
@@ -135,7 +135,7 @@ def retrain(registry: ModelRegistry, feedback: pd.DataFrame, settings: MonitorSe
     if decision.promoted:
         refit_rows = data.refit
         train_refit = (
-            (lambda: _train(registry, production, data.original, refit_rows, settings, export=True))
+            (lambda: _train(registry, production, data.original, refit_rows, test, settings, export=True))
             if refit
             else None
         )
@@ -213,10 +213,12 @@ def _train(
     production: ModelVersion,
     original: pd.DataFrame,
     rows: pd.DataFrame,
+    test: pd.DataFrame,
     settings: MonitorSettings,
     export: bool,
 ) -> ModelVersion:
-    """One `refit train` child on production's ``original`` rows merged with feedback ``rows``."""
+    """One `refit train` child on production's ``original`` rows merged with feedback ``rows``,
+    tested on production's ``test`` split."""
     with tempfile.TemporaryDirectory(prefix="refit-retrain-") as workdir:
         version = train_candidate(
             production,
@@ -226,7 +228,7 @@ def _train(
             timeout_s=settings.retrain_timeout_s,
             workdir=Path(workdir),
             export=export,
-            test=read_rows(production, "test"),
+            test=test,
         )
     return registry.get(f"{production.name}:{version}")
 

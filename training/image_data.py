@@ -107,10 +107,10 @@ def check_no_split_beside_classes(root: Path, folders: list[Path]) -> None:
         DataError: a folder named as a split holds folders named as the others.
     """
     labels = {f.name for f in folders}
-    for folder in folders:
+    for folder in (f for f in folders if f.name.lower() in SPLIT_NAMES):
         inside = {p.name for p in folder.iterdir() if p.is_dir()}
         shared = sorted(inside & labels)
-        if folder.name.lower() in SPLIT_NAMES and shared and folder.name not in inside:
+        if shared and folder.name not in inside:
             raise DataError(
                 f"{folder} holds class folders of its own ({', '.join(shared)}): read as "
                 f"{root}/<label>/<image>, {folder.name!r} would be trained as a label. Move it out of "

@@ -75,10 +75,6 @@ class TextProcessor:
             return list(texts)
         return [self.spelling.correct(text) for text in texts]
 
-    def rewrites(self, texts: Sequence[str]) -> list[bool]:
-        """Whether the corrector changes each text (none without a corrector)."""
-        return [corrected != text for corrected, text in zip(self.prepare(texts), texts, strict=True)]
-
     def example(self) -> tuple[torch.Tensor, ...]:
         """Two texts of different lengths: the traced graph keeps the padded (masked) path."""
         return self.encode(["an example input", "a second, longer example input"])
@@ -105,6 +101,14 @@ class TextProcessor:
         self.tokenizer.save_pretrained(directory)
         if self.spelling is not None:
             self.spelling.save(directory)
+
+
+def rewritten_inputs(processor: Any, inputs: Sequence[Any]) -> np.ndarray:
+    """Which ``inputs`` ``processor`` reads other than they are: texts its spelling corrector
+    changes (an image is read as it is)."""
+    if not isinstance(processor, TextProcessor) or processor.spelling is None:
+        return np.zeros(len(inputs), dtype=bool)
+    return np.array([fixed != text for fixed, text in zip(processor.prepare(inputs), inputs, strict=True)])
 
 
 class ImageProcessor:
