@@ -71,6 +71,29 @@ def test_train_then_manage_versions(cli, tiny_csv: Path) -> None:  # type: ignor
     assert code == 0 and "deleted" in out
 
 
+def test_deleting_the_rollback_target_says_what_rollback_will_do(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from training.registry import ModelRegistry
+
+    for strategy in ("head", "baseline", "head"):
+        code, out = cli("train", str(tiny_csv), "--strategy", strategy, "--name", "t", train_flags=True)
+        assert code == 0, out
+    first, second, third = (v.tag for v in ModelRegistry(tmp_path / "home").versions("t"))
+    for tag in (second, third):
+        assert cli("models", "promote", tag)[0] == 0
+    code, out = cli("models", "delete", second, "--yes")
+    assert code == 0 and " ".join(out.split()) == (
+        f"deleted {second} It is the version `refit models rollback t` restores; without it, it will "
+        f"restore {first}."
+    ), out
+    code, out = cli("models", "delete", first, "--yes")
+    assert code == 0 and " ".join(out.split()) == (
+        f"deleted {first} It is the version `refit models rollback t` restores; without it, there "
+        "will be no earlier production version to restore."
+    ), out
+    code, out = cli("models", "rollback", "t")
+    assert code == 2 and "no earlier production version" in out, out
+
+
 def test_models_list_shows_whole_tags_on_a_narrow_terminal(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import io
 

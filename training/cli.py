@@ -11,7 +11,7 @@ import functools
 import logging
 from importlib.metadata import entry_points, version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -19,6 +19,9 @@ from rich.table import Table
 
 from training.console import console, render_versions
 from training.errors import ConfigError, RefitError, RegistryError
+
+if TYPE_CHECKING:
+    from training.registry import ModelRegistry, ModelVersion
 
 app = typer.Typer(help="Refit: transfer learning in production.", no_args_is_help=True)
 models_app = typer.Typer(
@@ -331,13 +334,28 @@ def delete_model(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     home: HomeOption = None,
 ) -> None:
-    """Delete a version (refused for the production version)."""
+    """Delete a version (refused for the production version; warns when rollback would restore it)."""
     registry = _registry(home)
     version = registry.deletable(ref)  # refused before the question, not after it
+    note = describe_rollback_loss(registry, version)
     if not yes:
-        typer.confirm(f"Delete {version.tag} ({version.stage})?", abort=True)
+        typer.confirm(f"Delete {version.tag} ({version.stage})?{note}", abort=True)
     registry.delete(version.tag)
-    console.print(f"deleted {version.tag}")
+    console.print(f"deleted {version.tag}{note}", highlight=False)
+
+
+def describe_rollback_loss(registry: ModelRegistry, version: ModelVersion) -> str:
+    """What deleting ``version`` does to `refit models rollback`, or "" when it restores another."""
+    try:
+        if registry.rollback_target(version.name).version != version.version:
+            return ""
+    except RegistryError:
+        return ""
+    try:
+        after = f"it will restore {registry.rollback_target(version.name, {version.version}).tag}"
+    except RegistryError:
+        after = "there will be no earlier production version to restore"
+    return f" It is the version `refit models rollback {version.name}` restores; without it, {after}."
 
 
 @functools.cache

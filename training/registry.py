@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,14 +269,14 @@ class ModelRegistry:
         logger.info("rolled %s back to %s (was %s)", name, previous, current)
         return self.get(f"{name}:{previous}")
 
-    def rollback_target(self, name: str) -> ModelVersion:
-        """The version :meth:`rollback` would restore.
+    def rollback_target(self, name: str, deleted: Collection[str] = ()) -> ModelVersion:
+        """The version :meth:`rollback` would restore (once the ``deleted`` versions are gone).
 
         Raises:
             VersionNotFoundError: no such model.
             RegistryError: there is no earlier production version to return to.
         """
-        existing = {v.version for v in self.existing_versions(name)}
+        existing = {v.version for v in self.existing_versions(name)} - set(deleted)
         return self.get(f"{name}:{_earlier_production(name, self.read_stages(name), existing)}")
 
     def archive(self, ref: str, reason: str = "") -> ModelVersion:
