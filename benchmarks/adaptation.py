@@ -33,8 +33,8 @@ over seeds, the share of the macro-F1 gap each method recovers, how often the ga
 method is ``strategy`` or ``strategy:KEY=VALUE,...`` (a config override, e.g.
 ``bn-adapt:bn_layers=all`` is plain AdaBN).
 
-``--save-gate-inputs DIR`` keeps what the gate read for each row (both models' correctness on
-the source's held-out split and probabilities on the held-out window; one ``.npz`` per row, too
+``--save-gate-inputs DIR`` keeps what the gate read for each row (both models' probabilities and
+correctness on the source's held-out split and probabilities on the held-out window; one ``.npz`` per row, too
 large for the repository); ``--rejudge DIR`` trains nothing and gives the rows it has inputs for
 the verdict of the gate as it is now, so a changed gate is measured in minutes, not in a rerun.
 """
@@ -59,7 +59,14 @@ import pandas as pd
 import torch
 
 from benchmarks.train_banking77 import describe_environment, load_banking77
-from monitoring.gate import GateNumbers, count_test_changes, judge_adaptation, measure_window, split_window
+from monitoring.gate import (
+    GateNumbers,
+    count_test_changes,
+    judge_adaptation,
+    measure_window,
+    overconfidence,
+    split_window,
+)
 from monitoring.settings import MonitorSettings
 from training.adaptation import adapt_model
 from training.blobs import BlobStore
@@ -182,8 +189,9 @@ def score(result: StrategyResult, ctx: TrainContext) -> tuple[float, float]:
 def gate_inputs(
     source_only: StrategyResult, adapted: StrategyResult, ctx: TrainContext, cell: Cell, window: list[Any]
 ) -> dict[str, np.ndarray]:
-    """What the adaptation gate reads of the two models: each one's correctness on the source's
-    held-out split and probabilities on the held-out window, the labels and the training mix."""
+    """What the adaptation gate reads of the two models: each one's probabilities and correctness
+    on the source's held-out split and probabilities on the held-out window, the labels and the
+    training mix."""
     labels = ctx.splits.labels
     test_inputs, truth = ctx.modality.inputs(cell.source_test), cell.source_test["label"].to_numpy()
     arrays: dict[str, np.ndarray] = {}
@@ -192,6 +200,7 @@ def gate_inputs(
         tested = predict(model, processor, test_inputs, device=ctx.device).probabilities
         answers = np.asarray(labels, dtype=object)[tested.argmax(axis=1)]
         arrays[f"{name}_correct"] = np.asarray(answers == truth, dtype=bool)
+        arrays[f"{name}_test"] = tested
         arrays[f"{name}_window"] = predict(model, processor, window, device=ctx.device).probabilities
     arrays["candidate_rewritten"] = rewritten_inputs(ctx.reading_as(adapted).processor, window)
     mix = Counter(ctx.splits.train["label"])
@@ -221,11 +230,23 @@ def judge(inputs: dict[str, np.ndarray]) -> str:
             defaults.adapt_max_mix_growth,
             defaults.adapt_max_confidence_fall,
             inputs.get("candidate_rewritten"),  # absent from gate inputs saved before it was read
+            overconfident_on_test(inputs),
         ),
         test_changes=count_test_changes(before, after),
     )
     decision = judge_adaptation(numbers)
     return "promoted" if decision.promoted else f"refused: {decision.reason}"
+
+
+def overconfident_on_test(inputs: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Each model's :func:`monitoring.gate.overconfidence` on the source's held-out split (none
+    in gate inputs saved before the gate read it)."""
+    if "production_test" not in inputs:
+        return 0.0, 0.0
+    return (
+        overconfidence(inputs["production_test"].max(axis=1), inputs["production_correct"]),
+        overconfidence(inputs["candidate_test"].max(axis=1), inputs["candidate_correct"]),
+    )
 
 
 def inputs_file(directory: Path, row: dict[str, Any]) -> Path:

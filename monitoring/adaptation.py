@@ -25,8 +25,15 @@ import pandas as pd
 
 from monitoring.candidate import train_candidate
 from monitoring.feedback import drop_seen_rows, labelled_rows
-from monitoring.gate import GateNumbers, count_test_changes, judge_adaptation, measure_window, split_window
-from monitoring.retrain import RetrainResult, correct_answers, logged_inputs, read_rows, share
+from monitoring.gate import (
+    GateNumbers,
+    count_test_changes,
+    judge_adaptation,
+    measure_window,
+    overconfidence,
+    split_window,
+)
+from monitoring.retrain import RetrainResult, graded_answers, logged_inputs, read_rows, share
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, version_modality
 from training.blobs import BlobStore
@@ -180,10 +187,10 @@ def measure_adaptation(
     inputs: list[str],
     settings: MonitorSettings,
 ) -> GateNumbers:
-    """Both versions on production's test split, on the held-out feedback labels, and label-free
-    on the window's ``inputs`` the candidate did not adapt to."""
-    production_test, production_labels = correct_answers(production, test, labels)
-    candidate_test, candidate_labels = correct_answers(candidate, test, labels)
+    """Both versions on production's test split (accuracy and overconfidence), on the held-out
+    feedback labels, and label-free on the window's ``inputs`` the candidate did not adapt to."""
+    (production_test, production_sure), (production_labels, _) = graded_answers(production, test, labels)
+    (candidate_test, candidate_sure), (candidate_labels, _) = graded_answers(candidate, test, labels)
     train_labels = read_rows(production, "train")["label"]
     prior = {str(k): v / len(train_labels) for k, v in Counter(train_labels).items()}
     production_window, _ = _probabilities(production, inputs)
@@ -195,6 +202,7 @@ def measure_adaptation(
         settings.adapt_max_mix_growth,
         settings.adapt_max_confidence_fall,
         rewritten,
+        (overconfidence(production_sure, production_test), overconfidence(candidate_sure, candidate_test)),
     )
     return GateNumbers(
         test_changes=count_test_changes(production_test, candidate_test),

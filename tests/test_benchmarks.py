@@ -318,6 +318,8 @@ def test_poisoning_attacks_label_the_attackers_way() -> None:
 
 
 def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+
     from benchmarks import adaptation
 
     (tmp_path / "out").mkdir()
@@ -353,6 +355,11 @@ def test_adaptation_text_smoke(small_banking: Path, tiny_base_model: Path, tmp_p
     assert saved == [earlier, *rows]  # --append keeps the rows of other cells
     table = (tmp_path / "out" / "adaptation.md").read_text()
     assert "| text | typos | tapt:adapt_epochs=1 | 0 | 1 |" in table and "| image | exp1->exp6 |" in table
+    # Both models' test-split probabilities are kept: the gate corrects each one's confidence by them.
+    for path in (tmp_path / "gate").glob("*.npz"):
+        with np.load(path) as inputs:
+            assert inputs["production_test"].shape == inputs["candidate_test"].shape, path
+            assert len(inputs["production_test"]) == len(inputs["production_correct"]) > 0, path
     # A gate changed later judges the saved rows again without training: the same gate, the same verdicts.
     for row in saved[1:]:
         row["gate"] = "refused: an older gate"
