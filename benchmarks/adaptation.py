@@ -34,9 +34,10 @@ method is ``strategy`` or ``strategy:KEY=VALUE,...`` (a config override, e.g.
 ``bn-adapt:bn_layers=all`` is plain AdaBN).
 
 ``--save-gate-inputs DIR`` keeps what the gate read for each row (both models' probabilities and
-correctness on the source's held-out split and probabilities on the held-out window; one ``.npz`` per row, too
-large for the repository); ``--rejudge DIR`` trains nothing and gives the rows it has inputs for
-the verdict of the gate as it is now, so a changed gate is measured in minutes, not in a rerun.
+correctness on the source's held-out split and probabilities on the held-out window; one ``.npz``
+per row, too large for the repository); ``--rejudge DIR`` trains nothing and gives the rows it has
+inputs for the verdict of the gate as it is now, so a changed gate is measured in minutes, not in
+a rerun.
 """
 
 from __future__ import annotations
