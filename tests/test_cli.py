@@ -111,6 +111,8 @@ def test_models_list_shows_whole_tags_on_a_narrow_terminal(cli, tiny_csv: Path, 
     shown = narrow.file.getvalue()  # type: ignore[attr-defined]
     # The tag is what `refit models promote` takes; it was cut to "tickets:ab12cd…" at 140 columns.
     assert all(v.tag in shown and v.version in shown for v in versions), shown
+    # The test set's file name and fingerprint fold; nothing is cut ("test-split-o…", "sha256:a2de0…").
+    assert "…" not in shown, shown
 
 
 def test_train_quantises_the_new_version_when_asked(cli, tiny_csv: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -54,9 +54,12 @@ def render_versions(versions: list[Any]) -> Table:
     columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")
     longest_tag = max((len(v.tag) for v in versions), default=0)
     for column in columns:
-        # A tag or a version is what one copies into the next command: the other columns wrap.
+        # A tag or a version is what one copies into the next command: the other columns wrap, and
+        # a test file's name or fingerprint too long for its column folds rather than being cut.
         whole = column in ("tag", "parent")
-        table.add_column(column, no_wrap=whole, min_width=longest_tag if column == "tag" else None)
+        table.add_column(
+            column, no_wrap=whole, min_width=longest_tag if column == "tag" else None, overflow="fold"
+        )
     test_sets = {str(v.manifest.get("test_set", {}).get("fingerprint")) for v in versions}
     for v in versions:
         m = v.manifest
