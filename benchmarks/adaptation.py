@@ -21,7 +21,7 @@ per label join the source before training and adaptation (adaptation plus a hand
 A stratified 15% of the source is held out as the "original test split" of the gate; validation
 rows (early stopping, the probe's C, calibration) come from the rest of the source only.
 
-The gate is the monitor's (:func:`monitoring.gate.judge_adaptation`, default tolerances): test
+The gate is the monitor's (:func:`monitoring.adaptation_gate.judge_adaptation`, default tolerances): test
 accuracy on the source's held-out split, and the label-free checks on the held-out share of the
 adaptation half.
 
@@ -60,14 +60,14 @@ import pandas as pd
 import torch
 
 from benchmarks.train_banking77 import describe_environment, load_banking77
-from monitoring.gate import (
-    GateNumbers,
+from monitoring.adaptation_gate import (
     count_test_changes,
     judge_adaptation,
     measure_window,
     overconfidence,
     split_window,
 )
+from monitoring.gate import GateNumbers
 from monitoring.settings import MonitorSettings
 from training.adaptation import adapt_model
 from training.blobs import BlobStore
@@ -210,8 +210,9 @@ def gate_inputs(
     return arrays
 
 
-def judge(inputs: dict[str, np.ndarray]) -> str:
-    """The monitor's adaptation gate on :func:`gate_inputs`: "promoted" or "refused: why"."""
+def judge(inputs: dict[str, np.ndarray], method: str) -> str:
+    """The monitor's adaptation gate on :func:`gate_inputs` of an adaptation by ``method``:
+    "promoted" or "refused: why"."""
     defaults = MonitorSettings()
     labels = [str(label) for label in inputs["labels"]]
     prior = {label: float(share) for label, share in zip(labels, inputs["prior"], strict=True) if share > 0}
@@ -235,12 +236,13 @@ def judge(inputs: dict[str, np.ndarray]) -> str:
         ),
         test_changes=count_test_changes(before, after),
     )
-    decision = judge_adaptation(numbers)
+    numbers.adaptation = parse_method(method)[0]
+    decision = judge_adaptation(numbers, defaults.adapt_label_free_strategies)
     return "promoted" if decision.promoted else f"refused: {decision.reason}"
 
 
 def overconfident_on_test(inputs: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Each model's :func:`monitoring.gate.overconfidence` on the source's held-out split (none
+    """Each model's :func:`monitoring.adaptation_gate.overconfidence` on the source's held-out split (none
     in gate inputs saved before the gate read it)."""
     if "production_test" not in inputs:
         return 0.0, 0.0
@@ -263,7 +265,7 @@ def rejudge(rows: list[dict[str, Any]], directory: Path) -> int:
         path = inputs_file(directory, row)
         if path.is_file():
             with np.load(path) as saved:
-                row["gate"] = judge(dict(saved))
+                row["gate"] = judge(dict(saved), row["method"])
             judged += 1
     return judged
 
@@ -325,7 +327,7 @@ def run_seed(
             }
         )
         inputs = gate_inputs(source_only, adapted, ctx, cell, held_out)
-        rows[-1]["gate"] = judge(inputs)
+        rows[-1]["gate"] = judge(inputs, method)
         if save_inputs is not None:
             save_inputs.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(inputs_file(save_inputs, rows[-1]), **inputs)

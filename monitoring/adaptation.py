@@ -4,7 +4,7 @@ When the inputs drift and fewer than ``min_feedback`` of the window's prediction
 retrain has little to learn from; the drifted window's inputs themselves are the data. A
 candidate is trained in a child `refit train` with an adaptation strategy (``adapt_strategy``, by
 default ``self-train`` for images and ``spelling`` for texts) whose target is the window, on
-production's own training data and config. The gate (:func:`monitoring.gate.judge_adaptation`)
+production's own training data and config. The gate (:func:`monitoring.adaptation_gate.judge_adaptation`)
 then compares it with production on production's test split, on whatever feedback labels the
 window has, and without labels on the share of the window's inputs held out from the adaptation
 (``adapt_gate_share``). With ``promote=False`` (``mode: alert``, ``refit adapt --dry-run``) the
@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from monitoring.candidate import train_candidate
-from monitoring.feedback import drop_seen_rows, labelled_rows
-from monitoring.gate import (
-    GateNumbers,
+from monitoring.adaptation_gate import (
     count_test_changes,
     judge_adaptation,
     measure_window,
     overconfidence,
     split_window,
 )
+from monitoring.candidate import train_candidate
+from monitoring.feedback import drop_seen_rows, labelled_rows
+from monitoring.gate import GateNumbers
 from monitoring.retrain import RetrainResult, graded_answers, logged_inputs, read_rows, share
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, version_modality
@@ -129,7 +129,7 @@ def adapt(
         return RetrainResult("failed", str(exc)[:2000], production.version)
     numbers = measure_adaptation(production, candidate, test, labels, held_out, settings)
     numbers.adaptation = strategy
-    decision = judge_adaptation(numbers)
+    decision = judge_adaptation(numbers, settings.adapt_label_free_strategies)
     numbers.train_seconds = round(time.perf_counter() - start, 1)
     outcome, reason = decision.outcome, decision.reason
     if decision.promoted and promote:

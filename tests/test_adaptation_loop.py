@@ -182,7 +182,7 @@ def _numbers(**changes: Any) -> Any:
 
 
 def test_each_label_free_check_refuses_what_it_is_for() -> None:
-    from monitoring.gate import judge_adaptation
+    from monitoring.adaptation_gate import judge_adaptation
 
     assert judge_adaptation(_numbers()).promoted  # no labels at all: the label-free checks decide
     refused = {
@@ -204,8 +204,59 @@ def test_each_label_free_check_refuses_what_it_is_for() -> None:
     assert judge_adaptation(same).promoted
 
 
+def test_tent_and_dann_ship_only_on_held_out_labels_that_show_a_gain(tmp_path: Path) -> None:
+    from monitoring.adaptation_gate import judge_adaptation
+    from monitoring.settings import load_monitor_settings
+
+    # Every label-free check passes (the numbers of _numbers); the strategy decides.
+    for strategy in ("self-train", "bn-adapt", "spelling"):
+        assert judge_adaptation(_numbers(adaptation=strategy)).promoted, strategy
+    for strategy in ("tent", "dann", "tapt"):
+        decision = judge_adaptation(_numbers(adaptation=strategy))
+        assert not decision.promoted, decision
+        assert decision.reason.startswith(
+            f"{strategy} ships only when held-out feedback labels show a gain (none held out); "
+            "the label-free checks do not see its losses (label-free checks passed on 100 window inputs"
+        ), decision.reason
+    labelled = {"feedback_gate_rows": 5, "production_feedback_accuracy": 0.6}
+    even = judge_adaptation(_numbers(adaptation="dann", candidate_feedback_accuracy=0.6, **labelled))
+    assert not even.promoted and "(+0.0000 on 5 held-out labels)" in even.reason, even.reason
+    assert judge_adaptation(_numbers(adaptation="dann", candidate_feedback_accuracy=0.8, **labelled)).promoted
+    # The monitor's setting names the strategies the label-free checks may promote alone.
+    config = tmp_path / "monitor.yaml"
+    config.write_text("adapt_label_free_strategies: [self-train, dann]\n")
+    trusted = load_monitor_settings(config, {"model": "m"}).adapt_label_free_strategies
+    assert judge_adaptation(_numbers(adaptation="dann"), trusted).promoted
+    assert not judge_adaptation(_numbers(adaptation="bn-adapt"), trusted).promoted
+
+
+@pytest.mark.slow  # one `refit train` child (a tiny model, but a process)
+def test_refit_adapt_reports_that_dann_needs_labels_when_the_label_free_checks_pass(
+    dark_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.registry import ModelRegistry
+
+    home = dark_client.home
+    # Layers left as they were (a fresh probe on them still moves the confidence) and the
+    # tolerances wide: every label-free check passes, and only the strategy is left to judge.
+    config = _config(
+        tmp_path, adapt_settings={"adapt_learning_rate": 1e-12, "adapt_epochs": 1},
+        adapt_tolerance=1.0, adapt_max_mix_growth=1.0, adapt_max_confidence_fall=1.0,
+    )  # fmt: skip
+    args = ["adapt", "--strategy", "dann", "--dry-run", "--model", "surfaces", "--home", str(home)]
+    code, out = run_cli([*args, "--config", str(config)], capsys, monkeypatch)
+    assert code == 0, out
+    assert (
+        "adapt: reported (dann: the gate refuses it: dann ships only when held-out feedback labels show "
+        "a gain (none held out); the label-free checks do not see its losses (label-free checks passed"
+    ) in " ".join(out.split()), out
+    registry = ModelRegistry(home)
+    assert registry.versions("surfaces")[-1].stage == "archived"
+    assert registry.get("surfaces:production").version == registry.versions("surfaces")[0].version
+
+
 def test_the_default_mix_growth_refuses_a_drift_toward_few_labels_that_passed_every_other_check() -> None:
-    from monitoring.gate import judge_adaptation
+    from monitoring.adaptation_gate import judge_adaptation
     from monitoring.settings import MonitorSettings
 
     growth = MonitorSettings().adapt_max_mix_growth
@@ -230,7 +281,7 @@ def test_the_default_mix_growth_refuses_a_drift_toward_few_labels_that_passed_ev
 
 
 def test_a_uniform_loss_on_the_new_domain_is_refused_by_the_estimate_alone() -> None:
-    from monitoring.gate import judge_adaptation
+    from monitoring.adaptation_gate import judge_adaptation
 
     # TAPT on BANKING77 typos, seed 2 (benchmarks/adaptation.py): 231 old test texts, 0.857 ->
     # 0.844 with 8 lost and 5 gained (no evidence); on the held-out window the confidence fell
@@ -251,7 +302,7 @@ def test_a_uniform_loss_on_the_new_domain_is_refused_by_the_estimate_alone() -> 
 
 
 def test_a_candidate_humbler_than_production_is_judged_on_its_corrected_estimate() -> None:
-    from monitoring.gate import judge_adaptation, overconfidence
+    from monitoring.adaptation_gate import judge_adaptation, overconfidence
 
     # `refit adapt --dry-run` (self-train) on a tile model trained on exp1-exp3, its window 225
     # exp6 photos and 200 held-out exp1-exp3 ones: production's mean top probability on the 133
@@ -288,7 +339,7 @@ def test_a_candidate_humbler_than_production_is_judged_on_its_corrected_estimate
 
 
 def test_overturning_production_s_confident_answers_beyond_its_expected_errors_is_refused() -> None:
-    from monitoring.gate import judge_adaptation, measure_window
+    from monitoring.adaptation_gate import judge_adaptation, measure_window
 
     labels = ["crack", "free", "spot"]
     prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
@@ -324,7 +375,7 @@ def test_overturning_production_s_confident_answers_beyond_its_expected_errors_i
 
 
 def test_answers_on_inputs_the_candidate_reads_rewritten_are_not_counted_as_overturned() -> None:
-    from monitoring.gate import judge_adaptation, measure_window
+    from monitoring.adaptation_gate import judge_adaptation, measure_window
 
     labels = ["crack", "free", "spot"]
     prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
@@ -344,7 +395,7 @@ def test_answers_on_inputs_the_candidate_reads_rewritten_are_not_counted_as_over
 
 
 def test_the_default_adaptation_tolerance_separates_the_measured_tile_rows() -> None:
-    from monitoring.gate import judge_adaptation
+    from monitoring.adaptation_gate import judge_adaptation
     from monitoring.settings import MonitorSettings
 
     tolerance = MonitorSettings().adapt_tolerance
@@ -365,7 +416,7 @@ def test_the_default_adaptation_tolerance_separates_the_measured_tile_rows() -> 
 
 
 def test_a_small_loss_on_a_large_test_split_is_refused_when_it_is_real() -> None:
-    from monitoring.gate import count_test_changes, judge_adaptation
+    from monitoring.adaptation_gate import count_test_changes, judge_adaptation
 
     # 1,000 test texts, 4 points lost uniformly: within the tolerance, but 50 rows lost for 10
     # gained cannot be chance.
@@ -386,7 +437,7 @@ def test_a_small_loss_on_a_large_test_split_is_refused_when_it_is_real() -> None
 
 
 def test_the_gate_holds_out_a_fixed_share_of_the_window_from_the_adaptation() -> None:
-    from monitoring.gate import split_window
+    from monitoring.adaptation_gate import split_window
 
     inputs = [f"/blobs/sha256-{i:04d}.png" for i in range(2000)]
     adapted, held_out = split_window(inputs, 0.3)
@@ -403,7 +454,7 @@ def test_the_gate_holds_out_a_fixed_share_of_the_window_from_the_adaptation() ->
 
 
 def test_the_label_mix_distance_reads_a_collapse() -> None:
-    from monitoring.gate import label_mix_distance, measure_window
+    from monitoring.adaptation_gate import label_mix_distance, measure_window
 
     labels = ["crack", "free", "spot"]
     prior = {"crack": 0.2, "free": 0.6, "spot": 0.2}
@@ -421,7 +472,7 @@ def test_the_label_mix_distance_reads_a_collapse() -> None:
 
 
 def test_a_rare_label_that_vanishes_is_a_collapse_the_mix_distance_misses() -> None:
-    from monitoring.gate import judge_adaptation, measure_window
+    from monitoring.adaptation_gate import judge_adaptation, measure_window
 
     labels = ["crack", "free", "fray"]
     prior = {"crack": 0.05, "free": 0.92, "fray": 0.03}
