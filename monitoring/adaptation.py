@@ -120,6 +120,14 @@ def adapt(
     # which the test split already speaks for (one of 189 calm-light labels lost is no harm).
     on_window = feedback[feedback["text"].astype(str).isin(set(window["text"].astype(str)))]
     labels = drop_seen_rows(original, labelled_rows(logged_inputs(production, on_window, settings)))
+    if promote and labels.empty and strategy not in settings.adapt_label_free_strategies:
+        # The gate's verdict is certain (monitoring.adaptation_gate.needs_labels): train nothing.
+        reason = (
+            f"{strategy} ships only on held-out feedback labels that show a gain, and no input of the "
+            f"window has a label (adapt_label_free_strategies); --dry-run or mode: alert trains and "
+            f"judges it anyway"
+        )
+        return RetrainResult("skipped", reason, production.version)
     adapted, held_out = split_window(inputs, settings.adapt_gate_share, keys)
     start = time.perf_counter()
     try:

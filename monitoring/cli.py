@@ -131,7 +131,8 @@ def adapt(
         str | None,
         typer.Option(
             help="bn-adapt, tent, self-train, dann, tapt or spelling "
-            "(default: self-train for images, spelling for texts)."
+            "(default: self-train for images, spelling for texts); the gate promotes tent, dann "
+            "and tapt only on held-out feedback labels that show a gain (adapt_label_free_strategies)."
         ),
     ] = None,
     model: ModelOption = None,

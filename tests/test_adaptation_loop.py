@@ -124,8 +124,12 @@ def test_the_gate_refuses_an_adaptation_that_collapses_the_answers(
 
     home = dark_client.home
     # TENT at a learning rate 50,000 times its default: the BatchNorm scales blow up and the
-    # answers pile onto a label or two.
-    config = _config(tmp_path, adapt_settings={"adapt_learning_rate": 5.0, "adapt_epochs": 10})
+    # answers pile onto a label or two. Trusted to the label-free checks here, so that they judge it.
+    config = _config(
+        tmp_path,
+        adapt_settings={"adapt_learning_rate": 5.0, "adapt_epochs": 10},
+        adapt_label_free_strategies=["tent"],
+    )
     args = [
         "adapt",
         "--strategy",
@@ -139,7 +143,7 @@ def test_the_gate_refuses_an_adaptation_that_collapses_the_answers(
     ]
     code, out = run_cli(args, capsys, monkeypatch)
     assert code == 0, out
-    assert "adapt: rejected (tent: " in out, out
+    assert "adapt: rejected (tent: test accuracy dropped" in out, out
     registry = ModelRegistry(home)
     assert registry.get("surfaces:production").version == registry.versions("surfaces")[0].version
     assert registry.versions("surfaces")[-1].stage == "archived"
@@ -228,6 +232,24 @@ def test_tent_and_dann_ship_only_on_held_out_labels_that_show_a_gain(tmp_path: P
     trusted = load_monitor_settings(config, {"model": "m"}).adapt_label_free_strategies
     assert judge_adaptation(_numbers(adaptation="dann"), trusted).promoted
     assert not judge_adaptation(_numbers(adaptation="bn-adapt"), trusted).promoted
+
+
+@pytest.mark.slow  # a real service (the window is logged by it)
+def test_refit_adapt_trains_no_dann_it_could_not_ship(
+    dark_client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.registry import ModelRegistry
+
+    home = dark_client.home
+    args = ["adapt", "--strategy", "dann", "--model", "surfaces", "--home", str(home)]
+    code, out = run_cli([*args, "--config", str(_config(tmp_path))], capsys, monkeypatch)
+    assert code == 0, out
+    assert (
+        "adapt: skipped (dann ships only on held-out feedback labels that show a gain, and no input of "
+        "the window has a label (adapt_label_free_strategies); --dry-run or mode: alert trains and judges "
+        "it anyway)"
+    ) in " ".join(out.split()), out
+    assert len(ModelRegistry(home).versions("surfaces")) == 1  # nothing trained
 
 
 @pytest.mark.slow  # one `refit train` child (a tiny model, but a process)
