@@ -21,9 +21,10 @@ per label join the source before training and adaptation (adaptation plus a hand
 A stratified 15% of the source is held out as the "original test split" of the gate; validation
 rows (early stopping, the probe's C, calibration) come from the rest of the source only.
 
-The gate is the monitor's (:func:`monitoring.adaptation_gate.judge_adaptation`, default tolerances): test
-accuracy on the source's held-out split, and the label-free checks on the held-out share of the
-adaptation half.
+The gate is the monitor's (:func:`monitoring.adaptation_gate.judge_adaptation`, default settings):
+test accuracy on the source's held-out split, and the label-free checks on the held-out share of
+the adaptation half; with no target labels held out, it refuses the strategies those checks cannot
+vouch for (``tent``, ``dann``, ``tapt``).
 
 Writes ``benchmarks/results/adaptation.json`` (rows: modality, shift, method, seed, target_labels,
 accuracy_source_only, accuracy_adapted, accuracy_oracle, macro_f1_source_only, macro_f1_adapted,
@@ -242,8 +243,8 @@ def judge(inputs: dict[str, np.ndarray], method: str) -> str:
 
 
 def overconfident_on_test(inputs: dict[str, np.ndarray]) -> tuple[float, float]:
-    """Each model's :func:`monitoring.adaptation_gate.overconfidence` on the source's held-out split (none
-    in gate inputs saved before the gate read it)."""
+    """Each model's :func:`monitoring.adaptation_gate.overconfidence` on the source's held-out split
+    (none in gate inputs saved before the gate read it)."""
     if "production_test" not in inputs:
         return 0.0, 0.0
     return (

@@ -4,11 +4,12 @@ When the inputs drift and fewer than ``min_feedback`` of the window's prediction
 retrain has little to learn from; the drifted window's inputs themselves are the data. A
 candidate is trained in a child `refit train` with an adaptation strategy (``adapt_strategy``, by
 default ``self-train`` for images and ``spelling`` for texts) whose target is the window, on
-production's own training data and config. The gate (:func:`monitoring.adaptation_gate.judge_adaptation`)
-then compares it with production on production's test split, on whatever feedback labels the
-window has, and without labels on the share of the window's inputs held out from the adaptation
-(``adapt_gate_share``). With ``promote=False`` (``mode: alert``, ``refit adapt --dry-run``) the
-verdict is reported and the candidate archived.
+production's own training data and config. The gate
+(:func:`monitoring.adaptation_gate.judge_adaptation`) then compares it with production on
+production's test split, on whatever feedback labels the window has, and without labels on the
+share of the window's inputs held out from the adaptation (``adapt_gate_share``). With
+``promote=False`` (``mode: alert``, ``refit adapt --dry-run``) the verdict is reported and the
+candidate archived.
 """
 
 from __future__ import annotations
