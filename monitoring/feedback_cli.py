@@ -47,7 +47,7 @@ def list_sources(model: ModelOption = None, home: HomeOption = None, config: Con
         when = [f"{t:%Y-%m-%d %H:%M}" if t else "" for t in (row["first"], row["last"])]
         table.add_row(row["source"], str(row["rows"]), str(row["labels"]), *when, status)
     console.print(table)
-    last = next((r for r in read_retrains(engine, name, limit=20) if r["numbers"]), None)
+    last = next((r for r in read_retrains(engine, name, limit=20, trained=True) if r["numbers"]), None)
     if last is None:
         console.print("no retrain has screened this feedback yet")
         return

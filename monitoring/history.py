@@ -228,9 +228,24 @@ def record_retrain(engine: Engine, row: dict[str, Any]) -> int:
     return int(key[0]) if key is not None else 0
 
 
-def read_retrains(engine: Engine, model: str, limit: int = 50) -> list[dict[str, Any]]:
-    """The latest retrain decisions of ``model``, newest first."""
-    return _read_latest(engine, retrain_runs, model, limit)
+def read_retrains(
+    engine: Engine, model: str, limit: int = 50, *, trained: bool = False, adaptation: bool | None = None
+) -> list[dict[str, Any]]:
+    """The latest retrain decisions of ``model``, newest first: with ``trained``, only those that
+    trained something (not skipped); with ``adaptation`` True or False, only adaptations or only
+    retrains on labels.
+
+    Skipped runs can be many (one a check while the drift lasts and no label arrives, for a strategy
+    the gate could only refuse): filtered here, they never push a run that trained out of ``limit``.
+    """
+    query = select(retrain_runs).where(retrain_runs.c.model == model)
+    if trained:
+        query = query.where(retrain_runs.c.outcome != "skipped")
+    if adaptation is not None:
+        adapted = retrain_runs.c.trigger.endswith(ADAPT_TRIGGER)
+        query = query.where(adapted if adaptation else ~adapted)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query.order_by(retrain_runs.c.id.desc()).limit(limit))]
 
 
 def _read_latest(engine: Engine, table: Table, model: str, limit: int) -> list[dict[str, Any]]:

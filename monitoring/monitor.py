@@ -194,10 +194,8 @@ class Monitor:
     def last_run(self, adaptation: bool) -> datetime | None:
         """When the latest retrain on labels (or adaptation) that trained something started."""
         # A run skipped (too few labels, or inputs) trained nothing: it starts no cooldown.
-        for run in read_retrains(self.engine, self.settings.model, limit=50):
-            if run["outcome"] != "skipped" and run["trigger"].endswith(ADAPT_TRIGGER) == adaptation:
-                return _aware(run["started_at"])
-        return None
+        runs = read_retrains(self.engine, self.settings.model, limit=1, trained=True, adaptation=adaptation)
+        return _aware(runs[0]["started_at"]) if runs else None
 
     def retrain(self, trigger: str) -> RetrainResult:
         """Retrain through the gate now, and record the decision in the audit table and metrics."""

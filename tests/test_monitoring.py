@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from demo.data import NEW_INTENTS, write_demo_data
-from monitoring.history import acquire_lease, read_checks, read_retrains, release_lease
+from monitoring.history import acquire_lease, read_checks, read_retrains, record_retrain, release_lease
 from monitoring.monitor import Monitor
 from monitoring.retrain import RetrainResult
 from monitoring.settings import MonitorSettings, load_monitor_settings
@@ -276,6 +276,9 @@ def test_a_backdoor_sent_as_feedback_is_quarantined_by_refit_retrain(
     assert "quarantined" in out and ("mallory" in out or "zorblax" in out), out
     monitor = Monitor(settings_for(home))
     assert sum(read_retrains(monitor.engine, "support")[0]["numbers"]["quarantined"].values()) == 200
+    skipped = {"model": "support", "trigger": "drift (adapt)", "outcome": "skipped", "reason": ""}
+    for _ in range(25):  # a check's skipped adaptation each, while the drift lasts
+        record_retrain(monitor.engine, {**skipped, "numbers": {}, "started_at": datetime.now(UTC)})
     code, out = run_cli(["feedback", "list", "--model", "support", "--home", str(home)], capsys, monkeypatch)
     assert code == 0 and "rows: source mallory: contradicted 100%" in out, out
     assert "last retrain (" in out, out
@@ -318,6 +321,21 @@ def test_the_lease_lets_one_monitor_check_at_a_time(home: Path) -> None:
     assert acquire_lease(monitor.engine, "check:support", 60, holder="a")  # renewal
     release_lease(monitor.engine, "check:support", holder="a")
     assert acquire_lease(monitor.engine, "check:support", 60, holder="b")
+
+
+def test_the_cooldown_outlives_any_number_of_skipped_runs(home: Path) -> None:
+    monitor = Monitor(settings_for(home))
+    retrained = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    row = {"model": "support", "reason": "", "numbers": {}, "finished_at": None}
+    record_retrain(monitor.engine, {**row, "started_at": retrained, "trigger": "drift", "outcome": "failed"})
+    # A strategy the gate could only refuse is skipped at every check while the drift lasts.
+    for check in range(1, 61):
+        skipped = retrained + timedelta(minutes=5 * check)
+        record_retrain(
+            monitor.engine, {**row, "started_at": skipped, "trigger": "drift (adapt)", "outcome": "skipped"}
+        )
+    assert monitor.last_run(adaptation=False) == retrained
+    assert monitor.last_run(adaptation=True) is None
 
 
 def test_the_schedule_survives_a_restart(home: Path) -> None:
