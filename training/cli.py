@@ -137,7 +137,7 @@ def train(
     v = outcome.version
     if v is None:  # a non-main process of `accelerate launch`
         return
-    from training.data import describe_test_set
+    from training.provenance import describe_test_set
 
     for warning in outcome.warnings:
         console.print(f"[yellow]data warning:[/] {warning}")
@@ -183,8 +183,8 @@ def show_model(
 ) -> None:
     """Show one version's manifest, metrics, stage and path."""
     from training.artifacts import read_metrics
-    from training.data import describe_test_set
     from training.onnx_files import read_export_record
+    from training.provenance import describe_adaptation, describe_test_set
 
     version = _registry(home).get(ref)
     test = read_metrics(version)["test"]
@@ -208,6 +208,8 @@ def show_model(
         f"accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, ECE {test['ece']:.4f}",
     )
     table.add_row("test set", describe_test_set(version.manifest.get("test_set")))
+    if adaptation := version.manifest.get("adaptation"):
+        table.add_row("adapted", describe_adaptation(adaptation))
     record = read_export_record(version)
     table.add_row("onnx", f"{record['file']}: {describe_export(record)}" if record else "not exported")
     if record is not None:

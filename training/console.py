@@ -48,7 +48,7 @@ def render_versions(versions: list[Any]) -> Table:
 
     Test metrics compare only within one test set; the caption says when the table holds several.
     """
-    from training.data import describe_test_set
+    from training.provenance import describe_test_set
 
     table = Table(title="model versions")
     columns = ("tag", "stage", "strategy", "test acc", "macro-F1", "test set", "data", "parent", "created")

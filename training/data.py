@@ -376,20 +376,3 @@ def _split(
     train, val, test, notes = group_split(data, fractions, seed, group_column or GROUP)
     report.group_notes = notes
     return train, val, test
-
-
-def describe_test_set(test_set: dict[str, Any] | None) -> str:
-    """Where a metric comes from: ``file test.csv, 3,080 rows, sha256:1a2b3c4d`` or ``20% split of ...``."""
-    if not test_set:
-        return "test set not recorded"
-    name = Path(str(test_set.get("path") or "the data")).name
-    where = (
-        f"file {name}"
-        if test_set.get("source") == "file"
-        else f"{float(test_set.get('fraction') or 0):.0%} split of {name}"
-    )
-    if test_set.get("groups") is not None and test_set.get("source") != "file":
-        where += f" by {test_set.get('group_column')}"
-    groups = f" of {int(test_set['groups']):,} groups" if test_set.get("groups") is not None else ""
-    rows = f"{int(test_set.get('rows', 0)):,} rows{groups}"
-    return f"{where}, {rows}, {str(test_set.get('fingerprint', ''))[:15]}"

@@ -24,7 +24,7 @@ from training.artifacts import (
 )
 from training.config import TrainingConfig
 from training.context import StrategyResult, TrainContext
-from training.data import DatasetSplits, describe_test_set, split_frames
+from training.data import DatasetSplits, split_frames
 from training.errors import DataError, VersionNotFoundError
 from training.evaluation import EvaluationResult, evaluate_predictions
 from training.groups import GROUP, group_ids, has_groups
@@ -38,6 +38,7 @@ from training.operating_point import (
     choose_configured_operating_point,
     describe_operating_point,
 )
+from training.provenance import describe_test_set
 from training.reference_profile import (
     PROFILE_FILE,
     build_reference_profile,
