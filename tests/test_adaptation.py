@@ -150,6 +150,8 @@ def test_refit_train_adapts_with_tent_and_records_the_lineage(
     code, out = run_cli(["models", "show", adapted.tag], capsys, monkeypatch)
     fingerprint = lineage["target"]["fingerprint"][:15]
     assert code == 0 and f"tent (from head) to 24 inputs of w1, {fingerprint}" in " ".join(out.split()), out
+    for report in ("report.md", "report.html"):  # what a shared report says too
+        assert f"tent (from head) to 24 inputs of w1, {fingerprint}" in (adapted.path / report).read_text()
     # The adapted version is a version like any other: it loads and answers.
     from training.artifacts import load_version_model
     from training.inference import predict

@@ -38,7 +38,7 @@ from training.operating_point import (
     choose_configured_operating_point,
     describe_operating_point,
 )
-from training.provenance import describe_test_set
+from training.provenance import describe_adaptation, describe_test_set
 from training.reference_profile import (
     PROFILE_FILE,
     build_reference_profile,
@@ -280,6 +280,8 @@ def write_version(
     }
     summary = {k: manifest[k] for k in ("strategy", "base_model", "data_fingerprint", "parent_version")}
     summary["test set"] = describe_test_set(splits.test_set)  # what the test metrics below come from
+    if manifest.get("adaptation"):
+        summary["adapted"] = describe_adaptation(manifest["adaptation"])
     summary["trainable params"] = f"{result.trainable_params:,}"
     summary["train seconds"] = manifest["train_seconds"]
     point = result.details.get("operating_point")
