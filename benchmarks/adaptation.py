@@ -236,8 +236,8 @@ def judge(inputs: dict[str, np.ndarray], method: str) -> str:
             overconfident_on_test(inputs),
         ),
         test_changes=count_test_changes(before, after),
+        adaptation=parse_method(method)[0],
     )
-    numbers.adaptation = parse_method(method)[0]
     decision = judge_adaptation(numbers, defaults.adapt_label_free_strategies)
     return "promoted" if decision.promoted else f"refused: {decision.reason}"
 

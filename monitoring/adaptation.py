@@ -30,11 +30,12 @@ from monitoring.adaptation_gate import (
     measure_window,
     overconfidence,
     split_window,
+    vouched_for,
 )
 from monitoring.candidate import train_candidate
 from monitoring.feedback import drop_seen_rows, labelled_rows
 from monitoring.gate import GateNumbers
-from monitoring.retrain import RetrainResult, graded_answers, logged_inputs, read_rows, share
+from monitoring.retrain import RetrainResult, grade, logged_inputs, read_rows, share
 from monitoring.settings import MonitorSettings
 from training.artifacts import load_version_model, read_labels, version_modality
 from training.blobs import BlobStore
@@ -121,7 +122,7 @@ def adapt(
     # which the test split already speaks for (one of 189 calm-light labels lost is no harm).
     on_window = feedback[feedback["text"].astype(str).isin(set(window["text"].astype(str)))]
     labels = drop_seen_rows(original, labelled_rows(logged_inputs(production, on_window, settings)))
-    if promote and labels.empty and strategy not in settings.adapt_label_free_strategies:
+    if promote and labels.empty and not vouched_for(strategy, settings.adapt_label_free_strategies):
         # The gate's verdict is certain (monitoring.adaptation_gate.needs_labels): train nothing.
         reason = (
             f"{strategy} ships only on held-out feedback labels that show a gain, and no input of the "
@@ -198,12 +199,12 @@ def measure_adaptation(
 ) -> GateNumbers:
     """Both versions on production's test split (accuracy and overconfidence), on the held-out
     feedback labels, and label-free on the window's ``inputs`` the candidate did not adapt to."""
-    (production_test, production_sure), (production_labels, _) = graded_answers(production, test, labels)
-    (candidate_test, candidate_sure), (candidate_labels, _) = graded_answers(candidate, test, labels)
+    graded, production_window, _ = _read_version(production, test, labels, inputs)
+    (production_test, production_sure), (production_labels, _) = graded
+    graded, candidate_window, rewritten = _read_version(candidate, test, labels, inputs)
+    (candidate_test, candidate_sure), (candidate_labels, _) = graded
     train_labels = read_rows(production, "train")["label"]
     prior = {str(k): v / len(train_labels) for k, v in Counter(train_labels).items()}
-    production_window, _ = _probabilities(production, inputs)
-    candidate_window, rewritten = _probabilities(candidate, inputs)
     window = measure_window(
         production_window,
         candidate_window,
@@ -226,10 +227,17 @@ def measure_adaptation(
     )
 
 
-def _probabilities(
-    version: ModelVersion, inputs: list[str]
-) -> tuple[tuple[np.ndarray, list[str]], np.ndarray]:
-    """(probabilities, labels) of ``version`` on ``inputs``, and which inputs it reads rewritten."""
+def _read_version(
+    version: ModelVersion, test: pd.DataFrame, labels: pd.DataFrame, inputs: list[str]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, list[str]], np.ndarray]:
+    """One load and one pass of ``version`` over the test split, the feedback labels and the
+    window's ``inputs``: per labelled frame (correct, confidence) as :func:`grade` gives them, the
+    window's (probabilities, labels), and which inputs it reads rewritten."""
     model, processor = load_version_model(version)
-    probabilities = predict(model, processor, inputs).probabilities
-    return (probabilities, read_labels(version)), rewritten_inputs(processor, inputs)
+    names = read_labels(version)
+    texts = [*test["text"], *labels["text"]]
+    probabilities = predict(model, processor, [*texts, *inputs]).probabilities
+    answered = probabilities[: len(texts)]
+    predicted = np.asarray(names, dtype=object)[answered.argmax(axis=1)]
+    graded = grade(predicted, answered.max(axis=1), test, labels)
+    return graded, (probabilities[len(texts) :], names), rewritten_inputs(processor, inputs)

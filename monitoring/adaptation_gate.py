@@ -232,6 +232,12 @@ def judge_adaptation(
     return GateDecision(True, passed, numbers)
 
 
+def vouched_for(strategy: str | None, label_free: Collection[str]) -> bool:
+    """Whether the label-free checks may promote an adaptation by ``strategy`` alone (None: numbers
+    that name no strategy are judged by the checks alone)."""
+    return strategy is None or strategy in label_free
+
+
 def needs_labels(numbers: GateNumbers, label_free: Collection[str]) -> str | None:
     """Why an adaptation whose strategy the label-free checks cannot vouch for is not shipped, or None.
 
@@ -241,7 +247,7 @@ def needs_labels(numbers: GateNumbers, label_free: Collection[str]) -> str | Non
     `bn-adapt` ones lost anything. Such a strategy ships as a retrain does, on held-out feedback
     it answers better than production.
     """
-    if numbers.adaptation is None or numbers.adaptation in label_free:
+    if vouched_for(numbers.adaptation, label_free):
         return None
     gain = numbers.candidate_feedback_accuracy - numbers.production_feedback_accuracy
     if gain > 0:  # NaN (no labels) compares false

@@ -58,22 +58,23 @@ def answers(version: ModelVersion, texts: list[str]) -> tuple[np.ndarray, np.nda
     return labels[probabilities.argmax(axis=1)], probabilities.max(axis=1)
 
 
-def graded_answers(version: ModelVersion, *frames: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per labelled frame, whether ``version`` answered each row's label (unknown labels: wrong)
-    and the probability it gave its answer.
-
-    The model is loaded once and run once over all frames' texts.
-    """
-    rows = pd.concat(frames, ignore_index=True)
-    predicted, confidence = answers(version, list(rows["text"]))
-    correct = predicted == rows["label"].to_numpy()
+def grade(
+    predicted: np.ndarray, confidence: np.ndarray, *frames: pd.DataFrame
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per labelled frame, whether each answer (for the frames' rows in order) is the row's label,
+    and the probability given to it."""
+    correct = predicted == pd.concat(frames, ignore_index=True)["label"].to_numpy()
     bounds = np.cumsum([0, *(len(f) for f in frames)])
     return [(correct[a:b], confidence[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def correct_answers(version: ModelVersion, *frames: pd.DataFrame) -> list[np.ndarray]:
-    """Per labelled frame, whether ``version`` answered each row's label (unknown labels: wrong)."""
-    return [correct for correct, _ in graded_answers(version, *frames)]
+    """Per labelled frame, whether ``version`` answered each row's label (unknown labels: wrong).
+
+    The model is loaded once and run once over all frames' texts.
+    """
+    rows = pd.concat(frames, ignore_index=True)
+    return [correct for correct, _ in grade(*answers(version, list(rows["text"])), *frames)]
 
 
 def accuracies(version: ModelVersion, *frames: pd.DataFrame) -> list[float]:
