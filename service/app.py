@@ -154,7 +154,7 @@ class RefitClassifier:
         self.calls = CallPool(self.settings.model_call_count(self.device))
         cores_per_call = (os.cpu_count() or 1) // (self.settings.worker_count * self.calls.size)
         self.threads = self.settings.threads or max(1, cores_per_call)
-        limit_numpy_threads(self.threads)
+        limit_numpy_threads(self.threads, self.device)
         self.log = InferenceLog(
             self.settings.resolved_log_url,
             queue_size=self.settings.log_queue_size,

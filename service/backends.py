@@ -230,17 +230,20 @@ def load_backend(version: ModelVersion, backend: str, device: str, threads: int)
     return TorchBackend(model, device)
 
 
-def limit_numpy_threads(threads: int) -> None:
-    """Give numpy's BLAS the worker's share of the cores, as the model has.
+def limit_numpy_threads(threads: int, device: str) -> None:
+    """Give numpy's BLAS one thread on CPU, and the worker's share of the cores on a GPU.
 
     Its pool otherwise starts a thread per core in every worker, and those threads spin between
     the small products of the request path (open-set distances), taking the cores from the
     model: on 2 cores, 2 workers served 100 images/s with the default pool and 170-186 with one
-    thread each.
+    thread each. On CPU that holds whatever ``threads`` the model's calls get: one worker whose
+    model ran on 2 threads served 85 BANKING77 texts/s at concurrency 1 with BLAS on 2 as well,
+    156 with BLAS on 1 (119 and 202 at concurrency 8; `benchmarks/results/serve_load_layouts*`).
+    On a GPU the model leaves the cores to the distances.
     """
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=max(1, threads), user_api="blas")
+    threadpool_limits(limits=max(1, threads) if device.startswith("cuda") else 1, user_api="blas")
 
 
 def worker_device(device: str) -> str:

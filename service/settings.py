@@ -34,7 +34,8 @@ class ServeSettings(ServedModelSettings):
     # worker processes; None: one per GPU of `gpus`, one on CUDA without `gpus`, one per core
     # on CPU (at most 4)
     workers: int | None = Field(None, ge=1)
-    threads: int = Field(0, ge=0)  # threads per model call (and numpy's BLAS); 0: cores / (workers x calls)
+    # threads per model call (numpy's BLAS gets 1 on CPU); 0: cores / (workers x calls)
+    threads: int = Field(0, ge=0)
     # model calls one worker runs at once, each on part of a batch; 0: the cores on CPU, 1 on CUDA
     # (see service/call_pool.py)
     model_calls: int = Field(0, ge=0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -510,9 +512,27 @@ def test_what_schemathesis_found_is_answered_as_documented(client: Any) -> None:
     assert broken.status_code == 400 and "do not parse as JSON" in broken.json()["error"], broken.text
 
 
-def test_the_worker_caps_numpy_blas_at_its_share_of_the_cores(
+def test_a_gpu_worker_gives_numpy_blas_its_share_of_the_cores() -> None:
+    # In a process of its own, as a worker is: threadpoolctl lets the first thread that sets a
+    # limit own it, and this test's thread would then own the limits of the tests after it.
+    script = (
+        "from threadpoolctl import threadpool_info\n"
+        "from service.backends import limit_numpy_threads\n"
+        "def blas():\n"
+        "    return sorted({p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'})\n"
+        "limit_numpy_threads(3, 'cuda:0'); print(blas())\n"
+        "limit_numpy_threads(3, 'cpu'); print(blas())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # The model runs on the GPU, so the cores are free for the distances; on CPU they are not.
+    assert done.stdout.split("\n")[:2] == ["[3]", "[1]"], done.stdout
+
+
+def test_a_cpu_worker_gives_numpy_blas_one_thread_whatever_the_model_calls_get(
     service_app: Any, serve_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # BLAS threads spinning beside a 2-thread model call halved a worker's texts/s.
     from starlette.testclient import TestClient
     from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -521,7 +541,7 @@ def test_the_worker_caps_numpy_blas_at_its_share_of_the_cores(
 
     before = blas_threads()
     monkeypatch.setenv("REFIT_SERVE_FREEZE_HEAP", "false")
-    monkeypatch.setenv("REFIT_SERVE_THREADS", "1")
+    monkeypatch.setenv("REFIT_SERVE_THREADS", "2")
     try:
         with TestClient(service_app) as client:
             assert client.post("/classify", json={"texts": ["reset my password"]}).status_code == 200
