@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Engine,
     Float,
@@ -238,17 +239,17 @@ def read_retrains(
     Skipped runs can be many (one a check while the drift lasts and no label arrives, for a strategy
     the gate could only refuse): filtered here, they never push a run that trained out of ``limit``.
     """
-    query = select(retrain_runs).where(retrain_runs.c.model == model)
-    if trained:
-        query = query.where(retrain_runs.c.outcome != "skipped")
+    conditions = [retrain_runs.c.outcome != "skipped"] if trained else []
     if adaptation is not None:
         adapted = retrain_runs.c.trigger.endswith(ADAPT_TRIGGER)
-        query = query.where(adapted if adaptation else ~adapted)
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(query.order_by(retrain_runs.c.id.desc()).limit(limit))]
+        conditions.append(adapted if adaptation else ~adapted)
+    return _read_latest(engine, retrain_runs, model, limit, *conditions)
 
 
-def _read_latest(engine: Engine, table: Table, model: str, limit: int) -> list[dict[str, Any]]:
-    query = select(table).where(table.c.model == model).order_by(table.c.id.desc()).limit(limit)
+def _read_latest(
+    engine: Engine, table: Table, model: str, limit: int, *conditions: ColumnElement[bool]
+) -> list[dict[str, Any]]:
+    query = select(table).where(table.c.model == model, *conditions)
+    query = query.order_by(table.c.id.desc()).limit(limit)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(query)]
