@@ -8,11 +8,12 @@ test split, in-scope rows should keep their label and held-out-intent rows shoul
 
 Methods, each flagging a text when its score is at or over a threshold:
 
-    refit         what a version ships: uncertainty and distance to the nearest training text,
-                  standardised and averaged; its threshold chosen at training time on its
-                  validation split for <= 2 points of accuracy loss
+    refit         what a version ships: uncertainty and distance to the nearest training text
+                  (of the sample it serves past `open_set_reference_rows`), standardised and
+                  averaged; its threshold chosen at training time on its validation split for
+                  <= 2 points of accuracy loss
     msp           1 - the top probability (maximum softmax probability)
-    knn_distance  cosine distance to the nearest training text
+    knn_distance  cosine distance to the nearest training text (all of them)
 
 `msp` and `knn_distance` get their thresholds by the same rule on a calibration split (10% of
 each known intent's training rows) that the benchmark keeps out of training.
@@ -37,7 +38,7 @@ from sklearn.metrics import roc_auc_score
 from benchmarks.arguments import banking77_parser, benchmark_config
 from benchmarks.train_banking77 import load_banking77
 from monitoring.reference import Encoder
-from training.artifacts import load_version_processor
+from training.artifacts import load_version_processor, read_split
 from training.console import quiet_transformers
 from training.data import stratified_split
 from training.novelty import nearest_distance
@@ -128,9 +129,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     correct = probabilities.argmax(axis=1) == truth
     cal_probabilities, cal_embeddings = outputs(version, list(calibration["text"]), "calibration")
     cal_correct = cal_probabilities.argmax(axis=1) == calibration["label"].map(index).to_numpy(int)
+    # Every training text, not the sample a version serves past `open_set_reference_rows`.
+    _, train_embeddings = outputs(version, list(read_split(version, "train")["text"]), "train")
 
     def single(signal: str, probs: np.ndarray, embs: np.ndarray) -> np.ndarray:
-        return 1.0 - probs.max(axis=1) if signal == "msp" else nearest_distance(embs, reference)
+        return 1.0 - probs.max(axis=1) if signal == "msp" else nearest_distance(embs, train_embeddings)
 
     rows = [
         evaluate(
@@ -162,6 +165,7 @@ def write_results(
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     unknown = int(setup["test"]["label"].isin(setup["unknown"]).sum())
+    train_rows = setup["version"].manifest["rows"]["train"]
     lines = [
         "# Open-set answers on BANKING77: intents held out of training as the unknown ones",
         "",
@@ -170,7 +174,9 @@ def write_results(
         f"{test_rows:,} rows, {unknown:,} of them from the {len(setup['unknown'])} held-out intents; "
         f"in-scope accuracy without abstaining {baseline:.4f}. Thresholds for <= {args.max_loss:.0%} "
         f"accuracy loss (refit: its validation split, {open_set.validation_rows:,} rows; the others: "
-        f"a calibration split of {len(setup['calibration']):,} rows kept out of training). "
+        f"a calibration split of {len(setup['calibration']):,} rows kept out of training). Distances: "
+        f"refit's to the {open_set.reference_rows or train_rows:,} training texts it serves "
+        f"(`open_set_reference_rows`), knn_distance's to all {train_rows:,}. "
         f"Target: AUROC >= 0.90 and out-of-scope recall >= 0.70 at <= 2 points of loss.",
         "",
         "| method | in-scope accuracy | loss (points) | OOS recall | OOS precision | AUROC |",

@@ -12,7 +12,13 @@ import pandas as pd
 import pytest
 
 from tests.helpers import tiny_rows
-from training.open_set import OPEN_SET_FILE, choose_threshold, load_open_set
+from training.open_set import (
+    MIN_LABEL_ROWS,
+    OPEN_SET_FILE,
+    choose_threshold,
+    load_open_set,
+    sample_open_set_rows,
+)
 from training.pipeline import train_model
 from training.registry import ModelRegistry
 
@@ -47,6 +53,60 @@ def test_a_trained_version_ships_its_open_set_calibration(
     assert open_set.validation_rows == version.manifest["rows"]["validation"]
     assert open_set.max_accuracy_loss == 0.02
     assert version.manifest["open_set"]["threshold"] == open_set.threshold
+
+
+def test_a_reference_past_the_cap_keeps_each_label_s_share_and_every_rare_label() -> None:
+    labels = np.array([0] * 900 + [1] * 95 + [2] * 5)
+    kept = sample_open_set_rows(labels, 200, seed=0)
+    assert list(kept) == sorted(set(kept))
+    assert list(np.bincount(labels[kept])) == [180, 19, 5]  # label 2: all 5, fewer than MIN_LABEL_ROWS
+    assert list(sample_open_set_rows(labels, 200, seed=0)) == list(kept)  # the run's seed decides
+    assert list(sample_open_set_rows(labels, 200, seed=1)) != list(kept)
+    assert list(sample_open_set_rows(labels, 1000, seed=0)) == list(range(1000))  # at the cap: all
+
+
+@pytest.mark.parametrize("selection", ["holdout", "cv"])
+def test_a_version_trained_past_the_cap_serves_the_sample_its_threshold_was_chosen_on(
+    make_config: Callable[..., Any], registry: ModelRegistry, tmp_path: Path, selection: str
+) -> None:
+    from monitoring.reference import Encoder
+    from training.artifacts import load_version_processor, read_split
+    from training.novelty import nearest_distance
+
+    data = tmp_path / "tickets.csv"
+    tiny_rows(copies=12).to_csv(data, index=False)
+    config = make_config(strategy="head", open_set_reference_rows=10, selection=selection)
+    version = train_model(data, config, registry=registry).version
+    assert version is not None
+    loaded = load_open_set(version.path)
+    assert loaded is not None
+    open_set, reference = loaded
+    train_rows = version.manifest["rows"]["train"]
+    assert len(reference) == open_set.reference_rows == 3 * MIN_LABEL_ROWS < train_rows
+    if selection == "holdout":
+        # The distances the threshold was chosen on are the validation rows' to the served sample.
+        validation = read_split(version, "validation")
+        _, embeddings = Encoder(version, load_version_processor(version)).outputs(list(validation["text"]))
+        distances = nearest_distance(embeddings, reference, unit_reference=True)
+        assert open_set.distance_mean == pytest.approx(float(distances.mean()), abs=1e-3)
+
+
+def test_leave_one_out_distances_to_a_sample_skip_only_the_row_itself_or_its_group() -> None:
+    from training.novelty import nearest_distance
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(30, 4))
+    groups = np.repeat(np.arange(10), 3)
+    sample = np.array([1, 4, 5, 11, 20, 29])
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    cosine = 1.0 - unit @ unit[sample].T
+    alone = nearest_distance(rows, rows[sample], exclude_self=True, reference_rows=sample)
+    grouped = nearest_distance(rows, rows[sample], exclude_self=True, groups=groups, reference_rows=sample)
+    for i in range(30):
+        not_itself = [c for c, j in zip(cosine[i], sample, strict=True) if j != i]
+        other_groups = [c for c, j in zip(cosine[i], sample, strict=True) if groups[j] != groups[i]]
+        assert alone[i] == pytest.approx(min(not_itself), abs=1e-5)
+        assert grouped[i] == pytest.approx(min(other_groups), abs=1e-5)
 
 
 def set_threshold(home: Path, threshold: float) -> None:

@@ -116,6 +116,8 @@ class TrainingConfig(StageSettings):
     profile_rows: int = Field(5000, ge=10)  # rows of training data kept as the drift reference
     # open-set answers: the abstention threshold may cost this much validation accuracy
     abstain_max_accuracy_loss: float = Field(0.02, ge=0.0, lt=1.0)
+    # training rows the open-set distance reads on every request (a per-label sample past this)
+    open_set_reference_rows: int = Field(8192, ge=10)
     oos_label: str | None = None  # a label of the data that means "out of scope": predicting it abstains
     parent_version: str | None = None  # lineage; defaults to the current production version
 

@@ -24,28 +24,32 @@ def nearest_distance(
     exclude_self: bool = False,
     unit_reference: bool = False,
     groups: np.ndarray | None = None,
+    reference_rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cosine distance (n,) from each query row to its nearest reference row.
 
     Args:
         queries: (n, hidden) embeddings.
         reference: (m, hidden) embeddings.
-        exclude_self: ``queries`` is ``reference``; skip each row's match with itself
-            (leave-one-out distances of the reference to itself).
-        groups: with ``exclude_self``, each row's group (``group_column``): skip the matches
-            with every row of its group (leave-one-group-out: a part's other photos are no
+        exclude_self: ``queries`` is ``reference`` (or holds it: ``reference_rows``); skip each
+            row's match with itself (leave-one-out distances of the reference to itself).
+        groups: with ``exclude_self``, each query row's group (``group_column``): skip the
+            matches with every row of its group (leave-one-group-out: a part's other photos are no
             evidence that the part is known).
+        reference_rows: with ``exclude_self``, the reference is ``queries[reference_rows]`` (a
+            sample of them), so each query skips only the reference rows that are itself or of
+            its group.
         unit_reference: the reference rows are unit-norm already (a served version's, normalised
             once at load: on the request path that saves more than the product itself costs).
     """
     q, r = unit_rows(queries), (reference if unit_reference else unit_rows(reference))
+    rows = np.arange(len(r)) if reference_rows is None else np.asarray(reference_rows)
     out = np.empty(len(q), dtype=np.float32)
     for start in range(0, len(q), CHUNK):
         block = q[start : start + CHUNK] @ r.T
         if exclude_self and groups is not None:
-            block[groups[start : start + CHUNK, None] == groups[None, :]] = -np.inf
+            block[groups[start : start + CHUNK, None] == groups[rows][None, :]] = -np.inf
         elif exclude_self:
-            rows = np.arange(len(block))
-            block[rows, start + rows] = -np.inf
+            block[np.arange(start, start + len(block))[:, None] == rows[None, :]] = -np.inf
         out[start : start + CHUNK] = 1.0 - block.max(axis=1)
     return out

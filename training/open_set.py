@@ -21,6 +21,7 @@ from training.novelty import nearest_distance, unit_rows
 
 OPEN_SET_FILE = "open_set.json"
 REFERENCE_FILE = "open_set_reference.npy"  # (train rows, hidden) float16 embeddings
+MIN_LABEL_ROWS = 10  # rows of each label a sampled reference keeps (all of a label with fewer)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class OpenSet:
     validation_rows: int
     validation_abstain_rate: float
     oos_label: str | None = None  # a trained out-of-scope class; predicting it abstains
+    reference_rows: int | None = None  # training rows the distance reads (a sample past the cap)
 
     def scores(
         self,
@@ -83,18 +85,26 @@ def fit_open_set(
     *,
     leave_one_out: bool = False,
     groups: np.ndarray | None = None,
+    reference_rows: np.ndarray | None = None,
 ) -> OpenSet | None:
     """Standardise both signals and choose the threshold on validation rows; None without them.
 
-    With ``leave_one_out`` the "validation" rows are the training rows themselves, scored out of
-    fold (cross-validated selection): each row's distance skips the row itself, or every row of
-    its group when ``groups`` (one per training row) are given.
+    ``train_embeddings`` is the reference the served version's distances read: every training
+    row, or the sample of them ``sample_open_set_rows`` chose. With ``leave_one_out`` the
+    "validation" rows are the training rows themselves, scored out of fold (cross-validated
+    selection): each row's distance skips the row itself, or every row of its group when
+    ``groups`` (one per training row) are given; ``reference_rows`` says which training rows
+    the reference holds when it is a sample.
     """
     if len(validation_labels) < 2 or len(train_embeddings) < 2:
         return None
     uncertainty = 1.0 - validation_probabilities.max(axis=1)
     distance = nearest_distance(
-        validation_embeddings, train_embeddings, exclude_self=leave_one_out, groups=groups
+        validation_embeddings,
+        train_embeddings,
+        exclude_self=leave_one_out,
+        groups=groups,
+        reference_rows=reference_rows if leave_one_out else None,
     )
     open_set = OpenSet(
         threshold=float("inf"),
@@ -106,12 +116,38 @@ def fit_open_set(
         validation_rows=len(validation_labels),
         validation_abstain_rate=0.0,
         oos_label=oos_label,
+        reference_rows=len(train_embeddings),
     )
     scores = open_set.combine(uncertainty, distance)
     correct = validation_probabilities.argmax(axis=1) == validation_labels
     open_set.threshold = choose_threshold(scores, correct, max_accuracy_loss)
     open_set.validation_abstain_rate = float((scores >= open_set.threshold).mean())
     return open_set
+
+
+def sample_open_set_rows(labels: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    """Indices (sorted) of the training rows the open-set distance reads: all of them when there
+    are at most ``rows``, otherwise each label's share of ``rows`` drawn at random.
+
+    The distance is read on every request, so its cost must not grow with the training set. A
+    random sample keeps where the texts are dense, and the rows left out are then like new inputs
+    to it, so thresholds chosen on them hold. Each label keeps at least ``MIN_LABEL_ROWS`` (or
+    all it has), so that a rare label's inputs are not all "far from anything trained on".
+
+    Args:
+        labels: label index (n,) of each training row.
+        rows: the cap.
+        seed: the run's seed.
+    """
+    if len(labels) <= rows:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        members = np.nonzero(labels == label)[0]
+        share = max(round(rows * len(members) / len(labels)), MIN_LABEL_ROWS)
+        keep.append(rng.choice(members, size=min(share, len(members)), replace=False))
+    return np.sort(np.concatenate(keep))
 
 
 def choose_threshold(scores: np.ndarray, correct: np.ndarray, max_accuracy_loss: float) -> float:

@@ -32,7 +32,7 @@ from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
 from training.inference import Predictions, predict
 from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
-from training.open_set import OpenSet, fit_open_set
+from training.open_set import OpenSet, fit_open_set, sample_open_set_rows
 from training.operating_point import (
     apply_operating_point,
     choose_configured_operating_point,
@@ -195,13 +195,16 @@ def fit_version_open_set(
     training embeddings its distance score reads (None without held-out rows).
 
     The held-out rows are the validation split's, or under ``selection: cv`` the training rows
-    scored out of fold (their distances then leave each row itself out, or its whole group)."""
+    scored out of fold (their distances then leave each row itself out, or its whole group). The
+    embeddings are a sample past ``open_set_reference_rows``."""
     if validation is None and result.out_of_fold is None:
         return None
     if result.strategy in ("baseline", "head"):  # a frozen encoder: its embeddings are cached
         train = ctx.frozen_embeddings("train")
     else:
         train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
+    cfg = ctx.config
+    kept = sample_open_set_rows(ctx.label_ids("train"), cfg.open_set_reference_rows, cfg.seed)
     groups = None  # only the leave-one-out distances of cross-validated selection read the groups
     if result.out_of_fold is not None:
         held_out = (result.out_of_fold, train, ctx.label_ids("train"))
@@ -209,16 +212,16 @@ def fit_version_open_set(
     else:
         assert validation is not None
         held_out = (validation.probabilities, validation.embeddings, ctx.label_ids("validation"))
-    cfg = ctx.config
     open_set = fit_open_set(
-        train,
+        train[kept],
         *held_out,
         cfg.abstain_max_accuracy_loss,
         cfg.oos_label,
         leave_one_out=result.out_of_fold is not None,
         groups=groups,
+        reference_rows=kept,
     )
-    return None if open_set is None else (open_set, train)
+    return None if open_set is None else (open_set, train[kept])
 
 
 def is_main_process() -> bool:
