@@ -188,6 +188,7 @@ class LoadedModel:
                 "oos_label": self.open_set[0].oos_label,
                 "abstaining": self.abstain,
                 "validation_abstain_rate": self.open_set[0].validation_abstain_rate,
+                "reference_rows": len(self.open_set[1]),  # what each request's distance reads
             },
         }
 

@@ -136,7 +136,10 @@ def test_out_of_scope_texts_get_label_null_and_a_best_guess_when_abstaining(
             assert answer["label"] is None and answer["best_guess"] == answer["top_k"][0]["label"]
         else:
             assert answer["label"] == answer["top_k"][0]["label"] and "best_guess" not in answer
-        assert client.get("/model").json()["open_set"]["abstaining"] is abstain
+        served = client.get("/model").json()["open_set"]
+        assert served["abstaining"] is abstain
+        trained = ModelRegistry(served_home).get("tiny:production").manifest["rows"]["train"]
+        assert served["reference_rows"] == trained  # under the cap: every training row
         assert out_of_scope_count(client.get("/metrics").text) == before + 1
 
 
