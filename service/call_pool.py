@@ -1,10 +1,11 @@
 """Model calls side by side: the parts of one batch run at once, each on its own thread.
 
-A worker does not always get its share of the load: BentoML's workers share one listening socket,
-and a keep-alive connection stays with the worker that accepted it (service/balance.py evens the
-shares out, within a second or so). A worker whose batch is split into parts that run at once,
-single-threaded each (ONNX Runtime and torch release the GIL while they compute), uses every core
-when the other workers idle, and costs little when all are busy
+A worker runs as many single-threaded calls at once as its share of the cores (ONNX Runtime and
+torch release the GIL while they compute), so a lone worker uses every core. More calls than
+that, a call per core in every worker, put more threads on the cores than they have, and served
+fewer texts/s under load (``ServeSettings.model_call_count``). BentoML's workers share one
+listening socket and a keep-alive connection stays with the worker that accepted it;
+service/balance.py evens the workers' shares out, within a second or so
 (`benchmarks/results/serve_load_balance.md`).
 """
 

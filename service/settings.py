@@ -36,8 +36,8 @@ class ServeSettings(ServedModelSettings):
     workers: int | None = Field(None, ge=1)
     # threads per model call (numpy's BLAS gets 1 on CPU); 0: cores / (workers x calls)
     threads: int = Field(0, ge=0)
-    # model calls one worker runs at once, each on part of a batch; 0: the cores on CPU, 1 on CUDA
-    # (see service/call_pool.py)
+    # model calls one worker runs at once, each on part of a batch; 0: the worker's share of the
+    # cores on CPU (cores / workers, at least 1), 1 on CUDA (see service/call_pool.py)
     model_calls: int = Field(0, ge=0)
     # close a connection now and then on a worker holding more than its share of the clients'
     # keep-alive connections, so that they spread over the workers (see service/balance.py)
@@ -131,11 +131,19 @@ class ServeSettings(ServedModelSettings):
         return self
 
     def model_call_count(self, device: str) -> int:
-        """Model calls one worker runs at once on ``device``: as configured; else the cores on
-        CPU, so a worker that holds most connections still uses every core; one on CUDA."""
+        """Model calls one worker runs at once on ``device``: as configured; one on CUDA; else the
+        worker's share of the cores, so that the workers' calls together use each core once.
+
+        A call per core in every worker put 4 single-threaded calls on 2 cores: side by side in
+        three runs (`benchmarks/results/serve_load_calls.md`, README), one call per worker served
+        more texts/s at concurrency 8 and 32 in all three and had the lower p99 at 32 and 64 in
+        all three. A lone worker (``workers: 1``) still gets a call per core.
+        """
         if self.model_calls:
             return self.model_calls
-        return 1 if device.startswith("cuda") else max(1, os.cpu_count() or 1)
+        if device.startswith("cuda"):
+            return 1
+        return max(1, (os.cpu_count() or 1) // self.worker_count)
 
     @property
     def worker_count(self) -> int:

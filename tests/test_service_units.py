@@ -408,10 +408,14 @@ def test_encoded_rows_are_padded_only_to_their_longest() -> None:
     assert images.take(np.array([1])).arrays["pixel_values"].shape == (1, 3, 4, 4)
 
 
-def test_a_worker_runs_a_call_per_core_on_cpu_and_one_on_a_gpu() -> None:
+def test_a_cpu_worker_runs_its_share_of_the_cores_as_calls_and_a_gpu_worker_one() -> None:
     cores = os.cpu_count() or 1
-    assert load_serve_settings(resolve_model=False).model_call_count("cpu") == cores
-    assert load_serve_settings(resolve_model=False).model_call_count("cuda:0") == 1
+    settings = load_serve_settings(resolve_model=False)
+    assert settings.model_call_count("cpu") == max(1, cores // settings.worker_count)
+    assert settings.model_call_count("cpu") * settings.worker_count <= max(cores, settings.worker_count)
+    assert ServeSettings(device="cpu", workers=1).model_call_count("cpu") == cores  # alone: every core
+    assert ServeSettings(device="cpu", workers=cores + 1).model_call_count("cpu") == 1
+    assert settings.model_call_count("cuda:0") == 1
     assert ServeSettings(model_calls=3).model_call_count("cuda:0") == 3
 
 
