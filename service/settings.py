@@ -135,9 +135,10 @@ class ServeSettings(ServedModelSettings):
         worker's share of the cores, so that the workers' calls together use each core once.
 
         A call per core in every worker put 4 single-threaded calls on 2 cores: side by side in
-        three runs (`benchmarks/results/serve_load_calls.md`, README), one call per worker served
-        more texts/s at concurrency 8 and 32 in all three and had the lower p99 at 32 and 64 in
-        all three. A lone worker (``workers: 1``) still gets a call per core.
+        four runs (`benchmarks/results/serve_load_calls*.md`, README), one call per worker served
+        more texts/s at concurrency 8 in all four and had the lower p99 at 32 and 64 in all four
+        (more texts/s at 32 in three, at 64 in two). A lone worker (``workers: 1``) still gets a
+        call per core.
         """
         if self.model_calls:
             return self.model_calls
