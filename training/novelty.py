@@ -43,13 +43,13 @@ def nearest_distance(
             once at load: on the request path that saves more than the product itself costs).
     """
     q, r = unit_rows(queries), (reference if unit_reference else unit_rows(reference))
-    rows = np.arange(len(r)) if reference_rows is None else np.asarray(reference_rows)
+    if exclude_self:  # a query skips the reference rows that share its id: its row, or its group
+        query_ids = np.arange(len(q)) if groups is None else np.asarray(groups)
+        reference_ids = query_ids if reference_rows is None else query_ids[reference_rows]
     out = np.empty(len(q), dtype=np.float32)
     for start in range(0, len(q), CHUNK):
         block = q[start : start + CHUNK] @ r.T
-        if exclude_self and groups is not None:
-            block[groups[start : start + CHUNK, None] == groups[rows][None, :]] = -np.inf
-        elif exclude_self:
-            block[np.arange(start, start + len(block))[:, None] == rows[None, :]] = -np.inf
+        if exclude_self:
+            block[query_ids[start : start + CHUNK, None] == reference_ids[None, :]] = -np.inf
         out[start : start + CHUNK] = 1.0 - block.max(axis=1)
     return out

@@ -104,7 +104,7 @@ def fit_open_set(
         train_embeddings,
         exclude_self=leave_one_out,
         groups=groups,
-        reference_rows=reference_rows if leave_one_out else None,
+        reference_rows=reference_rows,
     )
     open_set = OpenSet(
         threshold=float("inf"),

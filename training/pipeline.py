@@ -205,6 +205,7 @@ def fit_version_open_set(
         train = ctx.predict(result.model, "train", progress="embedding train (open-set reference)").embeddings
     cfg = ctx.config
     kept = sample_open_set_rows(ctx.label_ids("train"), cfg.open_set_reference_rows, cfg.seed)
+    reference = train[kept]
     groups = None  # only the leave-one-out distances of cross-validated selection read the groups
     if result.out_of_fold is not None:
         held_out = (result.out_of_fold, train, ctx.label_ids("train"))
@@ -213,7 +214,7 @@ def fit_version_open_set(
         assert validation is not None
         held_out = (validation.probabilities, validation.embeddings, ctx.label_ids("validation"))
     open_set = fit_open_set(
-        train[kept],
+        reference,
         *held_out,
         cfg.abstain_max_accuracy_loss,
         cfg.oos_label,
@@ -221,7 +222,7 @@ def fit_version_open_set(
         groups=groups,
         reference_rows=kept,
     )
-    return None if open_set is None else (open_set, train[kept])
+    return None if open_set is None else (open_set, reference)
 
 
 def is_main_process() -> bool:
