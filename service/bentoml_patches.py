@@ -14,7 +14,11 @@ silently serving with the old behaviour.
    concurrency 32, for minutes. Greedy records every wait as zero, so the dispatcher releases a
    batch as soon as the model is free and batches form from what queued during the previous call
    (the policy of Triton's dynamic batcher with no queue delay). Its latency shedding (503 when a
-   request would miss ``max_latency_ms``) is unchanged. ``batch_wait: adaptive`` keeps BentoML's.
+   request would miss ``max_latency_ms``) is unchanged. The dispatcher's controller is replaced by
+   one woken by events (a request arrives, a batch ends, the oldest request's deadline): BentoML's
+   polls its queue every millisecond while the model is busy, and each poll took the GIL from the
+   model's thread (12-15% more texts/s at concurrency 8, 7-18% at 32 without it, on 2 cores).
+   ``batch_wait: adaptive`` keeps BentoML's.
 2. **Client errors logged as one line** (``log_client_errors_briefly``). BentoML logs every request
    it rejects, a 4xx included, as an ERROR with the exception's traceback, and a pydantic
    traceback quotes the input: a client's text landed in the log (1.9 KB per 40-byte request).
@@ -32,8 +36,11 @@ silently serving with the old behaviour.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -63,13 +70,107 @@ def _optimizer() -> Any:
     return Optimizer
 
 
+# What the event-driven controller reads and calls on BentoML's CorkDispatcher, with its parameters.
+DISPATCHER_METHODS = {
+    "controller": ["self"],
+    "outbound_call": ["self", "inputs_info", "training"],
+    "train_optimizer": ["self", "num_required_reqs", "num_reqs_to_train", "training_batch_size"],
+    "_get_inputs": ["self", "num_batches"],
+}
+DISPATCHER_ATTRIBUTES = ("_wake_event", "_loop")  # cached properties of the class
+
+
+def _dispatcher() -> Any:
+    try:
+        from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    except ImportError as exc:
+        raise BentoMLPatchError(
+            f"greedy batching expected bentoml._internal.marshal.dispatcher.CorkDispatcher: {exc}"
+        ) from exc
+    for name, expected in DISPATCHER_METHODS.items():
+        method = getattr(CorkDispatcher, name, None)
+        found = list(inspect.signature(method).parameters) if callable(method) else None
+        if found != expected:
+            raise BentoMLPatchError(
+                f"greedy batching expected CorkDispatcher.{name}({', '.join(expected)}), found "
+                f"{found or 'no such method'}; set batch_wait: adaptive until Refit is updated"
+            )
+    missing = [name for name in DISPATCHER_ATTRIBUTES if not hasattr(CorkDispatcher, name)]
+    if missing:
+        raise BentoMLPatchError(f"greedy batching expected CorkDispatcher.{missing[0]}, found none")
+    return CorkDispatcher
+
+
+async def train_latency_model(dispatcher: Any) -> None:
+    """BentoML's first batches, of 1, 2 and 3 requests, which fit the latency model (seconds per
+    batch = a x requests + b) its load shedding predicts with; the same calls its controller makes."""
+    await dispatcher.train_optimizer(
+        dispatcher.optimizer.N_SKIPPED_SAMPLE, dispatcher.optimizer.N_SKIPPED_SAMPLE + 6, 1
+    )
+    for required, size in ((6, 1), (5, 2), (3, 3)):
+        await dispatcher.train_optimizer(required, 1, size)
+        dispatcher.optimizer.trigger_refresh()
+
+
+def shed_or_wait_s(dispatcher: Any, busy: bool) -> float | None:
+    """Shed the oldest queued request if it would miss ``max_latency`` (BentoML's rule) and return
+    0; else, while the model is ``busy``, the seconds until it would, or None: dispatch the queue."""
+    queue = dispatcher._queue
+    waited = time.time() - queue[0].enqueue_time
+    predicted = waited + dispatcher.optimizer.o_a * len(queue) + dispatcher.optimizer.o_b
+    due = dispatcher.max_latency - (predicted if len(queue) > 1 else waited)
+    if (len(queue) > 1 or busy) and due <= 0:
+        queue.popleft().future.cancel()  # answered 503 by BentoML
+        return 0.0
+    return due if busy else None
+
+
+async def dispatch_when_free(self: Any) -> None:
+    """CorkDispatcher's controller, greedy and woken by events: a request's arrival, the end of a
+    batch, or the moment the oldest request would miss ``max_latency``.
+
+    BentoML's polls every millisecond while requests wait, so a batch left up to 1 ms after the
+    model freed, and each poll took the GIL from the model's thread.
+    """
+    await train_latency_model(self)
+    while True:
+        try:
+            async with self._wake_event:
+                await self._wake_event.wait_for(self._queue.__len__)
+                wait_s = shed_or_wait_s(self, busy=self._sema.is_locked())
+                if wait_s is not None:
+                    if wait_s > 0:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(wait_s):
+                                await self._wake_event.wait()
+                    continue
+            self._sema.acquire()
+            self._loop.create_task(self.outbound_call(tuple(self._get_inputs())))
+        except Exception:  # BentoML's controller survives a failed round the same way
+            logger.exception("Error dispatching a batch")
+
+
+def notify_when_done(original: Any) -> Any:
+    """``outbound_call`` that wakes the controller once its batch is done and the model is free."""
+
+    async def outbound_call(self: Any, inputs_info: Any, training: bool = False) -> None:
+        try:
+            await original(self, inputs_info, training)
+        finally:
+            async with self._wake_event:
+                self._wake_event.notify_all()
+
+    return outbound_call
+
+
 def use_greedy_batching() -> None:
-    """Make this process's BentoML dispatchers release batches without waiting (idempotent).
+    """Make this process's BentoML dispatchers release a batch the moment the model is free
+    (idempotent).
 
     Raises:
-        BentoMLPatchError: the dispatcher's optimizer is not what this patch expects.
+        BentoMLPatchError: the dispatcher or its optimizer is not what this patch expects.
     """
-    optimizer = _optimizer()
+    optimizer, dispatcher = _optimizer(), _dispatcher()
     if hasattr(optimizer.log_outbound, ORIGINAL_MARK):
         return
     original = optimizer.log_outbound
@@ -79,15 +180,26 @@ def use_greedy_batching() -> None:
 
     setattr(log_outbound, ORIGINAL_MARK, original)
     optimizer.log_outbound = log_outbound
+    for name, replacement in (
+        ("controller", dispatch_when_free),
+        ("outbound_call", notify_when_done(dispatcher.outbound_call)),
+    ):
+        setattr(replacement, ORIGINAL_MARK, getattr(dispatcher, name))
+        setattr(dispatcher, name, replacement)
     logger.info("adaptive batching: greedy (no cork wait)")
 
 
 def restore_cork_batching() -> None:
     """Undo :func:`use_greedy_batching` in this process (BentoML's own policy again)."""
-    optimizer = _optimizer()
-    original = getattr(optimizer.log_outbound, ORIGINAL_MARK, None)
-    if original is not None:
-        optimizer.log_outbound = original
+    optimizer, dispatcher = _optimizer(), _dispatcher()
+    for owner, name in (
+        (optimizer, "log_outbound"),
+        (dispatcher, "controller"),
+        (dispatcher, "outbound_call"),
+    ):
+        original = getattr(getattr(owner, name), ORIGINAL_MARK, None)
+        if original is not None:
+            setattr(owner, name, original)
 
 
 BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"

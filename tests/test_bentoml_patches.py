@@ -5,12 +5,14 @@ These fail loudly when a BentoML upgrade removes or renames what service/bentoml
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import bentoml
 import pytest
-from bentoml._internal.marshal.dispatcher import Optimizer
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 
 from service.bentoml_patches import (
     BENTOML_ERROR_LOGGER,
@@ -52,15 +54,127 @@ def test_greedy_batching_never_holds_a_request_back(greedy: None) -> None:
 
 
 def test_greedy_batching_can_be_undone() -> None:
+    restore_cork_batching()
+    controller, outbound_call = CorkDispatcher.controller, CorkDispatcher.outbound_call
     use_greedy_batching()
+    assert CorkDispatcher.controller is not controller
     restore_cork_batching()
     assert learned_wait(0.3) > 0.05
+    assert (CorkDispatcher.controller, CorkDispatcher.outbound_call) == (controller, outbound_call)
+
+
+class GatedModel:
+    """An async model that records each batch's size and, once ``gate`` is set, finishes a batch
+    only when the gate is open."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self, items: Sequence[str]) -> list[str]:
+        self.batches.append(len(items))
+        if self.gate is not None:
+            await self.gate.wait()
+        return list(items)
+
+
+async def start_dispatcher(max_latency_ms: int) -> tuple[GatedModel, Callable[[str], Awaitable[Any]]]:
+    """A CorkDispatcher as BentoML builds one for a batchable API, past its latency-model training
+    (its first 11 batches, sent here one request at a time)."""
+    dispatcher = CorkDispatcher(
+        max_latency_in_ms=max_latency_ms,
+        max_batch_size=64,
+        fallback=lambda: "shed",
+        get_batch_size=lambda _: 1,
+    )
+    model = GatedModel()
+    call = dispatcher(model)
+    for i in range(12):
+        assert await call(f"train {i}") == f"train {i}"
+    model.batches.clear()
+    model.gate = asyncio.Event()
+    return model, call
+
+
+def test_greedy_batches_are_what_queued_while_the_model_was_busy(greedy: None) -> None:
+    async def scenario() -> None:
+        model, call = await start_dispatcher(max_latency_ms=5000)
+        first = asyncio.ensure_future(call("a"))
+        await asyncio.sleep(0.05)  # "a" is in the model
+        queued = [asyncio.ensure_future(call(text)) for text in "bcd"]
+        await asyncio.sleep(0.05)
+        assert model.gate is not None
+        model.gate.set()
+        assert await asyncio.gather(first, *queued) == list("abcd")
+        assert model.batches == [1, 3]
+
+    asyncio.run(scenario())
+
+
+def test_greedy_batching_waits_for_the_model_without_polling(
+    greedy: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BentoML's controller looks at its queue every millisecond while the model is busy (reading
+    the clock each time); greedy batching looks when a request arrives or a batch ends."""
+    clock_reads = 0
+    clock = time.time
+
+    def counted_time() -> float:
+        nonlocal clock_reads
+        clock_reads += 1
+        return clock()
+
+    async def scenario() -> None:
+        nonlocal clock_reads
+        model, call = await start_dispatcher(max_latency_ms=5000)
+        monkeypatch.setattr(time, "time", counted_time)
+        first = asyncio.ensure_future(call("a"))
+        await asyncio.sleep(0.02)  # "a" is in the model
+        reads_before = clock_reads
+        second = asyncio.ensure_future(call("b"))
+        await asyncio.sleep(0.3)  # "b" waits for the model
+        reads_while_busy = clock_reads - reads_before
+        assert model.gate is not None
+        model.gate.set()
+        assert await asyncio.gather(first, second) == ["a", "b"]
+        assert model.batches == [1, 1]
+        assert reads_while_busy < 20, f"the queue was looked at {reads_while_busy} times in 300 ms"
+
+    asyncio.run(scenario())
+
+
+def test_greedy_batching_sheds_a_request_the_moment_it_would_miss_max_latency(greedy: None) -> None:
+    async def scenario() -> None:
+        model, call = await start_dispatcher(max_latency_ms=100)
+        first = asyncio.ensure_future(call("a"))
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        assert await asyncio.wait_for(call("b"), timeout=2) == "shed"  # BentoML answers 503
+        assert time.perf_counter() - started < 1.0  # at its deadline, not when the model frees
+        assert model.gate is not None
+        model.gate.set()
+        assert await first == "a"
+
+    asyncio.run(scenario())
 
 
 def test_a_changed_dispatcher_is_refused_with_what_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Optimizer, "log_outbound", lambda self, batch: None)
     with pytest.raises(
         BentoMLPatchError, match=r"expected Optimizer.log_outbound\(self, n, wait, duration\)"
+    ):
+        use_greedy_batching()
+
+
+def test_a_changed_batch_call_is_refused_with_what_was_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    restore_cork_batching()
+
+    async def outbound_call(self: Any, jobs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(CorkDispatcher, "outbound_call", outbound_call)
+    with pytest.raises(
+        BentoMLPatchError, match=r"expected CorkDispatcher.outbound_call\(self, inputs_info, training\)"
     ):
         use_greedy_batching()
 
