@@ -123,6 +123,7 @@ class InferenceLog:
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()  # the writer thread and request threads share it
         self._stop = threading.Event()
+        self._wake = threading.Event()  # write what is queued now (flush, close)
         self._thread: threading.Thread | None = None
         self._last_retention = 0.0
         self._last_warning = 0.0
@@ -167,6 +168,7 @@ class InferenceLog:
         """Write what is queued (up to ``timeout``), then stop the writer."""
         self.flush(timeout)
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
         if self._engine is not None:
@@ -184,6 +186,7 @@ class InferenceLog:
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait until every queued record has been written or dropped; False on timeout."""
         deadline = time.monotonic() + timeout
+        self._wake.set()
         while self._queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
         return not self._queue.unfinished_tasks
@@ -207,10 +210,12 @@ class InferenceLog:
             self._apply_retention()
 
     def _take_batch(self) -> list[dict[str, Any]]:
-        try:
-            batch = [self._queue.get(timeout=self.flush_s)]
-        except queue.Empty:
-            return []
+        # The writer sleeps a flush interval unless a full batch waits or flush() asks, rather
+        # than waking for every request: each wake-up took the GIL from the model's thread.
+        if self._queue.qsize() < self.batch_size:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+        batch: list[dict[str, Any]] = []
         while len(batch) < self.batch_size:
             try:
                 batch.append(self._queue.get_nowait())

@@ -6,6 +6,8 @@ import asyncio
 import gc
 import os
 import sys
+import time
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any
@@ -454,3 +456,44 @@ def test_the_balance_needs_two_workers_of_a_running_server(monkeypatch: pytest.M
     assert ConnectionBalance.for_this_worker(2) is None
     with pytest.raises(ValueError, match="worker 2 of 2"):
         ConnectionBalance(Path("unused"), 2, 2)
+
+
+def logged_prediction(text: str) -> list[dict[str, Any]]:
+    """The log record of one text's prediction, as a worker queues it."""
+    from service.inference_log import prediction_records
+    from service.predictor import Prediction
+
+    prediction = Prediction(
+        request_id=uuid.uuid4().hex,
+        label="refund",
+        confidence=0.9,
+        top_k=[],
+        probabilities=np.array([0.9, 0.1], dtype=np.float32),
+        truncated=False,
+        model="support",
+        version="v1",
+    )
+    return prediction_records([prediction], [text], latency_ms=5.0)
+
+
+def test_the_log_writer_writes_a_flush_interval_of_requests_at_once(tmp_path: Path) -> None:
+    """Requests arriving one by one are written together, not one transaction (and one wake-up
+    of the writer thread) per request; flush() writes at once what is queued."""
+    from service.inference_log import InferenceLog
+
+    writes: list[int] = []
+    log = InferenceLog(f"sqlite:///{tmp_path / 'inference.db'}", flush_ms=1000, on_written=writes.append)
+    log.start()
+    try:
+        log.submit(logged_prediction("warm up"))
+        assert log.flush(timeout=5)
+        writes.clear()
+        for i in range(20):
+            log.submit(logged_prediction(f"request {i}"))
+            time.sleep(0.005)
+        started = time.monotonic()
+        assert log.flush(timeout=5)
+        assert time.monotonic() - started < 0.5  # asked, not at the end of the flush interval
+        assert writes == [20]
+    finally:
+        log.close()
