@@ -16,8 +16,9 @@ silently serving with the old behaviour.
    (the policy of Triton's dynamic batcher with no queue delay). Its latency shedding (503 when a
    request would miss ``max_latency_ms``) is unchanged. The dispatcher's controller is replaced by
    one woken by events (a request arrives, a batch ends, the oldest request's deadline): BentoML's
-   polls its queue every millisecond while the model is busy, and each poll took the GIL from the
-   model's thread (12-15% more texts/s at concurrency 8, 7-18% at 32 without it, on 2 cores).
+   polls its queue every millisecond while the model is busy, and under load its polls were 13% of
+   a worker's samples holding the GIL (py-spy); without them, 12-15% more texts/s at concurrency 8
+   and 7-18% at 32, side by side on 2 cores.
    ``batch_wait: adaptive`` keeps BentoML's.
 2. **Client errors logged as one line** (``log_client_errors_briefly``). BentoML logs every request
    it rejects, a 4xx included, as an ERROR with the exception's traceback, and a pydantic
@@ -130,7 +131,7 @@ async def dispatch_when_free(self: Any) -> None:
     batch, or the moment the oldest request would miss ``max_latency``.
 
     BentoML's polls every millisecond while requests wait, so a batch left up to 1 ms after the
-    model freed, and each poll took the GIL from the model's thread.
+    model freed, and each poll held the GIL that the model's thread needs between calls.
     """
     await train_latency_model(self)
     while True:
