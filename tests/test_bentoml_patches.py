@@ -80,7 +80,7 @@ class GatedModel:
 
 async def start_dispatcher(max_latency_ms: int) -> tuple[GatedModel, Callable[[str], Awaitable[Any]]]:
     """A CorkDispatcher as BentoML builds one for a batchable API, past its latency-model training
-    (its first 11 batches, sent here one request at a time)."""
+    (its first 11 batches: 12 requests are sent one at a time)."""
     dispatcher = CorkDispatcher(
         max_latency_in_ms=max_latency_ms,
         max_batch_size=64,
@@ -125,7 +125,6 @@ def test_greedy_batching_waits_for_the_model_without_polling(
         return clock()
 
     async def scenario() -> None:
-        nonlocal clock_reads
         model, call = await start_dispatcher(max_latency_ms=5000)
         monkeypatch.setattr(time, "time", counted_time)
         first = asyncio.ensure_future(call("a"))
