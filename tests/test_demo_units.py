@@ -3,16 +3,19 @@ when the loop counts as closed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from demo.loop import MARKER, prepare_directory
+from demo.loop import MARKER, LoopWatcher, prepare_directory, wait_for_full_check
 from demo.processes import free_port
 from demo.summary import CALM, DemoOutcome
 from demo.traffic import Answer, Traffic, TrafficStats, choose_feedback, send_traffic
+from monitoring.history import record_check
 
 
 def test_a_demo_directory_is_emptied_and_marked(tmp_path: Path) -> None:
@@ -109,3 +112,21 @@ def test_the_loop_is_open_while_a_drifted_phase_saw_no_new_version(tmp_path: Pat
     outcome.phases["new defect"] = _answered("v2", "v3")
     outcome.production = "v3"
     assert outcome.find_problems() == []
+
+
+def test_the_calm_phase_waits_for_a_check_of_a_full_window_and_no_longer(tmp_path: Path) -> None:
+    watcher = LoopWatcher(tmp_path / "home", "support")
+
+    def check(status: str) -> None:
+        row = {"checked_at": datetime.now(UTC), "model": "support", "version": "v1", "status": status}
+        record_check(watcher.engine, {**row, "drifted": False, "share": 0.0, "window_size": 0, "detail": {}})
+
+    check("insufficient_data")
+    start = time.monotonic()
+    wait_for_full_check(watcher, timeout=1.0)  # only a window too small so far: waits it out
+    assert time.monotonic() - start >= 1.0
+    check("insufficient_data")
+    threading.Timer(0.5, check, args=("ok",)).start()
+    start = time.monotonic()
+    wait_for_full_check(watcher, timeout=30.0)
+    assert time.monotonic() - start < 5.0  # returned once the full window's check was recorded
