@@ -75,7 +75,7 @@ def write_surface_data(
     train = write_surfaces(directory / "train", per_class, seed, size=size)
     paths: dict[str, Path] = {"train": train}
     plans = {
-        # Calm traffic long enough for checks to pass on it before the drift (25 requests/s).
+        # Calm traffic long enough for a check of a full window on it before the drift (50 requests/s).
         "traffic": (LABELS, 0.0, per_class, seed + 1),
         "drift_light": (LABELS, -0.6, per_class // 2, seed + 3),
         "drift": ((*LABELS, NEW_DEFECT), -0.6, per_class // 2, seed + 2),
