@@ -47,7 +47,7 @@ class DemoPlan:
 
     # At 50 requests/s and a check every 5 s the loops closed in 126 s (text) and 112 s (images) on
     # 2 cores, against 141 and 151 s at 25 and 10 s: the drift is seen sooner, and the retrain, under
-    # twice the serving load, trains more slowly (64 s against 50 for the text demo's two).
+    # twice the serving load, trains more slowly (the text demo's candidate and refit 64 s against 50).
     rate: float = 50.0  # requests per second from the replay clients
     concurrency: int = 4  # client threads: several requests in flight, so batches form
     feedback_share: float = 0.3  # rows whose true label is sent back

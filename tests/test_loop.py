@@ -92,10 +92,11 @@ def test_v1_is_the_real_minilm_its_ladder_beat_the_baseline_and_its_export_match
     ONNX export answers as torch does."""
     v1 = ModelRegistry(demo.outcome.out / "bentoml").get(f"support-tickets:{demo.outcome.first}")
     assert v1.manifest["base_model"] == "minilm"
-    baseline, head = read_metrics(v1)["ladder"]
+    metrics = read_metrics(v1)
+    baseline, head = metrics["ladder"]
     assert (baseline["strategy"], head["strategy"]) == ("baseline", "head")
     assert head["test_macro_f1"] > baseline["test_macro_f1"]
-    test_accuracy = read_metrics(v1)["test"]["accuracy"]
+    test_accuracy = metrics["test"]["accuracy"]
     assert test_accuracy > 0.9
     record = read_export_record(v1)
     assert record is not None and record["parity_max_abs_diff"] <= 1e-4
