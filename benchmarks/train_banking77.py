@@ -12,6 +12,10 @@ strategy, a panel per budget). Few-shot budgets run over three seeds.
 all-MiniLM-L6-v2 weights and the same sampled rows (all of them: SetFit selects nothing on a
 validation split), in its own virtualenv (``benchmarks/peers/setfit``, created on first use).
 
+``--strategies partial-contrastive`` is `partial` with the settings :data:`RECIPES` gives it (a
+supervised contrastive loss beside cross-entropy, and each intent's name as a training row); its
+rows carry those settings.
+
 ``--strategies self-train`` is few labels plus many unlabelled texts, what a ticket queue has:
 ``adapt_base`` (``--set adapt_base=partial``) trains on the sampled rows, then again with the
 training texts it was not given (their labels dropped; never the test or ``--dev`` rows) that it
@@ -43,12 +47,18 @@ from training.config import TrainingConfig
 from training.console import quiet_transformers
 from training.context import TrainContext
 from training.data import split_frames
+from training.label_names import add_label_name_rows
 from training.model import resolve_base_model
 from training.strategies import evaluate_split, run_strategy
 
 STRATEGIES = ("baseline", "head", "partial", "lora", "full")
 SEMI_SUPERVISED = ("self-train",)  # the sampled rows plus the rest of the training texts, unlabelled
 PEER_STRATEGIES = ("setfit",)  # other libraries, each run in its peer virtualenv
+# Refit strategies with settings of their own, measured beside the plain ones: name -> (strategy, settings)
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "partial-contrastive": ("partial", {"contrastive_weight": 0.5, "label_name_examples": True}),
+}
+ORDER = (*STRATEGIES, *RECIPES, *SEMI_SUPERVISED, *PEER_STRATEGIES)  # of the table's and plot's rows
 SETFIT_ITERATIONS = 20  # sentence pairs per training example: SetFit's few-shot setting
 RESULTS = Path(__file__).parent / "results"
 
@@ -115,16 +125,21 @@ def run_cell(
         base_model = overrides.get("base_model", "minilm")
         return run_setfit(data, test, per_class, seed, base_model, setfit_iterations)
     splits = split_frames(data, test, validation_fraction=0.1, seed=seed, source="banking77")
+    trained, settings = RECIPES.get(strategy, (strategy, {}))
     with tempfile.TemporaryDirectory(prefix="refit-unlabelled-") as scratch:
         unlabelled: dict[str, Any] = {}
         if strategy in SEMI_SUPERVISED:
             unlabelled = {"target_file": write_unlabelled(train, data, Path(scratch))}
-        config = TrainingConfig(name="banking77", strategy=strategy, seed=seed, **overrides, **unlabelled)
+        config = TrainingConfig(
+            name="banking77", strategy=trained, seed=seed, **(overrides | settings), **unlabelled
+        )
+        if config.label_name_examples:  # as `refit train` reads its data (training.pipeline)
+            splits = add_label_name_rows(splits, "text")
         torch.manual_seed(seed)
         ctx = TrainContext.create(config, splits)
         with PeakRss() as rss:
             start = time.perf_counter()
-            result = run_strategy(strategy, ctx)
+            result = run_strategy(trained, ctx)
             result.finalize()
             seconds = time.perf_counter() - start
     metrics = evaluate_split(result, ctx, "test")
@@ -138,6 +153,8 @@ def run_cell(
         "peak_rss_mb": rss.peak_mb,
         "trainable_params": result.trainable_params,
     }
+    if settings:
+        row["settings"] = settings
     if strategy in SEMI_SUPERVISED:
         pseudo = result.details["adaptation"]["pseudo_labels"]
         row |= {
@@ -211,10 +228,9 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], notes: tupl
         "| strategy | per class | seeds | accuracy | macro-F1 | train s | peak RSS MB | trainable |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    order = (*STRATEGIES, *SEMI_SUPERVISED, *PEER_STRATEGIES)
     keys = sorted(
         {(r["per_class"], r["strategy"], name_row(r)) for r in rows},
-        key=lambda k: (str(k[0]), order.index(k[1]), k[2]),
+        key=lambda k: (str(k[0]), ORDER.index(k[1]), k[2]),
     )
     for per_class, _, name in keys:
         cell = [r for r in rows if r["per_class"] == per_class and name_row(r) == name]
@@ -226,7 +242,7 @@ def render_markdown(rows: list[dict[str, Any]], env: dict[str, Any], notes: tupl
             f"| {name} | {per_class} | {len(cell)} | {med['accuracy']:.4f} | {med['macro_f1']:.4f} "
             f"| {med['train_seconds']:.1f} | {med['peak_rss_mb']:.0f} | {cell[0]['trainable_params']:,} |"
         )
-    return "\n".join([*lines, *describe_unlabelled(rows)]) + "\n"
+    return "\n".join([*lines, *describe_unlabelled(rows), *describe_recipes(rows)]) + "\n"
 
 
 def name_row(row: dict[str, Any]) -> str:
@@ -246,6 +262,18 @@ def describe_unlabelled(rows: list[dict[str, Any]]) -> list[str]:
             f"{statistics.median(r['unlabelled_texts'] for r in cell):,.0f} other training texts "
             "(labels dropped) that it labelled with confidence (medians)."
         )
+    return ["", *lines] if lines else []
+
+
+def describe_recipes(rows: list[dict[str, Any]]) -> list[str]:
+    """Lines under the table saying which settings each recipe row trained its strategy with."""
+    named = {r["strategy"]: r["settings"] for r in rows if "settings" in r}
+    lines = [
+        f"- `{name}`: `{RECIPES[name][0]}` with "
+        + ", ".join(f"`--set {k}={json.dumps(v)}`" for k, v in settings.items())
+        + "."
+        for name, settings in sorted(named.items())
+    ]
     return ["", *lines] if lines else []
 
 
@@ -361,11 +389,10 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     budgets = sorted({str(r["per_class"]) for r in rows}, key=lambda b: int(b) if b.isdigit() else 10**9)
-    order = (*STRATEGIES, *SEMI_SUPERVISED, *PEER_STRATEGIES)
     figure, panels = plt.subplots(1, len(budgets), figsize=(4.2 * len(budgets), 3.8), squeeze=False)
     for axes, budget in zip(panels[0], budgets, strict=True):
         cell = [r for r in rows if str(r["per_class"]) == budget]
-        names = sorted({name_row(r) for r in cell}, key=lambda n: (order.index(n.split(" ")[0]), n))
+        names = sorted({name_row(r) for r in cell}, key=lambda n: (ORDER.index(n.split(" ")[0]), n))
         for x, name in enumerate(names):
             accuracy = [r["accuracy"] for r in cell if name_row(r) == name]
             colour = "tab:orange" if name in PEER_STRATEGIES else "tab:blue"

@@ -49,7 +49,7 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
             "--data", str(banking_like),
             "--budgets", "3",
             "--seeds", "1",
-            "--strategies", "baseline,head,lora",
+            "--strategies", "baseline,head,lora,partial-contrastive",
             "--base-model", str(tiny_base_model),
             "--epochs", "1",
             "--max-test", "80",
@@ -58,7 +58,10 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
         ]
     )  # fmt: skip
     saved = json.loads((tmp_path / "train_banking77.json").read_text())
-    assert saved == rows and len(rows) == 3
+    assert saved == rows and len(rows) == 4
+    assert rows[3]["strategy"] == "partial-contrastive"
+    assert rows[3]["settings"] == {"contrastive_weight": 0.5, "label_name_examples": True}
+    assert "settings" not in rows[2]
     assert set(rows[0]) == {
         "strategy",
         "per_class",
@@ -69,7 +72,10 @@ def test_train_banking77_smoke(banking_like: Path, tiny_base_model: Path, tmp_pa
         "peak_rss_mb",
         "trainable_params",
     }
-    assert "| lora | 3 | 1 |" in (tmp_path / "train_banking77.md").read_text()
+    table = (tmp_path / "train_banking77.md").read_text()
+    assert "| lora | 3 | 1 |" in table and "| partial-contrastive | 3 | 1 |" in table
+    recipe = "`partial` with `--set contrastive_weight=0.5`, `--set label_name_examples=true`."
+    assert f"- `partial-contrastive`: {recipe}" in table
     assert (tmp_path / "train_banking77.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

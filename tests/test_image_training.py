@@ -334,3 +334,19 @@ def test_the_larger_efficientnet_lite_models_train_at_their_own_input_size(
     (pixels,) = processor.encode(split_inputs(version, read_split(version, "test"))[:2])
     assert tuple(pixels.shape) == (2, 3, side, side)  # the package's input size, not Lite0's 224
     assert model.encoder.name == base_model and model.encoder.hidden_size == 1280
+
+
+def test_refit_train_refuses_label_names_as_images(
+    surfaces: Path,
+    tiny_vision_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "bentoml"
+    args = ["train", str(surfaces), "--base-model", str(tiny_vision_model), "--strategy", "partial"]
+    args += ["--home", str(home), "--set", "label_name_examples=true"]
+    code, out = run_cli(args, capsys, monkeypatch)
+    assert code == 2, out
+    assert "label_name_examples reads label names as texts; found image inputs" in " ".join(out.split())
+    assert not home.exists() or not any(home.rglob("*.safetensors"))  # nothing trained or stored

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from training.calibration import calibrate
 from training.context import StrategyResult, TrainContext
+from training.contrastive import ClassBalancedBatches, supervised_contrastive_loss
 from training.inference import predict
 from training.layers import find_attention_projections, find_encoder_layers
 from training.model import Classifier, count_trainable
@@ -100,15 +101,19 @@ def _make_loader(ctx: TrainContext, seed: int) -> DataLoader:
         encoded = processor.encode([r[0] for r in rows], augment=augment, rng=views)
         return {"inputs": encoded, "labels": torch.tensor([r[1] for r in rows])}
 
-    generator = torch.Generator().manual_seed(seed)
     rows = list(zip(inputs, labels.tolist(), strict=True))
+    pin = ctx.device.type == "cuda"
+    if ctx.config.contrastive_weight > 0:  # the contrastive loss needs each label's rows together
+        batches = ClassBalancedBatches(labels, ctx.config.batch_size, seed)
+        return DataLoader(rows, batch_sampler=batches, collate_fn=collate, pin_memory=pin)  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         rows,  # type: ignore[arg-type]
         batch_size=ctx.config.batch_size,
         shuffle=True,
         collate_fn=collate,
         generator=generator,
-        pin_memory=ctx.device.type == "cuda",
+        pin_memory=pin,
     )
 
 
@@ -159,11 +164,30 @@ def freeze_batch_norm(model: nn.Module) -> None:
             module.eval()
 
 
-def _make_loss(ctx: TrainContext, device: torch.device) -> nn.Module:
-    weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
-    if ctx.config.class_weighting == "none":
-        weights = torch.ones_like(weights)
-    return nn.CrossEntropyLoss(weight=weights.to(device), label_smoothing=ctx.config.label_smoothing)
+class TrainingLoss(nn.Module):
+    """Class-weighted cross-entropy on the logits, plus, with a ``contrastive_weight``, the
+    supervised contrastive loss on the embeddings the head reads."""
+
+    def __init__(self, ctx: TrainContext, device: torch.device) -> None:
+        super().__init__()
+        cfg = ctx.config
+        weights = class_weights(ctx.label_ids("train"), len(ctx.splits.labels))
+        if cfg.class_weighting == "none":
+            weights = torch.ones_like(weights)
+        self.cross_entropy = nn.CrossEntropyLoss(
+            weight=weights.to(device), label_smoothing=cfg.label_smoothing
+        )
+        self.contrastive_weight, self.temperature = cfg.contrastive_weight, cfg.contrastive_temperature
+
+    def forward(
+        self, model: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor
+    ) -> torch.Tensor:
+        """The loss of one batch through ``model`` (a :class:`Classifier`, possibly wrapped)."""
+        if not self.contrastive_weight:
+            return self.cross_entropy(model(*inputs).float(), labels)
+        logits, embeddings = model(*inputs, with_embeddings=True)
+        contrastive = supervised_contrastive_loss(embeddings.float(), labels, self.temperature)
+        return self.cross_entropy(logits.float(), labels) + self.contrastive_weight * contrastive
 
 
 def _progress(disable: bool) -> Progress:
@@ -187,7 +211,7 @@ def run_training_loop(model: Classifier, ctx: TrainContext, strategy: str) -> li
     loader = _make_loader(ctx, cfg.seed)
     steps = math.ceil(len(loader) / cfg.gradient_accumulation_steps) * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
-    loss_fn = _make_loss(ctx, accelerator.device)
+    loss_fn = TrainingLoss(ctx, accelerator.device)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     stopper = EarlyStopping(model, cfg.early_stopping_patience)
     history: list[dict[str, Any]] = []
@@ -227,7 +251,7 @@ def _train_epoch(
     model: Any,
     loader: DataLoader,
     stepping: tuple[Any, Any],
-    loss_fn: nn.Module,
+    loss_fn: TrainingLoss,
     on_loss: Callable[[float], None],
 ) -> None:
     """One pass over ``loader``: forward, backward, clipped optimizer and scheduler steps."""
@@ -237,7 +261,7 @@ def _train_epoch(
     freeze_batch_norm(model)
     for batch in loader:
         with accelerator.accumulate(model):
-            loss = loss_fn(model(*batch["inputs"]).float(), batch["labels"])
+            loss = loss_fn(model, batch["inputs"], batch["labels"])
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(params, 1.0)

@@ -83,9 +83,14 @@ class Classifier(nn.Module):
         """Logits (batch, labels) from embeddings."""
         return self.head(self.dropout(embeddings))
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, labels) for a processed batch."""
-        return self.classify(self.embed(*inputs))
+    def forward(
+        self, *inputs: torch.Tensor, with_embeddings: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, labels) for a processed batch; with ``with_embeddings``, also the
+        embeddings the head read (a training loss on them goes through a wrapped model's forward)."""
+        embeddings = self.embed(*inputs)
+        logits = self.classify(embeddings)
+        return (logits, embeddings) if with_embeddings else logits
 
 
 def load_encoder(path_or_id: str) -> nn.Module:

@@ -30,6 +30,7 @@ from training.evaluation import EvaluationResult, evaluate_predictions
 from training.groups import GROUP, group_ids, has_groups
 from training.images import IMAGE_DESCRIPTORS, decode_image, describe_image
 from training.inference import Predictions, predict
+from training.label_names import add_label_name_rows
 from training.modality import Modality, create_modality, detect_modality
 from training.model import save_classifier
 from training.open_set import OpenSet, fit_open_set, sample_open_set_rows
@@ -161,10 +162,11 @@ def train_model(
 
 def load_splits(data_path: Path, config: TrainingConfig, modality: Modality) -> DatasetSplits:
     """The train, validation and test splits ``config`` asks for, its ``oos_label`` and
-    ``normal_label`` checked.
+    ``normal_label`` checked, and with ``label_name_examples`` each label's name as a training row.
 
     Raises:
         DataError: the data is unusable, or a configured label is not one of its labels.
+        ConfigError: ``label_name_examples`` on images.
     """
     data, test = modality.load_frames(data_path, config.test_file)
     splits = split_frames(
@@ -185,6 +187,8 @@ def load_splits(data_path: Path, config: TrainingConfig, modality: Modality) -> 
                 f"{key} {label!r} is not a label of the data; expected one of {splits.labels[:20]} "
                 f"or no {key}."
             )
+    if config.label_name_examples:
+        splits = add_label_name_rows(splits, modality.name)
     return splits
 
 
