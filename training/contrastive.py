@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-ROWS_PER_LABEL = 4  # rows of each label in a contrastive batch
+ROWS_PER_LABEL = 4  # rows of each label in a contrastive batch (more when the data has fewer labels)
 
 
 def supervised_contrastive_loss(
