@@ -59,15 +59,15 @@ class ClassBalancedBatches(Sampler[list[int]]):
     """
 
     def __init__(self, labels: np.ndarray, batch_size: int, seed: int, rows_per_label: int = ROWS_PER_LABEL):
-        self.labels = np.asarray(labels)
-        self.batch_size = batch_size
+        labels = np.asarray(labels)
+        self.rows, self.batch_size = len(labels), batch_size
         self.rng = np.random.default_rng(seed)
-        self.rows_of = {int(y): np.flatnonzero(self.labels == y) for y in np.unique(self.labels)}
+        self.rows_of = {int(y): np.flatnonzero(labels == y) for y in np.unique(labels)}
         self.labels_per_batch = max(1, min(batch_size // rows_per_label, len(self.rows_of)))
         self.rows_per_label = max(1, batch_size // self.labels_per_batch)
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return -(-self.rows // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         pools: dict[int, list[int]] = {}

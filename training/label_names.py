@@ -29,7 +29,7 @@ def add_label_name_rows(splits: DatasetSplits, modality: str) -> DatasetSplits:
     """
     if modality != "text":
         raise ConfigError(f"label_name_examples reads label names as texts; found {modality} inputs.")
-    named = [(name_text(label), label) for label in splits.labels if name_text(label)]
+    named = [(text, label) for label in splits.labels if (text := name_text(label))]
     rows = pd.DataFrame({"text": [t for t, _ in named], "label": [label for _, label in named]})
     if GROUP in splits.train.columns:  # each name its own group: it shares no tile or ticket
         rows[GROUP] = [f"{OWN_GROUP}label name {label}" for _, label in named]
