@@ -42,7 +42,7 @@ typecheck: $(STAMP)
 # Two workers for most tests; the demo loops then run alone (each starts three processes and
 # retrains against a deadline, which parallel tests would push it past). One OpenMP thread per
 # worker: `-n auto` starts a worker per core, and torch's default of a thread per core in each put
-# four threads on the two cores here; the parallel tests took 381 s that way against 311-313 s.
+# four threads on the two cores here; the parallel tests took 381 s that way against 273-313 s.
 PARALLEL := OMP_NUM_THREADS=1 $(VENV)/bin/pytest -n auto --dist loadfile
 
 pytest: $(STAMP)
