@@ -105,7 +105,8 @@ class TrainingConfig(StageSettings):
     class_weighting: Literal["balanced", "none"] = "balanced"  # loss weights inverse to label counts
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # 0.1 lost 1-4 points at 10/intent (dev split)
     # fine-tuning: weight of a supervised contrastive loss on the embeddings beside cross-entropy
-    # (0: off); batches then hold each label's rows together (4 of each of batch_size / 4 labels)
+    # (0: off); batches then hold each label's rows together (4 of each of batch_size / 4 labels;
+    # with fewer labels, each an equal share)
     contrastive_weight: float = Field(0.0, ge=0.0)
     contrastive_temperature: float = Field(0.1, gt=0.0)  # of the contrastive loss's similarities
     label_name_examples: bool = False  # texts: each label's name (`_` as a space) as one more training row
