@@ -57,7 +57,7 @@ from benchmarks.drift_peers import (
 )
 from benchmarks.peers import PeerUnavailable
 from benchmarks.train_banking77 import load_banking77
-from monitoring.drift import detect_drift
+from monitoring.drift import NOVELTY_SHARE, detect_drift
 from monitoring.reference import Reference, assess_estimate, load_reference
 from monitoring.report import ReportContext, render_report
 from training.artifacts import load_version_profile
@@ -453,7 +453,8 @@ def write_results(rows: list[dict[str, Any]], args: argparse.Namespace, note: st
         f"# Drift detection on {data}: detection rate (false-alarm rate for `none`)",
         "",
         f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; alpha {args.alpha} (Refit: halved between its "
-        "class probabilities and its other features, Bonferroni within each); `refit` = two-sample tests "
+        f"class probabilities and its other features, novelty taking {NOVELTY_SHARE:.0%} of the second half, "
+        "Bonferroni within each); `refit` = two-sample tests "
         f"on prediction, class-probability, embedding, novelty and {'image' if image else 'text'} features; "
         f"`evidently-default` = DataDriftPreset on {inputs}. Trials per cell in the JSON.",
         "",

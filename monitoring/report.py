@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.drift import ColumnDrift, DriftResult
-from monitoring.features import CATEGORICAL_COLUMNS, is_probability_column
+from monitoring.features import CATEGORICAL_COLUMNS, NOVELTY_COLUMN, is_probability_column
 
 PLOT_WIDTH, PLOT_HEIGHT, BINS = 320, 90, 24
 REFERENCE_COLOUR, WINDOW_COLOUR = "#9aa5b1", "#d9480f"
@@ -97,16 +97,22 @@ def shown_columns(columns: list[ColumnDrift]) -> list[ColumnDrift]:
 
 
 def _levels(result: DriftResult) -> str:
-    """Each family's significance level: alpha shared by its features (Bonferroni)."""
-    probabilities = [c for c in result.columns if is_probability_column(c.column)]
-    others = [c for c in result.columns if not is_probability_column(c.column)]
-    if not probabilities or not others:
-        level = result.columns[0].threshold if result.columns else float("nan")
+    """Each group's significance level: the features', novelty's and the class probabilities'
+    (weighted Bonferroni), or one level when every feature has the same."""
+    columns = result.columns
+    if len({c.threshold for c in columns}) <= 1:
+        level = columns[0].threshold if columns else float("nan")
         return f"{level:.2e} (alpha / features, Bonferroni)"
-    return (
-        f"{others[0].threshold:.2e} for each of {len(others)} features and {probabilities[0].threshold:.2e} "
-        f"for each of {len(probabilities)} class probabilities (alpha halved between the two, Bonferroni)"
+    probabilities = [c for c in columns if is_probability_column(c.column)]
+    novelty = [c for c in columns if c.column == NOVELTY_COLUMN]
+    others = [c for c in columns if not is_probability_column(c.column) and c.column != NOVELTY_COLUMN]
+    groups = (
+        (others, f"each of {len(others)} features"),
+        (novelty, "novelty"),
+        (probabilities, f"each of {len(probabilities)} class probabilities"),
     )
+    shown = ", ".join(f"{group[0].threshold:.2e} for {what}" for group, what in groups if group)
+    return f"{shown} (weighted Bonferroni: the levels sum to alpha)"
 
 
 STYLE = (

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import detect_drift
+from monitoring.drift import NOVELTY_SHARE, detect_drift
+from monitoring.features import NOVELTY_COLUMN, probability_column
 from monitoring.reference import assess_estimate
 from monitoring.report import ReportContext, render_report
 from monitoring.retention import prune_reports, stale_snapshots
@@ -55,6 +56,28 @@ def test_the_report_opens_on_its_summary_and_ranks_features_by_evidence() -> Non
     assert re.search(r"<td>\d\.\d\de-\d+</td>", page), "p-values in scientific notation"
     assert page.count("<svg") == 3 and "<script" not in page
     assert len(page.encode()) < 100_000
+
+
+def test_the_report_states_the_level_of_each_group_of_features() -> None:
+    rng = np.random.default_rng(1)
+
+    def grouped(rows: int) -> pd.DataFrame:
+        probabilities = rng.dirichlet(np.ones(3), size=rows)
+        return features(rng, rows).assign(
+            **{NOVELTY_COLUMN: rng.gamma(4.0, 0.05, size=rows)},
+            **{probability_column(f"intent_{i}"): probabilities[:, i] for i in range(3)},
+        )
+
+    result = detect_drift(grouped(600), grouped(300), alpha=0.05)
+    context = ReportContext("tickets", "v2", None, None, 0, "trusted", 0.5)
+    page = render_report(result, grouped(600), grouped(300), context)
+    summary = page[: page.index("<h2>")]
+    expected = (
+        f"{0.025 * (1 - NOVELTY_SHARE) / 3:.2e} for each of 3 features, {0.025 * NOVELTY_SHARE:.2e} for "
+        f"novelty, {0.025 / 3:.2e} for each of 3 class probabilities (weighted Bonferroni: the levels "
+        "sum to alpha)"
+    )
+    assert expected in summary
 
 
 def test_reports_beyond_the_count_or_the_age_are_deleted(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from scipy import stats
 
 from monitoring.drift import (
     MONTE_CARLO_DRAWS,
+    NOVELTY_SHARE,
     build_snapshot,
     column_levels,
     contingency_p_value,
@@ -71,6 +72,21 @@ def test_alpha_is_halved_between_the_class_probabilities_and_the_other_features(
     }
 
 
+def test_novelty_takes_its_share_of_the_other_features_half() -> None:
+    others = ["predicted_label", "confidence", "length_chars", NOVELTY_COLUMN]
+    levels = column_levels(others + [probability_column(x) for x in LABELS], alpha=0.05)
+    assert levels[NOVELTY_COLUMN] == pytest.approx(0.05 / 2 * NOVELTY_SHARE)
+    assert levels["confidence"] == pytest.approx(0.05 / 2 * (1 - NOVELTY_SHARE) / 3)
+    assert levels[probability_column("intent_0")] == pytest.approx(0.05 / 2 / 12)
+    assert sum(levels.values()) == pytest.approx(0.05)
+    # alone, novelty is the whole family; with no class probabilities, the others' share is alpha
+    assert column_levels([NOVELTY_COLUMN], alpha=0.05) == {NOVELTY_COLUMN: 0.05}
+    levels = column_levels(["confidence", NOVELTY_COLUMN], alpha=0.05)
+    assert levels == pytest.approx(
+        {"confidence": 0.05 * (1 - NOVELTY_SHARE), NOVELTY_COLUMN: 0.05 * NOVELTY_SHARE}
+    )
+
+
 def test_a_shift_in_one_class_probability_is_caught_by_its_own_test() -> None:
     rng = np.random.default_rng(1)
     reference = features(rng, 2000)
@@ -96,6 +112,20 @@ def test_the_sampled_contingency_test_alarms_at_its_level_under_no_drift() -> No
     assert np.mean(np.asarray(p_values) < 0.5) == pytest.approx(0.5, abs=0.1)
     drifted = contingency_p_value(np.r_[np.full(29, 20), 0], np.r_[np.zeros(29, int), 60])
     assert drifted == pytest.approx(1 / (1 + MONTE_CARLO_DRAWS))
+
+
+def test_the_sampled_contingency_test_draws_enough_to_go_below_a_small_level() -> None:
+    # A Bonferroni level under 1 / (draws + 1) could never be reached by the default draws: a
+    # check run at a low alpha would then never alarm on the label mix of a small window.
+    reference, current = np.r_[np.full(29, 20), 0], np.r_[np.zeros(29, int), 60]
+    level = 1e-4
+    assert contingency_p_value(reference, current) > level
+    assert contingency_p_value(reference, current, level=level) < level
+    # under no drift the extra draws change nothing: the sampling stops early as before
+    shares = np.random.default_rng(2).dirichlet(np.ones(30))
+    draw = np.random.default_rng(7)
+    calm = draw.multinomial(600, shares), draw.multinomial(60, shares)
+    assert contingency_p_value(*calm, seed=3, level=level) == contingency_p_value(*calm, seed=3)
 
 
 def familiarity(rng: np.random.Generator, rows: int, novel: float = 0.0) -> np.ndarray:
@@ -144,7 +174,10 @@ def test_the_report_lists_the_drifted_and_the_strongest_class_probabilities_only
     listed = re.findall(r"<tr><td>(probability:[\w]+)</td>", page)
     assert probability_column("intent_5") in listed and len(listed) == TOP_PROBABILITIES
     assert f"{len(LABELS) - TOP_PROBABILITIES} more class-probability tests, none drifted" in page
-    assert f"each of 3 features and {0.05 / 2 / 12:.2e} for each of 12 class probabilities" in page
+    assert (
+        f"{0.05 / 2 / 3:.2e} for each of 3 features, {0.05 / 2 / 12:.2e} for each of 12 class probabilities"
+        in page
+    )
 
 
 def test_the_evidently_snapshot_carries_the_checks_p_values() -> None:
