@@ -68,9 +68,10 @@ def test_the_report_states_the_level_of_each_group_of_features() -> None:
             **{probability_column(f"intent_{i}"): probabilities[:, i] for i in range(3)},
         )
 
-    result = detect_drift(grouped(600), grouped(300), alpha=0.05)
+    reference, current = grouped(600), grouped(300)
+    result = detect_drift(reference, current, alpha=0.05)
     context = ReportContext("tickets", "v2", None, None, 0, "trusted", 0.5)
-    page = render_report(result, grouped(600), grouped(300), context)
+    page = render_report(result, reference, current, context)
     summary = page[: page.index("<h2>")]
     expected = (
         f"{0.025 * (1 - NOVELTY_SHARE) / 3:.2e} for each of 3 features, {0.025 * NOVELTY_SHARE:.2e} for "
