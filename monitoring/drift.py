@@ -196,13 +196,13 @@ def column_levels(columns: list[str], alpha: float) -> dict[str, float]:
     ``NOVELTY_SHARE`` of the others' share (weighted Bonferroni: the levels sum to ``alpha``)."""
     probabilities = [c for c in columns if is_probability_column(c)]
     others = [c for c in columns if not is_probability_column(c)]
-    families = [family for family in (others, probabilities) if family]
-    levels = {c: alpha / len(families) / len(family) for family in families for c in family}
+    share = alpha / max(1, bool(others) + bool(probabilities))  # each family present takes an equal share
+    levels = {c: share / len(probabilities) for c in probabilities}
     rest = [c for c in others if c != NOVELTY_COLUMN]
-    if NOVELTY_COLUMN in levels and rest:
-        share = alpha / len(families)
-        levels[NOVELTY_COLUMN] = share * NOVELTY_SHARE
-        levels.update({c: share * (1 - NOVELTY_SHARE) / len(rest) for c in rest})
+    if NOVELTY_COLUMN in others:
+        levels[NOVELTY_COLUMN] = share * NOVELTY_SHARE if rest else share
+        share -= levels[NOVELTY_COLUMN]
+    levels.update({c: share / len(rest) for c in rest})
     return levels
 
 
